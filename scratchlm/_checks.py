@@ -1,0 +1,142 @@
+"""Argument checks shared by every layer: bad input gets a clear error, never garbage.
+
+Each check names the argument, what was expected and what arrived. Kernels do no bounds checking,
+so every index and shape is validated here, in Python, before a kernel is entered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels.checks import all_finite
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(x, name: str, *, ndim=None, min_ndim=None, finite: bool = True,
+                allow_empty: bool = False) -> np.ndarray:
+    """Return ``x`` as a float32/float64 ndarray, or raise naming ``name``.
+
+    Python lists and scalars are accepted and become float64; integer, bool, complex and
+    float16 arrays are refused (``TypeError``), as are wrong ranks, empty arrays and NaN/inf
+    (``ValueError``).
+    """
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple, int, float, np.number)) and not isinstance(x, bool):
+            x = np.asarray(x, dtype=np.float64 if np.asarray(x).dtype.kind in "iuf" else None)
+        else:
+            raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name} must be {want}, got shape {x.shape} ({x.ndim}-D)")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {x.shape}")
+    if x.size == 0 and not allow_empty:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    if finite and x.size and not all_finite(np.ascontiguousarray(x).reshape(-1)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(
+            f"{name} must be finite, got {x[tuple(bad)]} at index {tuple(int(i) for i in bad)}"
+        )
+    return x
+
+
+def index_array(ids, name: str, num: int, *, ndim=None, allow_empty: bool = False,
+                ignore_index=None) -> np.ndarray:
+    """Return ``ids`` as an int64 ndarray with every entry in ``[0, num)``, or raise.
+
+    Float and bool ids are refused with ``TypeError`` (a float id is almost always a bug);
+    out-of-range or negative ids raise ``ValueError`` naming the first offender.
+    Entries equal to ``ignore_index`` are allowed whatever their value.
+    """
+    if not isinstance(ids, np.ndarray):
+        if isinstance(ids, (list, tuple, int, np.integer)) and not isinstance(ids, bool):
+            ids = np.asarray(ids)
+            if ids.size == 0:
+                ids = ids.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must be an integer numpy array, got {type(ids).__name__}")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype, got {ids.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if ids.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{name} must be {want}, got shape {ids.shape} ({ids.ndim}-D)")
+    if ids.size == 0:
+        if not allow_empty:
+            raise ValueError(f"{name} must not be empty, got shape {ids.shape}")
+        return ids.astype(np.int64, copy=False)
+    valid = ids if ignore_index is None else ids[ids != ignore_index]
+    if valid.size:
+        lo, hi = int(valid.min()), int(valid.max())
+        if lo < 0 or hi >= num:
+            bad = lo if lo < 0 else hi
+            where = tuple(int(i) for i in np.argwhere(ids == bad)[0])
+            extra = "" if ignore_index is None else f" (or {ignore_index}, the ignore_index)"
+            raise ValueError(
+                f"{name} must lie in [0, {num}){extra}, got {bad} at index {where}"
+            )
+    return ids.astype(np.int64, copy=False)
+
+
+def same_dtype(x: np.ndarray, name: str, dtype, owner: str) -> None:
+    """Refuse to mix precisions: float32 in must mean float32 out, with no silent promotion."""
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but {owner} holds {np.dtype(dtype)} parameters; "
+            f"cast the input or call .to({np.dtype(dtype)})"
+        )
+
+
+def last_dim(x: np.ndarray, name: str, size: int, what: str) -> None:
+    if x.shape[-1] != size:
+        raise ValueError(
+            f"{name} must have last dimension {size} ({what}), got shape {x.shape}"
+        )
+
+
+def positive_int(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def probability(value, name: str, *, allow_one: bool = True) -> float:
+    value = float(value)
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (0.0 <= value and upper_ok):
+        bound = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} must be in {bound}, got {value}")
+    return value
+
+
+def choice(value, name: str, options) -> str:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def make_rng(rng) -> np.random.Generator:
+    """``rng`` may be a Generator (used as is), an int seed, or None (fresh OS entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")

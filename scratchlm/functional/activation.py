@@ -1,0 +1,74 @@
+"""Element-wise activations: ReLU, tanh, sigmoid, GELU (exact and tanh approximation).
+
+Each forward keeps what its backward needs: ReLU its input sign, tanh and sigmoid their output,
+GELU its input. Shapes never change.
+"""
+
+import numpy as np
+
+from .._checks import choice, float_array
+from ..kernels import gelu as K
+
+
+def relu_forward(x):
+    r""":math:`y = \max(x, 0)`.  x: any shape -> y: same shape.  (Nair & Hinton, 2010)"""
+    x = float_array(x, "x")
+    return np.maximum(x, 0), x > 0
+
+
+def relu_backward(dy, cache):
+    r"""From ``y = max(x, 0)``: :math:`\partial y/\partial x = [x > 0]` (0 at the kink, as torch)."""
+    return dy * cache
+
+
+def tanh_forward(x):
+    r""":math:`y = \tanh x`."""
+    x = float_array(x, "x")
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, cache):
+    r"""From ``y = tanh(x)``: :math:`\partial y/\partial x = 1 - y^2`."""
+    y = cache
+    return dy * (1 - y * y)
+
+
+def sigmoid_forward(x):
+    r""":math:`y = \sigma(x) = 1 / (1 + e^{-x})`, evaluated without overflow for any finite x."""
+    x = float_array(x, "x")
+    e = np.exp(-np.abs(x))                                   # in (0, 1]: never overflows
+    y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+    return y, y
+
+
+def sigmoid_backward(dy, cache):
+    r"""From ``y = sigmoid(x)``: :math:`\partial y/\partial x = y (1 - y)`."""
+    y = cache
+    return dy * y * (1 - y)
+
+
+def gelu_forward(x, approximate: str = "none"):
+    r"""Gaussian Error Linear Unit (Hendrycks & Gimpel, 2016).
+
+    ``approximate='none'``: :math:`y = x\,\Phi(x) = \tfrac12 x (1 + \operatorname{erf}(x/\sqrt2))`.
+
+    ``approximate='tanh'`` (GPT-2's):
+    :math:`y = \tfrac12 x \left(1 + \tanh\left(\sqrt{2/\pi}\,(x + 0.044715 x^3)\right)\right)`.
+
+    Runs as a Numba kernel (``scratchlm.kernels.gelu``) on the flattened array.
+    """
+    x = float_array(x, "x")
+    choice(approximate, "approximate", ("none", "tanh"))
+    tanh = approximate == "tanh"
+    flat = np.ascontiguousarray(x).reshape(-1)                # (n,)
+    y = K.gelu_forward(flat, tanh).reshape(x.shape)           # (n,) -> x.shape
+    return y, (flat, tanh)
+
+
+def gelu_backward(dy, cache):
+    r"""From ``y = x Phi(x)``: :math:`\partial y/\partial x = \Phi(x) + x\,\varphi(x)`
+    (tanh form: see ``scratchlm.kernels.gelu``)."""
+    flat, tanh = cache
+    dflat = np.ascontiguousarray(dy, dtype=flat.dtype).reshape(-1)   # (n,)
+    return K.gelu_backward(dflat, flat, tanh).reshape(dy.shape)

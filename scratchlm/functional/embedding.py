@@ -1,0 +1,46 @@
+"""Token embedding: a table lookup forward, a scatter-add backward."""
+
+import numpy as np
+
+from .._checks import float_array, index_array
+from ..kernels import embedding as K
+
+
+def embedding_forward(ids, weight, padding_idx=None):
+    r"""Look up rows of the table: :math:`y[\ldots] = W[\mathrm{ids}[\ldots]]`.
+
+    Args:
+        ids: integer array of any shape, every entry in ``[0, num_embeddings)``.
+        weight: ``(num_embeddings, embedding_dim)``.
+        padding_idx: a row that receives no gradient (as ``torch.nn.Embedding``), or ``None``.
+
+    Returns:
+        ``y``: ``ids.shape + (embedding_dim,)`` and the cache.
+    """
+    weight = float_array(weight, "weight", ndim=2, finite=False)
+    ids = index_array(ids, "ids", weight.shape[0], allow_empty=False)
+    y = weight[ids]                                             # ids.shape -> ids.shape + (D,)
+    return y, (ids, weight.shape, weight.dtype, padding_idx)
+
+
+def embedding_backward(dy, cache, dweight_out=None):
+    r"""From ``y = W[ids]``: :math:`dW_v = \sum_{i:\,\mathrm{ids}_i = v} dy_i` (scatter-add),
+    and no gradient for the padding row.
+
+    Args:
+        dy: ``ids.shape + (embedding_dim,)``.
+        dweight_out: optional ``(num_embeddings, embedding_dim)`` array to accumulate into
+            in place (the module passes ``weight.grad``, sparing a dense temporary).
+
+    Returns:
+        ``(None, dweight)`` -- ids are not differentiable.
+    """
+    ids, shape, dtype, padding_idx = cache
+    dweight = np.zeros(shape, dtype=dtype) if dweight_out is None else dweight_out
+    flat_ids = ids.reshape(-1)                                              # (N,)
+    flat_dy = np.ascontiguousarray(dy, dtype=dtype).reshape(-1, shape[1])   # (N, D)
+    if padding_idx is not None:
+        keep = flat_ids != padding_idx
+        flat_ids, flat_dy = flat_ids[keep], flat_dy[keep]
+    K.scatter_add_rows(dweight, np.ascontiguousarray(flat_ids), flat_dy)
+    return None, dweight

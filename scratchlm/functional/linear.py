@@ -1,0 +1,51 @@
+"""Affine map: the fully connected layer."""
+
+from .._checks import float_array, last_dim
+
+
+def linear_forward(x, weight, bias=None):
+    r"""Affine map over the last axis, :math:`y = x W^\top + b`.
+
+    Args:
+        x: ``(..., in_features)`` input.
+        weight: ``(out_features, in_features)`` -- torch's layout.
+        bias: ``(out_features,)`` or ``None``.
+
+    Returns:
+        ``y``: ``(..., out_features)`` and the cache ``(x, weight, has_bias)``.
+    """
+    x = float_array(x, "x", min_ndim=1)
+    weight = float_array(weight, "weight", ndim=2, finite=False)
+    last_dim(x, "x", weight.shape[1], "in_features of weight")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but weight has dtype {weight.dtype}")
+    y = x @ weight.T                                           # (..., in) @ (in, out) -> (..., out)
+    if bias is not None:
+        bias = float_array(bias, "bias", ndim=1, finite=False)
+        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) and dtype {weight.dtype}, "
+                             f"got {bias.shape} {bias.dtype}")
+        y += bias
+    return y, (x, weight, bias is not None)
+
+
+def linear_backward(dy, cache):
+    r"""Gradients of :math:`y = x W^\top + b`.
+
+    From ``y = x @ W.T + b``:  ``dx = dy @ W``,  ``dW = dy^T x`` (summed over every leading axis),
+    ``db = sum(dy)`` over every leading axis.
+
+    Args:
+        dy: ``(..., out_features)``.
+
+    Returns:
+        ``(dx, dweight, dbias)`` with the shapes of ``x``, ``weight``, ``bias`` (``dbias`` is
+        ``None`` without a bias).
+    """
+    x, weight, has_bias = cache
+    dx = dy @ weight                                            # (..., out) @ (out, in) -> (..., in)
+    dy2 = dy.reshape(-1, dy.shape[-1])                          # (N, out)
+    x2 = x.reshape(-1, x.shape[-1])                             # (N, in)
+    dweight = dy2.T @ x2                                        # (out, N) @ (N, in) -> (out, in)
+    dbias = dy2.sum(axis=0) if has_bias else None               # (out,)
+    return dx, dweight, dbias

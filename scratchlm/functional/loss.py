@@ -1,0 +1,225 @@
+"""Losses, each a forward/backward pair with torch.nn's reductions and edge cases.
+
+``reduction`` is ``'mean'`` (default), ``'sum'`` or ``'none'``. A reduced loss is a Python float;
+``'none'`` gives an array (per example). Every backward takes ``dloss`` -- a number for reduced
+losses, an array of the loss's shape for ``'none'`` -- and returns one gradient per input.
+"""
+
+import numpy as np
+
+from .._checks import choice, float_array, index_array, probability
+from ..kernels import softmax as K
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(per_item, reduction, count=None):
+    """per_item -> float (mean over ``count`` items, or sum) or the array itself."""
+    if reduction == "none":
+        return per_item
+    total = float(per_item.sum(dtype=np.float64))
+    if reduction == "sum":
+        return total
+    n = per_item.size if count is None else count
+    return total / n if n else float("nan")
+
+
+def _upstream(dloss, reduction, shape, dtype, count=None):
+    """The gradient reaching each item from ``dloss``: ``dloss/n`` for mean, ``dloss`` for sum,
+    elementwise for none. Shape ``shape``."""
+    if reduction == "none":
+        d = np.asarray(dloss, dtype=dtype)
+        if d.shape != shape:
+            raise ValueError(f"dloss must have shape {shape} for reduction='none', got {d.shape}")
+        return d
+    d = float(dloss)
+    if reduction == "mean":
+        n = int(np.prod(shape)) if count is None else count
+        d = d / n if n else 0.0
+    return np.full(shape, d, dtype=dtype)
+
+
+def _class_rows(x, target, name_x="input"):
+    """Move the class axis (1, or 0 for an unbatched (C,) input) last: -> (R, C) and (R,)."""
+    if x.ndim == 1:
+        if np.ndim(target) != 0:
+            raise ValueError(f"target must be a scalar class index for a 1-D {name_x}, got shape {np.shape(target)}")
+        return x[None, :], np.asarray(target).reshape(1), ()
+    want = (x.shape[0],) + x.shape[2:]
+    if np.shape(target) != want:
+        raise ValueError(f"target must have shape {want} for {name_x} of shape {x.shape} "
+                         f"(N, C, d1, ...), got {np.shape(target)}")
+    rows = np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(-1, x.shape[1])  # (N*d..., C)
+    return rows, np.asarray(target).reshape(-1), want
+
+
+def _unrows(drows, x_shape):
+    """Inverse of ``_class_rows`` for gradients: (R, C) -> x_shape."""
+    if len(x_shape) == 1:
+        return drows.reshape(x_shape)
+    moved = (x_shape[0],) + x_shape[2:] + (x_shape[1],)
+    return np.moveaxis(drows.reshape(moved), -1, 1)
+
+
+# --------------------------------------------------------------------------------------------
+def cross_entropy_forward(input, target, ignore_index: int = -100, reduction: str = "mean",
+                          label_smoothing: float = 0.0):
+    r"""Cross-entropy from logits, fused with log-softmax (one Numba pass per row).
+
+    With :math:`q = (1-\varepsilon)\,\mathrm{onehot}(t) + \varepsilon / C` (label smoothing
+    :math:`\varepsilon`, Szegedy et al., 2016):
+
+    .. math:: \ell_n = -\sum_c q_c \log\mathrm{softmax}(x_n)_c
+              = \mathrm{lse}(x_n) - (1-\varepsilon)\,x_{n,t_n} - \tfrac{\varepsilon}{C}\sum_c x_{n,c}
+
+    Rows whose target is ``ignore_index`` contribute 0 and are not counted by ``'mean'``; if every
+    row is ignored the mean is NaN (as torch) and the gradient is zero.
+
+    Args:
+        input: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)`` logits.
+        target: ``(N,)``, ``()`` or ``(N, d1, ...)`` class indices in ``[0, C)`` or ``ignore_index``.
+    """
+    x = float_array(input, "input", min_ndim=1)
+    choice(reduction, "reduction", REDUCTIONS)
+    eps = probability(label_smoothing, "label_smoothing")
+    C = x.shape[0] if x.ndim == 1 else x.shape[1]
+    target = index_array(target, "target", C, ignore_index=ignore_index)
+    rows, t, out_shape = _class_rows(x, target)                                  # (R, C), (R,)
+    per_row, lse = K.cross_entropy_forward(rows, t, int(ignore_index), eps)     # (R,), (R,)
+    count = int((t != ignore_index).sum())
+    loss = _reduce(per_row.reshape(out_shape), reduction, count)
+    return loss, (rows, t, lse, x.shape, out_shape, ignore_index, reduction, eps, count)
+
+
+def cross_entropy_backward(dloss, cache):
+    r"""From :math:`\ell = \mathrm{lse}(x) - (1-\varepsilon)x_t - \tfrac{\varepsilon}{C}\sum_c x_c`:
+
+    .. math:: \partial\ell/\partial x_c = \mathrm{softmax}(x)_c - (1-\varepsilon)[c=t] - \varepsilon/C
+
+    Returns ``(dinput, None)``.
+    """
+    rows, t, lse, x_shape, out_shape, ignore_index, reduction, eps, count = cache
+    g = _upstream(dloss, reduction, out_shape, rows.dtype, count).reshape(-1)          # (R,)
+    drows = K.cross_entropy_backward(np.ascontiguousarray(g), rows, t, lse, int(ignore_index), eps)
+    return _unrows(drows, x_shape), None
+
+
+# --------------------------------------------------------------------------------------------
+def nll_forward(input, target, ignore_index: int = -100, reduction: str = "mean"):
+    r"""Negative log-likelihood of log-probabilities: :math:`\ell_n = -x_{n, t_n}`.
+
+    Shapes as :func:`cross_entropy_forward`; ``input`` holds log-probabilities (e.g. the output
+    of ``log_softmax``).
+    """
+    x = float_array(input, "input", min_ndim=1)
+    choice(reduction, "reduction", REDUCTIONS)
+    C = x.shape[0] if x.ndim == 1 else x.shape[1]
+    target = index_array(target, "target", C, ignore_index=ignore_index)
+    rows, t, out_shape = _class_rows(x, target)                                   # (R, C), (R,)
+    keep = t != ignore_index
+    safe_t = np.where(keep, t, 0)
+    per_row = np.where(keep, -rows[np.arange(rows.shape[0]), safe_t], 0).astype(x.dtype)   # (R,)
+    count = int(keep.sum())
+    loss = _reduce(per_row.reshape(out_shape), reduction, count)
+    return loss, (rows.shape, x.dtype, safe_t, keep, x.shape, out_shape, reduction, count)
+
+
+def nll_backward(dloss, cache):
+    r"""From :math:`\ell_n = -x_{n,t_n}`: :math:`\partial\ell_n/\partial x_{n,c} = -[c = t_n]`.
+    Returns ``(dinput, None)``."""
+    rows_shape, dtype, safe_t, keep, x_shape, out_shape, reduction, count = cache
+    g = _upstream(dloss, reduction, out_shape, dtype, count).reshape(-1)            # (R,)
+    drows = np.zeros(rows_shape, dtype=dtype)                                       # (R, C)
+    r = np.nonzero(keep)[0]
+    drows[r, safe_t[r]] = -g[r]
+    return _unrows(drows, x_shape), None
+
+
+# --------------------------------------------------------------------------------------------
+def bce_with_logits_forward(input, target, reduction: str = "mean"):
+    r"""Binary cross-entropy on logits, in the form that never overflows:
+
+    .. math:: \ell = -[y \log\sigma(x) + (1-y)\log(1-\sigma(x))]
+              = \max(x, 0) - x\,y + \log(1 + e^{-|x|})
+
+    Args:
+        input: logits, any shape.  target: same shape, same dtype (usually in [0, 1]).
+    """
+    x = float_array(input, "input")
+    y = float_array(target, "target")
+    choice(reduction, "reduction", REDUCTIONS)
+    if y.shape != x.shape:
+        raise ValueError(f"target must have the shape of input {x.shape}, got {y.shape}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"target has dtype {y.dtype} but input has dtype {x.dtype}")
+    per = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))             # (...,)
+    return _reduce(per, reduction), (x, y, reduction)
+
+
+def bce_with_logits_backward(dloss, cache):
+    r"""From :math:`\ell = \max(x,0) - xy + \log(1+e^{-|x|})`:
+    :math:`\partial\ell/\partial x = \sigma(x) - y`, :math:`\partial\ell/\partial y = -x`.
+    Returns ``(dinput, dtarget)``."""
+    x, y, reduction = cache
+    g = _upstream(dloss, reduction, x.shape, x.dtype)
+    e = np.exp(-np.abs(x))
+    sig = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return (g * (sig - y)).astype(x.dtype), (-g * x).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+def mse_forward(input, target, reduction: str = "mean"):
+    r"""Mean squared error, :math:`\ell = (x - y)^2` element-wise, then reduced."""
+    x = float_array(input, "input")
+    y = float_array(target, "target")
+    choice(reduction, "reduction", REDUCTIONS)
+    if y.shape != x.shape:
+        raise ValueError(f"target must have the shape of input {x.shape}, got {y.shape}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"target has dtype {y.dtype} but input has dtype {x.dtype}")
+    diff = x - y
+    return _reduce(diff * diff, reduction), (diff, reduction)
+
+
+def mse_backward(dloss, cache):
+    r"""From :math:`\ell = (x-y)^2`: :math:`\partial\ell/\partial x = 2(x-y) = -\partial\ell/\partial y`.
+    Returns ``(dinput, dtarget)``."""
+    diff, reduction = cache
+    g = _upstream(dloss, reduction, diff.shape, diff.dtype)
+    d = 2 * g * diff
+    return d, -d
+
+
+# --------------------------------------------------------------------------------------------
+def gaussian_kl_forward(mu, logvar, reduction: str = "mean"):
+    r"""KL divergence of a diagonal Gaussian from the standard normal (Kingma & Welling, 2014,
+    appendix B), summed over the last (latent) axis:
+
+    .. math:: \mathrm{KL}\big(\mathcal N(\mu, e^{\lambda})\,\|\,\mathcal N(0, I)\big)
+              = -\tfrac12 \sum_j \big(1 + \lambda_j - \mu_j^2 - e^{\lambda_j}\big)
+
+    ``'mean'`` averages that per-example KL over the leading (batch) axes, ``'sum'`` adds it,
+    ``'none'`` returns it per example (shape ``mu.shape[:-1]``). Clamp ``logvar`` upstream (the
+    VAE does) if it may exceed ~88 in float32.
+
+    Args:
+        mu, logvar: ``(..., latent_dim)``, same shape and dtype.
+    """
+    mu = float_array(mu, "mu", min_ndim=1)
+    logvar = float_array(logvar, "logvar", min_ndim=1)
+    choice(reduction, "reduction", REDUCTIONS)
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar must have the shape of mu {mu.shape}, got {logvar.shape}")
+    if logvar.dtype != mu.dtype:
+        raise TypeError(f"logvar has dtype {logvar.dtype} but mu has dtype {mu.dtype}")
+    var = np.exp(logvar)
+    per = -0.5 * (1 + logvar - mu * mu - var).sum(axis=-1)                   # (...,)
+    return _reduce(per, reduction), (mu, var, reduction)
+
+
+def gaussian_kl_backward(dloss, cache):
+    r"""From the KL above: :math:`\partial/\partial\mu_j = \mu_j`,
+    :math:`\partial/\partial\lambda_j = \tfrac12(e^{\lambda_j} - 1)`. Returns ``(dmu, dlogvar)``."""
+    mu, var, reduction = cache
+    g = _upstream(dloss, reduction, mu.shape[:-1], mu.dtype)[..., None]      # (..., 1)
+    return (g * mu).astype(mu.dtype), (g * 0.5 * (var - 1)).astype(mu.dtype)

@@ -1,0 +1,66 @@
+"""Layer normalisation (Ba, Kiros & Hinton, 2016, "Layer Normalization")."""
+
+import numpy as np
+
+from .._checks import float_array
+from ..kernels import layernorm as K
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    r"""Normalise over the trailing ``normalized_shape`` axes, then scale and shift:
+
+    .. math::  \mu = \tfrac1C\sum_c x_c,\quad \sigma^2 = \tfrac1C\sum_c (x_c-\mu)^2,\quad
+               y = \frac{x-\mu}{\sqrt{\sigma^2+\epsilon}}\,\gamma + \beta
+
+    (biased variance, as ``torch.nn.functional.layer_norm``.)
+
+    Args:
+        x: ``(..., *normalized_shape)``.
+        normalized_shape: int or tuple, the trailing shape normalised over (C = its product).
+        weight, bias: ``normalized_shape`` arrays (gamma, beta) or ``None``.
+        eps: added to the variance.
+
+    Returns:
+        ``y`` (shape of ``x``) and the cache ``(x_rows, weight_row, mean, rstd, ...)``.
+    """
+    x = float_array(x, "x", min_ndim=1)
+    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+    if not shape or x.shape[x.ndim - len(shape):] != shape or len(shape) > x.ndim:
+        raise ValueError(f"x must end with normalized_shape {shape}, got shape {x.shape}")
+    C = int(np.prod(shape))
+    rows = np.ascontiguousarray(x).reshape(-1, C)                       # (R, C)
+    ones = np.ones(C, dtype=x.dtype)
+    w = ones if weight is None else _param(weight, "weight", shape, x.dtype).reshape(C)
+    b = np.zeros(C, dtype=x.dtype) if bias is None else _param(bias, "bias", shape, x.dtype).reshape(C)
+    y, mean, rstd = K.layernorm_forward(rows, w, b, float(eps))         # (R, C), (R,), (R,)
+    cache = (rows, w, mean, rstd, x.shape, shape, weight is not None, bias is not None)
+    return y.reshape(x.shape), cache
+
+
+def layer_norm_backward(dy, cache):
+    r"""From ``y = xhat * gamma + beta``, ``xhat = (x - mu) * rstd``:
+
+    .. math::  \hat g = dy\,\gamma,\qquad
+               dx = \mathrm{rstd}\,\big(\hat g - \overline{\hat g} - \hat x\,\overline{\hat g\,\hat x}\big),
+               \qquad d\gamma = \textstyle\sum dy\,\hat x,\qquad d\beta = \sum dy
+
+    (bars are means over the normalised axes; sums run over every leading axis).
+
+    Returns ``(dx, None, dweight, dbias)`` -- ``None`` for ``normalized_shape``, and for an
+    absent weight or bias.
+    """
+    rows, w, mean, rstd, x_shape, shape, has_w, has_b = cache
+    drows = np.ascontiguousarray(dy, dtype=rows.dtype).reshape(rows.shape)   # (R, C)
+    dx, dw, db = K.layernorm_backward(drows, rows, w, mean, rstd)            # (R, C), (C,), (C,)
+    return (dx.reshape(x_shape), None,
+            dw.reshape(shape) if has_w else None,
+            db.reshape(shape) if has_b else None)
+
+
+def _param(p, name, shape, dtype):
+    p = float_array(p, name, finite=False)
+    if p.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (normalized_shape), got {p.shape}")
+    if p.dtype != dtype:
+        raise TypeError(f"{name} has dtype {p.dtype} but x has dtype {dtype}")
+    return np.ascontiguousarray(p)

@@ -1,0 +1,51 @@
+"""Softmax and log-softmax along one axis (rows of a 2-D kernel after moving that axis last)."""
+
+import numpy as np
+
+from .._checks import float_array
+from ..kernels import softmax as K
+
+
+def _as_rows(x, dim):
+    """Move axis ``dim`` last and flatten the rest: x (..., C, ...) -> (R, C) contiguous."""
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be in [{-x.ndim}, {x.ndim}) for an input of shape {x.shape}, got {dim}")
+    moved = np.moveaxis(x, dim, -1)
+    return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape
+
+
+def _from_rows(y, moved_shape, dim):
+    return np.moveaxis(y.reshape(moved_shape), -1, dim)
+
+
+def softmax_forward(x, dim: int = -1):
+    r""":math:`y_i = e^{x_i - m} / \sum_j e^{x_j - m}` along ``dim`` with :math:`m = \max_j x_j`.
+
+    x: any shape with ``x.shape[dim] = C`` -> y: same shape, summing to 1 along ``dim``.
+    """
+    x = float_array(x, "x", min_ndim=1)
+    rows, moved = _as_rows(x, dim)                           # (R, C)
+    y = K.softmax_forward(rows)                              # (R, C)
+    return _from_rows(y, moved, dim), (y, moved, dim)
+
+
+def softmax_backward(dy, cache):
+    r"""From ``y = softmax(x)``: :math:`dx = y \odot (dy - \langle dy, y\rangle)` along ``dim``."""
+    y, moved, dim = cache
+    drows, _ = _as_rows(np.asarray(dy, dtype=y.dtype), dim)  # (R, C)
+    return _from_rows(K.softmax_backward(drows, y), moved, dim)
+
+
+def log_softmax_forward(x, dim: int = -1):
+    r""":math:`y_i = x_i - \log\sum_j e^{x_j}` (computed as ``x - m - log sum exp(x - m)``)."""
+    x = float_array(x, "x", min_ndim=1)
+    rows, moved = _as_rows(x, dim)                           # (R, C)
+    y = K.log_softmax_forward(rows)                          # (R, C)
+    return _from_rows(y, moved, dim), (y, moved, dim)
+
+
+def log_softmax_backward(dy, cache):
+    r"""From ``y = x - lse(x)``: :math:`dx = dy - \mathrm{softmax}(x) \sum_j dy_j`."""
+    y, moved, dim = cache
+    drows, _ = _as_rows(np.asarray(dy, dtype=y.dtype), dim)  # (R, C)
+    return _from_rows(K.log_softmax_backward(drows, y), moved, dim)

@@ -1,0 +1,193 @@
+"""Row-wise softmax, log-softmax and the fused cross-entropy, over the last axis of a 2-D array.
+
+All kernels take C-contiguous ``(R, C)`` arrays (R rows of C classes); callers reshape and
+validate. Every row is shifted by its maximum before ``exp`` (the log-sum-exp trick), so no
+finite input overflows. Numba kernels accumulate sums in float64 whatever the storage dtype.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import dispatch
+
+
+# --------------------------------------------------------------------------------------------
+# softmax: y = exp(x - max) / sum(exp(x - max))
+# --------------------------------------------------------------------------------------------
+def softmax_forward_numpy(x):
+    """x: (R, C) -> y: (R, C), each row summing to 1."""
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@njit(cache=True, nogil=True)
+def softmax_forward_numba(x):
+    # x: (R, C) -> y: (R, C)
+    R, C = x.shape
+    y = np.empty_like(x)
+    for r in range(R):
+        m = x[r, 0]
+        for c in range(1, C):
+            if x[r, c] > m:
+                m = x[r, c]
+        s = 0.0
+        for c in range(C):
+            e = math.exp(x[r, c] - m)
+            y[r, c] = e
+            s += e
+        inv = 1.0 / s
+        for c in range(C):
+            y[r, c] = y[r, c] * inv
+    return y
+
+
+def softmax_backward_numpy(dy, y):
+    """dy, y: (R, C) -> dx: (R, C).  From y = softmax(x):  dx = y * (dy - sum(dy * y))."""
+    return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+
+@njit(cache=True, nogil=True)
+def softmax_backward_numba(dy, y):
+    # dy, y: (R, C) -> dx: (R, C)
+    R, C = y.shape
+    dx = np.empty_like(y)
+    for r in range(R):
+        s = 0.0
+        for c in range(C):
+            s += dy[r, c] * y[r, c]
+        for c in range(C):
+            dx[r, c] = y[r, c] * (dy[r, c] - s)
+    return dx
+
+
+# --------------------------------------------------------------------------------------------
+# log-softmax: y = x - max - log(sum(exp(x - max)))
+# --------------------------------------------------------------------------------------------
+def log_softmax_forward_numpy(x):
+    """x: (R, C) -> y: (R, C) = x - logsumexp(x)."""
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+@njit(cache=True, nogil=True)
+def log_softmax_forward_numba(x):
+    # x: (R, C) -> y: (R, C)
+    R, C = x.shape
+    y = np.empty_like(x)
+    for r in range(R):
+        m = x[r, 0]
+        for c in range(1, C):
+            if x[r, c] > m:
+                m = x[r, c]
+        s = 0.0
+        for c in range(C):
+            s += math.exp(x[r, c] - m)
+        lse = m + math.log(s)
+        for c in range(C):
+            y[r, c] = x[r, c] - lse
+    return y
+
+
+def log_softmax_backward_numpy(dy, y):
+    """dy, y: (R, C) -> dx.  From y = x - lse(x):  dx = dy - softmax(x) * sum(dy)."""
+    return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
+
+
+@njit(cache=True, nogil=True)
+def log_softmax_backward_numba(dy, y):
+    # dy, y: (R, C) -> dx: (R, C)
+    R, C = y.shape
+    dx = np.empty_like(y)
+    for r in range(R):
+        s = 0.0
+        for c in range(C):
+            s += dy[r, c]
+        for c in range(C):
+            dx[r, c] = dy[r, c] - math.exp(y[r, c]) * s
+    return dx
+
+
+# --------------------------------------------------------------------------------------------
+# cross-entropy from logits, fused: loss_r = lse_r - (1 - eps) * x[r, t_r] - eps * mean_c x[r, c]
+# (label smoothing eps mixes the one-hot target with the uniform distribution, as torch does)
+# --------------------------------------------------------------------------------------------
+def cross_entropy_forward_numpy(x, target, ignore_index, smoothing):
+    """x: (R, C) logits, target: (R,) int64 -> loss: (R,) per row (0 where ignored), lse: (R,)."""
+    R, C = x.shape
+    keep = target != ignore_index
+    t = np.where(keep, target, 0)
+    m = x.max(axis=1)
+    lse = m + np.log(np.exp(x - m[:, None]).sum(axis=1))
+    loss = lse - (1.0 - smoothing) * x[np.arange(R), t]
+    if smoothing:
+        loss = loss - smoothing * x.mean(axis=1)
+    return np.where(keep, loss, 0.0).astype(x.dtype), lse.astype(x.dtype)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def cross_entropy_forward_numba(x, target, ignore_index, smoothing):
+    # x: (R, C) logits, target: (R,) -> loss: (R,), lse: (R,)
+    R, C = x.shape
+    loss = np.zeros(R, dtype=x.dtype)
+    lse = np.zeros(R, dtype=x.dtype)
+    for r in prange(R):
+        t = target[r]
+        if t == ignore_index:
+            continue
+        m = x[r, 0]
+        for c in range(1, C):
+            if x[r, c] > m:
+                m = x[r, c]
+        s = 0.0
+        total = 0.0
+        for c in range(C):
+            s += math.exp(x[r, c] - m)
+            total += x[r, c]
+        lse_r = m + math.log(s)
+        lse[r] = lse_r
+        loss[r] = lse_r - (1.0 - smoothing) * x[r, t] - smoothing * total / C
+    return loss, lse
+
+
+def cross_entropy_backward_numpy(dloss, x, target, lse, ignore_index, smoothing):
+    """dloss: (R,), x: (R, C), target: (R,), lse: (R,) -> dx: (R, C).
+
+    From loss_r = lse_r - (1-eps) x[r,t] - eps mean_c x[r,c]:
+        dx[r, c] = dloss_r * (softmax(x)[r, c] - (1-eps) [c == t_r] - eps / C)
+    """
+    R, C = x.shape
+    keep = target != ignore_index
+    g = np.where(keep, dloss, 0.0).astype(x.dtype)[:, None]
+    dx = (np.exp(x - lse[:, None]) - smoothing / C) * g
+    rows = np.nonzero(keep)[0]
+    dx[rows, target[rows]] -= (1.0 - smoothing) * g[rows, 0]
+    return dx
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def cross_entropy_backward_numba(dloss, x, target, lse, ignore_index, smoothing):
+    # dloss: (R,), x: (R, C), target: (R,), lse: (R,) -> dx: (R, C)
+    R, C = x.shape
+    dx = np.empty_like(x)
+    for r in prange(R):
+        t = target[r]
+        if t == ignore_index:
+            for c in range(C):
+                dx[r, c] = 0.0
+            continue
+        g = dloss[r]
+        off = smoothing / C
+        for c in range(C):
+            dx[r, c] = (math.exp(x[r, c] - lse[r]) - off) * g
+        dx[r, t] -= (1.0 - smoothing) * g
+    return dx
+
+
+softmax_forward = dispatch(softmax_forward_numba, softmax_forward_numpy)
+softmax_backward = dispatch(softmax_backward_numba, softmax_backward_numpy)
+log_softmax_forward = dispatch(log_softmax_forward_numba, log_softmax_forward_numpy)
+log_softmax_backward = dispatch(log_softmax_backward_numba, log_softmax_backward_numpy)
+cross_entropy_forward = dispatch(cross_entropy_forward_numba, cross_entropy_forward_numpy)
+cross_entropy_backward = dispatch(cross_entropy_backward_numba, cross_entropy_backward_numpy)

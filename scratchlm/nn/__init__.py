@@ -1,0 +1,20 @@
+"""Layers and losses with torch.nn's names, arguments, parameter names and shapes.
+
+Each module wraps a forward/backward pair from :mod:`scratchlm.functional`: ``forward`` keeps the
+cache, ``backward`` returns the input gradient and accumulates into every ``param.grad``.
+"""
+
+from .activation import GELU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .dropout import Dropout, Flatten
+from .embedding import Embedding
+from .linear import Linear
+from .loss import BCEWithLogitsLoss, CrossEntropyLoss, GaussianKLLoss, MSELoss, NLLLoss
+from .module import Module, Parameter, Sequential
+from .norm import LayerNorm
+
+__all__ = [
+    "Module", "Parameter", "Sequential",
+    "Linear", "Embedding", "LayerNorm", "Dropout", "Flatten",
+    "ReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax",
+    "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss", "GaussianKLLoss",
+]

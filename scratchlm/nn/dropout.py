@@ -1,0 +1,56 @@
+"""``Dropout`` and ``Flatten``: the shape- and mask-only layers."""
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import float_array, make_rng, probability
+from .module import Module
+
+
+class Dropout(Module):
+    r"""Inverted dropout: in training, zero each element with probability ``p`` and scale the
+    survivors by :math:`1/(1-p)`; identity in ``eval()`` mode.
+
+    The mask comes from this layer's own ``np.random.Generator`` (``rng``: a Generator or int
+    seed), so a seeded model is reproducible and a checkpoint can carry the state.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        self.p = probability(p, "p")
+        self.rng = make_rng(rng)
+
+    def forward(self, x):
+        y, self._cache = F.dropout_forward(x, self.p, self.training, self.rng)
+        return y
+
+    def backward(self, dy):
+        return F.dropout_backward(dy, self._saved())
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Flatten(Module):
+    """Flatten axes ``start_dim`` .. ``end_dim`` into one (torch.nn.Flatten; default keeps the batch
+    axis): ``(N, C, H, W) -> (N, C*H*W)``."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def forward(self, x):
+        x = float_array(x, "x", finite=False)
+        nd = x.ndim
+        s = self.start_dim % nd if nd else 0
+        e = self.end_dim % nd if nd else 0
+        if not (-nd <= self.start_dim < nd and -nd <= self.end_dim < nd) or s > e:
+            raise ValueError(f"cannot flatten dims {self.start_dim}..{self.end_dim} of shape {x.shape}")
+        self._cache = x.shape
+        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])   # (..., a, b, ...) -> (..., a*b, ...)
+
+    def backward(self, dy):
+        return np.reshape(dy, self._saved())
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

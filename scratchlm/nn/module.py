@@ -1,0 +1,307 @@
+"""``Parameter``, ``Module`` and ``Sequential``: the layer protocol every model is built on.
+
+The protocol, in one paragraph: ``out = module(x)`` runs ``forward``, which computes the output
+and keeps in ``self._cache`` what the backward needs. ``dx = module.backward(dout)`` takes the
+gradient of the loss with respect to the output, returns the gradient with respect to the
+input(s), and *adds* the parameter gradients into ``param.grad`` (so two backward calls
+accumulate, exactly as PyTorch's ``.grad`` does until ``zero_grad()``).
+
+Names mirror ``torch.nn``: ``parameters()``, ``named_parameters()`` with dotted names,
+``state_dict()`` / ``load_state_dict()``, ``train()`` / ``eval()``, ``zero_grad()``, ``to()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+
+from .._checks import resolve_dtype
+
+
+class Parameter:
+    """A trainable array: ``data`` and the gradient ``grad`` accumulated into it (same shape/dtype).
+
+    Unlike ``torch.Tensor`` a Parameter is not itself an array: read ``p.data`` and ``p.grad``.
+    """
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        data = np.array(data, copy=True)
+        if data.dtype.kind != "f":
+            raise TypeError(f"Parameter data must be floating point, got {data.dtype}")
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    ndim = property(lambda self: self.data.ndim)
+
+    def zero_grad(self) -> None:
+        self.grad[...] = 0
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer, loss and model.
+
+    Subclasses set parameters and sub-modules as attributes (they are registered in order, as in
+    PyTorch) and implement ``forward(*inputs)`` and ``backward(*douts)``.
+
+    * ``backward`` takes one upstream gradient per output (a module returning
+      ``output, (h_n, c_n)`` takes ``doutput, dh_n, dc_n``), returns the gradient with respect to
+      each floating-point input (one array, or a tuple when there are several; ``None`` when no
+      input is differentiable, as for token ids) and accumulates into ``param.grad``.
+    * Randomness (dropout, sampling) comes only from ``np.random.Generator`` objects held as
+      attributes; there is no global random state.
+    * ``differentiable_inputs`` names the positional inputs ``backward`` returns gradients for:
+      ``None`` (the default) means every floating-point input; losses set ``(0,)`` because their
+      target is data, not a variable. The gradient checker reads it.
+    """
+
+    differentiable_inputs = None
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_cache", None)
+
+    # -- registration ------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        for table in (self._parameters, self._modules, self._buffers):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for table in (self._parameters, self._modules, self._buffers):
+            table.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value: np.ndarray) -> None:
+        """A saved, non-trained array (e.g. a fixed positional table): in ``state_dict``, not in
+        ``parameters()``."""
+        object.__setattr__(self, name, value)
+        self._buffers[name] = None  # the attribute holds the value; the table keeps the order
+
+    # -- the protocol -----------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, *douts):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def _saved(self):
+        """The cache the last forward left; a clear error when backward comes first."""
+        if self._cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward: run the forward pass first"
+            )
+        return self._cache
+
+    # -- traversal ------------------------------------------------------------------------------
+    def named_modules(self, prefix: str = ""):
+        """Yield ``(dotted_name, module)`` for this module and every sub-module, each once."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, mod = stack.pop(0)
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            yield name, mod
+            children = [(f"{name}.{k}" if name else k, m) for k, m in mod._modules.items()]
+            stack[0:0] = children
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix: str = ""):
+        """Yield ``(dotted_name, Parameter)``; a parameter shared by two modules (tied weights)
+        is yielded once, under its first name, as in PyTorch."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = ""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name in mod._buffers:
+                yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    # -- modes, gradients, dtype -------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def to(self, dtype):
+        """Cast every parameter (data and grad) and float buffer to ``dtype``, in place."""
+        dt = resolve_dtype(dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p.data.dtype != dt:
+                    p.data = p.data.astype(dt)
+                    p.grad = p.grad.astype(dt)
+            for name in m._buffers:
+                value = getattr(m, name)
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    object.__setattr__(m, name, value.astype(dt))
+            if "dtype" in m.__dict__:
+                object.__setattr__(m, "dtype", dt)
+            object.__setattr__(m, "_cache", None)
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def generators(self):
+        """Yield ``(dotted_name, np.random.Generator)`` for every generator held by any sub-module
+        (dropout masks, sampling): the whole random state a checkpoint must carry."""
+        for mod_name, mod in self.named_modules():
+            for attr, value in vars(mod).items():
+                if isinstance(value, np.random.Generator):
+                    yield (f"{mod_name}.{attr}" if mod_name else attr), value
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Dotted name -> array, parameters then buffers per module, in registration order.
+
+        The arrays are the live ones (as PyTorch's are); copy them to keep a snapshot. Tied
+        parameters appear under every name that holds them.
+        """
+        out = OrderedDict()
+        seen = set()
+        for mod_name, mod in self.named_modules():
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            pre = f"{mod_name}." if mod_name else ""
+            for name, p in mod._parameters.items():
+                out[pre + name] = p.data
+            for name in mod._buffers:
+                out[pre + name] = getattr(mod, name)
+        return out
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy arrays into this module's parameters and buffers (cast to their dtype).
+
+        ``strict`` (the default) refuses missing keys, unexpected keys and mis-shaped arrays,
+        naming every one; with ``strict=False`` only matching keys are loaded and the lists of
+        missing and unexpected keys are returned.
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        mis_shaped = [
+            f"{k}: expected {own[k].shape}, got {np.shape(state[k])}"
+            for k in own if k in state and np.shape(state[k]) != own[k].shape
+        ]
+        problems = []
+        if mis_shaped:
+            problems.append("mis-shaped keys: " + "; ".join(mis_shaped))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if problems:
+            raise ValueError(
+                f"cannot load state_dict into {type(self).__name__}: " + " | ".join(problems)
+            )
+        for k, target in own.items():
+            if k in state:
+                value = np.asarray(state[k])
+                if target.dtype.kind == "f" and value.dtype.kind not in "fiu":
+                    raise TypeError(f"state_dict[{k!r}] has dtype {value.dtype}, expected numbers")
+                target[...] = value
+        return missing, unexpected
+
+    def clone(self):
+        """A deep copy (parameters, gradients, random generators and all)."""
+        return copy.deepcopy(self)
+
+    # -- printing ---------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, m in self._modules.items():
+                child = repr(m).replace("\n", "\n  ")
+                lines.append(f"\n  ({name}): {child}")
+            lines.append("\n")
+        return "".join(lines) + ")"
+
+
+class Sequential(Module):
+    """Modules applied in order; ``backward`` walks them in reverse.
+
+    ``Sequential(Linear(4, 8), ReLU(), Linear(8, 2))`` has parameters ``0.weight``, ``0.bias``,
+    ``2.weight``, ``2.bias`` -- the names ``torch.nn.Sequential`` gives.
+    """
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential argument {i} must be a Module, got {type(m).__name__}")
+            setattr(self, str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(self._modules.values()):
+            dout = m.backward(dout)
+        return dout

@@ -1,0 +1,49 @@
+"""``LayerNorm`` with torch.nn.LayerNorm's arguments (eps 1e-5, elementwise affine, bias)."""
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import resolve_dtype, same_dtype
+from .module import Module, Parameter
+
+
+class LayerNorm(Module):
+    r"""Normalise the trailing ``normalized_shape`` axes to zero mean and unit variance, then
+    scale by ``weight`` and shift by ``bias`` (Ba et al., 2016). See
+    :func:`scratchlm.functional.layer_norm_forward` for the equations.
+
+    Parameters: ``weight`` (ones) and ``bias`` (zeros), both of shape ``normalized_shape``.
+    Shapes: x ``(..., *normalized_shape)`` -> y same.
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        if not shape or any(int(s) < 1 for s in shape):
+            raise ValueError(f"normalized_shape must be positive sizes, got {normalized_shape!r}")
+        self.normalized_shape = tuple(int(s) for s in shape)
+        self.eps = float(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.dtype = resolve_dtype(dtype)
+        self.weight = Parameter(np.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
+        self.bias = Parameter(np.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
+
+    def forward(self, x):
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and self.weight is not None:
+            same_dtype(x, "x", self.weight.dtype, "LayerNorm")
+        y, self._cache = F.layer_norm_forward(
+            x, self.normalized_shape,
+            None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data, self.eps)
+        return y
+
+    def backward(self, dy):
+        dx, _, dw, db = F.layer_norm_backward(dy, self._saved())
+        if self.weight is not None:
+            self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
