@@ -27,6 +27,10 @@ def embedding_backward(dy, cache, dweight_out=None):
     r"""From ``y = W[ids]``: :math:`dW_v = \sum_{i:\,\mathrm{ids}_i = v} dy_i` (scatter-add),
     and no gradient for the padding row.
 
+    The sum is formed per distinct id in a compact ``(U, D)`` buffer (a Numba scatter-add), then
+    written into the table's rows once -- so accumulating into an existing gradient adds each
+    row's total exactly once, and backward twice gives exactly twice the gradient.
+
     Args:
         dy: ``ids.shape + (embedding_dim,)``.
         dweight_out: optional ``(num_embeddings, embedding_dim)`` array to accumulate into
@@ -36,11 +40,14 @@ def embedding_backward(dy, cache, dweight_out=None):
         ``(None, dweight)`` -- ids are not differentiable.
     """
     ids, shape, dtype, padding_idx = cache
-    dweight = np.zeros(shape, dtype=dtype) if dweight_out is None else dweight_out
     flat_ids = ids.reshape(-1)                                              # (N,)
     flat_dy = np.ascontiguousarray(dy, dtype=dtype).reshape(-1, shape[1])   # (N, D)
     if padding_idx is not None:
         keep = flat_ids != padding_idx
         flat_ids, flat_dy = flat_ids[keep], flat_dy[keep]
-    K.scatter_add_rows(dweight, np.ascontiguousarray(flat_ids), flat_dy)
+    rows, slot = np.unique(flat_ids, return_inverse=True)                   # (U,), (N,)
+    drows = np.zeros((rows.size, shape[1]), dtype=dtype)                    # (U, D)
+    K.scatter_add_rows(drows, np.ascontiguousarray(slot, dtype=np.int64), flat_dy)
+    dweight = np.zeros(shape, dtype=dtype) if dweight_out is None else dweight_out
+    dweight[rows] += drows                                                  # rows are distinct
     return None, dweight

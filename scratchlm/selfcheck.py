@@ -1,0 +1,76 @@
+"""The package checking itself: one gradient-check case per layer and loss.
+
+``python -m scratchlm gradcheck`` runs every case in :data:`CASES` through
+:func:`scratchlm.gradcheck.check_module`. Each case builds a float64 module and inputs from a
+seeded generator; inputs of non-smooth ops are kept away from their kinks. Every public layer of
+``scratchlm.nn`` (and, as they land, every model) has a case here: a test enforces it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import nn
+from .gradcheck import check_module
+
+F64 = np.float64
+
+
+def _normal(rng, *shape, min_abs=0.0):
+    z = rng.standard_normal(shape)
+    if min_abs:
+        z = np.where(z >= 0, np.maximum(z, min_abs), np.minimum(z, -min_abs))
+    return z
+
+
+def _targets(rng, n, classes, ignore=False):
+    t = rng.integers(0, classes, n)
+    if ignore:
+        t[::3] = -100
+    return t
+
+
+# name -> builder(rng) -> (module, inputs)
+CASES = {
+    "Linear": lambda r: (nn.Linear(5, 4, dtype=F64, rng=r), (_normal(r, 3, 2, 5),)),
+    "Linear(bias=False)": lambda r: (nn.Linear(5, 3, bias=False, dtype=F64, rng=r), (_normal(r, 4, 5),)),
+    "Embedding": lambda r: (nn.Embedding(11, 6, padding_idx=0, dtype=F64, rng=r),
+                            (r.integers(1, 11, (3, 4)),)),
+    "LayerNorm": lambda r: (_perturbed(nn.LayerNorm(6, dtype=F64), r), (_normal(r, 4, 6),)),
+    "LayerNorm((2,3), bias=False)": lambda r: (_perturbed(nn.LayerNorm((2, 3), bias=False, dtype=F64), r),
+                                               (_normal(r, 4, 2, 3),)),
+    "ReLU": lambda r: (nn.ReLU(), (_normal(r, 3, 5, min_abs=1e-2),)),
+    "Tanh": lambda r: (nn.Tanh(), (_normal(r, 3, 5),)),
+    "Sigmoid": lambda r: (nn.Sigmoid(), (_normal(r, 3, 5) * 3,)),
+    "GELU": lambda r: (nn.GELU(), (_normal(r, 3, 5) * 2,)),
+    "GELU(tanh)": lambda r: (nn.GELU("tanh"), (_normal(r, 3, 5) * 2,)),
+    "Softmax(dim=1)": lambda r: (nn.Softmax(dim=1), (_normal(r, 2, 4, 3),)),
+    "LogSoftmax": lambda r: (nn.LogSoftmax(), (_normal(r, 3, 5),)),
+    "Dropout": lambda r: (nn.Dropout(0.3, rng=r), (_normal(r, 4, 5),)),
+    "Flatten": lambda r: (nn.Flatten(), (_normal(r, 2, 3, 4),)),
+    "Sequential(Linear, GELU, LayerNorm)": lambda r: (
+        nn.Sequential(nn.Linear(4, 8, dtype=F64, rng=r), nn.GELU("tanh"), nn.LayerNorm(8, dtype=F64)),
+        (_normal(r, 3, 4),)),
+    "CrossEntropyLoss": lambda r: (nn.CrossEntropyLoss(), (_normal(r, 6, 5), _targets(r, 6, 5))),
+    "CrossEntropyLoss(ignore, smoothing)": lambda r: (
+        nn.CrossEntropyLoss(label_smoothing=0.1), (_normal(r, 6, 5), _targets(r, 6, 5, ignore=True))),
+    "CrossEntropyLoss(N,C,d, sum)": lambda r: (
+        nn.CrossEntropyLoss(reduction="sum"), (_normal(r, 2, 4, 3), r.integers(0, 4, (2, 3)))),
+    "NLLLoss": lambda r: (nn.NLLLoss(), (_normal(r, 6, 5), _targets(r, 6, 5, ignore=True))),
+    "BCEWithLogitsLoss": lambda r: (nn.BCEWithLogitsLoss(), (_normal(r, 4, 3) * 3, r.random((4, 3)))),
+    "MSELoss": lambda r: (nn.MSELoss(reduction="sum"), (_normal(r, 4, 3), _normal(r, 4, 3))),
+    "GaussianKLLoss": lambda r: (nn.GaussianKLLoss(), (_normal(r, 4, 3), _normal(r, 4, 3))),
+}
+
+
+def _perturbed(module, rng):
+    """Move parameters off their defaults (ones/zeros) so the check sees general values."""
+    for p in module.parameters():
+        p.data += 0.5 * rng.standard_normal(p.shape)
+    return module
+
+
+def run_case(name, seed=0, **kwargs):
+    """Build case ``name`` and check it; returns the report."""
+    module, inputs = CASES[name](np.random.default_rng(seed))
+    return check_module(module, *inputs, name=name, **kwargs)
