@@ -114,7 +114,7 @@ def log_softmax_backward_numba(dy, y):
 # (label smoothing eps mixes the one-hot target with the uniform distribution, as torch does)
 # --------------------------------------------------------------------------------------------
 def cross_entropy_forward_numpy(x, target, ignore_index, smoothing):
-    """x: (R, C) logits, target: (R,) int64 -> loss: (R,) per row (0 where ignored), lse: (R,)."""
+    """x: (R, C) logits, target: (R,) int64 -> loss: (R,) per row, lse: (R,) (both 0 where ignored)."""
     R, C = x.shape
     keep = target != ignore_index
     t = np.where(keep, target, 0)
@@ -123,7 +123,7 @@ def cross_entropy_forward_numpy(x, target, ignore_index, smoothing):
     loss = lse - (1.0 - smoothing) * x[np.arange(R), t]
     if smoothing:
         loss = loss - smoothing * x.mean(axis=1)
-    return np.where(keep, loss, 0.0).astype(x.dtype), lse.astype(x.dtype)
+    return np.where(keep, loss, 0.0).astype(x.dtype), np.where(keep, lse, 0.0).astype(x.dtype)
 
 
 @njit(cache=True, nogil=True, parallel=True)

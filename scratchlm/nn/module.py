@@ -19,6 +19,18 @@ import numpy as np
 
 from .._checks import resolve_dtype
 
+class _NoCache:
+    """The value of ``module._cache`` before any forward (a cache may itself be ``None``)."""
+
+    def __repr__(self):
+        return "<no forward yet>"
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+NO_CACHE = _NoCache()
+
 
 class Parameter:
     """A trainable array: ``data`` and the gradient ``grad`` accumulated into it (same shape/dtype).
@@ -71,7 +83,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
-        object.__setattr__(self, "_cache", None)
+        object.__setattr__(self, "_cache", NO_CACHE)
 
     # -- registration ------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -108,7 +120,7 @@ class Module:
 
     def _saved(self):
         """The cache the last forward left; a clear error when backward comes first."""
-        if self._cache is None:
+        if self._cache is NO_CACHE:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called before forward: run the forward pass first"
             )
@@ -185,7 +197,7 @@ class Module:
                     object.__setattr__(m, name, value.astype(dt))
             if "dtype" in m.__dict__:
                 object.__setattr__(m, "dtype", dt)
-            object.__setattr__(m, "_cache", None)
+            object.__setattr__(m, "_cache", NO_CACHE)
         return self
 
     def double(self):

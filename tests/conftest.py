@@ -1,0 +1,51 @@
+"""Shared fixtures: hypothesis profiles and the PyTorch reference helpers.
+
+Hypothesis profiles (select with HYPOTHESIS_PROFILE): ``default`` -- few examples, derandomised,
+fast enough for CI on two cores; ``thorough`` -- many examples, for a local soak.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", max_examples=8, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session")
+def torch():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
+def to_torch(torch, a, grad=False):
+    t = torch.from_numpy(np.array(a, order="C", copy=True))
+    return t.requires_grad_(True) if grad else t
+
+
+def assert_close(ours, theirs, dtype=None):
+    """float64: 1e-10 relative (plus a tiny absolute floor); float32: torch.testing.assert_close's
+    defaults (rtol 1.3e-6, atol 1e-5)."""
+    import torch
+    ours = np.asarray(ours)
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    dtype = dtype or ours.dtype
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    if np.dtype(dtype) == np.float64:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+    else:
+        torch.testing.assert_close(torch.from_numpy(np.ascontiguousarray(ours)),
+                                   torch.from_numpy(np.ascontiguousarray(theirs)))
+
+
+def copy_weights_to_torch(torch, ours, theirs):
+    """Load our state_dict into a torch module: names and shapes must coincide exactly."""
+    state = {k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(state, strict=True)
+    return theirs
