@@ -1,0 +1,144 @@
+"""Checkpoints: round trip, atomic writes, refusal of truncated / pickled / foreign files;
+safetensors read and write."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from scratchlm import nn
+from scratchlm.io import (load_checkpoint, load_safetensors, read_checkpoint, save_checkpoint,
+                          save_safetensors)
+
+
+def model(seed=0):
+    return nn.Sequential(nn.Linear(4, 8, rng=seed), nn.Dropout(0.5, rng=seed), nn.LayerNorm(8), nn.Linear(8, 3, rng=seed + 1))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_roundtrip_restores_weights_meta_and_random_state(tmp_path, suffix):
+    a = model(0)
+    path = tmp_path / f"ck{suffix}"
+    save_checkpoint(path, a, step=7, config={"d": 8, "name": "mlp"})
+    b = model(1)
+    meta = load_checkpoint(path, b)
+    assert meta == {"step": 7, "config": {"d": 8, "name": "mlp"}}
+    for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+        assert np.array_equal(u, v) and u.dtype == v.dtype, k
+    x = np.ones((2, 4), np.float32)
+    assert np.array_equal(a(x), b(x))          # the dropout generators resume in step
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, model(0), step=1)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model(1), step=2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ck.npz"]       # no temp file left behind
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, model(0))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(path, model(0))
+    st = tmp_path / "ck.safetensors"
+    save_checkpoint(st, model(0))
+    blob = st.read_bytes()
+    st.write_bytes(blob[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        load_checkpoint(st, model(0))
+
+
+def test_pickle_bearing_file_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, __meta__=np.array(json.dumps({"format": "scratchlm-checkpoint", "version": 1, "meta": {}})),
+             **{"model/0.weight": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="pickled objects"):
+        load_checkpoint(path, model(0))
+
+
+def test_foreign_and_mismatched_files_are_refused(tmp_path):
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a scratchlm checkpoint"):
+        load_checkpoint(other, model(0))
+    ck = tmp_path / "ck.npz"
+    save_checkpoint(ck, model(0))
+    bigger = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.LayerNorm(16), nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="mis-shaped keys"):
+        load_checkpoint(ck, bigger)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.npz", model(0))
+    with pytest.raises(TypeError, match="JSON"):
+        save_checkpoint(ck, model(0), bad=object())
+
+
+def test_read_checkpoint_without_module(tmp_path):
+    ck = tmp_path / "ck.npz"
+    save_checkpoint(ck, model(0), step=3)
+    arrays, doc = read_checkpoint(ck)
+    assert doc["meta"] == {"step": 3} and doc["module"] == "Sequential"
+    assert set(arrays) == {f"model/{k}" for k in model(0).state_dict()}
+
+
+def test_safetensors_roundtrip_all_dtypes(tmp_path):
+    tensors = {"f64": np.arange(6.0).reshape(2, 3), "f32": np.ones((4,), np.float32),
+               "f16": np.array([1.5, -2], np.float16), "i64": np.array([[1, -2]], np.int64),
+               "u8": np.arange(5, dtype=np.uint8), "b": np.array([True, False]),
+               "scalar": np.array(3.0, np.float32), "empty": np.zeros((0, 2), np.float32)}
+    path = tmp_path / "t.safetensors"
+    save_safetensors(path, tensors, {"note": "hi"})
+    back, meta = load_safetensors(path)
+    assert meta == {"note": "hi"}
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v), k
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert (8 + n) % 8 == 0                         # data 8-byte aligned
+    header = json.loads(raw[8:8 + n])
+    assert header["f32"] == {"dtype": "F32", "shape": [4], "data_offsets": header["f32"]["data_offsets"]}
+
+
+def test_safetensors_bf16_loads_as_float32(tmp_path):
+    values = np.array([1.0, -2.5, 3.140625], np.float32)
+    bits = (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}).encode()
+    path = tmp_path / "bf.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bits)
+    back, _ = load_safetensors(path)
+    assert back["w"].dtype == np.float32 and np.array_equal(back["w"], values)
+
+
+def test_safetensors_package_interop(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}
+    ours = tmp_path / "ours.safetensors"
+    save_safetensors(ours, tensors)
+    for k, v in st.load_file(str(ours)).items():
+        assert np.array_equal(v, tensors[k])
+    theirs = tmp_path / "theirs.safetensors"
+    st.save_file(tensors, str(theirs))
+    back, _ = load_safetensors(theirs)
+    assert all(np.array_equal(back[k], v) for k, v in tensors.items())
+
+
+def test_corrupt_safetensors_header(tmp_path):
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(struct.pack("<Q", 5) + b"{oops")
+    with pytest.raises(ValueError, match="corrupt safetensors header"):
+        load_safetensors(p)
+    p.write_bytes(b"abc")
+    with pytest.raises(ValueError, match="too short"):
+        load_safetensors(p)

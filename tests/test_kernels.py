@@ -1,0 +1,132 @@
+"""Both routes (Numba kernels and their NumPy twins) agree, and the switch works."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import scratchlm
+from scratchlm import kernels, nn
+from scratchlm.kernels import embedding as E, gelu as G, layernorm as L, optim as O, softmax as S
+
+RNG = np.random.default_rng(0)
+
+
+def both(kernel, *args):
+    a = kernel.numba(*[x.copy() if isinstance(x, np.ndarray) else x for x in args])
+    b = kernel.numpy(*[x.copy() if isinstance(x, np.ndarray) else x for x in args])
+    return (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+
+
+def assert_agree(kernel, *args, dtype):
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
+    for u, v in zip(*both(kernel, *args)):
+        assert u.dtype == v.dtype == dtype, (kernel.__name__, u.dtype, v.dtype)
+        np.testing.assert_allclose(u, v, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_routes_agree(dtype):
+    x = (RNG.standard_normal((9, 13)) * 4).astype(dtype)
+    dy = RNG.standard_normal((9, 13)).astype(dtype)
+    t = RNG.integers(0, 13, 9)
+    t[3] = -100
+    assert_agree(S.softmax_forward, x, dtype=dtype)
+    assert_agree(S.softmax_backward, dy, S.softmax_forward(x), dtype=dtype)
+    assert_agree(S.log_softmax_forward, x, dtype=dtype)
+    assert_agree(S.log_softmax_backward, dy, S.log_softmax_forward(x), dtype=dtype)
+    for eps in (0.0, 0.1):
+        assert_agree(S.cross_entropy_forward, x, t, -100, eps, dtype=dtype)
+        _, lse = S.cross_entropy_forward(x, t, -100, eps)
+        assert_agree(S.cross_entropy_backward, dy[:, 0].copy(), x, t, lse, -100, eps, dtype=dtype)
+    w, b = RNG.standard_normal(13).astype(dtype), RNG.standard_normal(13).astype(dtype)
+    assert_agree(L.layernorm_forward, x, w, b, 1e-5, dtype=dtype)
+    _, mean, rstd = L.layernorm_forward(x, w, b, 1e-5)
+    assert_agree(L.layernorm_backward, dy, x, w, mean, rstd, dtype=dtype)
+    for approx in (True, False):
+        assert_agree(G.gelu_forward, x.ravel(), approx, dtype=dtype)
+        assert_agree(G.gelu_backward, dy.ravel(), x.ravel(), approx, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_in_place_kernels_agree(dtype):
+    dw1 = np.zeros((7, 4), dtype)
+    dw2 = dw1.copy()
+    ids = RNG.integers(0, 7, 30)
+    d = RNG.standard_normal((30, 4)).astype(dtype)
+    E.scatter_add_rows.numba(dw1, ids, d)
+    E.scatter_add_rows.numpy(dw2, ids, d)
+    np.testing.assert_allclose(dw1, dw2, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    for amsgrad in (False, True):
+        for decoupled in (False, True):
+            arrays = [RNG.standard_normal(50).astype(dtype) for _ in range(2)] + [np.abs(RNG.standard_normal(50)).astype(dtype) for _ in range(3)]
+            a = [x.copy() for x in arrays]
+            b = [x.copy() for x in arrays]
+            args = (1e-2, 0.9, 0.999, 1e-8, 0.1, decoupled, amsgrad, 0.19, 0.002)
+            O.adam_update.numba(*a, *args)
+            O.adam_update.numpy(*b, *args)
+            for u, v in zip(a, b):
+                np.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_whole_layers_agree_across_routes():
+    x = RNG.standard_normal((6, 8))
+    m = nn.Sequential(nn.Linear(8, 16, dtype=np.float64, rng=0), nn.GELU(), nn.LayerNorm(16, dtype=np.float64),
+                      nn.LogSoftmax())
+    dy = RNG.standard_normal((6, 16))
+    outs = {}
+    for route in kernels.BACKENDS:
+        with kernels.use_backend(route):
+            assert kernels.get_backend() == route
+            m.zero_grad()
+            y = m(x)
+            dx = m.backward(dy)
+            outs[route] = (y, dx, [p.grad.copy() for p in m.parameters()])
+    (y1, dx1, g1), (y2, dx2, g2) = outs["numba"], outs["numpy"]
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-11, atol=1e-13)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+def test_switch_api():
+    assert scratchlm.get_backend() in kernels.BACKENDS
+    with scratchlm.use_backend("numpy"):
+        with scratchlm.use_backend("numba"):
+            assert scratchlm.get_backend() == "numba"
+        assert scratchlm.get_backend() == "numpy"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with scratchlm.use_backend("cuda"):
+            pass
+    old = kernels.get_backend()
+    scratchlm.set_backend("numpy")
+    try:
+        assert kernels.get_backend() == "numpy"
+    finally:
+        scratchlm.set_backend(old)
+
+
+def test_environment_variable_selects_route():
+    code = "import scratchlm; print(scratchlm.get_backend())"
+    env = dict(os.environ, SCRATCHLM_BACKEND="numpy")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "numpy"
+    env["SCRATCHLM_BACKEND"] = "gpu"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SCRATCHLM_BACKEND must be one of" in bad.stderr
+
+
+def test_every_jitted_kernel_caches_and_has_a_twin():
+    import inspect
+    import scratchlm.kernels as pkg
+    import importlib
+    import pkgutil
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"scratchlm.kernels.{info.name}")
+        src = inspect.getsource(mod)
+        assert "@njit(" not in src.replace("@njit(cache=True", ""), f"{info.name}: @njit without cache=True"
+        for name, obj in vars(mod).items():
+            if name.endswith("_numba"):
+                assert hasattr(mod, name[:-6] + "_numpy"), f"{info.name}.{name} has no NumPy twin"
