@@ -67,7 +67,9 @@ def _split(obj, prefix, arrays):
         return {"__array__": prefix}
     if isinstance(obj, dict):
         return {"__dict__": [[_key(k), _split(v, f"{prefix}/{k}", arrays)] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_split(v, f"{prefix}/{i}", arrays) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
         return [_split(v, f"{prefix}/{i}", arrays) for i, v in enumerate(obj)]
     if isinstance(obj, np.generic):
         return obj.item()
@@ -88,6 +90,8 @@ def _join(obj, arrays):
     if isinstance(obj, dict):
         if "__array__" in obj:
             return arrays[obj["__array__"]]
+        if "__tuple__" in obj:
+            return tuple(_join(v, arrays) for v in obj["__tuple__"])
         return {k: _join(v, arrays) for k, v in obj["__dict__"]}
     if isinstance(obj, list):
         return [_join(v, arrays) for v in obj]

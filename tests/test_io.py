@@ -142,3 +142,37 @@ def test_corrupt_safetensors_header(tmp_path):
     p.write_bytes(b"abc")
     with pytest.raises(ValueError, match="too short"):
         load_safetensors(p)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_resume_with_optimizer_is_bit_identical(tmp_path, suffix):
+    from scratchlm.optim import SGD, AdamW
+
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(10)]
+
+    def train(net, opt, batches):
+        loss_fn = nn.CrossEntropyLoss()
+        for x, t in batches:
+            opt.zero_grad()
+            loss_fn(net(x), t)
+            net.backward(loss_fn.backward())
+            opt.step()
+
+    straight = model(0)                                  # 10 steps without interruption
+    train(straight, AdamW(straight.parameters(), lr=1e-2, betas=(0.8, 0.99)), data)
+
+    first = model(0)                                     # 4 steps, save ...
+    opt1 = AdamW(first.parameters(), lr=1e-2, betas=(0.8, 0.99))
+    train(first, opt1, data[:4])
+    path = tmp_path / f"ck{suffix}"
+    save_checkpoint(path, first, opt1, step=4)
+    resumed = model(5)                                   # ... load into a differently seeded model
+    opt2 = AdamW(resumed.parameters(), lr=0.5)
+    assert load_checkpoint(path, resumed, opt2) == {"step": 4}
+    assert opt2.state_dict()["param_groups"] == opt1.state_dict()["param_groups"]
+    train(resumed, opt2, data[4:])                       # ... and finish: same bits as straight
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert np.array_equal(a, b), k
+    with pytest.raises(ValueError, match="holds AdamW state, not SGD"):
+        load_checkpoint(path, model(0), SGD(model(0).parameters()))
