@@ -130,3 +130,14 @@ def test_every_jitted_kernel_caches_and_has_a_twin():
         for name, obj in vars(mod).items():
             if name.endswith("_numba"):
                 assert hasattr(mod, name[:-6] + "_numpy"), f"{info.name}.{name} has no NumPy twin"
+
+
+def test_vectorised_exp_accuracy():
+    from scratchlm.kernels.vmath import exp
+    t = np.concatenate([np.linspace(-87, 88, 200001), RNG.standard_normal(10000) * 5, [0.0, -1e-30, 1e-30]])
+    ours = exp.numba(t.astype(np.float32)).astype(np.float64)
+    ref = np.exp(t.astype(np.float32).astype(np.float64))
+    assert np.max(np.abs(ours - ref) / ref) < 1.2e-7          # within one float32 ulp
+    assert exp.numba(np.array([-1000.0, 1000.0], np.float32)).tolist() == [np.float32(np.exp(-87.0)), np.float32(np.exp(88.0))]
+    t64 = RNG.standard_normal(1000) * 20
+    np.testing.assert_allclose(exp.numba(t64), np.exp(t64), rtol=4e-16, atol=0)   # float64: libm, 1 ulp

@@ -2,15 +2,17 @@
 
 All kernels take C-contiguous ``(R, C)`` arrays (R rows of C classes); callers reshape and
 validate. Every row is shifted by its maximum before ``exp`` (the log-sum-exp trick), so no
-finite input overflows. Numba kernels accumulate sums in float64 whatever the storage dtype.
+finite input overflows. Numba kernels exponentiate a whole row at a time with the vectorised
+``exp_inplace`` (``vmath.py``) and accumulate sums in float64 whatever the storage dtype.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import dispatch
+from .vmath import exp_inplace
 
 
 # --------------------------------------------------------------------------------------------
@@ -27,16 +29,18 @@ def softmax_forward_numba(x):
     # x: (R, C) -> y: (R, C)
     R, C = x.shape
     y = np.empty_like(x)
+    bits = np.empty(C, np.int32)                 # scratch for exp_inplace
     for r in range(R):
         m = x[r, 0]
         for c in range(1, C):
             if x[r, c] > m:
                 m = x[r, c]
+        for c in range(C):
+            y[r, c] = x[r, c] - m
+        exp_inplace(y[r], bits)                  # y[r] = exp(x[r] - m)
         s = 0.0
         for c in range(C):
-            e = math.exp(x[r, c] - m)
-            y[r, c] = e
-            s += e
+            s += y[r, c]
         inv = 1.0 / s
         for c in range(C):
             y[r, c] = y[r, c] * inv
@@ -76,14 +80,18 @@ def log_softmax_forward_numba(x):
     # x: (R, C) -> y: (R, C)
     R, C = x.shape
     y = np.empty_like(x)
+    bits = np.empty(C, np.int32)
     for r in range(R):
         m = x[r, 0]
         for c in range(1, C):
             if x[r, c] > m:
                 m = x[r, c]
+        for c in range(C):
+            y[r, c] = x[r, c] - m
+        exp_inplace(y[r], bits)                  # y[r] = exp(x[r] - m), for the sum only
         s = 0.0
         for c in range(C):
-            s += math.exp(x[r, c] - m)
+            s += y[r, c]
         lse = m + math.log(s)
         for c in range(C):
             y[r, c] = x[r, c] - lse
@@ -100,12 +108,15 @@ def log_softmax_backward_numba(dy, y):
     # dy, y: (R, C) -> dx: (R, C)
     R, C = y.shape
     dx = np.empty_like(y)
+    bits = np.empty(C, np.int32)
     for r in range(R):
         s = 0.0
         for c in range(C):
             s += dy[r, c]
+        dx[r] = y[r]
+        exp_inplace(dx[r], bits)                 # softmax = exp(log-softmax)
         for c in range(C):
-            dx[r, c] = dy[r, c] - math.exp(y[r, c]) * s
+            dx[r, c] = dy[r, c] - dx[r, c] * s
     return dx
 
 
@@ -126,13 +137,15 @@ def cross_entropy_forward_numpy(x, target, ignore_index, smoothing):
     return np.where(keep, loss, 0.0).astype(x.dtype), np.where(keep, lse, 0.0).astype(x.dtype)
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def cross_entropy_forward_numba(x, target, ignore_index, smoothing):
     # x: (R, C) logits, target: (R,) -> loss: (R,), lse: (R,)
     R, C = x.shape
     loss = np.zeros(R, dtype=x.dtype)
     lse = np.zeros(R, dtype=x.dtype)
-    for r in prange(R):
+    buf = np.empty(C, dtype=x.dtype)
+    bits = np.empty(C, np.int32)
+    for r in range(R):
         t = target[r]
         if t == ignore_index:
             continue
@@ -140,10 +153,13 @@ def cross_entropy_forward_numba(x, target, ignore_index, smoothing):
         for c in range(1, C):
             if x[r, c] > m:
                 m = x[r, c]
+        for c in range(C):
+            buf[c] = x[r, c] - m
+        exp_inplace(buf, bits)
         s = 0.0
         total = 0.0
         for c in range(C):
-            s += math.exp(x[r, c] - m)
+            s += buf[c]
             total += x[r, c]
         lse_r = m + math.log(s)
         lse[r] = lse_r
@@ -166,12 +182,13 @@ def cross_entropy_backward_numpy(dloss, x, target, lse, ignore_index, smoothing)
     return dx
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True)
 def cross_entropy_backward_numba(dloss, x, target, lse, ignore_index, smoothing):
     # dloss: (R,), x: (R, C), target: (R,), lse: (R,) -> dx: (R, C)
     R, C = x.shape
     dx = np.empty_like(x)
-    for r in prange(R):
+    bits = np.empty(C, np.int32)
+    for r in range(R):
         t = target[r]
         if t == ignore_index:
             for c in range(C):
@@ -180,7 +197,10 @@ def cross_entropy_backward_numba(dloss, x, target, lse, ignore_index, smoothing)
         g = dloss[r]
         off = smoothing / C
         for c in range(C):
-            dx[r, c] = (math.exp(x[r, c] - lse[r]) - off) * g
+            dx[r, c] = x[r, c] - lse[r]
+        exp_inplace(dx[r], bits)                 # softmax(x)[r]
+        for c in range(C):
+            dx[r, c] = (dx[r, c] - off) * g
         dx[r, t] -= (1.0 - smoothing) * g
     return dx
 

@@ -1,0 +1,56 @@
+"""Thread settings shared by the runner and the memory probe. Standard library only: this module
+must be importable before NumPy, Numba or torch is."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_HEAVY = ("numpy", "numba", "torch")
+
+# OpenBLAS's idle worker threads spin for 2**28 cycles (~0.1 s) after every BLAS call before they
+# sleep. Interleaved with torch on a few cores, that spinning steals the cores from the next
+# implementation (measured: torch's mlp_block 1.7x slower right after a scratchlm step). 2**20
+# cycles (~0.4 ms) keeps the workers hot between the BLAS calls of one step and idle between
+# implementations. Set OPENBLAS_THREAD_TIMEOUT yourself (the exponent, 4..30) to override.
+OPENBLAS_THREAD_TIMEOUT = "20"
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def apply_thread_env(n: int) -> list[str]:
+    """Write ``n`` into every thread-count variable. Returns the heavy modules that were already
+    imported (for them the variables come too late; the caller should warn)."""
+    if n < 1:
+        raise ValueError(f"--threads must be at least 1, got {n}")
+    late = [m for m in _HEAVY if sys.modules.get(m) is not None]
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(n)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
+    return late
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def apply_runtime_threads(n: int, torch_too: bool = True) -> dict:
+    """Call ``numba.set_num_threads(n)`` and (when asked and installed) ``torch.set_num_threads(n)``;
+    returns the thread counts each library reports afterwards."""
+    import numba
+
+    numba.set_num_threads(n)
+    out = {"numba": numba.get_num_threads(), "torch": None}
+    if torch_too and torch_available():
+        import torch
+
+        torch.set_num_threads(n)
+        out["torch"] = torch.get_num_threads()
+    return out

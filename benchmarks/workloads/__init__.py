@@ -1,0 +1,35 @@
+"""The workload registry. ``WORKLOADS`` lists the classes in run order (``sgemm`` first: its
+speed is the peak the others are compared with). Add a workload by writing a module here and
+appending its class below; see ``benchmarks/__init__.py``."""
+
+from __future__ import annotations
+
+from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
+from .cross_entropy import CrossEntropy256, CrossEntropy50257
+from .mlp import MLPBlock
+from .sgemm import Sgemm
+
+WORKLOADS: list[type[Workload]] = [
+    Sgemm,
+    MLPBlock,
+    CrossEntropy256,
+    CrossEntropy50257,
+]
+
+PEAK_WORKLOAD = "sgemm"
+
+
+def names() -> list[str]:
+    return [w.name for w in WORKLOADS]
+
+
+def get_workload(name: str, quick: bool = False) -> Workload:
+    """Instantiate the workload called ``name``."""
+    for cls in WORKLOADS:
+        if cls.name == name:
+            return cls(quick=quick)
+    raise KeyError(f"unknown workload {name!r}; known: {', '.join(names())}")
+
+
+__all__ = ["WORKLOADS", "PEAK_WORKLOAD", "DEFAULT_IMPLS", "TORCH", "Unavailable", "Workload",
+           "get_workload", "names"]

@@ -1,0 +1,65 @@
+"""The workload protocol: a named, sized computation with one ``setup`` per implementation."""
+
+from __future__ import annotations
+
+SCRATCHLM_NUMBA = "scratchlm-numba"
+SCRATCHLM_NUMPY = "scratchlm-numpy"
+TORCH = "torch"
+DEFAULT_IMPLS = (SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH)
+_BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy"}
+
+
+class Unavailable(Exception):
+    """An implementation that cannot run here (e.g. torch not installed): reported as n/a."""
+
+
+class Workload:
+    """One benchmark. Subclasses set the class attributes and implement :meth:`setup`.
+
+    Attributes:
+        name: the key for ``--only`` and the memory probe.
+        description: one line for the report (sizes included).
+        impls: the implementations it offers, in table order.
+        flops: floating-point operations per step, or ``None`` when not meaningful.
+        params: the sizes, recorded in ``latest.json``.
+    """
+
+    name: str = ""
+    description: str = ""
+    impls: tuple = DEFAULT_IMPLS
+
+    def __init__(self, quick: bool = False):
+        self.quick = bool(quick)
+        self.flops: float | None = None
+        self.params: dict = {}
+
+    def setup(self, impl: str):
+        """Build inputs and state for ``impl``; return a zero-argument callable running one step."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def check_impl(self, impl: str) -> None:
+        if impl not in self.impls:
+            raise ValueError(f"workload {self.name!r} has no impl {impl!r}; it has {self.impls}")
+
+    @staticmethod
+    def scratchlm_step(impl: str, fn):
+        """Wrap ``fn`` so that every call runs under ``use_backend`` for ``impl``."""
+        from scratchlm.kernels import use_backend
+
+        backend = _BACKEND_OF[impl]
+
+        def step():
+            with use_backend(backend):
+                fn()
+
+        return step
+
+    @staticmethod
+    def require_torch():
+        """Import and return torch, or raise :class:`Unavailable`."""
+        try:
+            import torch
+        except Exception as exc:  # ImportError or a broken install
+            raise Unavailable(f"torch not importable: {exc}") from exc
+        return torch
