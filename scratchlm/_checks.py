@@ -93,6 +93,14 @@ def same_dtype(x: np.ndarray, name: str, dtype, owner: str) -> None:
         )
 
 
+def same_shape_and_dtype(y: np.ndarray, name_y: str, x: np.ndarray, name_x: str) -> None:
+    """``y`` must match ``x`` exactly in shape (ValueError) and dtype (TypeError)."""
+    if y.shape != x.shape:
+        raise ValueError(f"{name_y} must have the shape of {name_x} {x.shape}, got {y.shape}")
+    if y.dtype != x.dtype:
+        raise TypeError(f"{name_y} has dtype {y.dtype} but {name_x} has dtype {x.dtype}")
+
+
 def last_dim(x: np.ndarray, name: str, size: int, what: str) -> None:
     if x.shape[-1] != size:
         raise ValueError(

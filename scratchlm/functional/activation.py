@@ -34,11 +34,17 @@ def tanh_backward(dy, cache):
     return dy * (1 - y * y)
 
 
+def stable_sigmoid(x):
+    r""":math:`\sigma(x) = 1 / (1 + e^{-x})` without overflow: :math:`e^{-|x|} \in (0, 1]`, then
+    :math:`1/(1+e)` for :math:`x \ge 0` and :math:`e/(1+e)` for :math:`x < 0`."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
 def sigmoid_forward(x):
     r""":math:`y = \sigma(x) = 1 / (1 + e^{-x})`, evaluated without overflow for any finite x."""
     x = float_array(x, "x")
-    e = np.exp(-np.abs(x))                                   # in (0, 1]: never overflows
-    y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+    y = stable_sigmoid(x)
     return y, y
 
 

@@ -7,7 +7,8 @@ losses, an array of the loss's shape for ``'none'`` -- and returns one gradient 
 
 import numpy as np
 
-from .._checks import choice, float_array, index_array, probability
+from .._checks import choice, float_array, index_array, probability, same_shape_and_dtype
+from .activation import stable_sigmoid
 from ..kernels import softmax as K
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -148,10 +149,7 @@ def bce_with_logits_forward(input, target, reduction: str = "mean"):
     x = float_array(input, "input")
     y = float_array(target, "target")
     choice(reduction, "reduction", REDUCTIONS)
-    if y.shape != x.shape:
-        raise ValueError(f"target must have the shape of input {x.shape}, got {y.shape}")
-    if y.dtype != x.dtype:
-        raise TypeError(f"target has dtype {y.dtype} but input has dtype {x.dtype}")
+    same_shape_and_dtype(y, "target", x, "input")
     per = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))             # (...,)
     return _reduce(per, reduction), (x, y, reduction)
 
@@ -162,9 +160,7 @@ def bce_with_logits_backward(dloss, cache):
     Returns ``(dinput, dtarget)``."""
     x, y, reduction = cache
     g = _upstream(dloss, reduction, x.shape, x.dtype)
-    e = np.exp(-np.abs(x))
-    sig = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-    return (g * (sig - y)).astype(x.dtype), (-g * x).astype(x.dtype)
+    return (g * (stable_sigmoid(x) - y)).astype(x.dtype), (-g * x).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,10 +169,7 @@ def mse_forward(input, target, reduction: str = "mean"):
     x = float_array(input, "input")
     y = float_array(target, "target")
     choice(reduction, "reduction", REDUCTIONS)
-    if y.shape != x.shape:
-        raise ValueError(f"target must have the shape of input {x.shape}, got {y.shape}")
-    if y.dtype != x.dtype:
-        raise TypeError(f"target has dtype {y.dtype} but input has dtype {x.dtype}")
+    same_shape_and_dtype(y, "target", x, "input")
     diff = x - y
     return _reduce(diff * diff, reduction), (diff, reduction)
 
@@ -208,10 +201,7 @@ def gaussian_kl_forward(mu, logvar, reduction: str = "mean"):
     mu = float_array(mu, "mu", min_ndim=1)
     logvar = float_array(logvar, "logvar", min_ndim=1)
     choice(reduction, "reduction", REDUCTIONS)
-    if logvar.shape != mu.shape:
-        raise ValueError(f"logvar must have the shape of mu {mu.shape}, got {logvar.shape}")
-    if logvar.dtype != mu.dtype:
-        raise TypeError(f"logvar has dtype {logvar.dtype} but mu has dtype {mu.dtype}")
+    same_shape_and_dtype(logvar, "logvar", mu, "mu")
     var = np.exp(logvar)
     per = -0.5 * (1 + logvar - mu * mu - var).sum(axis=-1)                   # (...,)
     return _reduce(per, reduction), (mu, var, reduction)

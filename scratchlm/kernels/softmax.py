@@ -15,6 +15,15 @@ from . import dispatch
 from .vmath import exp_inplace
 
 
+@njit(cache=True, inline="always")
+def _row_max(x, r):
+    m = x[r, 0]
+    for c in range(1, x.shape[1]):
+        if x[r, c] > m:
+            m = x[r, c]
+    return m
+
+
 # --------------------------------------------------------------------------------------------
 # softmax: y = exp(x - max) / sum(exp(x - max))
 # --------------------------------------------------------------------------------------------
@@ -31,10 +40,7 @@ def softmax_forward_numba(x):
     y = np.empty_like(x)
     bits = np.empty(C, np.int32)                 # scratch for exp_inplace
     for r in range(R):
-        m = x[r, 0]
-        for c in range(1, C):
-            if x[r, c] > m:
-                m = x[r, c]
+        m = _row_max(x, r)
         for c in range(C):
             y[r, c] = x[r, c] - m
         exp_inplace(y[r], bits)                  # y[r] = exp(x[r] - m)
@@ -82,10 +88,7 @@ def log_softmax_forward_numba(x):
     y = np.empty_like(x)
     bits = np.empty(C, np.int32)
     for r in range(R):
-        m = x[r, 0]
-        for c in range(1, C):
-            if x[r, c] > m:
-                m = x[r, c]
+        m = _row_max(x, r)
         for c in range(C):
             y[r, c] = x[r, c] - m
         exp_inplace(y[r], bits)                  # y[r] = exp(x[r] - m), for the sum only
@@ -149,10 +152,7 @@ def cross_entropy_forward_numba(x, target, ignore_index, smoothing):
         t = target[r]
         if t == ignore_index:
             continue
-        m = x[r, 0]
-        for c in range(1, C):
-            if x[r, c] > m:
-                m = x[r, c]
+        m = _row_max(x, r)
         for c in range(C):
             buf[c] = x[r, c] - m
         exp_inplace(buf, bits)
