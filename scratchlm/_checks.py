@@ -93,6 +93,35 @@ def same_dtype(x: np.ndarray, name: str, dtype, owner: str) -> None:
         )
 
 
+def upstream(dy, shape, dtype, name: str = "dy") -> np.ndarray:
+    """Check an upstream gradient against the forward output it belongs to: same shape
+    (``ValueError``), same dtype (``TypeError``: no silent promotion in backward either), finite.
+    Every backward calls this before touching a kernel."""
+    if not isinstance(dy, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(dy).__name__}")
+    if dy.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} has dtype {dy.dtype} but the forward output has dtype "
+                        f"{np.dtype(dtype)}")
+    if dy.shape != tuple(shape):
+        raise ValueError(f"{name} must have the forward output's shape {tuple(shape)}, got {dy.shape}")
+    if dy.size and not all_finite(np.ascontiguousarray(dy).reshape(-1)):
+        raise ValueError(f"{name} must be finite (it contains NaN or inf)")
+    return dy
+
+
+def scalar(value, name: str) -> float:
+    """A finite real number (Python number, NumPy scalar or 0-d array), or raise naming ``name``."""
+    if isinstance(value, np.ndarray) and value.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got an array of shape {value.shape}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from exc
+    if not np.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {out}")
+    return out
+
+
 def same_shape_and_dtype(y: np.ndarray, name_y: str, x: np.ndarray, name_x: str) -> None:
     """``y`` must match ``x`` exactly in shape (ValueError) and dtype (TypeError)."""
     if y.shape != x.shape:
@@ -109,20 +138,41 @@ def last_dim(x: np.ndarray, name: str, size: int, what: str) -> None:
 
 
 def positive_int(value, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = integer(value, name)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
 
 
 def probability(value, name: str, *, allow_one: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     upper_ok = value <= 1.0 if allow_one else value < 1.0
     if not (0.0 <= value and upper_ok):
         bound = "[0, 1]" if allow_one else "[0, 1)"
         raise ValueError(f"{name} must be in {bound}, got {value}")
     return value
+
+
+def boolean(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def nonnegative(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0 or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
 
 
 def choice(value, name: str, options) -> str:

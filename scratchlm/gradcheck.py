@@ -374,8 +374,8 @@ def _check_float32(module, inputs, douts, n_inputs) -> PropertyCheck:
                 if g is not None and np.asarray(g).dtype != np.float32]
         bad += [f"{n}.grad dtype {p.grad.dtype}" for n, p in m.named_parameters()
                 if p.grad.dtype != np.float32 or p.data.dtype != np.float32]
-    except (TypeError, ValueError) as exc:
-        return PropertyCheck(name, False, f"float32 run failed: {exc}")
+    except Exception as exc:  # a failing float32 path must fail the property, not the whole report
+        return PropertyCheck(name, False, f"float32 run failed: {type(exc).__name__}: {exc}")
     return PropertyCheck(name, not bad, ", ".join(bad))
 
 

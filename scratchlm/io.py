@@ -48,13 +48,31 @@ def atomic_write(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+        _fsync_dir(folder)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _fsync_dir(folder) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,7 +156,12 @@ def read_checkpoint(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
-        magic = f.read(4)
+        magic = f.read(8)
+    if magic[:1] == b"\x80":
+        raise ValueError(f"{path} is a pickle file; refusing to load it "
+                         f"(checkpoints are .npz or .safetensors, read without unpickling)")
+    if magic.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{path} is a bare .npy array, not a scratchlm checkpoint")
     if magic.startswith(b"PK"):
         arrays = _read_npz(path)
         if "__meta__" not in arrays:
@@ -162,8 +185,16 @@ def read_checkpoint(path):
 
 def load_checkpoint(path, module, optimizer=None) -> dict:
     """Load ``path`` into ``module`` (strictly: missing, unexpected or mis-shaped keys raise) and
-    ``optimizer``; restore the module's random generators; return the saved ``meta``."""
+    ``optimizer``; restore the module's random generators; return the saved ``meta``.
+
+    Everything that can be checked is checked before anything is modified."""
     arrays, doc = read_checkpoint(path)
+    if optimizer is not None:
+        saved = doc.get("optimizer")
+        if saved is None:
+            raise ValueError(f"{path} holds no optimizer state")
+        if saved["type"] != type(optimizer).__name__:
+            raise ValueError(f"{path} holds {saved['type']} state, not {type(optimizer).__name__}")
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     module.load_state_dict(model_state, strict=True)
     gens = dict(module.generators())
@@ -171,12 +202,7 @@ def load_checkpoint(path, module, optimizer=None) -> dict:
         if name in gens:
             gens[name].bit_generator.state = state
     if optimizer is not None:
-        saved = doc.get("optimizer")
-        if saved is None:
-            raise ValueError(f"{path} holds no optimizer state")
-        if saved["type"] != type(optimizer).__name__:
-            raise ValueError(f"{path} holds {saved['type']} state, not {type(optimizer).__name__}")
-        optimizer.load_state_dict(_join(saved["state"], arrays))
+        optimizer.load_state_dict(_join(doc["optimizer"]["state"], arrays))
     return doc["meta"]
 
 
@@ -243,7 +269,10 @@ def load_safetensors(path):
         raise ValueError(f"{path} is too short to be a safetensors file ({len(blob)} bytes)")
     (n,) = struct.unpack("<Q", blob[:8])
     if n > len(blob) - 8:
-        raise ValueError(f"{path} is truncated: header says {n} bytes, file has {len(blob) - 8}")
+        raise ValueError(f"{path} is truncated or not a safetensors file: its header length says "
+                         f"{n} bytes, the file has {len(blob) - 8}")
+    if blob[8:9] != b"{":
+        raise ValueError(f"{path} is neither an .npz nor a safetensors file")
     try:
         header = json.loads(blob[8:8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -36,14 +36,55 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "ck.npz"
     save_checkpoint(path, model(0), step=1)
     before = path.read_bytes()
+    real_savez = np.savez
 
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
-    monkeypatch.setattr(np, "savez", boom)
+    def half_then_boom(f, **arrays):
+        real_savez(f, **arrays)                       # the bytes really reach the temp file ...
+        f.truncate(f.tell() // 2)                     # ... half of them survive ...
+        raise OSError("disk full")                    # ... and the write dies
+    monkeypatch.setattr(np, "savez", half_then_boom)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model(1), step=2)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ck.npz"]       # no temp file left behind
+    assert load_checkpoint(path, model(3)) == {"step": 1}
+
+
+def test_checkpoint_has_ordinary_file_mode(tmp_path):
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, model(0))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+def test_raw_pickle_and_npy_files_are_refused(tmp_path):
+    import pickle
+    p = tmp_path / "weights.npz"
+    p.write_bytes(pickle.dumps({"w": [1, 2]}))
+    with pytest.raises(ValueError, match="is a pickle file; refusing"):
+        load_checkpoint(p, model(0))
+    q = tmp_path / "a.npz"
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    os.replace(tmp_path / "a.npy", q)
+    with pytest.raises(ValueError, match="bare .npy array"):
+        load_checkpoint(q, model(0))
+    r = tmp_path / "junk.npz"
+    r.write_bytes(b"hello world, this is text")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_checkpoint(r, model(0))
+
+
+def test_optimizer_mismatch_leaves_the_model_untouched(tmp_path):
+    from scratchlm.optim import SGD, AdamW
+    a = model(0)
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, a, AdamW(a.parameters()))
+    b = model(1)
+    before = {k: v.copy() for k, v in b.state_dict().items()}
+    with pytest.raises(ValueError, match="holds AdamW state, not SGD"):
+        load_checkpoint(path, b, SGD(b.parameters()))
+    assert all(np.array_equal(before[k], v) for k, v in b.state_dict().items())
 
 
 def test_truncated_file_is_refused(tmp_path):

@@ -71,6 +71,17 @@ def test_in_place_kernels_agree(dtype):
                 np.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def test_finite_check_routes_agree():
+    from scratchlm.kernels.checks import all_finite
+    for dtype in (np.float32, np.float64):
+        x = RNG.standard_normal(1000).astype(dtype)
+        for bad in (None, np.nan, np.inf, -np.inf):
+            y = x.copy()
+            if bad is not None:
+                y[RNG.integers(0, 1000)] = bad
+            assert all_finite.numba(y) == all_finite.numpy(y) == (bad is None)
+
+
 def test_whole_layers_agree_across_routes():
     x = RNG.standard_normal((6, 8))
     m = nn.Sequential(nn.Linear(8, 16, dtype=np.float64, rng=0), nn.GELU(), nn.LayerNorm(16, dtype=np.float64),

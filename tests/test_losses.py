@@ -6,8 +6,8 @@ from hypothesis import given, strategies as st
 
 from conftest import assert_close, to_torch
 from scratchlm import nn
-from scratchlm.gradcheck import check_module
-from scratchlm.testing import arrays
+from scratchlm.gradcheck import check_function, check_module
+from scratchlm.testing import shapes
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -33,16 +33,33 @@ def test_cross_entropy_gradcheck(seed, n, c, extra, reduction, smoothing, ignore
     assert report.ok, str(report)
 
 
-@given(x=arrays((5, 4)), seed=st.integers(0, 99), reduction=st.sampled_from(REDUCTIONS))
-def test_nll_bce_mse_kl_gradcheck(x, seed, reduction):
+@given(shape=shapes(1, 3, 1, 5), seed=st.integers(0, 999), reduction=st.sampled_from(REDUCTIONS))
+def test_nll_bce_mse_kl_gradcheck(shape, seed, reduction):
     rng = np.random.default_rng(seed)
-    t = rng.integers(0, 4, 5)
-    for loss, args in [(nn.NLLLoss(reduction=reduction), (x, t)),
-                       (nn.BCEWithLogitsLoss(reduction=reduction), (x * 4, rng.random(x.shape))),
-                       (nn.MSELoss(reduction=reduction), (x, rng.standard_normal(x.shape))),
-                       (nn.GaussianKLLoss(reduction=reduction), (x, rng.standard_normal(x.shape)))]:
+    x = rng.standard_normal(shape)
+    C = shape[1] if len(shape) > 1 else shape[0]
+    t = rng.integers(0, C, (shape[0],) + shape[2:]) if len(shape) > 1 else np.array(rng.integers(0, C))
+    cases = [(nn.NLLLoss(reduction=reduction), (x, t)),
+             (nn.BCEWithLogitsLoss(reduction=reduction), (x * 4, rng.random(shape))),
+             (nn.MSELoss(reduction=reduction), (x, rng.standard_normal(shape))),
+             (nn.GaussianKLLoss(reduction=reduction), (x, rng.standard_normal(shape)))]
+    for loss, args in cases:
         report = check_module(loss, *args)
         assert report.ok, str(report)
+
+
+@given(shape=shapes(1, 3, 1, 5), seed=st.integers(0, 999), reduction=st.sampled_from(REDUCTIONS))
+def test_functional_pairs_gradcheck_targets_too(shape, seed, reduction):
+    """The functional pairs return target gradients too (torch's BCE and MSE differentiate the
+    target): check them, with random upstream gradients for every reduction."""
+    from functools import partial
+    from scratchlm import functional as F
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal(shape) * 3, rng.random(shape)
+    for fwd, bwd in [(F.bce_with_logits_forward, F.bce_with_logits_backward),
+                     (F.mse_forward, F.mse_backward), (F.gaussian_kl_forward, F.gaussian_kl_backward)]:
+        report = check_function(partial(fwd, reduction=reduction), bwd, x, y)
+        assert report.ok and len(report.tensors) == 2, str(report)
 
 
 def torch_loss_and_grad(torch, fn, x, *rest, upstream=None):
@@ -107,7 +124,8 @@ def test_gaussian_kl_matches_torch_formula(torch, reduction):
     mu, logvar = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
     loss = nn.GaussianKLLoss(reduction=reduction)
     ours = loss(mu, logvar)
-    dmu, dlv = loss.backward(1.0 if reduction != "none" else np.ones(5))
+    up = 0.7 if reduction != "none" else rng.standard_normal(5)
+    dmu, dlv = loss.backward(up)
     mt, lt = to_torch(torch, mu, grad=True), to_torch(torch, logvar, grad=True)
     per = -0.5 * torch.sum(1 + lt - mt.pow(2) - lt.exp(), dim=-1)
     # the same as torch.distributions' analytic KL between Normal(mu, sigma) and N(0, 1)
@@ -115,7 +133,7 @@ def test_gaussian_kl_matches_torch_formula(torch, reduction):
     kl = D.kl_divergence(D.Normal(mt, (0.5 * lt).exp()), D.Normal(torch.zeros_like(mt), torch.ones_like(mt))).sum(-1)
     torch.testing.assert_close(per, kl)
     ref = {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
-    ref.backward(torch.ones_like(ref))
+    ref.backward(torch.as_tensor(up, dtype=ref.dtype).expand_as(ref))
     assert_close(np.asarray(ours), ref)
     assert_close(dmu, mt.grad)
     assert_close(dlv, lt.grad)
@@ -152,6 +170,16 @@ def test_losses_finite_at_extreme_logits():
     assert np.isfinite(v) and np.all(np.isfinite(bce.backward()))
     assert np.isclose(nn.BCEWithLogitsLoss()(np.array([800.0]), np.array([1.0])), 0.0)
     assert np.isclose(nn.BCEWithLogitsLoss()(np.array([-800.0]), np.array([1.0])), 800.0)
+
+
+def test_nll_accepts_log_zero(torch):
+    x = np.array([[0.0, -np.inf], [np.log(0.5), np.log(0.5)]])
+    t = np.array([0, 1])
+    loss = nn.NLLLoss()
+    ours = loss(x, t)
+    ref = torch.nn.functional.nll_loss(torch.from_numpy(x), torch.from_numpy(t))
+    assert np.isclose(ours, ref.item())
+    assert np.all(np.isfinite(loss.backward()))
 
 
 def test_loss_backward_requires_forward():

@@ -92,8 +92,10 @@ def test_sequential_backward_and_accumulation():
 def test_parameter_basics():
     p = nn.Parameter(np.ones((2, 3), np.float32))
     assert p.shape == (2, 3) and p.dtype == np.float32 and p.grad.shape == (2, 3)
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="float32 or float64"):
         nn.Parameter(np.ones(3, int))
+    with pytest.raises(TypeError, match="float32 or float64, got float16"):
+        nn.Parameter(np.ones(3, np.float16))
 
 
 def test_repr_lists_children():
@@ -106,3 +108,9 @@ def test_mixed_precision_is_refused():
     lin = nn.Linear(3, 2)  # float32
     with pytest.raises(TypeError, match="dtype float64 but Linear holds float32"):
         lin(np.zeros((1, 3)))
+
+
+def test_reassigned_buffer_stays_registered():
+    m = Tied()
+    m.table = np.zeros(6)
+    assert "table" in m.state_dict() and np.all(m.state_dict()["table"] == 0)

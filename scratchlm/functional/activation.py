@@ -6,19 +6,21 @@ GELU its input. Shapes never change.
 
 import numpy as np
 
-from .._checks import choice, float_array
+from .._checks import choice, float_array, upstream
 from ..kernels import gelu as K
 
 
 def relu_forward(x):
     r""":math:`y = \max(x, 0)`.  x: any shape -> y: same shape.  (Nair & Hinton, 2010)"""
     x = float_array(x, "x")
-    return np.maximum(x, 0), x > 0
+    return np.maximum(x, 0), x
 
 
 def relu_backward(dy, cache):
     r"""From ``y = max(x, 0)``: :math:`\partial y/\partial x = [x > 0]` (0 at the kink, as torch)."""
-    return dy * cache
+    x = cache
+    upstream(dy, x.shape, x.dtype)
+    return dy * (x > 0)
 
 
 def tanh_forward(x):
@@ -31,6 +33,7 @@ def tanh_forward(x):
 def tanh_backward(dy, cache):
     r"""From ``y = tanh(x)``: :math:`\partial y/\partial x = 1 - y^2`."""
     y = cache
+    upstream(dy, y.shape, y.dtype)
     return dy * (1 - y * y)
 
 
@@ -51,6 +54,7 @@ def sigmoid_forward(x):
 def sigmoid_backward(dy, cache):
     r"""From ``y = sigmoid(x)``: :math:`\partial y/\partial x = y (1 - y)`."""
     y = cache
+    upstream(dy, y.shape, y.dtype)
     return dy * y * (1 - y)
 
 
@@ -69,12 +73,13 @@ def gelu_forward(x, approximate: str = "none"):
     tanh = approximate == "tanh"
     flat = np.ascontiguousarray(x).reshape(-1)                # (n,)
     y = K.gelu_forward(flat, tanh).reshape(x.shape)           # (n,) -> x.shape
-    return y, (flat, tanh)
+    return y, (flat, tanh, x.shape)
 
 
 def gelu_backward(dy, cache):
     r"""From ``y = x Phi(x)``: :math:`\partial y/\partial x = \Phi(x) + x\,\varphi(x)`
     (tanh form: see ``scratchlm.kernels.gelu``)."""
-    flat, tanh = cache
-    dflat = np.ascontiguousarray(dy, dtype=flat.dtype).reshape(-1)   # (n,)
-    return K.gelu_backward(dflat, flat, tanh).reshape(dy.shape)
+    flat, tanh, shape = cache
+    upstream(dy, shape, flat.dtype)
+    dflat = np.ascontiguousarray(dy).reshape(-1)                   # (n,)
+    return K.gelu_backward(dflat, flat, tanh).reshape(shape)

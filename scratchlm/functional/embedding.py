@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._checks import float_array, index_array
+from .._checks import float_array, index_array, upstream
 from ..kernels import embedding as K
 
 
@@ -41,7 +41,8 @@ def embedding_backward(dy, cache, dweight_out=None):
     """
     ids, shape, dtype, padding_idx = cache
     flat_ids = ids.reshape(-1)                                              # (N,)
-    flat_dy = np.ascontiguousarray(dy, dtype=dtype).reshape(-1, shape[1])   # (N, D)
+    upstream(dy, ids.shape + (shape[1],), dtype)
+    flat_dy = np.ascontiguousarray(dy).reshape(-1, shape[1])                # (N, D)
     if padding_idx is not None:
         keep = flat_ids != padding_idx
         flat_ids, flat_dy = flat_ids[keep], flat_dy[keep]

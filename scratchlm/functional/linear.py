@@ -1,6 +1,6 @@
 """Affine map: the fully connected layer."""
 
-from .._checks import float_array, last_dim
+from .._checks import float_array, last_dim, upstream
 
 
 def linear_forward(x, weight, bias=None):
@@ -43,6 +43,7 @@ def linear_backward(dy, cache):
         ``None`` without a bias).
     """
     x, weight, has_bias = cache
+    upstream(dy, x.shape[:-1] + (weight.shape[0],), x.dtype)
     dx = dy @ weight                                            # (..., out) @ (out, in) -> (..., in)
     dy2 = dy.reshape(-1, dy.shape[-1])                          # (N, out)
     x2 = x.reshape(-1, x.shape[-1])                             # (N, in)

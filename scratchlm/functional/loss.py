@@ -7,7 +7,8 @@ losses, an array of the loss's shape for ``'none'`` -- and returns one gradient 
 
 import numpy as np
 
-from .._checks import choice, float_array, index_array, probability, same_shape_and_dtype
+from .._checks import (choice, float_array, index_array, probability, same_shape_and_dtype, scalar,
+                       upstream)
 from .activation import stable_sigmoid
 from ..kernels import softmax as K
 
@@ -29,11 +30,10 @@ def _upstream(dloss, reduction, shape, dtype, count=None):
     """The gradient reaching each item from ``dloss``: ``dloss/n`` for mean, ``dloss`` for sum,
     elementwise for none. Shape ``shape``."""
     if reduction == "none":
-        d = np.asarray(dloss, dtype=dtype)
-        if d.shape != shape:
-            raise ValueError(f"dloss must have shape {shape} for reduction='none', got {d.shape}")
-        return d
-    d = float(dloss)
+        if shape == () and not isinstance(dloss, np.ndarray):
+            return np.asarray(scalar(dloss, "dloss"), dtype=dtype)   # an unbatched loss is 0-d
+        return upstream(dloss, shape, dtype, name="dloss")
+    d = scalar(dloss, f"dloss (for reduction={reduction!r})")
     if reduction == "mean":
         n = int(np.prod(shape)) if count is None else count
         d = d / n if n else 0.0
@@ -112,7 +112,9 @@ def nll_forward(input, target, ignore_index: int = -100, reduction: str = "mean"
     Shapes as :func:`cross_entropy_forward`; ``input`` holds log-probabilities (e.g. the output
     of ``log_softmax``).
     """
-    x = float_array(input, "input", min_ndim=1)
+    x = float_array(input, "input", min_ndim=1, finite=False)
+    if np.isnan(x).any() or np.isposinf(x).any():
+        raise ValueError("input must hold log-probabilities: no NaN or +inf (-inf, log 0, is allowed)")
     choice(reduction, "reduction", REDUCTIONS)
     C = x.shape[0] if x.ndim == 1 else x.shape[1]
     target = index_array(target, "target", C, ignore_index=ignore_index)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._checks import float_array
+from .._checks import float_array, upstream
 from ..kernels import layernorm as K
 
 
@@ -50,7 +50,8 @@ def layer_norm_backward(dy, cache):
     absent weight or bias.
     """
     rows, w, mean, rstd, x_shape, shape, has_w, has_b = cache
-    drows = np.ascontiguousarray(dy, dtype=rows.dtype).reshape(rows.shape)   # (R, C)
+    upstream(dy, x_shape, rows.dtype)
+    drows = np.ascontiguousarray(dy).reshape(rows.shape)                     # (R, C)
     dx, dw, db = K.layernorm_backward(drows, rows, w, mean, rstd)            # (R, C), (C,), (C,)
     return (dx.reshape(x_shape), None,
             dw.reshape(shape) if has_w else None,

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._checks import float_array
+from .._checks import float_array, upstream
 from ..kernels import softmax as K
 
 
@@ -26,13 +26,13 @@ def softmax_forward(x, dim: int = -1):
     x = float_array(x, "x", min_ndim=1)
     rows, moved = _as_rows(x, dim)                           # (R, C)
     y = K.softmax_forward(rows)                              # (R, C)
-    return _from_rows(y, moved, dim), (y, moved, dim)
+    return _from_rows(y, moved, dim), (y, moved, dim, x.shape)
 
 
 def softmax_backward(dy, cache):
     r"""From ``y = softmax(x)``: :math:`dx = y \odot (dy - \langle dy, y\rangle)` along ``dim``."""
-    y, moved, dim = cache
-    drows, _ = _as_rows(np.asarray(dy, dtype=y.dtype), dim)  # (R, C)
+    y, moved, dim, shape = cache
+    drows, _ = _as_rows(upstream(dy, shape, y.dtype), dim)   # (R, C)
     return _from_rows(K.softmax_backward(drows, y), moved, dim)
 
 
@@ -41,11 +41,11 @@ def log_softmax_forward(x, dim: int = -1):
     x = float_array(x, "x", min_ndim=1)
     rows, moved = _as_rows(x, dim)                           # (R, C)
     y = K.log_softmax_forward(rows)                          # (R, C)
-    return _from_rows(y, moved, dim), (y, moved, dim)
+    return _from_rows(y, moved, dim), (y, moved, dim, x.shape)
 
 
 def log_softmax_backward(dy, cache):
     r"""From ``y = x - lse(x)``: :math:`dx = dy - \mathrm{softmax}(x) \sum_j dy_j`."""
-    y, moved, dim = cache
-    drows, _ = _as_rows(np.asarray(dy, dtype=y.dtype), dim)  # (R, C)
+    y, moved, dim, shape = cache
+    drows, _ = _as_rows(upstream(dy, shape, y.dtype), dim)   # (R, C)
     return _from_rows(K.log_softmax_backward(drows, y), moved, dim)

@@ -5,7 +5,7 @@ Parameter-free; any float dtype passes through unchanged. The mathematics is in
 """
 
 from .. import functional as F
-from .._checks import choice
+from .._checks import choice, integer
 from .module import Module
 
 
@@ -58,11 +58,12 @@ class GELU(Module):
 
 
 class Softmax(Module):
-    r"""Softmax along ``dim`` (default the last axis)."""
+    r"""Softmax along ``dim`` (default the last axis; torch's ``dim=None`` default, deprecated
+    there, is not offered)."""
 
     def __init__(self, dim=-1):
         super().__init__()
-        self.dim = int(dim)
+        self.dim = integer(dim, "dim")
 
     def forward(self, x):
         y, self._cache = F.softmax_forward(x, self.dim)

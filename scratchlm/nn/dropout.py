@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import float_array, make_rng, probability
+from .._checks import float_array, integer, make_rng, probability, upstream
 from .module import Module
 
 
@@ -37,20 +37,22 @@ class Flatten(Module):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.start_dim, self.end_dim = integer(start_dim, "start_dim"), integer(end_dim, "end_dim")
 
     def forward(self, x):
-        x = float_array(x, "x", finite=False)
+        x = float_array(x, "x")
         nd = x.ndim
         s = self.start_dim % nd if nd else 0
         e = self.end_dim % nd if nd else 0
         if not (-nd <= self.start_dim < nd and -nd <= self.end_dim < nd) or s > e:
             raise ValueError(f"cannot flatten dims {self.start_dim}..{self.end_dim} of shape {x.shape}")
-        self._cache = x.shape
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])   # (..., a, b, ...) -> (..., a*b, ...)
+        y = x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])    # (..., a, b, ...) -> (..., a*b, ...)
+        self._cache = (x.shape, y.shape, x.dtype)
+        return y
 
     def backward(self, dy):
-        return np.reshape(dy, self._saved())
+        x_shape, y_shape, dtype = self._saved()
+        return upstream(dy, y_shape, dtype).reshape(x_shape)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import make_rng, positive_int, resolve_dtype
+from .._checks import integer, make_rng, positive_int, resolve_dtype
 from .module import Module, Parameter
 
 
@@ -28,6 +28,7 @@ class Embedding(Module):
         self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
         if padding_idx is not None:
+            padding_idx = integer(padding_idx, "padding_idx")
             if not -self.num_embeddings <= padding_idx < self.num_embeddings:
                 raise ValueError(f"padding_idx must be in [-{self.num_embeddings}, {self.num_embeddings}), got {padding_idx}")
             padding_idx = int(padding_idx) % self.num_embeddings

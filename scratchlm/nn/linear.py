@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from .. import functional as F
-from .._checks import make_rng, positive_int, resolve_dtype, same_dtype
+from .._checks import boolean, make_rng, positive_int, resolve_dtype, same_dtype
 from .module import Module, Parameter
 
 
@@ -33,7 +33,8 @@ class Linear(Module):
         rng = make_rng(rng)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, self.out_features).astype(self.dtype)) if bias else None
+        self.bias = Parameter(rng.uniform(-bound, bound, self.out_features).astype(self.dtype)) \
+            if boolean(bias, "bias") else None
 
     def forward(self, x):
         x = np.asarray(x) if isinstance(x, list) else x

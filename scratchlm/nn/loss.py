@@ -4,10 +4,15 @@
 ``backward(dloss=1.0)`` accepts an upstream gradient: a number for reduced losses (e.g. a loss
 weight), an array of the loss's shape for ``'none'``. Targets are data: no gradient is returned for
 them. The mathematics is in ``scratchlm.functional.loss``.
+
+Arguments are keyword-only: torch's first positional argument is a per-class ``weight`` (or the
+deprecated ``size_average``), which is not implemented here, and a positional call must not
+silently mean something else. Not implemented: ``weight``, ``pos_weight``, probability ("soft")
+targets for ``CrossEntropyLoss``.
 """
 
 from .. import functional as F
-from .._checks import choice, probability
+from .._checks import choice, integer, probability
 from .module import Module
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -16,7 +21,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 class _Loss(Module):
     differentiable_inputs = (0,)
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, *, reduction="mean"):
         super().__init__()
         self.reduction = choice(reduction, "reduction", _REDUCTIONS)
 
@@ -29,9 +34,9 @@ class CrossEntropyLoss(_Loss):
     ``ignore_index``, ``reduction`` and ``label_smoothing``. Input ``(N, C)``, ``(C,)`` or
     ``(N, C, d1, ...)``; target the matching integer class indices."""
 
-    def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-        super().__init__(reduction)
-        self.ignore_index = int(ignore_index)
+    def __init__(self, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(reduction=reduction)
+        self.ignore_index = integer(ignore_index, "ignore_index")
         self.label_smoothing = probability(label_smoothing, "label_smoothing")
 
     def forward(self, input, target):
@@ -44,11 +49,12 @@ class CrossEntropyLoss(_Loss):
 
 
 class NLLLoss(_Loss):
-    r"""Negative log-likelihood of log-probabilities (pair it with ``LogSoftmax``)."""
+    r"""Negative log-likelihood of log-probabilities (pair it with ``LogSoftmax``). ``-inf``
+    log-probabilities (probability 0) are accepted, as in torch; NaN is refused."""
 
-    def __init__(self, ignore_index=-100, reduction="mean"):
-        super().__init__(reduction)
-        self.ignore_index = int(ignore_index)
+    def __init__(self, *, ignore_index=-100, reduction="mean"):
+        super().__init__(reduction=reduction)
+        self.ignore_index = integer(ignore_index, "ignore_index")
 
     def forward(self, input, target):
         loss, self._cache = F.nll_forward(input, target, self.ignore_index, self.reduction)

@@ -42,8 +42,8 @@ class Parameter:
 
     def __init__(self, data):
         data = np.array(data, copy=True)
-        if data.dtype.kind != "f":
-            raise TypeError(f"Parameter data must be floating point, got {data.dtype}")
+        if data.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
         self.data = data
         self.grad = np.zeros_like(data)
 
@@ -61,6 +61,11 @@ class Parameter:
 
 class Module:
     """Base class of every layer, loss and model.
+
+    One cache per module: a module called twice before its backward keeps only the second call's
+    cache. To apply the same weights twice (tied weights, a layer used at several steps), share
+    the ``Parameter`` between two modules, as GPT-2's tied ``lm_head`` does, or call the
+    functional pair and keep both caches.
 
     Subclasses set parameters and sub-modules as attributes (they are registered in order, as in
     PyTorch) and implement ``forward(*inputs)`` and ``backward(*douts)``.
@@ -89,6 +94,9 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError("call Module.__init__() before assigning attributes")
+        if name in self._buffers and (value is None or isinstance(value, np.ndarray)):
+            object.__setattr__(self, name, value)   # a registered buffer stays registered (torch)
+            return
         for table in (self._parameters, self._modules, self._buffers):
             table.pop(name, None)
         if isinstance(value, Parameter):

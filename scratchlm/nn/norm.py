@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import resolve_dtype, same_dtype
+from .._checks import boolean, nonnegative, positive_int, resolve_dtype, same_dtype
 from .module import Module, Parameter
 
 
@@ -18,12 +18,13 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
-        if not shape or any(int(s) < 1 for s in shape):
-            raise ValueError(f"normalized_shape must be positive sizes, got {normalized_shape!r}")
-        self.normalized_shape = tuple(int(s) for s in shape)
-        self.eps = float(eps)
-        self.elementwise_affine = bool(elementwise_affine)
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else normalized_shape
+        if not isinstance(shape, (tuple, list)) or not shape:
+            raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints, got {normalized_shape!r}")
+        self.normalized_shape = tuple(positive_int(s, "normalized_shape") for s in shape)
+        self.eps = nonnegative(eps, "eps")
+        self.elementwise_affine = boolean(elementwise_affine, "elementwise_affine")
+        bias = boolean(bias, "bias")
         self.dtype = resolve_dtype(dtype)
         self.weight = Parameter(np.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
         self.bias = Parameter(np.zeros(self.normalized_shape, self.dtype)) if elementwise_affine and bias else None
