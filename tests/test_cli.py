@@ -113,3 +113,22 @@ def test_works_from_a_read_only_install(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "ok"
     assert not any(d == "__pycache__" for _, dirs, _ in os.walk(site) for d in dirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_selfcheck_many_seeds(backend):
+    """Soak: every case, 10 seeds, both routes (run with `pytest -m slow`)."""
+    with scratchlm.use_backend(backend):
+        for name in CASES:
+            for seed in range(10):
+                report = run_case(name, seed=seed)
+                assert report.ok, str(report)
+
+
+def test_console_script():
+    exe = shutil.which("scratchlm")
+    if exe is None:
+        pytest.skip("the package is not pip-installed here (no console script on PATH)")
+    out = subprocess.run([exe, "gradcheck", "--quiet", "--only", "ReLU"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "1 passed, 0 failed" in out.stdout
