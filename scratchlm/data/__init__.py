@@ -1,6 +1,27 @@
-"""Tokenizers, corpora, text representations and batching.
+"""Data: tokenizers, corpora, synthetic sources with known answers, batching, representations.
 
-Populated by the tokenizer/corpus issue; empty in the foundations release.
+* ``tokenizers`` -- :class:`CharTokenizer`, :class:`ByteTokenizer`, :class:`WordTokenizer`,
+  :class:`BPETokenizer` (byte-level, trained from scratch), :func:`load_tokenizer`;
+* ``corpus`` -- :func:`builtin_corpus` (CPython's ``pydoc_data`` help text: no download),
+  :func:`load_corpus`, :func:`split_corpus`, :func:`corpus_lines`;
+* ``synthetic`` -- :class:`MarkovSource` (exact entropy rate), :class:`TranslationTask`;
+* ``batching`` -- :func:`random_windows`, :func:`sequential_batches`, :func:`pad_batch`;
+* ``representations`` -- :func:`one_hot`, :func:`bag_of_words`, :class:`TfidfTransformer`,
+  :class:`CSRMatrix`.
 """
 
-__all__: list = []
+from .batching import pad_batch, random_windows, sequential_batches
+from .corpus import builtin_corpus, load_corpus, split_corpus
+from .corpus import lines as corpus_lines
+from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
+from .synthetic import MarkovSource, TranslationTask
+from .tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, WordTokenizer,
+                         load_tokenizer)
+
+__all__ = [
+    "Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "load_tokenizer",
+    "builtin_corpus", "load_corpus", "split_corpus", "corpus_lines",
+    "MarkovSource", "TranslationTask",
+    "random_windows", "sequential_batches", "pad_batch",
+    "one_hot", "bag_of_words", "TfidfTransformer", "CSRMatrix",
+]

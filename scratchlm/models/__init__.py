@@ -1,6 +1,12 @@
-"""Models, one readable file each, built from :mod:`scratchlm.nn`.
+"""Models, one readable file each, built from :mod:`scratchlm.nn` (or, for the count-based
+models, from NumPy directly).
 
-Populated by the model issues (n-gram, RNN, CNN, GPT, VAE); empty in the foundations release.
+* :class:`MarkovChain` -- a first-order chain over states (``markov.py``);
+* :class:`NGramLM` -- n-gram language model with Kneser-Ney, Witten-Bell, add-k and MLE
+  smoothing, perplexity, sampling and ARPA I/O (``ngram.py``).
 """
 
-__all__: list = []
+from .markov import MarkovChain
+from .ngram import NGramLM
+
+__all__ = ["MarkovChain", "NGramLM"]

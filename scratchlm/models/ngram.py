@@ -1,0 +1,815 @@
+r"""An n-gram language model over token ids: counting, smoothing, perplexity, sampling, ARPA.
+
+Sentences are padded as KenLM pads them: ``<s> w_1 ... w_m </s>``. The model predicts every
+:math:`w_i` and the one ``</s>`` (counted in perplexity); ``<s>`` is context only. Ids never seen
+in training map to ``<unk>``, which every smoothed model gives a finite probability.
+
+Smoothing (``smoothing=``):
+
+``'kneser_ney'`` -- interpolated *modified* Kneser-Ney (Chen & Goodman, 1998, "An Empirical
+Study of Smoothing Techniques for Language Modeling", eqs. 17-19 and 26), as KenLM's ``lmplz``
+estimates it (Heafield et al., 2013). With :math:`a(\cdot)` the raw counts at the highest order
+and the *continuation* counts :math:`a(hw) = |\{v : c(vhw) > 0\}|` at lower orders (raw counts
+for n-grams that begin with ``<s>``, which have no left context):
+
+.. math::
+
+    P(w \mid h) &= \frac{\max(a(hw) - D(a(hw)),\, 0)}{\sum_{w'} a(hw')}
+                  + \gamma(h)\, P(w \mid h') \\
+    \gamma(h) &= \frac{D_1 N_1(h\bullet) + D_2 N_2(h\bullet) + D_{3+} N_{3+}(h\bullet)}
+                      {\sum_{w'} a(hw')}
+
+where :math:`h'` drops the oldest word of :math:`h`, :math:`N_r(h\bullet)` counts the words with
+:math:`a(hw) = r` (:math:`\ge 3` for :math:`N_{3+}`), and the unigram level interpolates with
+the uniform distribution over the vocabulary (``</s>`` and ``<unk>`` included, ``<s>`` not).
+The three discounts of each order come from its count-of-counts :math:`n_r`:
+
+.. math::  Y = \frac{n_1}{n_1 + 2 n_2},\quad D_1 = 1 - 2Y\frac{n_2}{n_1},\quad
+           D_2 = 2 - 3Y\frac{n_3}{n_2},\quad D_{3+} = 3 - 4Y\frac{n_4}{n_3}
+
+When they cannot be estimated (a zero count-of-count, or a discount outside :math:`(0, r]` -- the
+case where KenLM stops with ``BadDiscountException``) the order falls back to the fixed discounts
+``(0.5, 1.0, 1.5)`` with a warning.
+
+``'witten_bell'`` -- interpolated Witten-Bell (Witten & Bell, 1991): with :math:`T(h)` the
+number of distinct words seen after :math:`h`,
+:math:`P(w|h) = \frac{c(hw) + T(h)\,P(w|h')}{c(h) + T(h)}`.
+
+``'add_k'`` -- Lidstone / Laplace (``k=1``):
+:math:`P(w|h) = \frac{c(hw) + k}{c(h) + k|V|}` for the longest context :math:`h` (up to
+``order - 1`` words) seen in training, uniform for a context never seen.
+
+``'mle'`` -- maximum likelihood :math:`c(hw)/c(h)` for the longest seen context, with no
+smoothing: unseen events get probability 0 and the perplexity is infinite (it says so).
+
+Storage: n-grams of order :math:`k` are a sorted ``int64`` key array, the key of
+:math:`(w_1..w_k)` being ``id(w_1..w_{k-1}) * B + w_k`` with ``id`` the position of the prefix in
+the order-:math:`(k-1)` array -- memory grows with the number of distinct n-grams, never with
+``vocab ** order``, and every lookup is a binary search. Apart from add-k, every smoothing is
+stored in *backoff form*, as an ARPA file is: a log probability per seen n-gram and a log backoff
+weight per context, queried as
+
+.. math::  P(w \mid h) = \begin{cases} p(hw) & hw \text{ seen} \\
+           b(h)\, P(w \mid h') & \text{otherwise} \end{cases}
+
+(for the interpolated models :math:`p(hw)` is the full interpolated probability and
+:math:`b(h) = \gamma(h)`). Logs are natural here and base 10 in ARPA files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+import numpy as np
+
+from .._checks import choice, index_array, make_rng, nonnegative, positive_int
+
+__all__ = ["NGramLM"]
+
+SMOOTHINGS = ("kneser_ney", "witten_bell", "add_k", "mle")
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+ARPA_LOG_ZERO = -99.0  # how ARPA files spell log10(0) (KenLM writes <s>'s probability so)
+
+
+class NGramLM:
+    """``NGramLM(order, smoothing='kneser_ney', k=1.0, discounts=None)``.
+
+    Args:
+        order: n, from 1 (unigram) up (8 and beyond work; memory follows the distinct n-grams).
+        smoothing: one of ``'kneser_ney'``, ``'witten_bell'``, ``'add_k'``, ``'mle'``.
+        k: the pseudo-count of ``'add_k'``.
+        discounts: modified Kneser-Ney only: fixed ``(D1, D2, D3+)`` for every order instead of
+            the estimates.
+
+    After :meth:`fit`: ``vocab`` (sorted int64 array of the token ids seen in training); outcome
+    index ``i < len(vocab)`` is token ``vocab[i]``, then come ``</s>`` (``eos_index``) and
+    ``<unk>`` (``unk_index``) -- the layout of :meth:`next_token_probs`.
+    """
+
+    EOS = -1  # the marker for a sentence end in generate()'s output
+
+    def __init__(self, order: int, smoothing: str = "kneser_ney", k: float = 1.0, discounts=None):
+        self.order = positive_int(order, "order")
+        self.smoothing = choice(smoothing, "smoothing", SMOOTHINGS + ("arpa",))
+        self.k = nonnegative(k, "k")
+        if self.smoothing == "add_k" and self.k == 0:
+            raise ValueError("k must be > 0 for add_k smoothing (k=0 is 'mle')")
+        self.fixed_discounts = None if discounts is None else _check_discounts(discounts)
+        self.vocab = None
+        self.discounts = {}         # order -> (D1, D2, D3+) used (Kneser-Ney)
+        self._levels = []           # per order k: dict(keys, counts, logp, logb)
+
+    # ------------------------------------------------------------------------------------------
+    # vocabulary and padding
+    # ------------------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.vocab is not None
+
+    @property
+    def eos_index(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def unk_index(self) -> int:
+        return len(self.vocab) + 1
+
+    @property
+    def _bos_index(self) -> int:
+        return len(self.vocab) + 2
+
+    @property
+    def _base(self) -> int:
+        return len(self.vocab) + 3      # B: keys are prefix_id * B + index
+
+    @property
+    def num_outcomes(self) -> int:
+        """|V|: the tokens seen, ``</s>`` and ``<unk>``."""
+        return len(self.vocab) + 2
+
+    def _require_fit(self):
+        if not self.fitted:
+            raise RuntimeError("NGramLM is not fitted: call fit(sequences) or from_arpa(path) first")
+
+    def _to_index(self, ids) -> np.ndarray:
+        """Token ids -> outcome indices; ids not in the vocabulary become <unk>."""
+        ids = np.asarray(ids, np.int64)
+        top = int(self.vocab[-1]) if self.vocab.size else -1
+        if ids.size > 1000 and 0 <= top < 4 * ids.size + (1 << 20):   # a direct table beats bisection
+            table = np.full(top + 2, self.unk_index, np.int64)
+            table[self.vocab] = np.arange(self.vocab.size)
+            return table[np.minimum(ids, top + 1)]
+        pos = np.searchsorted(self.vocab, ids)
+        pos_c = np.minimum(pos, len(self.vocab) - 1)
+        known = (pos < len(self.vocab)) & (self.vocab[pos_c] == ids)
+        return np.where(known, pos, self.unk_index).astype(np.int64)
+
+    def _pad(self, sequences, bos=True, eos=True):
+        """Sequences -> one stream ``<s> w.. </s> <s> w.. </s> ...`` of outcome indices, the
+        sentence number of every position, and the mask of predicted positions (all but <s>)."""
+        lengths = np.array([q.size for q in sequences], np.int64)
+        n = lengths.size
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)
+        total = int(lengths.sum())
+        flat = np.concatenate(sequences) if total else np.zeros(0, np.int64)
+        out_len = lengths + int(bos) + int(eos)                               # (n,)
+        starts = np.concatenate([[0], np.cumsum(out_len)[:-1]])               # (n,)
+        stream = np.empty(int(out_len.sum()), np.int64)
+        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        stream[np.repeat(starts + int(bos), lengths) + within] = self._to_index(flat)
+        if bos:
+            stream[starts] = self._bos_index
+        if eos:
+            stream[starts + out_len - 1] = self.eos_index
+        sid = np.repeat(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), out_len)
+        pred = np.ones(stream.size, bool)
+        if bos:
+            pred[starts] = False
+        return stream, sid, pred
+
+    @staticmethod
+    def _check_sequences(sequences, name="sequences"):
+        """-> list of 1-D int64 arrays; errors name the offending sequence."""
+        if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
+            raise TypeError(f"{name} must be an iterable of token-id sequences (a list of lists or "
+                            f"arrays); wrap a single sequence in a list")
+        if isinstance(sequences, (str, bytes)):
+            raise TypeError(f"{name} must hold token ids, got text; encode it with a tokenizer first")
+        out = []
+        for i, q in enumerate(sequences):
+            arr = q if isinstance(q, np.ndarray) else np.asarray(q)
+            if arr.size == 0:
+                out.append(np.zeros(0, np.int64))
+                continue
+            if arr.ndim != 1:
+                raise ValueError(f"{name}[{i}] must be 1-D, got shape {arr.shape}")
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"{name}[{i}] must hold integer token ids, got dtype {arr.dtype}")
+            out.append(arr.astype(np.int64, copy=False))
+        lows = [q.min() for q in out if q.size]
+        if lows and min(lows) < 0:
+            i = next(j for j, q in enumerate(out) if q.size and q.min() < 0)
+            raise ValueError(f"{name}[{i}] holds a negative token id ({int(out[i].min())}); "
+                             f"ids must be >= 0")
+        return out
+    # ------------------------------------------------------------------------------------------
+    # counting
+    # ------------------------------------------------------------------------------------------
+    def _lookup(self, level, keys):
+        """Positions of ``keys`` in order ``level``'s sorted key array; -1 where absent."""
+        table = self._levels[level - 1]["keys"]
+        if table.size == 0:
+            return np.full(keys.shape, -1, np.int64)
+        pos = np.searchsorted(table, keys)
+        pos_c = np.minimum(pos, table.size - 1)
+        return np.where(table[pos_c] == keys, pos_c, -1)
+
+    def _window_ids(self, stream, sid, upto):
+        """ids[j][s]: the id of the (j+1)-gram *starting* at s (-1 if absent or crossing a
+        sentence end), for j < upto, computed by the chain prefix_id * B + next token."""
+        base = self._base
+        ids = [self._lookup(1, stream)]
+        for k in range(2, upto + 1):
+            n = stream.size - k + 1
+            prev = ids[-1][:max(n, 0)]
+            ok = (prev >= 0) & (sid[:n] == sid[k - 1:k - 1 + n]) if n > 0 else np.zeros(0, bool)
+            cur = np.full(stream.size, -1, np.int64)
+            if n > 0 and ok.any():
+                cur[:n][ok] = self._lookup(k, prev[ok] * base + stream[k - 1:k - 1 + n][ok])
+            ids.append(cur)
+        return ids
+
+    def fit(self, sequences, progress=None):
+        """Count every n-gram of order 1..n in ``sequences`` (an iterable of token-id sequences;
+        an empty one is an empty sentence) and estimate the model. Returns self.
+
+        ``progress``: an optional callable ``progress(stage: str)`` (the CLI passes a tqdm
+        updater).
+        """
+        seqs = self._check_sequences(sequences)
+        if not seqs:
+            raise ValueError("sequences is empty: an n-gram model needs at least one sequence")
+        nonempty = [q for q in seqs if q.size]
+        self.vocab = np.unique(np.concatenate(nonempty)) if nonempty else np.zeros(0, np.int64)
+        tell = progress or (lambda stage: None)
+        stream, sid, _ = self._pad(seqs)
+        del seqs, nonempty
+        base = self._base
+        if (stream.size + 3) * base >= 2**63:
+            raise ValueError(f"vocabulary ({base}) x n-grams ({stream.size}) overflows int64 keys")
+
+        # order 1: every index present, plus <unk> (count 0) so it always has a probability
+        all_counts = np.bincount(stream, minlength=base)                 # indices are < B
+        present = all_counts > 0
+        present[self.unk_index] = True
+        keys1 = np.flatnonzero(present)
+        counts1 = all_counts[keys1].astype(np.int64)
+        self._levels = [dict(keys=keys1, counts=counts1, first=keys1)]
+        pos_ids = (np.cumsum(present) - 1)[stream]        # pos_ids[i]: id of the k-gram starting at i
+        tell("count order 1")
+        for k in range(2, self.order + 1):
+            n = stream.size - k + 1
+            start = np.flatnonzero(sid[:n] == sid[k - 1:]) if n > 0 else np.zeros(0, np.int64)
+            key = pos_ids[start] * base + stream[start + k - 1]         # prefix id * B + last word
+            keys, inverse, counts = _unique_inverse_counts(key, self._levels[-1]["keys"].size * base)
+            del key
+            suffix = np.empty(keys.size, np.int64)                      # the k-gram minus its first
+            suffix[inverse] = pos_ids[start + 1]                        # word starts at i + 1
+            first = np.empty(keys.size, np.int64)
+            first[inverse] = stream[start]
+            self._levels.append(dict(keys=keys, counts=counts.astype(np.int64), suffix=suffix,
+                                     first=first))
+            pos_ids = np.full(max(n, 0), -1, np.int64)
+            pos_ids[start] = inverse
+            del start, inverse
+            tell(f"count order {k}")
+        del pos_ids, stream, sid
+        self._estimate()
+        for lv in self._levels:                                         # keep only what queries use
+            for name in ("suffix", "first", "used"):
+                lv.pop(name, None)
+        tell("smooth")
+        return self
+    # ------------------------------------------------------------------------------------------
+    # estimation
+    # ------------------------------------------------------------------------------------------
+    def _estimate(self):
+        N = len(self._levels)
+        bos, unk = self._bos_index, self.unk_index
+        V = self.num_outcomes
+        lv1 = self._levels[0]
+        predicted1 = lv1["keys"] != bos                                   # <s> is never predicted
+        # the counts each order smooths: raw, or Kneser-Ney's continuation counts
+        for k in range(1, N + 1):
+            lv = self._levels[k - 1]
+            if self.smoothing == "kneser_ney" and k < N and self._levels[k]["keys"].size:
+                cont = np.bincount(self._levels[k]["suffix"], minlength=lv["keys"].size)
+                lv["used"] = np.where(lv["first"] == bos, lv["counts"], cont).astype(np.int64)
+            else:
+                lv["used"] = lv["counts"].copy()
+        for lv in self._levels:
+            lv["logb"] = np.zeros(lv["keys"].size)   # b = 1 unless a context sets it below
+        if self.smoothing == "add_k":
+            for lv in self._levels:          # add-k is evaluated from counts at query time
+                lv["logp"] = np.zeros(lv["keys"].size)
+            return
+
+        # order 1: interpolate with the uniform distribution over the V outcomes
+        a = np.where(predicted1, lv1["used"], 0).astype(np.float64)
+        total = a.sum()
+        if self.smoothing == "kneser_ney":
+            D = self._discounts_for(1, lv1["used"][predicted1 & (lv1["used"] > 0)])
+            disc = _discount_of(a, D)
+            gamma0 = _discount_mass(a[a > 0], D) / total
+            p1 = np.maximum(a - disc, 0) / total + gamma0 / V
+        elif self.smoothing == "witten_bell":
+            T = float((a > 0).sum())
+            p1 = (a + T / V) / (total + T)
+        else:  # mle
+            p1 = a / total
+        with np.errstate(divide="ignore"):
+            lv1["logp"] = np.where(predicted1, np.log(p1), -np.inf)
+
+        for k in range(2, N + 1):
+            lv, below = self._levels[k - 1], self._levels[k - 2]
+            n_ctx = below["keys"].size
+            if lv["keys"].size == 0:
+                lv["logp"] = np.zeros(0)
+                continue
+            a = lv["used"].astype(np.float64)
+            pre = lv["keys"] // self._base                                   # context id
+            denom = np.bincount(pre, weights=a, minlength=n_ctx)             # sum_w a(hw)
+            lower = np.exp(below["logp"][lv["suffix"]])                      # P_{k-1}(w | h')
+            if self.smoothing == "kneser_ney":
+                D = self._discounts_for(k, lv["used"])
+                mass = np.zeros(n_ctx)
+                for r, d in enumerate(D, start=1):
+                    sel = a >= 3 if r == 3 else a == r
+                    mass += d * np.bincount(pre[sel], minlength=n_ctx)
+                gamma = np.divide(mass, denom, out=np.zeros(n_ctx), where=denom > 0)
+                p = np.maximum(a - _discount_of(a, D), 0) / denom[pre] + gamma[pre] * lower
+            elif self.smoothing == "witten_bell":
+                T = np.bincount(pre, minlength=n_ctx).astype(np.float64)
+                gamma = np.divide(T, denom + T, out=np.zeros(n_ctx), where=denom > 0)
+                p = a / (denom[pre] + T[pre]) + gamma[pre] * lower
+            else:  # mle: relative frequency, and nothing left for unseen words
+                gamma = np.where(denom > 0, 0.0, 1.0)
+                p = a / denom[pre]
+            with np.errstate(divide="ignore"):
+                lv["logp"] = np.log(p)
+                below["logb"] = np.where(denom > 0, np.log(gamma), 0.0)
+
+    def _discounts_for(self, k, used):
+        """Modified Kneser-Ney discounts of order k from its count-of-counts n_1..n_4."""
+        if self.fixed_discounts is not None:
+            self.discounts[k] = self.fixed_discounts
+            return self.fixed_discounts
+        n = [int(np.count_nonzero(used == r)) for r in (1, 2, 3, 4)]
+        D = None
+        if min(n) > 0:
+            Y = n[0] / (n[0] + 2 * n[1])
+            D = (1 - 2 * Y * n[1] / n[0], 2 - 3 * Y * n[2] / n[1], 3 - 4 * Y * n[3] / n[2])
+            if not all(0 < d <= r for r, d in zip((1, 2, 3), D)):
+                D = None
+        if D is None:
+            warnings.warn(
+                f"NGramLM: modified Kneser-Ney discounts of order {k} cannot be estimated from "
+                f"count-of-counts n1..n4 = {n} (too little or too regular data); using the fixed "
+                f"discounts {FALLBACK_DISCOUNTS}", RuntimeWarning, stacklevel=3)
+            D = FALLBACK_DISCOUNTS
+        self.discounts[k] = tuple(float(d) for d in D)
+        return self.discounts[k]
+
+    # ------------------------------------------------------------------------------------------
+    # querying
+    # ------------------------------------------------------------------------------------------
+    def _log_probs_stream(self, stream, sid, pred):
+        """Natural-log P(token | up to order-1 previous tokens) at every predicted position."""
+        N = len(self._levels)
+        L = stream.size
+        ids = self._window_ids(stream, sid, N)                              # ids[j][start]
+        end_ids = []                                                        # j-gram ENDING at i
+        for j in range(1, N + 1):
+            e = np.full(L, -1, np.int64)
+            if L - j + 1 > 0:
+                e[j - 1:] = ids[j - 1][:L - j + 1]
+            end_ids.append(e)
+        if self.smoothing == "add_k":
+            return self._add_k_logp(stream, end_ids)[pred]
+        logp = np.full(L, np.nan)
+        found_any = np.zeros(L, bool)
+        backoff = np.zeros(L)
+        for j in range(N, 0, -1):                                           # longest match first
+            hit = (end_ids[j - 1] >= 0) & ~found_any
+            logp[hit] = self._levels[j - 1]["logp"][end_ids[j - 1][hit]] + backoff[hit]
+            found_any |= hit
+            if j >= 2:                                                      # backing off from order j
+                ctx = np.full(L, -1, np.int64)
+                ctx[1:] = end_ids[j - 2][:-1]                               # (j-1)-gram ending at i-1
+                use = ~found_any & (ctx >= 0)
+                backoff[use] += self._levels[j - 2]["logb"][ctx[use]]
+        return logp[pred]
+
+    def _add_k_logp(self, stream, end_ids):
+        N, L, V = len(self._levels), stream.size, self.num_outcomes
+        totals = self._context_totals()
+        logp = np.full(L, np.nan)
+        done = np.zeros(L, bool)
+        for j in range(N, 1, -1):                                           # context of j-1 words
+            ctx = np.full(L, -1, np.int64)
+            ctx[1:] = end_ids[j - 2][:-1]
+            tot = np.where(ctx >= 0, totals[j - 2][np.maximum(ctx, 0)], 0)
+            use = ~done & (tot > 0)
+            c = np.where(end_ids[j - 1] >= 0, self._levels[j - 1]["counts"][np.maximum(end_ids[j - 1], 0)], 0)
+            logp[use] = np.log((c[use] + self.k) / (tot[use] + self.k * V))
+            done |= use
+        lv1 = self._levels[0]
+        c1 = np.where(end_ids[0] >= 0, lv1["counts"][np.maximum(end_ids[0], 0)], 0)
+        total = float(lv1["counts"][lv1["keys"] != self._bos_index].sum())
+        rest = ~done
+        logp[rest] = np.log((c1[rest] + self.k) / (total + self.k * V))
+        return logp
+
+    def _context_totals(self):
+        """totals[k-1][g] = sum_w c(g w): how often the k-gram g was followed by a word."""
+        out = []
+        for k in range(1, len(self._levels)):
+            nxt = self._levels[k]
+            out.append(np.bincount(nxt["keys"] // self._base, weights=nxt["counts"],
+                                   minlength=self._levels[k - 1]["keys"].size) if nxt["keys"].size
+                       else np.zeros(self._levels[k - 1]["keys"].size))
+        return out
+
+    def _context_index(self, context, bos):
+        ctx = self._check_sequences([context], "context")[0]
+        idx = self._to_index(ctx)
+        if bos:
+            idx = np.concatenate([[self._bos_index], idx])
+        return idx[max(0, idx.size - (self.order - 1)):] if self.order > 1 else idx[:0]
+
+    def next_token_probs(self, context=(), bos=False) -> np.ndarray:
+        """The full next-token distribution after ``context`` (token ids; with ``bos=True`` it
+        starts a sentence): shape ``(len(vocab) + 2,)`` -- tokens in ``vocab`` order, then
+        ``</s>``, then ``<unk>`` -- summing to 1."""
+        self._require_fit()
+        idx = self._context_index(context, bos)
+        V = self.num_outcomes
+        if self.smoothing == "add_k":
+            return self._add_k_dist(idx)
+        lv1 = self._levels[0]
+        probs = np.zeros(V)
+        keep = lv1["keys"] < V                                              # drop <s>
+        probs[lv1["keys"][keep]] = np.exp(lv1["logp"][keep])
+        # walk the context from its last word back: suffix contexts of length 1, 2, ...
+        for j in range(1, idx.size + 1):
+            ctx_id = self._context_id(idx[idx.size - j:])
+            if ctx_id < 0:
+                break
+            lv = self._levels[j]
+            below = self._levels[j - 1]
+            probs = probs * np.exp(below["logb"][ctx_id])
+            lo = np.searchsorted(lv["keys"], ctx_id * self._base)
+            hi = np.searchsorted(lv["keys"], (ctx_id + 1) * self._base)
+            probs[lv["keys"][lo:hi] % self._base] = np.exp(lv["logp"][lo:hi])
+        return probs
+
+    def _context_id(self, idx):
+        """Id of the n-gram ``idx`` (indices) in its order's table, or -1."""
+        cur = self._lookup(1, np.array([idx[0]]))[0]
+        for k in range(2, idx.size + 1):
+            if cur < 0:
+                return -1
+            cur = self._lookup(k, np.array([cur * self._base + idx[k - 1]]))[0]
+        return int(cur)
+
+    def _add_k_dist(self, idx):
+        V = self.num_outcomes
+        totals = self._context_totals()
+        for j in range(idx.size, 0, -1):
+            ctx_id = self._context_id(idx[idx.size - j:])
+            if ctx_id >= 0 and totals[j - 1][ctx_id] > 0:
+                lv = self._levels[j]
+                counts = np.zeros(V)
+                lo = np.searchsorted(lv["keys"], ctx_id * self._base)
+                hi = np.searchsorted(lv["keys"], (ctx_id + 1) * self._base)
+                counts[lv["keys"][lo:hi] % self._base] = lv["counts"][lo:hi]
+                return (counts + self.k) / (totals[j - 1][ctx_id] + self.k * V)
+        lv1 = self._levels[0]
+        counts = np.zeros(V)
+        keep = lv1["keys"] < V
+        counts[lv1["keys"][keep]] = lv1["counts"][keep]
+        return (counts + self.k) / (counts.sum() + self.k * V)
+
+    def logprob(self, token, context=(), bos=False) -> float:
+        """Natural-log probability of ``token`` (a token id, or ``NGramLM.EOS`` for ``</s>``)
+        after ``context``. Ids outside the vocabulary are scored as ``<unk>``."""
+        self._require_fit()
+        probs = self.next_token_probs(context, bos=bos)
+        if token == self.EOS:
+            i = self.eos_index
+        else:
+            i = int(self._to_index(index_array(np.array([token]), "token", np.iinfo(np.int64).max))[0])
+        with np.errstate(divide="ignore"):
+            return float(np.log(probs[i]))
+
+    def score(self, sequence, bos=True, eos=True) -> float:
+        """Total natural-log probability of one sequence, ``<s>`` ... ``</s>`` by default (as
+        KenLM's ``score(sentence, bos=True, eos=True)``, which reports log10)."""
+        self._require_fit()
+        return float(self._sentence_logps([sequence], bos, eos)[0].sum())
+
+    def _sentence_logps(self, sequences, bos=True, eos=True):
+        seqs = self._check_sequences(sequences)
+        stream, sid, pred = self._pad(seqs, bos, eos)
+        lp = self._log_probs_stream(stream, sid, pred)
+        return lp, sid[pred]
+
+    def perplexity(self, sequences) -> float:
+        r"""``exp(-(1/N) sum log P)`` over every token and every ``</s>`` (N of them), as KenLM
+        counts. Infinite -- with a warning saying how many tokens got probability 0 -- when a
+        model without smoothing (``'mle'``) meets an unseen event."""
+        self._require_fit()
+        lp, _ = self._sentence_logps(sequences)
+        if lp.size == 0:
+            raise ValueError("sequences is empty: nothing to score")
+        zero = int(np.isneginf(lp).sum())
+        if zero:
+            warnings.warn(f"NGramLM({self.smoothing!r}): {zero} of {lp.size} tokens have probability "
+                          f"0 under this unsmoothed model, so the perplexity is infinite",
+                          RuntimeWarning, stacklevel=2)
+            return math.inf
+        return float(np.exp(-lp.mean()))
+
+    def cross_entropy(self, sequences, base: float = 2.0) -> float:
+        """Mean negative log-probability per predicted token (bits by default)."""
+        return math.log(self.perplexity(sequences)) / math.log(base)
+
+    # ------------------------------------------------------------------------------------------
+    # sampling
+    # ------------------------------------------------------------------------------------------
+    def generate(self, n: int, temperature: float = 1.0, top_k=None, seed=None, context=()):
+        """Sample ``n`` outcomes, starting a sentence after ``context``. A sampled ``</s>``
+        appears as ``NGramLM.EOS`` (-1) and starts a new sentence; ``<unk>`` is never sampled.
+
+        ``temperature`` rescales log-probabilities (``p ** (1/T)``); ``top_k`` keeps the k most
+        likely outcomes; ``seed``: int or Generator.
+        """
+        self._require_fit()
+        n = positive_int(n, "n")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None:
+            top_k = positive_int(top_k, "top_k")
+        rng = make_rng(seed)
+        history = list(self._check_sequences([context], "context")[0])
+        out = np.empty(n, np.int64)
+        for t in range(n):
+            p = self.next_token_probs(history, bos=True)
+            p[self.unk_index] = 0.0
+            if temperature != 1.0:
+                with np.errstate(divide="ignore"):
+                    logits = np.log(p) / temperature
+                p = np.exp(logits - logits.max())
+            if top_k is not None and top_k < p.size:
+                cut = np.partition(p, -top_k)[-top_k]
+                p = np.where(p >= cut, p, 0.0)
+            p = p / p.sum()
+            i = int(rng.choice(p.size, p=p))
+            if i == self.eos_index:
+                out[t] = self.EOS
+                history = []
+            else:
+                out[t] = self.vocab[i]
+                history.append(out[t])
+                history = history[-(self.order - 1):] if self.order > 1 else []
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # saving: the checkpoint format of scratchlm.io, and ARPA
+    # ------------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {"order": self.order, "smoothing": self.smoothing, "k": self.k,
+                "discounts": None if self.fixed_discounts is None else list(self.fixed_discounts)}
+
+    def state_dict(self) -> dict:
+        self._require_fit()
+        out = {"vocab": self.vocab}
+        for k, lv in enumerate(self._levels, start=1):
+            for name in ("keys", "counts", "logp", "logb"):
+                out[f"order{k}.{name}"] = lv[name]
+        return out
+
+    def generators(self):
+        return iter(())                      # sampling takes its seed per call
+
+    def save(self, path, **meta) -> None:
+        """Save as a scratchlm checkpoint (``.npz`` or ``.safetensors``) with ``meta``."""
+        from ..io import save_checkpoint
+        save_checkpoint(path, self, config=self.config(),
+                        discounts={str(k): v for k, v in self.discounts.items()}, **meta)
+
+    @classmethod
+    def load(cls, path):
+        """Load a model saved by :meth:`save`; returns ``(model, meta)``."""
+        from ..io import read_checkpoint
+        arrays, doc = read_checkpoint(path)
+        if doc.get("module") != cls.__name__:
+            raise ValueError(f"{path} holds a {doc.get('module')}, not an {cls.__name__}")
+        meta = doc["meta"]
+        cfg = meta["config"]
+        model = cls(cfg["order"], cfg["smoothing"] if cfg["smoothing"] != "arpa" else "kneser_ney",
+                    k=cfg["k"] or 1.0, discounts=cfg["discounts"])
+        model.smoothing = cfg["smoothing"]
+        model.vocab = arrays["model/vocab"]
+        levels = []
+        for k in range(1, cfg["order"] + 1):
+            try:
+                levels.append({name: arrays[f"model/order{k}.{name}"]
+                               for name in ("keys", "counts", "logp", "logb")})
+            except KeyError as exc:
+                raise ValueError(f"{path} is missing n-gram table {exc} for order {k}") from exc
+        model._levels = levels
+        model.discounts = {int(k): tuple(v) for k, v in meta.get("discounts", {}).items()}
+        return model, meta
+
+    def _word(self, index, words):
+        if index == self.eos_index:
+            return "</s>"
+        if index == self.unk_index:
+            return "<unk>"
+        if index == self._bos_index:
+            return "<s>"
+        token = int(self.vocab[index])
+        return str(token) if words is None else words[token]
+
+    def to_arpa(self, path, words=None) -> None:
+        """Write the model in the ARPA back-off format that KenLM and SRILM read: log10
+        probabilities, log10 back-off weights. Tokens are spelled as their decimal ids, or as
+        ``words[id]`` (strings without whitespace). ``add_k`` has no back-off form: refused."""
+        self._require_fit()
+        if self.smoothing == "add_k":
+            raise ValueError("add_k smoothing has no ARPA (back-off) form; use kneser_ney, "
+                             "witten_bell or mle")
+        if words is not None:
+            bad = [w for w in (words[int(t)] for t in self.vocab) if not w or re.search(r"\s", w)]
+            if bad:
+                raise ValueError(f"ARPA words must be non-empty and free of whitespace, got {bad[:3]!r}")
+        ln10 = math.log(10)
+        N = len(self._levels)
+        seqs = [self._ngram_indices(k) for k in range(1, N + 1)]
+        lines = ["", "\\data\\"] + [f"ngram {k}={self._levels[k - 1]['keys'].size}" for k in range(1, N + 1)]
+        for k in range(1, N + 1):
+            lv = self._levels[k - 1]
+            lines += ["", f"\\{k}-grams:"]
+            for row, lp, lb in zip(seqs[k - 1], lv["logp"], lv["logb"]):
+                p10 = ARPA_LOG_ZERO if not np.isfinite(lp) else lp / ln10
+                text = " ".join(self._word(int(i), words) for i in row)
+                entry = f"{p10:.9g}\t{text}"
+                if k < N:
+                    b10 = ARPA_LOG_ZERO if not np.isfinite(lb) else lb / ln10
+                    if b10 != 0:
+                        entry += f"\t{b10:.9g}"
+                lines.append(entry)
+        lines += ["", "\\end\\", ""]
+        from ..io import atomic_write
+        atomic_write(path, lambda f: f.write("\n".join(lines).encode("utf-8")))
+
+    def _ngram_indices(self, k):
+        """(count, k) array of the outcome indices spelling each k-gram, in table order."""
+        lv = self._levels[k - 1]
+        if k == 1:
+            return lv["keys"][:, None]
+        return np.concatenate([self._ngram_indices(k - 1)[lv["keys"] // self._base],
+                               (lv["keys"] % self._base)[:, None]], axis=1)
+
+    @classmethod
+    def from_arpa(cls, path, word_to_id=None):
+        """Read an ARPA file. Words must be decimal token ids (as :meth:`to_arpa` writes them) or
+        be mapped by ``word_to_id``. The model scores and samples; its counts are unknown."""
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+        sections, order_counts = _parse_arpa(text, path)
+        N = max(order_counts)
+        tokens = []
+        for fields in sections[1]:
+            w = fields[1]
+            if w in ("<s>", "</s>", "<unk>"):
+                continue
+            if word_to_id is not None:
+                if w not in word_to_id:
+                    raise ValueError(f"{path}: word {w!r} is not in word_to_id")
+                tokens.append(int(word_to_id[w]))
+            elif re.fullmatch(r"-?\d+", w):
+                tokens.append(int(w))
+            else:
+                raise ValueError(f"{path}: word {w!r} is not a decimal token id; pass word_to_id")
+        model = cls(N)
+        model.smoothing = "arpa"
+        model.vocab = np.unique(np.array(tokens, np.int64))
+        if model.vocab.size != len(tokens):
+            raise ValueError(f"{path}: a word appears twice among the unigrams")
+        special = {"</s>": model.eos_index, "<unk>": model.unk_index, "<s>": model._bos_index}
+
+        def index(word):
+            if word in special:
+                return special[word]
+            tok = int(word_to_id[word]) if word_to_id is not None else int(word)
+            return int(np.searchsorted(model.vocab, tok))
+
+        ln10 = math.log(10)
+        model._levels = []
+        for k in range(1, N + 1):
+            rows = sections.get(k, [])
+            words = [r[1].split() for r in rows]
+            if any(len(w) != k for w in words):
+                raise ValueError(f"{path}: a line in the \\{k}-grams section does not hold {k} words")
+            idx = np.array([[index(w) for w in ws] for ws in words], np.int64).reshape(len(rows), k)
+            logp = np.array([float(r[0]) for r in rows]) * ln10
+            logb = np.array([float(r[2]) if len(r) > 2 else 0.0 for r in rows]) * ln10
+            logp[logp <= ARPA_LOG_ZERO * ln10] = -np.inf
+            logb[logb <= ARPA_LOG_ZERO * ln10] = -np.inf
+            if k == 1:
+                keys = idx[:, 0]
+            else:
+                prefix = model._lookup(1, idx[:, 0])                         # chain the prefix ids
+                for m in range(2, k):
+                    prefix = np.where(prefix >= 0, model._lookup(m, np.maximum(prefix, 0) * model._base
+                                                                 + idx[:, m - 1]), -1)
+                if (prefix < 0).any():
+                    bad = words[int(np.argmax(prefix < 0))]
+                    raise ValueError(f"{path}: the context of the {k}-gram {' '.join(bad)!r} is not "
+                                     f"among the {k - 1}-grams")
+                keys = prefix * model._base + idx[:, -1]
+            order = np.argsort(keys, kind="stable")
+            model._levels.append(dict(keys=keys[order], counts=np.zeros(len(rows), np.int64),
+                                      logp=logp[order], logb=logb[order]))
+        if model.unk_index not in model._levels[0]["keys"]:
+            raise ValueError(f"{path}: the unigrams lack <unk>")
+        return model
+
+
+def _unique_inverse_counts(key, key_range):
+    """``np.unique(key, return_inverse=True, return_counts=True)`` for keys in ``[0, key_range)``:
+    by counting (O(n + range)) when the range is small, by sorting otherwise."""
+    if key_range <= max(4 * key.size, 1 << 22):
+        counts = np.bincount(key, minlength=key_range)
+        present = counts > 0
+        rank = np.cumsum(present) - 1
+        keys = np.flatnonzero(present)
+        return keys, rank[key], counts[keys]
+    keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return keys, inverse.reshape(-1), counts
+
+
+def _check_discounts(d):
+    d = tuple(float(x) for x in d)
+    if len(d) != 3 or not all(0 <= x <= r for r, x in zip((1, 2, 3), d)):
+        raise ValueError(f"discounts must be (D1, D2, D3+) with 0 <= D_r <= r, got {d}")
+    return d
+
+
+def _discount_of(a, D):
+    """D(a): D1 for a == 1, D2 for a == 2, D3+ for a >= 3, 0 for a == 0."""
+    return np.select([a == 1, a == 2, a >= 3], list(D), 0.0)
+
+
+def _discount_mass(a, D):
+    return float(_discount_of(a, D).sum())
+
+
+def _parse_arpa(text, path):
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines) and lines[i].strip() != "\\data\\":
+        i += 1
+    if i == len(lines):
+        raise ValueError(f"{path} is not an ARPA file (no \\data\\ header)")
+    counts = {}
+    i += 1
+    while i < len(lines) and lines[i].strip().startswith("ngram "):
+        m = re.fullmatch(r"ngram\s+(\d+)\s*=\s*(\d+)", lines[i].strip())
+        if not m:
+            raise ValueError(f"{path}:{i + 1}: malformed count line {lines[i]!r}")
+        counts[int(m.group(1))] = int(m.group(2))
+        i += 1
+    if not counts or sorted(counts) != list(range(1, max(counts) + 1)):
+        raise ValueError(f"{path}: the \\data\\ section must list ngram 1=..., 2=..., in order")
+    sections, current = {}, None
+    for j in range(i, len(lines)):
+        line = lines[j].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"\\(\d+)-grams:", line)
+        if m:
+            current = int(m.group(1))
+            sections[current] = []
+            continue
+        if line == "\\end\\":
+            current = "end"
+            break
+        if current is None or current not in counts:
+            raise ValueError(f"{path}:{j + 1}: unexpected line {line!r}")
+        fields = line.split("\t") if "\t" in line else None
+        if fields is None or len(fields) not in (2, 3):
+            parts = line.split()
+            k = current
+            if len(parts) not in (k + 1, k + 2):
+                raise ValueError(f"{path}:{j + 1}: expected 'logprob w1..w{k} [backoff]', got {line!r}")
+            fields = [parts[0], " ".join(parts[1:k + 1])] + parts[k + 1:]
+        try:
+            float(fields[0])
+            if len(fields) == 3:
+                float(fields[2])
+        except ValueError as exc:
+            raise ValueError(f"{path}:{j + 1}: not a number in {line!r}") from exc
+        sections[current].append(fields)
+    if current != "end":
+        raise ValueError(f"{path}: truncated ARPA file (no \\end\\)")
+    for k, n in counts.items():
+        if len(sections.get(k, [])) != n:
+            raise ValueError(f"{path}: \\data\\ announces {n} {k}-grams, the file holds "
+                             f"{len(sections.get(k, []))}")
+    return sections, counts
