@@ -554,8 +554,9 @@ class NGramLM:
                     logits = np.log(p) / temperature
                 p = np.exp(logits - logits.max())
             if top_k is not None and top_k < p.size:
-                cut = np.partition(p, -top_k)[-top_k]
-                p = np.where(p >= cut, p, 0.0)
+                keep = np.zeros(p.size, bool)
+                keep[np.argsort(-p, kind="stable")[:top_k]] = True   # exactly k; ties: lower index
+                p = np.where(keep, p, 0.0)
             p = p / p.sum()
             i = int(rng.choice(p.size, p=p))
             if i == self.eos_index:
@@ -693,9 +694,14 @@ class NGramLM:
             raise ValueError(f"{path}: a word appears twice among the unigrams")
         special = {"</s>": model.eos_index, "<unk>": model.unk_index, "<s>": model._bos_index}
 
+        unigram_words = {f[1] for f in sections[1]}
+
         def index(word):
             if word in special:
                 return special[word]
+            if word not in unigram_words:
+                raise ValueError(f"{path}: the word {word!r} appears in an n-gram but not among "
+                                 f"the unigrams")
             tok = int(word_to_id[word]) if word_to_id is not None else int(word)
             return int(np.searchsorted(model.vocab, tok))
 

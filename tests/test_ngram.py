@@ -1,0 +1,367 @@
+"""NGramLM: proper distributions, modified Kneser-Ney against an independent implementation of
+Chen & Goodman's formulas and a hand-worked example, KenLM parity, ARPA round trips, known-source
+convergence, sampling, saving and bad input."""
+
+import math
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from scratchlm.data import MarkovSource
+from scratchlm.models import MarkovChain, NGramLM
+
+SMOOTHINGS = ["kneser_ney", "witten_bell", "add_k", "mle"]
+
+
+def corpus(seed, n=200, vocab=12, max_len=25):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab, rng.integers(0, max_len)).tolist() for _ in range(n)]
+
+
+def fit(order, smoothing, seqs, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # fallback discounts on tiny data
+        return NGramLM(order, smoothing, **kw).fit(seqs)
+
+
+# ------------------------------------------------------------------------------------------------
+# every distribution is a distribution
+# ------------------------------------------------------------------------------------------------
+@given(seed=st.integers(0, 10_000), order=st.integers(1, 5), smoothing=st.sampled_from(SMOOTHINGS),
+       context=st.lists(st.integers(0, 15), max_size=6), bos=st.booleans())
+def test_next_token_distribution_sums_to_one(seed, order, smoothing, context, bos):
+    m = fit(order, smoothing, corpus(seed, n=40))
+    p = m.next_token_probs(context, bos=bos)
+    assert p.shape == (len(m.vocab) + 2,)
+    assert not np.isnan(p).any() and (p >= 0).all()
+    assert abs(p.sum() - 1) < 1e-12
+    if smoothing != "mle":
+        assert (p > 0).all()                               # smoothed: nothing impossible, <unk> included
+
+
+@pytest.mark.parametrize("smoothing", SMOOTHINGS)
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+def test_vectorised_scoring_equals_the_chain_rule(smoothing, order):
+    m = fit(order, smoothing, corpus(1))
+    for seq in corpus(2, n=5, vocab=14):                    # ids 12, 13 unseen -> <unk>
+        steps, history = 0.0, []
+        for t in seq + [NGramLM.EOS]:
+            steps += m.logprob(t, history, bos=True)
+            history.append(t)
+        assert m.score(seq) == pytest.approx(steps, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# modified Kneser-Ney, by hand and by an independent implementation
+# ------------------------------------------------------------------------------------------------
+def test_kneser_ney_hand_worked_bigram_example():
+    """Sentences 'a b', 'a c', 'b' (a=0, b=1, c=2), order 2, discounts (0.5, 1, 1.5).
+
+    Padded: <s> a b </s> | <s> a c </s> | <s> b </s>.  Continuation counts of the unigrams
+    (distinct left neighbours): a 1, b 2 (a, <s>), c 1, </s> 2 (b, c), <unk> 0; total 6.
+    Unigram discount mass 0.5 + 1 + 0.5 + 1 = 3 -> gamma 1/2; |V| = 5 (a b c </s> <unk>):
+        P(a) = 0.5/6 + 0.5/5 = 0.18333..,  P(b) = 1/6 + 0.1 = 0.26666..,  P(<unk>) = 0.1
+    Bigram context a: followers b (1), c (1); gamma(a) = (0.5 + 0.5)/2 = 0.5
+        P(b | a) = 0.5/2 + 0.5 * P(b) = 0.38333..,  P(</s> | a) = 0.5 * P(</s>) = 0.13333..
+    Context <s>: a (2), b (1): gamma = (1 + 0.5)/3 = 0.5;  P(a | <s>) = 1/3 + 0.5 * P(a) = 0.425
+    Context b: </s> (2): gamma = 1/2;  P(</s> | b) = 1/2 + 0.5 * P(</s>) = 0.63333..
+    P('a b') = 0.425 * 0.38333.. * 0.63333.. = 0.1031805..
+    """
+    m = NGramLM(2, discounts=(0.5, 1.0, 1.5)).fit([[0, 1], [0, 2], [1]])
+    uni = m.next_token_probs([])
+    np.testing.assert_allclose(uni, [0.5 / 6 + 0.1, 1 / 6 + 0.1, 0.5 / 6 + 0.1, 1 / 6 + 0.1, 0.1], rtol=1e-14)
+    assert math.exp(m.logprob(1, [0])) == pytest.approx(0.25 + 0.5 * (1 / 6 + 0.1), rel=1e-14)
+    assert math.exp(m.logprob(NGramLM.EOS, [0])) == pytest.approx(0.5 * (1 / 6 + 0.1), rel=1e-14)
+    assert math.exp(m.logprob(0, [], bos=True)) == pytest.approx(0.425, rel=1e-14)
+    expected = 0.425 * (0.25 + 0.5 * (1 / 6 + 0.1)) * (0.5 + 0.5 * (1 / 6 + 0.1))
+    assert math.exp(m.score([0, 1])) == pytest.approx(expected, rel=1e-14)
+
+
+def test_discounts_follow_chen_goodman():
+    """n1..n4 = 10, 5, 3, 2 -> Y = 1/2, D1 = 1/2, D2 = 1.1, D3+ = 5/3."""
+    m = NGramLM(2)
+    used = np.array([1] * 10 + [2] * 5 + [3] * 3 + [4] * 2 + [7])
+    np.testing.assert_allclose(m._discounts_for(2, used), (0.5, 1.1, 5 / 3), rtol=1e-14)
+
+
+def test_unestimable_discounts_fall_back_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="cannot be estimated.*fixed discounts"):
+        m = NGramLM(3).fit([[1, 2, 3]])
+    assert m.discounts[3] == (0.5, 1.0, 1.5)
+    assert np.isfinite(m.perplexity([[1, 2, 3], [4]]))
+
+
+def reference_kneser_ney(sentences, N, discounts=None):
+    """Interpolated modified Kneser-Ney straight from Chen & Goodman (1998), with dicts."""
+    BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+    padded = [[BOS] + list(s) + [EOS] for s in sentences]
+    counts = {k: Counter() for k in range(1, N + 1)}
+    for s in padded:
+        for k in range(1, N + 1):
+            for i in range(len(s) - k + 1):
+                counts[k][tuple(s[i:i + k])] += 1
+    adjusted = {N: dict(counts[N])}
+    for k in range(N - 1, 0, -1):                  # distinct left extensions, raw for <s>-initial
+        left = {}
+        for g in counts[k + 1]:
+            left.setdefault(g[1:], set()).add(g[0])
+        adjusted[k] = {g: (c if g[0] == BOS else len(left.get(g, ()))) for g, c in counts[k].items()}
+    words = sorted({w for s in sentences for w in s}) + [EOS, UNK]
+
+    def disc(k):
+        if discounts is not None:
+            return discounts
+        vals = [v for g, v in adjusted[k].items() if not (k == 1 and g[0] == BOS)]
+        n = [sum(1 for v in vals if v == r) for r in (1, 2, 3, 4)]
+        if min(n) == 0:
+            return (0.5, 1.0, 1.5)                     # the documented fallback
+        y = n[0] / (n[0] + 2 * n[1])
+        d = (1 - 2 * y * n[1] / n[0], 2 - 3 * y * n[2] / n[1], 3 - 4 * y * n[3] / n[2])
+        return d if all(0 < x <= r for r, x in zip((1, 2, 3), d)) else (0.5, 1.0, 1.5)
+
+    def d_of(c, d):
+        return 0.0 if c == 0 else d[min(c, 3) - 1]
+
+    def prob(w, h):
+        k = len(h) + 1
+        d = disc(k)
+        if k == 1:
+            table = {g[0]: v for g, v in adjusted[1].items() if g[0] != BOS}
+            tot = sum(table.values())
+            gamma = sum(d_of(v, d) for v in table.values()) / tot
+            c = table.get(w, 0)
+            return max(c - d_of(c, d), 0) / tot + gamma / len(words)
+        followers = {g[-1]: v for g, v in adjusted[k].items() if g[:-1] == h}
+        if not followers:
+            return prob(w, h[1:])
+        tot = sum(followers.values())
+        gamma = sum(d_of(v, d) for v in followers.values()) / tot
+        c = followers.get(w, 0)
+        return max(c - d_of(c, d), 0) / tot + gamma * prob(w, h[1:])
+
+    return prob, words, disc
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_kneser_ney_matches_the_reference_implementation(order):
+    rng = np.random.default_rng(2)
+    src = MarkovSource(30, order=1, concentration=0.3, seed=2)
+    sents = [src.sample(int(rng.integers(1, 40)), rng=rng).tolist() for _ in range(300)]
+    m = fit(order, "kneser_ney", sents)           # higher orders estimable; unigrams fall back
+    ref, words, disc = reference_kneser_ney(sents, order)
+    assert any(m.discounts[k] != (0.5, 1.0, 1.5) for k in m.discounts)   # estimates were exercised
+    for k in range(1, order + 1):
+        np.testing.assert_allclose(m.discounts[k], disc(k), rtol=1e-12)
+    contexts = [(), (3,), ("<s>",), ("<s>", 2), (1, 4), (5, 5, 0), ("<s>", 0, 1), (99,), (7, 99)]
+    for h in contexts:
+        h = tuple(h[-(order - 1):]) if order > 1 else ()
+        bos = bool(h) and h[0] == "<s>"
+        ctx = [t for t in h if t != "<s>"]
+        ours = m.next_token_probs(ctx, bos=bos)
+        href = tuple("<unk>" if (t != "<s>" and t not in words) else t for t in h)
+        theirs = np.array([ref(w, href) for w in words])
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, err_msg=f"context {h}")
+
+
+# ------------------------------------------------------------------------------------------------
+# ARPA: KenLM reads ours; we read ours back
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("smoothing", ["kneser_ney", "witten_bell"])
+@pytest.mark.parametrize("order", [2, 3, 6])
+def test_kenlm_reads_our_arpa_and_agrees(tmp_path, smoothing, order):
+    kenlm = pytest.importorskip("kenlm")
+    m = fit(order, smoothing, corpus(3, n=400, vocab=30))
+    path = tmp_path / "model.arpa"
+    m.to_arpa(path)
+    k = kenlm.Model(str(path))
+    test = corpus(4, n=50, vocab=35)                       # ids 30..34: <unk> for both
+    ours = [m.score(s) / math.log(10) for s in test]
+    theirs = [k.score(" ".join(map(str, s)), bos=True, eos=True) for s in test]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-4)   # KenLM stores float32
+    n_tokens = sum(len(s) + 1 for s in test)
+    ours_ppl = m.perplexity(test)
+    theirs_ppl = 10 ** (-sum(theirs) / n_tokens)
+    assert ours_ppl == pytest.approx(theirs_ppl, rel=1e-5)
+
+
+@pytest.mark.parametrize("smoothing", ["kneser_ney", "witten_bell", "mle"])
+@pytest.mark.parametrize("order", [1, 3, 8])
+def test_arpa_roundtrip(tmp_path, smoothing, order):
+    m = fit(order, smoothing, corpus(5))
+    path = tmp_path / "m.arpa"
+    m.to_arpa(path)
+    back = NGramLM.from_arpa(path)
+    for s in corpus(6, n=20, vocab=14):
+        assert back.score(s) == pytest.approx(m.score(s), rel=1e-7, abs=1e-7)
+    for ctx in ([], [1], [1, 2, 3]):
+        np.testing.assert_allclose(back.next_token_probs(ctx), m.next_token_probs(ctx), rtol=1e-7, atol=1e-12)
+
+
+def test_arpa_with_word_spellings(tmp_path):
+    m = fit(3, "kneser_ney", [[0, 1, 2], [2, 1, 0], [1, 1]])
+    words = {0: "zero", 1: "one", 2: "two"}
+    path = tmp_path / "w.arpa"
+    m.to_arpa(path, words=words)
+    assert "one two" in path.read_text()
+    back = NGramLM.from_arpa(path, word_to_id={v: k for k, v in words.items()})
+    assert back.score([0, 1, 2]) == pytest.approx(m.score([0, 1, 2]), rel=1e-7)
+    with pytest.raises(ValueError, match="whitespace"):
+        m.to_arpa(path, words={0: "a b", 1: "c", 2: "d"})
+    with pytest.raises(ValueError, match="add_k smoothing has no ARPA"):
+        fit(2, "add_k", [[0, 1]]).to_arpa(path)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda t: t.replace("\\data\\", "\\dat\\"), "no \\\\data\\\\ header"),
+    (lambda t: t.replace("\\end\\", ""), "truncated"),
+    (lambda t: t.replace("ngram 2=", "ngram 2=9"), "announces"),
+    (lambda t: t.replace("\t1 2", "\tx 2", 1), "not among the unigrams"),
+    (lambda t: "\n".join(line for line in t.splitlines() if "<unk>" not in line), "announces|<unk>"),
+    (lambda t: t.replace("ngram 1=", "ngram 1=x"), "malformed"),
+])
+def test_corrupt_arpa_files_are_refused(tmp_path, mutate, match):
+    m = fit(2, "kneser_ney", corpus(7, n=30, vocab=5))
+    path = tmp_path / "m.arpa"
+    m.to_arpa(path)
+    path.write_text(mutate(path.read_text()))
+    with pytest.raises(ValueError, match=match):
+        NGramLM.from_arpa(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# learning known sources
+# ------------------------------------------------------------------------------------------------
+def test_markov_chain_recovers_the_transition_matrix_and_routes_agree():
+    from scratchlm.kernels.ngram import count_transitions
+    src = MarkovSource(5, order=1, concentration=1.0, seed=0)
+    seq = src.sample(200_000, rng=1)
+    chain = MarkovChain(5).train(seq)
+    np.testing.assert_allclose(chain.transition_matrix, src.transition, atol=0.01)
+    np.testing.assert_array_equal(count_transitions.numba(seq, 5), count_transitions.numpy(seq, 5))
+    assert chain.entropy_rate() == pytest.approx(src.entropy_rate(), rel=0.01)
+    # the bigram MLE of NGramLM is the same estimate
+    ng = NGramLM(2, "mle").fit([seq])
+    for a in range(5):
+        p = ng.next_token_probs([a])[:5]
+        np.testing.assert_allclose(p / p.sum(), chain.transition_matrix[a], atol=1e-4)
+
+
+def test_markov_chain_unseen_state_has_a_defined_row_and_samples():
+    chain = MarkovChain(4).train([0, 1, 0, 1, 2])
+    assert np.allclose(chain.transition_matrix[3], 0.25)              # never a source: uniform
+    assert np.allclose(chain.transition_matrix.sum(axis=1), 1)
+    smooth = MarkovChain(4, smoothing=1.0).train([0, 1, 0, 1, 2])
+    assert smooth.transition_matrix[0, 1] == pytest.approx(3 / 6)
+    a = chain.generate(0, 50, rng=3)
+    assert a[0] == 0 and len(a) == 50 and np.array_equal(a, chain.generate(0, 50, rng=3))
+    assert set(np.diff(a[a != 3][:2])) <= {1, -1, 0, 2, -2}
+    assert chain.log_likelihood([0, 1, 0]) == pytest.approx(math.log(1.0) + math.log(0.5))
+    with pytest.raises(ValueError, match="sequence must lie in"):
+        chain.train([0, 4])
+    with pytest.raises(ValueError, match="at least 2 states"):
+        chain.train([1])
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_cross_entropy_approaches_the_entropy_rate(order):
+    src = MarkovSource(6, order=order, concentration=0.5, seed=order)
+    train = src.sample(400_000, rng=10)
+    held = src.sample(100_000, rng=11)
+    sents = lambda x: np.split(x, np.arange(2000, x.size, 2000))   # noqa: E731
+    m = fit(order + 1, "kneser_ney", sents(train))     # 6 symbols: unigram discounts fall back
+    h_true = src.entropy_rate(base=2)
+    h_model = m.cross_entropy(sents(held), base=2)
+    assert h_true <= h_model + 0.01                                 # no model beats the source ...
+    assert h_model - h_true < 0.02 * h_true + 0.01                  # ... and this one comes close
+
+
+# ------------------------------------------------------------------------------------------------
+# MLE, sampling, saving
+# ------------------------------------------------------------------------------------------------
+def test_mle_says_plainly_when_perplexity_is_infinite():
+    m = NGramLM(2, "mle").fit([[0, 1, 2]])
+    assert np.isfinite(m.perplexity([[0, 1, 2]]))
+    with pytest.warns(RuntimeWarning, match="probability 0.*infinite"):
+        assert m.perplexity([[0, 2]]) == math.inf
+    for smoothing in ("kneser_ney", "witten_bell", "add_k"):
+        assert np.isfinite(fit(2, smoothing, [[0, 1, 2]]).perplexity([[0, 2, 99]]))
+
+
+def test_unknown_ids_score_as_unk():
+    m = fit(3, "kneser_ney", corpus(8))
+    assert m.score([1000]) == pytest.approx(m.score([2000]))
+    assert np.isfinite(m.logprob(12345, [1, 2]))
+    assert m.logprob(12345, [1, 2]) == pytest.approx(math.log(m.next_token_probs([1, 2])[m.unk_index]))
+
+
+def test_generate_is_seeded_and_respects_top_k():
+    m = fit(3, "kneser_ney", corpus(9))
+    a = m.generate(200, seed=5)
+    assert np.array_equal(a, m.generate(200, seed=5))
+    assert set(a.tolist()) <= set(m.vocab.tolist()) | {NGramLM.EOS}
+    greedy = m.generate(30, top_k=1, seed=1)
+    assert np.array_equal(greedy, m.generate(30, top_k=1, seed=2))      # top-1 is deterministic
+    first = greedy[0]
+    p = m.next_token_probs([], bos=True)
+    p[m.unk_index] = 0
+    assert (first == NGramLM.EOS and p.argmax() == m.eos_index) or first == m.vocab[p.argmax()]
+    cold = m.generate(300, temperature=0.3, seed=4)
+    hot = m.generate(300, temperature=3.0, seed=4)
+    assert len(set(cold.tolist())) <= len(set(hot.tolist()))
+
+
+@pytest.mark.parametrize("smoothing", SMOOTHINGS)
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_save_and_load(tmp_path, smoothing, suffix):
+    m = fit(4, smoothing, corpus(10))
+    path = tmp_path / f"ng{suffix}"
+    m.save(path, note="hello")
+    back, meta = NGramLM.load(path)
+    assert meta["note"] == "hello" and meta["config"]["smoothing"] == smoothing
+    for s in corpus(11, n=10, vocab=14):
+        assert back.score(s) == m.score(s)
+    np.testing.assert_array_equal(back.generate(50, seed=1), m.generate(50, seed=1))
+
+
+def test_high_orders_and_int64_counts():
+    seq = [list(range(5)) * 40] * 30
+    m = fit(8, "kneser_ney", seq)
+    assert len(m._levels) == 8 and m._levels[0]["counts"].dtype == np.int64
+    assert np.isfinite(m.perplexity(seq[:2]))
+    assert m.perplexity(seq[:2]) < 1.2                  # a deterministic cycle is near-certain
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: NGramLM(0), ValueError, "order must be >= 1"),
+    (lambda: NGramLM(2.5), TypeError, "order must be an int"),
+    (lambda: NGramLM(2, "good_turing"), ValueError, "smoothing must be one of"),
+    (lambda: NGramLM(2, "add_k", k=0), ValueError, "k must be > 0"),
+    (lambda: NGramLM(2, discounts=(0.5, 3, 1)), ValueError, "discounts must be"),
+    (lambda: NGramLM(2).fit([]), ValueError, "sequences is empty"),
+    (lambda: NGramLM(2).fit([[0, -1]]), ValueError, r"sequences\[0\] holds a negative token id"),
+    (lambda: NGramLM(2).fit([[0.5, 1.0]]), TypeError, "integer token ids"),
+    (lambda: NGramLM(2).fit("some text"), TypeError, "encode it with a tokenizer"),
+    (lambda: NGramLM(2).fit(np.array([1, 2, 3])), TypeError, "wrap a single sequence"),
+    (lambda: NGramLM(2).fit([[[1, 2]]]), ValueError, "must be 1-D"),
+    (lambda: NGramLM(2).perplexity([[1]]), RuntimeError, "not fitted"),
+    (lambda: fit(2, "kneser_ney", [[1, 2]]).perplexity([]), ValueError, "nothing to score"),
+    (lambda: fit(2, "kneser_ney", [[1, 2]]).generate(0), ValueError, "n must be >= 1"),
+    (lambda: fit(2, "kneser_ney", [[1, 2]]).generate(5, temperature=0), ValueError, "temperature"),
+    (lambda: fit(2, "kneser_ney", [[1, 2]]).logprob(-5), ValueError, "token must lie in"),
+])
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_zero_length_sequences_are_empty_sentences():
+    m = fit(2, "kneser_ney", [[], [1, 2], []])
+    # an empty sentence is '<s> </s>': one prediction, P(</s> | <s>)
+    assert m.score([]) == pytest.approx(m.logprob(NGramLM.EOS, [], bos=True))
+    assert np.isfinite(m.perplexity([[], [1]]))
