@@ -1,12 +1,17 @@
 """``python -m scratchlm`` / ``scratchlm``: the command line.
 
 Subcommands:
-    gradcheck   check every layer and loss against finite differences and print a table
+    train MODEL   train a model on the built-in corpus (or --corpus) and save a checkpoint
+                  (models: markov -- an n-gram language model)
+    sample        generate text from a checkpoint
+    eval          perplexity of a text file (default: the built-in validation split)
+    gradcheck     check every layer and loss against finite differences and print a table
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -47,10 +52,96 @@ def _cmd_gradcheck(args) -> int:
     return 1 if failed else 0
 
 
+def _progress(desc, total):
+    """A tqdm bar advanced once per named stage: returns (update(stage), close())."""
+    from tqdm import tqdm
+    bar = tqdm(desc=desc, total=total, unit="stage", file=sys.stderr)
+
+    def update(stage):
+        bar.set_postfix_str(stage)
+        bar.update(1)
+    return update, bar.close
+
+
+def _cmd_train(args) -> int:
+    from .train import ngram_sample_text, train_ngram
+    if args.model == "markov":
+        out = args.out or os.path.join("runs", f"markov-{args.order}.npz")
+        stages = args.order + 3          # tokenize, count each order, smooth, evaluate
+        update, close = _progress(f"train markov (order {args.order}, {args.smoothing})", stages)
+        try:
+            r = train_ngram(order=args.order, smoothing=args.smoothing, corpus=args.corpus,
+                            tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                            val_fraction=args.val_fraction, out=out, progress=update, k=args.k)
+        finally:
+            close()
+        sizes = ", ".join(f"{k}-grams {lv['keys'].size:,}" for k, lv in enumerate(r.model._levels, start=1))
+        print(f"trained on {r.train_tokens:,} tokens ({args.tokenizer}) in {r.seconds:.2f} s: {sizes}")
+        print(f"validation: perplexity {r.val_perplexity:.3f}, {r.val_bits_per_token:.3f} bits/token, "
+              f"{r.val_bits_per_char:.3f} bits/char over {r.val_tokens:,} tokens")
+        print(f"saved {out}")
+        print("sample:")
+        print(ngram_sample_text(r.model, r.tokenizer, length=args.sample_length, seed=args.seed))
+        return 0
+    raise AssertionError(args.model)
+
+
+def _cmd_sample(args) -> int:
+    from .train import load_model, ngram_sample_text
+    model, tok, _ = load_model(args.checkpoint)
+    print(ngram_sample_text(model, tok, length=args.length, temperature=args.temperature,
+                            top_k=args.top_k, seed=args.seed, prompt=args.prompt))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .data import split_corpus
+    from .train import evaluate_ngram, load_model, read_corpus
+    model, tok, meta = load_model(args.checkpoint)
+    if args.corpus is None:
+        text = split_corpus(read_corpus(None)[0], meta.get("val_fraction", 0.1))[1]
+        name = "built-in validation split"
+    else:
+        text, name = read_corpus(args.corpus)
+    r = evaluate_ngram(model, tok, text)
+    print(f"{name}: perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits/token, "
+          f"{r['bits_per_char']:.3f} bits/char over {r['tokens']:,} tokens")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scratchlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model and save a checkpoint")
+    t.add_argument("model", choices=("markov",), help="markov: an n-gram language model")
+    t.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
+    t.add_argument("--smoothing", default="kneser_ney",
+                   choices=("kneser_ney", "witten_bell", "add_k", "mle"))
+    t.add_argument("--k", type=float, default=1.0, help="pseudo-count for add_k (default 1)")
+    t.add_argument("--corpus", help="a UTF-8 text file (default: the built-in corpus)")
+    t.add_argument("--tokenizer", default="char", choices=("char", "byte", "word", "bpe"))
+    t.add_argument("--vocab-size", type=int, default=1000, help="BPE vocabulary size (default 1000)")
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--out", help="checkpoint path (default runs/markov-ORDER.npz)")
+    t.add_argument("--sample-length", type=int, default=300)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("sample", help="generate from a checkpoint")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--length", type=int, default=300, help="tokens to generate")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--prompt", default="", help="text the sample continues")
+    s.set_defaults(func=_cmd_sample)
+
+    e = sub.add_parser("eval", help="perplexity of a text file under a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--corpus", help="a UTF-8 text file (default: the built-in validation split)")
+    e.set_defaults(func=_cmd_eval)
     g = sub.add_parser("gradcheck", help="gradient-check every layer and loss (float64)")
     g.add_argument("--only", nargs="+", metavar="OP", help="check only these cases")
     g.add_argument("--backend", choices=("numba", "numpy"), default="numba",
@@ -64,9 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    import warnings
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
+        print(f"scratchlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

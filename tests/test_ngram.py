@@ -365,3 +365,18 @@ def test_zero_length_sequences_are_empty_sentences():
     # an empty sentence is '<s> </s>': one prediction, P(</s> | <s>)
     assert m.score([]) == pytest.approx(m.logprob(NGramLM.EOS, [], bos=True))
     assert np.isfinite(m.perplexity([[], [1]]))
+
+
+@pytest.mark.parametrize("smoothing", ["kneser_ney", "witten_bell"])
+def test_numba_and_numpy_counting_build_the_same_model(smoothing):
+    import scratchlm
+    seqs = corpus(12, n=300, vocab=40) + [[5000, 7], []]          # a sparse id forces bisection
+    with scratchlm.use_backend("numpy"):
+        a = fit(4, smoothing, seqs)
+    with scratchlm.use_backend("numba"):
+        b = fit(4, smoothing, seqs)
+    for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+        np.testing.assert_array_equal(u, v, err_msg=k)
+    big = [np.arange(2000) % 37]                                    # > 1000 ids: the table path
+    np.testing.assert_array_equal(fit(3, smoothing, big).state_dict()["order3.keys"],
+                                  fit(3, smoothing, [b.tolist() for b in big]).state_dict()["order3.keys"])

@@ -22,3 +22,111 @@ def count_transitions_numba(seq, n_states):
 
 
 count_transitions = dispatch(count_transitions_numba, count_transitions_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# n-gram counting: the three passes of NGramLM.fit (see scratchlm/models/ngram.py)
+# ------------------------------------------------------------------------------------------------
+def pad_stream_numpy(ids, table, lengths, bos_index, eos_index, bos, eos):
+    """ids: (T,) concatenated sentences of token ids, table: (top+2,) id -> outcome index (last
+    entry for ids beyond the table), lengths: (S,) -> stream: (T + S*(bos+eos),) of indices with
+    each sentence wrapped in <s> ... </s>, sid: (same,) int32 sentence number of every position."""
+    idx = table[np.minimum(ids, table.size - 1)]
+    out_len = lengths + int(bos) + int(eos)                                 # (S,)
+    starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(out_len)[:-1]])
+    stream = np.empty(int(out_len.sum()), np.int64)
+    within = np.arange(idx.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    stream[np.repeat(starts + int(bos), lengths) + within] = idx
+    if bos:
+        stream[starts] = bos_index
+    if eos:
+        stream[starts + out_len - 1] = eos_index
+    sid = np.repeat(np.arange(lengths.size, dtype=np.int32), out_len)
+    return stream, sid
+
+
+@njit(cache=True, nogil=True)
+def pad_stream_numba(ids, table, lengths, bos_index, eos_index, bos, eos):
+    # ids: (T,), table: (top+2,), lengths: (S,) -> stream (int64), sid (int32): (T + S*(bos+eos),)
+    S = lengths.shape[0]
+    n = ids.shape[0] + S * (int(bos) + int(eos))
+    last = table.shape[0] - 1
+    stream = np.empty(n, np.int64)
+    sid = np.empty(n, np.int32)
+    p = 0
+    q = 0
+    for s in range(S):
+        if bos:
+            stream[p] = bos_index
+            sid[p] = s
+            p += 1
+        for _ in range(lengths[s]):
+            stream[p] = table[min(ids[q], last)]
+            sid[p] = s
+            p += 1
+            q += 1
+        if eos:
+            stream[p] = eos_index
+            sid[p] = s
+            p += 1
+    return stream, sid
+
+
+def window_keys_numpy(pos_ids, stream, sid, k, base):
+    """The k-grams starting inside one sentence: starts (m,) and keys (m,) = id of the
+    (k-1)-gram at the start * base + the k-th token. pos_ids: (n+1,) ids of the (k-1)-grams."""
+    n = stream.shape[0] - k + 1
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(sid[:n] == sid[k - 1:])
+    return starts, pos_ids[starts] * base + stream[starts + k - 1]
+
+
+@njit(cache=True, nogil=True)
+def window_keys_numba(pos_ids, stream, sid, k, base):
+    # pos_ids: (n+1,), stream/sid: (L,) -> starts (m,), keys (m,)
+    n = stream.shape[0] - k + 1
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.empty(n, np.int64)
+    keys = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if sid[i] == sid[i + k - 1]:
+            starts[m] = i
+            keys[m] = pos_ids[i] * base + stream[i + k - 1]
+            m += 1
+    return starts[:m].copy(), keys[:m].copy()
+
+
+def link_level_numpy(inverse, starts, pos_ids, stream, n_keys, n_positions):
+    """For the k-grams just counted (inverse: (m,) their ids at starts (m,)): suffix (n_keys,) the
+    id of the (k-1)-gram starting one later, first (n_keys,) their first token, and the id of the
+    k-gram starting at every position (n_positions,), -1 where none."""
+    suffix = np.empty(n_keys, np.int64)
+    suffix[inverse] = pos_ids[starts + 1]
+    first = np.empty(n_keys, np.int64)
+    first[inverse] = stream[starts]
+    new_ids = np.full(n_positions, -1, np.int64)
+    new_ids[starts] = inverse
+    return suffix, first, new_ids
+
+
+@njit(cache=True, nogil=True)
+def link_level_numba(inverse, starts, pos_ids, stream, n_keys, n_positions):
+    # inverse/starts: (m,) -> suffix (n_keys,), first (n_keys,), new_ids (n_positions,)
+    suffix = np.empty(n_keys, np.int64)
+    first = np.empty(n_keys, np.int64)
+    new_ids = np.full(n_positions, -1, np.int64)
+    for j in range(inverse.shape[0]):
+        g = inverse[j]
+        i = starts[j]
+        suffix[g] = pos_ids[i + 1]
+        first[g] = stream[i]
+        new_ids[i] = g
+    return suffix, first, new_ids
+
+
+pad_stream = dispatch(pad_stream_numba, pad_stream_numpy)
+window_keys = dispatch(window_keys_numba, window_keys_numpy)
+link_level = dispatch(link_level_numba, link_level_numpy)

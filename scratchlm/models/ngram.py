@@ -65,6 +65,7 @@ import warnings
 import numpy as np
 
 from .._checks import choice, index_array, make_rng, nonnegative, positive_int
+from ..kernels import ngram as K
 
 __all__ = ["NGramLM"]
 
@@ -133,41 +134,41 @@ class NGramLM:
         if not self.fitted:
             raise RuntimeError("NGramLM is not fitted: call fit(sequences) or from_arpa(path) first")
 
+    def _index_table(self, ids):
+        """A direct id -> index table (last entry: <unk> for ids beyond it) when the vocabulary is
+        dense enough for one to beat bisection, else None."""
+        top = int(self.vocab[-1]) if self.vocab.size else -1
+        if ids.size > 1000 and top < 4 * ids.size + (1 << 20):
+            table = np.full(top + 2, self.unk_index, np.int64)
+            table[self.vocab] = np.arange(self.vocab.size)
+            return table
+        return None
+
     def _to_index(self, ids) -> np.ndarray:
         """Token ids -> outcome indices; ids not in the vocabulary become <unk>."""
         ids = np.asarray(ids, np.int64)
-        top = int(self.vocab[-1]) if self.vocab.size else -1
-        if ids.size > 1000 and 0 <= top < 4 * ids.size + (1 << 20):   # a direct table beats bisection
-            table = np.full(top + 2, self.unk_index, np.int64)
-            table[self.vocab] = np.arange(self.vocab.size)
-            return table[np.minimum(ids, top + 1)]
+        table = self._index_table(ids)
+        if table is not None:
+            return table[np.minimum(ids, table.size - 1)]
         pos = np.searchsorted(self.vocab, ids)
         pos_c = np.minimum(pos, len(self.vocab) - 1)
         known = (pos < len(self.vocab)) & (self.vocab[pos_c] == ids)
         return np.where(known, pos, self.unk_index).astype(np.int64)
 
     def _pad(self, sequences, bos=True, eos=True):
-        """Sequences -> one stream ``<s> w.. </s> <s> w.. </s> ...`` of outcome indices, the
-        sentence number of every position, and the mask of predicted positions (all but <s>)."""
-        lengths = np.array([q.size for q in sequences], np.int64)
-        n = lengths.size
-        if n == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, bool)
-        total = int(lengths.sum())
-        flat = np.concatenate(sequences) if total else np.zeros(0, np.int64)
-        out_len = lengths + int(bos) + int(eos)                               # (n,)
-        starts = np.concatenate([[0], np.cumsum(out_len)[:-1]])               # (n,)
-        stream = np.empty(int(out_len.sum()), np.int64)
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        stream[np.repeat(starts + int(bos), lengths) + within] = self._to_index(flat)
-        if bos:
-            stream[starts] = self._bos_index
-        if eos:
-            stream[starts + out_len - 1] = self.eos_index
-        sid = np.repeat(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64), out_len)
+        """Checked sequences -> one stream ``<s> w.. </s> <s> w.. </s> ...`` of outcome indices,
+        the sentence number of every position, and the mask of predicted positions (not <s>)."""
+        flat, lengths = _concat(sequences)
+        if lengths.size >= 2**31:
+            raise ValueError(f"at most 2**31 - 1 sequences at a time, got {lengths.size}")
+        table = self._index_table(flat)
+        if table is None:                                   # ids too sparse for a table: bisect
+            flat, table = self._to_index(flat), np.append(np.arange(self._base), self.unk_index)
+        stream, sid = K.pad_stream(flat, table, lengths, self._bos_index, self.eos_index,
+                                   bool(bos), bool(eos))
         pred = np.ones(stream.size, bool)
-        if bos:
-            pred[starts] = False
+        if bos and lengths.size:
+            pred[np.concatenate([[0], np.cumsum(lengths + 1 + int(eos))[:-1]])] = False
         return stream, sid, pred
 
     @staticmethod
@@ -189,8 +190,8 @@ class NGramLM:
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{name}[{i}] must hold integer token ids, got dtype {arr.dtype}")
             out.append(arr.astype(np.int64, copy=False))
-        lows = [q.min() for q in out if q.size]
-        if lows and min(lows) < 0:
+        flat, _ = _concat(out)
+        if flat.size and flat.min() < 0:
             i = next(j for j, q in enumerate(out) if q.size and q.min() < 0)
             raise ValueError(f"{name}[{i}] holds a negative token id ({int(out[i].min())}); "
                              f"ids must be >= 0")
@@ -227,16 +228,17 @@ class NGramLM:
         an empty one is an empty sentence) and estimate the model. Returns self.
 
         ``progress``: an optional callable ``progress(stage: str)`` (the CLI passes a tqdm
-        updater).
+        updater). Counting runs as Numba kernels (``kernels/ngram.py``) with NumPy twins.
         """
         seqs = self._check_sequences(sequences)
         if not seqs:
             raise ValueError("sequences is empty: an n-gram model needs at least one sequence")
-        nonempty = [q for q in seqs if q.size]
-        self.vocab = np.unique(np.concatenate(nonempty)) if nonempty else np.zeros(0, np.int64)
+        flat, _ = _concat(seqs)
+        self.vocab = _unique_ids(flat)
+        del flat
         tell = progress or (lambda stage: None)
         stream, sid, _ = self._pad(seqs)
-        del seqs, nonempty
+        del seqs
         base = self._base
         if (stream.size + 3) * base >= 2**63:
             raise ValueError(f"vocabulary ({base}) x n-grams ({stream.size}) overflows int64 keys")
@@ -246,25 +248,18 @@ class NGramLM:
         present = all_counts > 0
         present[self.unk_index] = True
         keys1 = np.flatnonzero(present)
-        counts1 = all_counts[keys1].astype(np.int64)
-        self._levels = [dict(keys=keys1, counts=counts1, first=keys1)]
+        self._levels = [dict(keys=keys1, counts=all_counts[keys1].astype(np.int64), first=keys1)]
         pos_ids = (np.cumsum(present) - 1)[stream]        # pos_ids[i]: id of the k-gram starting at i
         tell("count order 1")
         for k in range(2, self.order + 1):
-            n = stream.size - k + 1
-            start = np.flatnonzero(sid[:n] == sid[k - 1:]) if n > 0 else np.zeros(0, np.int64)
-            key = pos_ids[start] * base + stream[start + k - 1]         # prefix id * B + last word
+            starts, key = K.window_keys(pos_ids, stream, sid, k, base)   # windows inside a sentence
             keys, inverse, counts = _unique_inverse_counts(key, self._levels[-1]["keys"].size * base)
             del key
-            suffix = np.empty(keys.size, np.int64)                      # the k-gram minus its first
-            suffix[inverse] = pos_ids[start + 1]                        # word starts at i + 1
-            first = np.empty(keys.size, np.int64)
-            first[inverse] = stream[start]
+            suffix, first, pos_ids = K.link_level(inverse, starts, pos_ids, stream, keys.size,
+                                                  max(stream.size - k + 1, 0))
             self._levels.append(dict(keys=keys, counts=counts.astype(np.int64), suffix=suffix,
                                      first=first))
-            pos_ids = np.full(max(n, 0), -1, np.int64)
-            pos_ids[start] = inverse
-            del start, inverse
+            del starts, inverse
             tell(f"count order {k}")
         del pos_ids, stream, sid
         self._estimate()
@@ -735,6 +730,23 @@ class NGramLM:
         if model.unk_index not in model._levels[0]["keys"]:
             raise ValueError(f"{path}: the unigrams lack <unk>")
         return model
+
+
+def _concat(seqs):
+    """List of 1-D int64 arrays -> (concatenation, lengths)."""
+    lengths = np.array([q.size for q in seqs], np.int64)
+    flat = np.concatenate(seqs) if lengths.sum() else np.zeros(0, np.int64)
+    return flat.astype(np.int64, copy=False), lengths
+
+
+def _unique_ids(flat):
+    """Sorted distinct ids, by counting when they are small."""
+    if flat.size == 0:
+        return np.zeros(0, np.int64)
+    top = int(flat.max())
+    if top < 4 * flat.size + (1 << 20):
+        return np.flatnonzero(np.bincount(flat, minlength=top + 1))
+    return np.unique(flat)
 
 
 def _unique_inverse_counts(key, key_range):
