@@ -101,16 +101,23 @@ def time_workload(workload, repeats: int, warmup: int, log) -> list[dict]:
     del steps
     gc.collect()
 
+    # the ratio compares time per item (per step when a workload does not count items), so
+    # implementations run at different sizes (NLTK cannot fit 10M tokens) stay comparable
     by_impl = {r["impl"]: r for r in rows}
-    torch_row = by_impl.get("torch")
-    torch_med = None
-    if torch_row is not None and torch_row["status"] == "ok" and torch_row["times_s"]:
-        torch_med = statistics.median(torch_row["times_s"])
+    ref_row = by_impl.get(workload.reference)
+    ref_per_item = None
+    if ref_row is not None and ref_row["status"] == "ok" and ref_row["times_s"]:
+        ref_per_item = statistics.median(ref_row["times_s"]) / workload.items(workload.reference)
     for r in rows:
         t = r["times_s"]
         r["median_s"] = statistics.median(t) if t and r["status"] == "ok" else None
         r["min_s"] = min(t) if t and r["status"] == "ok" else None
-        r["ratio_vs_torch"] = (r["median_s"] / torch_med) if (r["median_s"] and torch_med) else None
+        items = workload.items(r["impl"])
+        r["reference"] = workload.reference
+        r["items"] = items if workload.unit else None
+        r["throughput"] = (items / r["median_s"]) if (workload.unit and r["median_s"]) else None
+        r["ratio_vs_reference"] = ((r["median_s"] / items) / ref_per_item
+                                   if (r["median_s"] and ref_per_item) else None)
         r["gflops"] = (workload.flops / r["median_s"] / 1e9) if (workload.flops and r["median_s"]) else None
         r["pct_peak"] = None
         r["peak_mib"] = None
@@ -254,6 +261,15 @@ def _fmt_ms(s):
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
 
 
+def _fmt_rate(x, unit):
+    if x is None or not unit:
+        return "n/a"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.2f}{prefix} {unit}/s"
+    return f"{x:.1f} {unit}/s"
+
+
 def _fmt(x, spec, suffix=""):
     return "n/a" if x is None else format(x, spec) + suffix
 
@@ -269,22 +285,26 @@ def render_markdown(meta: dict, peak: dict, rows: list[dict], workloads: dict) -
         lines += [f"sgemm peak: {peak['gflops']:.1f} GFLOP/s ({peak['impl']}, N={peak['N']}{src}).", ""]
     else:
         lines += ["sgemm peak: n/a (sgemm could not be measured).", ""]
-    lines += ["| workload | impl | median ms | min ms | ratio vs torch | GFLOP/s | % of sgemm peak | peak MiB |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| workload | impl | median ms | min ms | ratio vs ref | throughput | GFLOP/s | "
+              "% of sgemm peak | peak MiB |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['workload']} | {r['impl']} | {r['status']} | | | | | |")
+            lines.append(f"| {r['workload']} | {r['impl']} | {r['status']} | | | | | | |")
             continue
+        unit = workloads.get(r["workload"], {}).get("unit")
         lines.append("| " + " | ".join([
             r["workload"], r["impl"], _fmt_ms(r["median_s"]), _fmt_ms(r["min_s"]),
-            _fmt(r["ratio_vs_torch"], ".2f", "x"), _fmt(r["gflops"], ".1f"),
-            _fmt(r["pct_peak"], ".0f", "%"), _fmt(r["peak_mib"], ".1f"),
+            _fmt(r.get("ratio_vs_reference"), ".2f", "x"), _fmt_rate(r.get("throughput"), unit),
+            _fmt(r["gflops"], ".1f"), _fmt(r["pct_peak"], ".0f", "%"), _fmt(r["peak_mib"], ".1f"),
         ]) + " |")
-    lines += ["", "Ratio: impl median / torch median (below 1 is faster than torch). GFLOP/s: flops per "
-              "step / median. Peak MiB: resident memory one step needs beyond what is live between "
-              "steps (fresh process, `python -m benchmarks.memprobe`).", "", "Workloads:", ""]
+    lines += ["", "Ratio: time per item of the impl / that of the workload's reference impl (below 1 "
+              "is faster than the reference; items are steps unless a throughput unit is given). "
+              "GFLOP/s: flops per step / median. Peak MiB: resident memory one step needs beyond "
+              "what is live between steps (fresh process, `python -m benchmarks.memprobe`).", "",
+              "Workloads:", ""]
     for name, w in workloads.items():
-        lines.append(f"- `{name}`: {w['description']}")
+        lines.append(f"- `{name}` (reference: {w.get('reference', 'torch')}): {w['description']}")
     errors = [r for r in rows if r.get("error")]
     if errors:
         lines += ["", "Not run:", ""] + [f"- {r['workload']} / {r['impl']}: {r['error']}" for r in errors]
@@ -347,8 +367,10 @@ def main(argv=None) -> int:
         log(f"{name} ...")
         wl = get_workload(name, quick=args.quick)
         workloads[name] = {"description": wl.description, "flops": wl.flops, "params": wl.params,
-                           "impls": list(wl.impls)}
-        rows += time_workload(wl, args.repeats, args.warmup, log)
+                           "impls": list(wl.impls), "reference": wl.reference, "unit": wl.unit}
+        repeats = min(args.repeats, wl.max_repeats) if wl.max_repeats else args.repeats
+        warmup = min(args.warmup, wl.max_warmup) if wl.max_warmup is not None else args.warmup
+        rows += time_workload(wl, repeats, warmup, log)
         del wl
         gc.collect()
 

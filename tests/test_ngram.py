@@ -377,6 +377,11 @@ def test_numba_and_numpy_counting_build_the_same_model(smoothing):
         b = fit(4, smoothing, seqs)
     for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
         np.testing.assert_array_equal(u, v, err_msg=k)
+    test = corpus(13, n=50, vocab=45)
+    with scratchlm.use_backend("numpy"):                           # bisection ...
+        lp_numpy = a._sentence_logps(test)[0]
+    lp_numba = a._sentence_logps(test)[0]                          # ... and the hash table
+    np.testing.assert_array_equal(lp_numpy, lp_numba)
     big = [np.arange(2000) % 37]                                    # > 1000 ids: the table path
     np.testing.assert_array_equal(fit(3, smoothing, big).state_dict()["order3.keys"],
                                   fit(3, smoothing, [b.tolist() for b in big]).state_dict()["order3.keys"])

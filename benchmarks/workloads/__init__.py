@@ -7,6 +7,7 @@ from __future__ import annotations
 from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
 from .cross_entropy import CrossEntropy256, CrossEntropy50257
 from .mlp import MLPBlock
+from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
 from .sgemm import Sgemm
 
 WORKLOADS: list[type[Workload]] = [
@@ -14,6 +15,10 @@ WORKLOADS: list[type[Workload]] = [
     MLPBlock,
     CrossEntropy256,
     CrossEntropy50257,
+    NGramFit,
+    NGramFit5,
+    NGramScore,
+    NGramSample,
 ]
 
 PEAK_WORKLOAD = "sgemm"

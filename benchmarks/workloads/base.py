@@ -4,9 +4,10 @@ from __future__ import annotations
 
 SCRATCHLM_NUMBA = "scratchlm-numba"
 SCRATCHLM_NUMPY = "scratchlm-numpy"
+SCRATCHLM = "scratchlm"      # for pure-NumPy code with no kernel route to choose
 TORCH = "torch"
 DEFAULT_IMPLS = (SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH)
-_BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy"}
+_BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "numba"}
 
 
 class Unavailable(Exception):
@@ -27,6 +28,14 @@ class Workload:
     name: str = ""
     description: str = ""
     impls: tuple = DEFAULT_IMPLS
+    reference: str = TORCH          # the impl the ratio column compares with
+    unit: str | None = None         # throughput unit ("tok"): items(impl) of them per step
+    max_repeats: int | None = None  # cap for slow workloads (whole model fits)
+    max_warmup: int | None = None
+
+    def items(self, impl: str) -> float:
+        """How many ``unit`` one step of ``impl`` processes (1 when the workload has no unit)."""
+        return 1.0
 
     def __init__(self, quick: bool = False):
         self.quick = bool(quick)

@@ -130,3 +130,79 @@ def link_level_numba(inverse, starts, pos_ids, stream, n_keys, n_positions):
 pad_stream = dispatch(pad_stream_numba, pad_stream_numpy)
 window_keys = dispatch(window_keys_numba, window_keys_numpy)
 link_level = dispatch(link_level_numba, link_level_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# n-gram lookup: id of each query key in a sorted key array, or -1
+# ------------------------------------------------------------------------------------------------
+# Fibonacci hashing: multiply by 2^64 / golden ratio, keep the top `bits` bits.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, inline="always")
+def _slot(key, shift):
+    return (np.uint64(key) * _GOLDEN) >> shift
+
+
+def build_key_table_numpy(keys):
+    """The NumPy route bisects the sorted keys directly: it needs no table."""
+    return np.zeros(0, np.int64)
+
+
+@njit(cache=True, nogil=True)
+def build_key_table_numba(keys):
+    # keys: (n,) sorted distinct int64 -> table: (2^bits,) position of each key, -1 empty;
+    # open addressing with linear probing at load factor <= 1/2
+    n = keys.shape[0]
+    bits = 1
+    while (1 << bits) < 2 * n:
+        bits += 1
+    size = 1 << bits
+    shift = np.uint64(64 - bits)
+    table = np.full(size, -1, np.int64)
+    for i in range(n):
+        h = _slot(keys[i], shift)
+        while table[h] != -1:
+            h = (h + np.uint64(1)) & np.uint64(size - 1)
+        table[h] = i
+    return table
+
+
+def find_keys_numpy(keys, table, queries):
+    """keys: (n,) sorted, queries: (m,) -> (m,) position of each query in keys, -1 if absent."""
+    if keys.size == 0:
+        return np.full(queries.shape, -1, np.int64)
+    pos = np.searchsorted(keys, queries)
+    pos_c = np.minimum(pos, keys.size - 1)
+    return np.where(keys[pos_c] == queries, pos_c, -1)
+
+
+@njit(cache=True, nogil=True)
+def find_keys_numba(keys, table, queries):
+    # keys: (n,), table: (2^bits,) from build_key_table_numba, queries: (m,) -> (m,)
+    out = np.full(queries.shape[0], -1, np.int64)
+    size = table.shape[0]
+    if keys.shape[0] == 0:
+        return out
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    for j in range(queries.shape[0]):
+        q = queries[j]
+        if q < 0:
+            continue
+        h = _slot(q, shift)
+        while True:
+            i = table[h]
+            if i == -1:
+                break
+            if keys[i] == q:
+                out[j] = i
+                break
+            h = (h + np.uint64(1)) & np.uint64(size - 1)
+    return out
+
+
+build_key_table = dispatch(build_key_table_numba, build_key_table_numpy)
+find_keys = dispatch(find_keys_numba, find_keys_numpy)

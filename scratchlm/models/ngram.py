@@ -65,6 +65,7 @@ import warnings
 import numpy as np
 
 from .._checks import choice, index_array, make_rng, nonnegative, positive_int
+from ..kernels import get_backend
 from ..kernels import ngram as K
 
 __all__ = ["NGramLM"]
@@ -200,13 +201,15 @@ class NGramLM:
     # counting
     # ------------------------------------------------------------------------------------------
     def _lookup(self, level, keys):
-        """Positions of ``keys`` in order ``level``'s sorted key array; -1 where absent."""
-        table = self._levels[level - 1]["keys"]
-        if table.size == 0:
-            return np.full(keys.shape, -1, np.int64)
-        pos = np.searchsorted(table, keys)
-        pos_c = np.minimum(pos, table.size - 1)
-        return np.where(table[pos_c] == keys, pos_c, -1)
+        """Positions of ``keys`` in order ``level``'s sorted key array; -1 where absent. The
+        Numba route probes a hash table built on first use (as KenLM's probing model does); the
+        NumPy route bisects the sorted keys."""
+        lv = self._levels[level - 1]
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        route = get_backend()
+        if lv.get("table_route") != route:
+            lv["table"], lv["table_route"] = K.build_key_table(lv["keys"]), route
+        return K.find_keys(lv["keys"], lv["table"], keys)
 
     def _window_ids(self, stream, sid, upto):
         """ids[j][s]: the id of the (j+1)-gram *starting* at s (-1 if absent or crossing a
