@@ -146,7 +146,7 @@ class NGramScore(Workload):
             sents = [[str(t) for t in s] for s in train[:500]]
             lm = KN(5)
             lm.fit(*pipeline(5, sents))
-            words = [str(t) for t in test[0]] + [str(t) for t in test[1]]
+            words = [str(t) for s in test[:(self.n_nltk_queries + 4) // SENTENCE + 1] for t in s]
             queries = [(words[i], words[i - 4:i]) for i in range(4, 4 + self.n_nltk_queries)]
             return lambda: [lm.logscore(w, c) for w, c in queries]
         model = _fit_scratchlm(5, train)

@@ -206,3 +206,64 @@ def find_keys_numba(keys, table, queries):
 
 build_key_table = dispatch(build_key_table_numba, build_key_table_numpy)
 find_keys = dispatch(find_keys_numba, find_keys_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# unique keys with inverse and counts, for keys = prefix * base + token
+# ------------------------------------------------------------------------------------------------
+def unique_pairs_numpy(key, n_prefix, base):
+    """key: (m,) with key = prefix * base + token, prefix < n_prefix, token < base ->
+    sorted distinct keys (u,), inverse (m,) (key[i] == keys[inverse[i]]), counts (u,)."""
+    keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return keys, inverse.reshape(-1), counts.astype(np.int64)
+
+
+@njit(cache=True, nogil=True)
+def unique_pairs_numba(key, n_prefix, base):
+    # key: (m,) -> keys (u,), inverse (m,), counts (u,): an LSD radix sort in two counting passes
+    # (by token, then stably by prefix) instead of a comparison sort: O(m + n_prefix + base)
+    m = key.shape[0]
+    prefix = np.empty(m, np.int64)
+    token = np.empty(m, np.int64)
+    for i in range(m):
+        p = key[i] // base
+        prefix[i] = p
+        token[i] = key[i] - p * base
+    start = np.zeros(base + 1, np.int64)                # pass 1: order by token
+    for i in range(m):
+        start[token[i] + 1] += 1
+    for t in range(base):
+        start[t + 1] += start[t]
+    by_token = np.empty(m, np.int64)
+    for i in range(m):
+        by_token[start[token[i]]] = i
+        start[token[i]] += 1
+    start = np.zeros(n_prefix + 1, np.int64)            # pass 2: stably by prefix
+    for i in range(m):
+        start[prefix[i] + 1] += 1
+    for p in range(n_prefix):
+        start[p + 1] += start[p]
+    order = np.empty(m, np.int64)
+    for j in range(m):
+        i = by_token[j]
+        order[start[prefix[i]]] = i
+        start[prefix[i]] += 1
+    keys = np.empty(m, np.int64)                        # walk the sorted order
+    counts = np.empty(m, np.int64)
+    inverse = np.empty(m, np.int64)
+    u = -1
+    last = -1
+    for j in range(m):
+        i = order[j]
+        k = key[i]
+        if k != last:
+            u += 1
+            keys[u] = k
+            counts[u] = 0
+            last = k
+        counts[u] += 1
+        inverse[i] = u
+    return keys[:u + 1].copy(), inverse, counts[:u + 1].copy()
+
+
+unique_pairs = dispatch(unique_pairs_numba, unique_pairs_numpy)

@@ -256,7 +256,7 @@ class NGramLM:
         tell("count order 1")
         for k in range(2, self.order + 1):
             starts, key = K.window_keys(pos_ids, stream, sid, k, base)   # windows inside a sentence
-            keys, inverse, counts = _unique_inverse_counts(key, self._levels[-1]["keys"].size * base)
+            keys, inverse, counts = _unique_inverse_counts(key, self._levels[-1]["keys"].size, base)
             del key
             suffix, first, pos_ids = K.link_level(inverse, starts, pos_ids, stream, keys.size,
                                                   max(stream.size - k + 1, 0))
@@ -323,12 +323,10 @@ class NGramLM:
             lower = np.exp(below["logp"][lv["suffix"]])                      # P_{k-1}(w | h')
             if self.smoothing == "kneser_ney":
                 D = self._discounts_for(k, lv["used"])
-                mass = np.zeros(n_ctx)
-                for r, d in enumerate(D, start=1):
-                    sel = a >= 3 if r == 3 else a == r
-                    mass += d * np.bincount(pre[sel], minlength=n_ctx)
+                disc = _discount_of(lv["used"], D)                          # D(a(hw))
+                mass = np.bincount(pre, weights=disc, minlength=n_ctx)      # sum_w D(a(hw))
                 gamma = np.divide(mass, denom, out=np.zeros(n_ctx), where=denom > 0)
-                p = np.maximum(a - _discount_of(a, D), 0) / denom[pre] + gamma[pre] * lower
+                p = np.maximum(a - disc, 0) / denom[pre] + gamma[pre] * lower
             elif self.smoothing == "witten_bell":
                 T = np.bincount(pre, minlength=n_ctx).astype(np.float64)
                 gamma = np.divide(T, denom + T, out=np.zeros(n_ctx), where=denom > 0)
@@ -752,17 +750,18 @@ def _unique_ids(flat):
     return np.unique(flat)
 
 
-def _unique_inverse_counts(key, key_range):
-    """``np.unique(key, return_inverse=True, return_counts=True)`` for keys in ``[0, key_range)``:
-    by counting (O(n + range)) when the range is small, by sorting otherwise."""
+def _unique_inverse_counts(key, n_prefix, base):
+    """``np.unique(key, return_inverse=True, return_counts=True)`` for keys
+    ``prefix * base + token``: by counting (O(m + range)) when the key range is small, else by a
+    radix sort (Numba) or a comparison sort (its NumPy twin)."""
+    key_range = n_prefix * base
     if key_range <= max(4 * key.size, 1 << 22):
         counts = np.bincount(key, minlength=key_range)
         present = counts > 0
         rank = np.cumsum(present) - 1
         keys = np.flatnonzero(present)
         return keys, rank[key], counts[keys]
-    keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    return keys, inverse.reshape(-1), counts
+    return K.unique_pairs(key, n_prefix, base)
 
 
 def _check_discounts(d):
@@ -773,8 +772,8 @@ def _check_discounts(d):
 
 
 def _discount_of(a, D):
-    """D(a): D1 for a == 1, D2 for a == 2, D3+ for a >= 3, 0 for a == 0."""
-    return np.select([a == 1, a == 2, a >= 3], list(D), 0.0)
+    """D(a): D1 for a == 1, D2 for a == 2, D3+ for a >= 3, 0 for a == 0 (a table lookup)."""
+    return np.array([0.0, *D])[np.minimum(np.asarray(a), 3).astype(np.int64)]
 
 
 def _discount_mass(a, D):
