@@ -4,7 +4,7 @@ Subcommands:
     train MODEL   train a model on the built-in corpus (or --corpus) and save a checkpoint
                   (models: markov -- an n-gram language model)
     sample        generate text from a checkpoint
-    eval          perplexity of a text file (default: the built-in validation split)
+    eval          perplexity of a text file (default: the model's own validation split)
     gradcheck     check every layer and loss against finite differences and print a table
 """
 
@@ -98,14 +98,18 @@ def _cmd_eval(args) -> int:
     from .data import split_corpus
     from .train import evaluate_ngram, load_model, read_corpus
     model, tok, meta = load_model(args.checkpoint)
-    if args.corpus is None:
-        text = split_corpus(read_corpus(None)[0], meta.get("val_fraction", 0.1))[1]
-        name = "built-in validation split"
+    if args.corpus is None:                      # the validation split of the training corpus
+        source = meta.get("corpus_path")
+        if tok is None or "val_fraction" not in meta:
+            raise ValueError("this checkpoint records no training corpus: pass --corpus FILE")
+        text = split_corpus(read_corpus(source)[0], meta["val_fraction"])[1]
+        name = f"validation split of {meta.get('corpus', source)}"
     else:
         text, name = read_corpus(args.corpus)
     r = evaluate_ngram(model, tok, text)
-    print(f"{name}: perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits/token, "
-          f"{r['bits_per_char']:.3f} bits/char over {r['tokens']:,} tokens")
+    per_char = "" if r["bits_per_char"] is None else f", {r['bits_per_char']:.3f} bits/char"
+    print(f"{name}: perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits/token"
+          f"{per_char} over {r['tokens']:,} tokens")
     return 0
 
 
@@ -140,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity of a text file under a checkpoint")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--corpus", help="a UTF-8 text file (default: the built-in validation split)")
+    e.add_argument("--corpus", help="a UTF-8 text file (default: the validation split of the "
+                   "corpus the model was trained on)")
     e.set_defaults(func=_cmd_eval)
     g = sub.add_parser("gradcheck", help="gradient-check every layer and loss (float64)")
     g.add_argument("--only", nargs="+", metavar="OP", help="check only these cases")
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     warnings.showwarning = _show_warning
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"scratchlm {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -84,24 +84,31 @@ def train_ngram(order=5, smoothing="kneser_ney", corpus=None, tokenizer="char", 
     if out is not None:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         model.save(out, kind="ngram", tokenizer=tok.to_dict(), corpus=name,
+                   corpus_path=None if corpus is None else os.path.abspath(corpus),
                    val_fraction=val_fraction, val_perplexity=ppl)
     return result
 
 
 def load_model(path):
-    """Any checkpoint written by ``train`` -> ``(model, tokenizer, meta)``."""
+    """Any saved model -> ``(model, tokenizer or None, meta)``. A checkpoint written by ``train``
+    carries its tokenizer; one saved with ``NGramLM.save`` may (``save(path, tokenizer=
+    tok.to_dict())``) or may not, in which case the CLI works in token ids."""
     _, doc = read_checkpoint(path)
-    kind = doc["meta"].get("kind")
-    if kind == "ngram":
+    if doc.get("module") == NGramLM.__name__:
         model, meta = NGramLM.load(path)
-        return model, Tokenizer.from_dict(meta["tokenizer"]), meta
-    raise ValueError(f"{path}: cannot sample from a checkpoint of kind {kind!r} "
-                     f"(module {doc.get('module')!r})")
+        tok = Tokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
+        return model, tok, meta
+    raise ValueError(f"{path}: no sampler for a checkpoint of {doc.get('module')!r}")
 
 
 def ngram_sample_text(model: NGramLM, tokenizer: Tokenizer, length=300, temperature=1.0,
                       top_k=None, seed=None, prompt="") -> str:
     """Generate ``length`` tokens after ``prompt`` and decode them; sentence ends become newlines."""
+    if tokenizer is None:                               # a model over bare ids: print them
+        context = [int(t) for t in prompt.split()] if prompt else []
+        ids = model.generate(length, temperature=temperature, top_k=top_k, seed=seed, context=context)
+        text = " ".join("</s>\n" if t == NGramLM.EOS else str(t) for t in ids.tolist())
+        return (prompt + " " if prompt else "") + text.replace("\n ", "\n")
     context = tokenizer.encode(prompt) if prompt else np.zeros(0, np.int64)
     ids = model.generate(length, temperature=temperature, top_k=top_k, seed=seed, context=context)
     lines, current = [], []
@@ -117,7 +124,19 @@ def ngram_sample_text(model: NGramLM, tokenizer: Tokenizer, length=300, temperat
 
 
 def evaluate_ngram(model: NGramLM, tokenizer: Tokenizer, text: str) -> dict:
-    """Perplexity and bits per token of ``text`` (lines as sentences, ``</s>`` counted)."""
+    """Perplexity and bits per token of ``text`` (lines as sentences, ``</s>`` counted). With no
+    tokenizer, each line must hold whitespace-separated token ids."""
+    if tokenizer is None:
+        try:
+            seqs = [np.array([int(w) for w in line.split()], np.int64) for line in corpus_lines(text)]
+        except ValueError as exc:
+            raise ValueError("this model has no tokenizer, so the text must be lines of decimal "
+                             f"token ids ({exc})") from exc
+        if not seqs:
+            raise ValueError("the text to evaluate has no non-blank line")
+        ppl = model.perplexity(seqs)
+        n = sum(len(q) + 1 for q in seqs)
+        return {"perplexity": ppl, "bits_per_token": math.log2(ppl), "tokens": n, "bits_per_char": None}
     seqs = encode_lines(tokenizer, text)
     if not seqs:
         raise ValueError("the text to evaluate has no non-blank line")

@@ -343,6 +343,8 @@ def test_high_orders_and_int64_counts():
     (lambda: NGramLM(2, "good_turing"), ValueError, "smoothing must be one of"),
     (lambda: NGramLM(2, "add_k", k=0), ValueError, "k must be > 0"),
     (lambda: NGramLM(2, discounts=(0.5, 3, 1)), ValueError, "discounts must be"),
+    (lambda: NGramLM(2, discounts=(0, 0, 0)), ValueError, "zero discount"),
+    (lambda: NGramLM(2, "arpa"), ValueError, "smoothing must be one of"),
     (lambda: NGramLM(2).fit([]), ValueError, "sequences is empty"),
     (lambda: NGramLM(2).fit([[0, -1]]), ValueError, r"sequences\[0\] holds a negative token id"),
     (lambda: NGramLM(2).fit([[0.5, 1.0]]), TypeError, "integer token ids"),
@@ -370,7 +372,7 @@ def test_zero_length_sequences_are_empty_sentences():
 @pytest.mark.parametrize("smoothing", ["kneser_ney", "witten_bell"])
 def test_numba_and_numpy_counting_build_the_same_model(smoothing):
     import scratchlm
-    seqs = corpus(12, n=300, vocab=40) + [[5000, 7], []]          # a sparse id forces bisection
+    seqs = corpus(12, n=300, vocab=40) + [[5000, 7], []]
     with scratchlm.use_backend("numpy"):
         a = fit(4, smoothing, seqs)
     with scratchlm.use_backend("numba"):
@@ -382,6 +384,114 @@ def test_numba_and_numpy_counting_build_the_same_model(smoothing):
         lp_numpy = a._sentence_logps(test)[0]
     lp_numba = a._sentence_logps(test)[0]                          # ... and the hash table
     np.testing.assert_array_equal(lp_numpy, lp_numba)
-    big = [np.arange(2000) % 37]                                    # > 1000 ids: the table path
-    np.testing.assert_array_equal(fit(3, smoothing, big).state_dict()["order3.keys"],
-                                  fit(3, smoothing, [b.tolist() for b in big]).state_dict()["order3.keys"])
+
+
+def test_id_table_and_bisection_map_ids_alike():
+    m = fit(3, "kneser_ney", corpus(14, n=100, vocab=30))
+    few = [[1, 2, 3, 99, 29]]                                       # <= 1000 ids: bisection
+    many = few + corpus(15, n=100, vocab=35)                        # > 1000 ids: the direct table
+    assert sum(len(q) for q in many) > 1000
+    assert m._index_table(np.zeros(10)) is None and m._index_table(np.zeros(2000)) is not None
+    np.testing.assert_array_equal(m._sentence_logps(few)[0], m._sentence_logps(many)[0][:6])
+    sparse = fit(2, "kneser_ney", [[0, 1, 2], [10_000_000, 1]])      # too sparse for a table
+    assert sparse._index_table(np.zeros(5000)) is None
+    assert np.isfinite(sparse.perplexity([[10_000_000, 5] * 600]))
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_counting_kernels_match_their_twins(dense):
+    from scratchlm.kernels import ngram as K
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 12, 200)
+    ids = rng.integers(0, 50, int(lengths.sum()))
+    table = np.append(np.arange(50), 51)
+    s1, sid1 = K.pad_stream.numba(ids, table, lengths, 52, 50, True, True)
+    s2, sid2 = K.pad_stream.numpy(ids, table, lengths, 52, 50, True, True)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(sid1, sid2)
+    pos = rng.integers(0, 40, s1.size)
+    for k in (2, 3):
+        a, b = K.window_keys.numba(pos, s1, sid1, k, 53), K.window_keys.numpy(pos, s1, sid1, k, 53)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    starts, key = K.window_keys.numpy(pos, s1, sid1, 2, 53)
+    n_prefix, base = (40, 53) if dense else (200_000, 53)         # range > 4M: the radix sort
+    key = key if dense else rng.integers(0, n_prefix, key.size) * base + key % base
+    for u, v in zip(K.unique_pairs.numba(key, n_prefix, base), K.unique_pairs.numpy(key, n_prefix, base)):
+        np.testing.assert_array_equal(u, v)
+    keys, inv, _ = K.unique_pairs.numpy(key, n_prefix, base)
+    for u, v in zip(K.link_level.numba(inv, starts, pos, s1, keys.size, s1.size - 1),
+                    K.link_level.numpy(inv, starts, pos, s1, keys.size, s1.size - 1)):
+        np.testing.assert_array_equal(u, v)
+    queries = np.concatenate([keys[::3], keys[::5] + 1, [-1, 10**12]])
+    tab = K.build_key_table.numba(keys)
+    np.testing.assert_array_equal(K.find_keys.numba(keys, tab, queries),
+                                  K.find_keys.numpy(keys, K.build_key_table.numpy(keys), queries))
+
+
+def test_model_fitted_on_empty_sentences_scores_unk():
+    m = fit(2, "kneser_ney", [[], []])
+    assert m.vocab.size == 0 and np.isfinite(m.perplexity([[5], []]))
+
+
+def _edit_first_unigram(text, edit):
+    """Apply ``edit(fields)`` to the first unigram line that spells a token id."""
+    lines = text.splitlines()
+    i = lines.index("\\1-grams:") + 1
+    while lines[i].split("\t")[1] in ("<s>", "</s>", "<unk>"):
+        i += 1
+    lines[i] = "\t".join(edit(lines[i].split("\t")))
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda t: _edit_first_unigram(t, lambda f: ["nan"] + f[1:]), "must be finite"),
+    (lambda t: _edit_first_unigram(t, lambda f: ["0.5"] + f[1:]), "must be finite and <= 0"),
+    (lambda t: _edit_first_unigram(t, lambda f: [f[0], "-" + f[1]] + f[2:]), "not a decimal token id"),
+    (lambda t: _duplicate_first_bigram(t), "appears twice"),
+])
+def test_malformed_arpa_values_are_refused(tmp_path, mutate, match):
+    m = fit(2, "kneser_ney", corpus(16, n=40, vocab=6))
+    path = tmp_path / "m.arpa"
+    m.to_arpa(path)
+    path.write_text(mutate(path.read_text()))
+    with pytest.raises(ValueError, match=match):
+        NGramLM.from_arpa(path)
+
+
+def _duplicate_first_bigram(text):
+    lines = text.splitlines()
+    i = lines.index("\\2-grams:") + 1
+    lines.insert(i, lines[i])
+    j = next(k for k, line in enumerate(lines) if line.startswith("ngram 2="))
+    lines[j] = f"ngram 2={int(lines[j].split('=')[1]) + 1}"
+    return "\n".join(lines)
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    from scratchlm.io import read_checkpoint, save_checkpoint
+    m = fit(3, "kneser_ney", corpus(17))
+    path = tmp_path / "m.npz"
+    m.save(path)
+    arrays, doc = read_checkpoint(path)
+    keys = arrays["model/order2.keys"].copy()
+    keys[[0, 1]] = keys[[1, 0]]
+
+    class Fake:
+        def state_dict(self):
+            return {k[len("model/"):]: (keys if k == "model/order2.keys" else v) for k, v in arrays.items()}
+
+        def generators(self):
+            return iter(())
+    Fake.__name__ = "NGramLM"
+    save_checkpoint(path, Fake(), **doc["meta"])
+    with pytest.raises(ValueError, match="sorted, distinct"):
+        NGramLM.load(path)
+
+
+def test_to_arpa_word_spellings_are_checked(tmp_path):
+    m = fit(2, "kneser_ney", [[0, 1], [1, 0]])
+    for words, match in [({0: "a"}, "no spelling"), ({0: "<s>", 1: "b"}, "not <s>"),
+                         ({0: "a", 1: "a"}, "same way")]:
+        with pytest.raises(ValueError, match=match):
+            m.to_arpa(tmp_path / "x.arpa", words=words)

@@ -64,8 +64,41 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     binary.write_bytes(b"abc\x00def")
     assert main(["train", "markov", "--corpus", str(binary)]) == 2
     assert "binary" in capsys.readouterr().err
-    assert main(["train", "markov", "--order", "0", "--corpus", str(binary)]) == 2
+    ok = tmp_path / "ok.txt"
+    ok.write_text(TEXT)
+    assert main(["train", "markov", "--order", "0", "--corpus", str(ok)]) == 2
+    assert "order must be >= 1" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert main(["train", "markov", "--corpus", str(empty)]) == 2
+    assert "empty" in capsys.readouterr().err
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    assert main(["train", "markov", "--corpus", str(latin)]) == 2
+    assert "UTF-8" in capsys.readouterr().err
     not_ck = tmp_path / "x.npz"
     not_ck.write_bytes(b"hello")
     assert main(["sample", "--checkpoint", str(not_ck)]) == 2
     assert "safetensors file" in capsys.readouterr().err
+
+
+def test_models_saved_with_ngramlm_save_work_in_the_cli(tmp_path, capsys):
+    lm = NGramLM(2).fit([[1, 2, 3], [3, 2, 1], [1, 1, 2]] * 10)
+    bare = tmp_path / "bare.npz"
+    lm.save(bare)                                            # no tokenizer: the CLI speaks ids
+    assert main(["sample", "--checkpoint", str(bare), "--length", "20", "--seed", "0"]) == 0
+    assert set(capsys.readouterr().out.split()) <= {"1", "2", "3", "</s>"}
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("1 2 3\n3 2 1\n")
+    assert main(["eval", "--checkpoint", str(bare), "--corpus", str(ids_file)]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(bare)]) == 2
+    assert "pass --corpus" in capsys.readouterr().err
+
+
+def test_eval_defaults_to_the_training_corpus(tmp_path, corpus_file, capsys):
+    ck = tmp_path / "m.npz"
+    assert main(["train", "markov", "--order", "2", "--corpus", str(corpus_file), "--out", str(ck)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(ck)]) == 0
+    assert f"validation split of {corpus_file}" in capsys.readouterr().out

@@ -1,4 +1,11 @@
-"""Counting transitions of a first-order chain: ``counts[a, b] = #{t : s_t = a, s_{t+1} = b}``."""
+"""The counting and lookup loops of the count-based models.
+
+* ``count_transitions`` -- a first-order chain: ``counts[a, b] = #{t : s_t = a, s_{t+1} = b}``;
+* ``pad_stream``, ``window_keys``, ``link_level``, ``unique_pairs`` -- the passes of
+  ``NGramLM.fit`` (pad sentences, key every in-sentence window, sort/count distinct keys, link each
+  n-gram to its suffix and first word);
+* ``build_key_table`` / ``find_keys`` -- n-gram lookup by hashing (the NumPy twin bisects).
+"""
 
 import numpy as np
 from numba import njit

@@ -45,7 +45,8 @@ smoothing: unseen events get probability 0 and the perplexity is infinite (it sa
 Storage: n-grams of order :math:`k` are a sorted ``int64`` key array, the key of
 :math:`(w_1..w_k)` being ``id(w_1..w_{k-1}) * B + w_k`` with ``id`` the position of the prefix in
 the order-:math:`(k-1)` array -- memory grows with the number of distinct n-grams, never with
-``vocab ** order``, and every lookup is a binary search. Apart from add-k, every smoothing is
+``vocab ** order``. Lookups probe a hash table built on first use (the Numba route, as KenLM's
+probing model) or bisect the sorted keys (the NumPy twin). Apart from add-k, every smoothing is
 stored in *backoff form*, as an ARPA file is: a log probability per seen n-gram and a log backoff
 weight per context, queried as
 
@@ -94,7 +95,7 @@ class NGramLM:
 
     def __init__(self, order: int, smoothing: str = "kneser_ney", k: float = 1.0, discounts=None):
         self.order = positive_int(order, "order")
-        self.smoothing = choice(smoothing, "smoothing", SMOOTHINGS + ("arpa",))
+        self.smoothing = choice(smoothing, "smoothing", SMOOTHINGS)   # 'arpa' is set by from_arpa
         self.k = nonnegative(k, "k")
         if self.smoothing == "add_k" and self.k == 0:
             raise ValueError("k must be > 0 for add_k smoothing (k=0 is 'mle')")
@@ -148,6 +149,8 @@ class NGramLM:
     def _to_index(self, ids) -> np.ndarray:
         """Token ids -> outcome indices; ids not in the vocabulary become <unk>."""
         ids = np.asarray(ids, np.int64)
+        if self.vocab.size == 0:                          # fitted on empty sentences only
+            return np.full(ids.shape, self.unk_index, np.int64)
         table = self._index_table(ids)
         if table is not None:
             return table[np.minimum(ids, table.size - 1)]
@@ -410,13 +413,17 @@ class NGramLM:
         return logp
 
     def _context_totals(self):
-        """totals[k-1][g] = sum_w c(g w): how often the k-gram g was followed by a word."""
+        """totals[k-1][g] = sum_w c(g w): how often the k-gram g was followed by a word
+        (computed once per fitted model)."""
+        if getattr(self, "_totals_for", None) is self._levels:
+            return self._totals
         out = []
         for k in range(1, len(self._levels)):
             nxt = self._levels[k]
             out.append(np.bincount(nxt["keys"] // self._base, weights=nxt["counts"],
                                    minlength=self._levels[k - 1]["keys"].size) if nxt["keys"].size
                        else np.zeros(self._levels[k - 1]["keys"].size))
+        self._totals, self._totals_for = out, self._levels
         return out
 
     def _context_index(self, context, bos):
@@ -597,8 +604,9 @@ class NGramLM:
             raise ValueError(f"{path} holds a {doc.get('module')}, not an {cls.__name__}")
         meta = doc["meta"]
         cfg = meta["config"]
-        model = cls(cfg["order"], cfg["smoothing"] if cfg["smoothing"] != "arpa" else "kneser_ney",
-                    k=cfg["k"] or 1.0, discounts=cfg["discounts"])
+        if cfg.get("smoothing") not in SMOOTHINGS + ("arpa",):
+            raise ValueError(f"{path}: unknown smoothing {cfg.get('smoothing')!r} in the config")
+        model = cls(cfg["order"], "kneser_ney", k=cfg["k"] or 1.0, discounts=cfg["discounts"])
         model.smoothing = cfg["smoothing"]
         model.vocab = arrays["model/vocab"]
         levels = []
@@ -608,6 +616,7 @@ class NGramLM:
                                for name in ("keys", "counts", "logp", "logb")})
             except KeyError as exc:
                 raise ValueError(f"{path} is missing n-gram table {exc} for order {k}") from exc
+        _check_tables(levels, model._base, path)
         model._levels = levels
         model.discounts = {int(k): tuple(v) for k, v in meta.get("discounts", {}).items()}
         return model, meta
@@ -624,16 +633,24 @@ class NGramLM:
 
     def to_arpa(self, path, words=None) -> None:
         """Write the model in the ARPA back-off format that KenLM and SRILM read: log10
-        probabilities, log10 back-off weights. Tokens are spelled as their decimal ids, or as
+        probabilities, log10 back-off weights (KenLM itself loads orders >= 2 only). Tokens are spelled as their decimal ids, or as
         ``words[id]`` (strings without whitespace). ``add_k`` has no back-off form: refused."""
         self._require_fit()
         if self.smoothing == "add_k":
             raise ValueError("add_k smoothing has no ARPA (back-off) form; use kneser_ney, "
                              "witten_bell or mle")
         if words is not None:
-            bad = [w for w in (words[int(t)] for t in self.vocab) if not w or re.search(r"\s", w)]
+            missing = [int(t) for t in self.vocab if int(t) not in words]
+            if missing:
+                raise ValueError(f"words has no spelling for token ids {missing[:5]}")
+            spelled = [words[int(t)] for t in self.vocab]
+            bad = [w for w in spelled if not isinstance(w, str) or not w or re.search(r"\s", w)
+                   or w in ("<s>", "</s>", "<unk>")]
             if bad:
-                raise ValueError(f"ARPA words must be non-empty and free of whitespace, got {bad[:3]!r}")
+                raise ValueError(f"ARPA words must be non-empty, free of whitespace and not <s>, </s> "
+                                 f"or <unk>, got {bad[:3]!r}")
+            if len(set(spelled)) != len(spelled):
+                raise ValueError("words spells two token ids the same way")
         ln10 = math.log(10)
         N = len(self._levels)
         seqs = [self._ngram_indices(k) for k in range(1, N + 1)]
@@ -679,7 +696,7 @@ class NGramLM:
                 if w not in word_to_id:
                     raise ValueError(f"{path}: word {w!r} is not in word_to_id")
                 tokens.append(int(word_to_id[w]))
-            elif re.fullmatch(r"-?\d+", w):
+            elif re.fullmatch(r"\d+", w):
                 tokens.append(int(w))
             else:
                 raise ValueError(f"{path}: word {w!r} is not a decimal token id; pass word_to_id")
@@ -726,6 +743,9 @@ class NGramLM:
                                      f"among the {k - 1}-grams")
                 keys = prefix * model._base + idx[:, -1]
             order = np.argsort(keys, kind="stable")
+            if keys.size > 1 and (np.diff(keys[order]) == 0).any():
+                dup = words[int(order[int(np.argmax(np.diff(keys[order]) == 0))])]
+                raise ValueError(f"{path}: the {k}-gram {' '.join(dup)!r} appears twice")
             model._levels.append(dict(keys=keys[order], counts=np.zeros(len(rows), np.int64),
                                       logp=logp[order], logb=logb[order]))
         if model.unk_index not in model._levels[0]["keys"]:
@@ -766,9 +786,27 @@ def _unique_inverse_counts(key, n_prefix, base):
 
 def _check_discounts(d):
     d = tuple(float(x) for x in d)
-    if len(d) != 3 or not all(0 <= x <= r for r, x in zip((1, 2, 3), d)):
-        raise ValueError(f"discounts must be (D1, D2, D3+) with 0 <= D_r <= r, got {d}")
+    if len(d) != 3 or not all(0 < x <= r for r, x in zip((1, 2, 3), d)):
+        raise ValueError(f"discounts must be (D1, D2, D3+) with 0 < D_r <= r (a zero discount "
+                         f"leaves no mass for unseen words), got {d}")
     return d
+
+
+def _check_tables(levels, base, path):
+    """A loaded model's tables must be what fit() builds: sorted distinct int64 keys, one finite
+    or -inf log-probability and log-backoff per key, prefixes inside the order below."""
+    for k, lv in enumerate(levels, start=1):
+        keys = lv["keys"]
+        n = keys.size
+        if keys.dtype != np.int64 or keys.ndim != 1 or (n > 1 and not (np.diff(keys) > 0).all()):
+            raise ValueError(f"{path}: order-{k} keys must be a sorted, distinct int64 vector")
+        for name in ("counts", "logp", "logb"):
+            if lv[name].shape != (n,):
+                raise ValueError(f"{path}: order-{k} {name} has shape {lv[name].shape}, expected ({n},)")
+        if np.isnan(lv["logp"]).any() or np.isnan(lv["logb"]).any() or (lv["logp"] > 1e-9).any():
+            raise ValueError(f"{path}: order-{k} log-probabilities must be <= 0 and not NaN")
+        if n and k > 1 and (keys.min() < 0 or keys.max() // base >= levels[k - 2]["keys"].size):
+            raise ValueError(f"{path}: order-{k} keys point outside the order-{k - 1} table")
 
 
 def _discount_of(a, D):
@@ -820,11 +858,13 @@ def _parse_arpa(text, path):
                 raise ValueError(f"{path}:{j + 1}: expected 'logprob w1..w{k} [backoff]', got {line!r}")
             fields = [parts[0], " ".join(parts[1:k + 1])] + parts[k + 1:]
         try:
-            float(fields[0])
-            if len(fields) == 3:
-                float(fields[2])
+            logp = float(fields[0])
+            back = float(fields[2]) if len(fields) == 3 else 0.0
         except ValueError as exc:
             raise ValueError(f"{path}:{j + 1}: not a number in {line!r}") from exc
+        if not (np.isfinite(logp) and logp <= 1e-6 and np.isfinite(back)):   # 1e-6: rounding
+            raise ValueError(f"{path}:{j + 1}: a log10 probability must be finite and <= 0 and a "
+                             f"back-off finite, got {line!r}")
         sections[current].append(fields)
     if current != "end":
         raise ValueError(f"{path}: truncated ARPA file (no \\end\\)")
