@@ -226,6 +226,22 @@ def unique_pairs_numpy(key, n_prefix, base):
 
 
 @njit(cache=True, nogil=True)
+def _stable_counting_sort(order, digit, n_buckets):
+    # order: (m,) indices, digit: (m,) values in [0, n_buckets) -> order re-sorted stably by digit
+    start = np.zeros(n_buckets + 1, np.int64)
+    for i in range(order.shape[0]):
+        start[digit[order[i]] + 1] += 1
+    for b in range(n_buckets):
+        start[b + 1] += start[b]
+    out = np.empty_like(order)
+    for j in range(order.shape[0]):
+        i = order[j]
+        out[start[digit[i]]] = i
+        start[digit[i]] += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
 def unique_pairs_numba(key, n_prefix, base):
     # key: (m,) -> keys (u,), inverse (m,), counts (u,): an LSD radix sort in two counting passes
     # (by token, then stably by prefix) instead of a comparison sort: O(m + n_prefix + base)
@@ -236,25 +252,8 @@ def unique_pairs_numba(key, n_prefix, base):
         p = key[i] // base
         prefix[i] = p
         token[i] = key[i] - p * base
-    start = np.zeros(base + 1, np.int64)                # pass 1: order by token
-    for i in range(m):
-        start[token[i] + 1] += 1
-    for t in range(base):
-        start[t + 1] += start[t]
-    by_token = np.empty(m, np.int64)
-    for i in range(m):
-        by_token[start[token[i]]] = i
-        start[token[i]] += 1
-    start = np.zeros(n_prefix + 1, np.int64)            # pass 2: stably by prefix
-    for i in range(m):
-        start[prefix[i] + 1] += 1
-    for p in range(n_prefix):
-        start[p + 1] += start[p]
-    order = np.empty(m, np.int64)
-    for j in range(m):
-        i = by_token[j]
-        order[start[prefix[i]]] = i
-        start[prefix[i]] += 1
+    by_token = _stable_counting_sort(np.arange(m), token, base)       # pass 1: by token
+    order = _stable_counting_sort(by_token, prefix, n_prefix)         # pass 2: stably by prefix
     keys = np.empty(m, np.int64)                        # walk the sorted order
     counts = np.empty(m, np.int64)
     inverse = np.empty(m, np.int64)
