@@ -12,6 +12,7 @@ import numpy as np
 
 from . import nn
 from .gradcheck import check_module
+from .models.gpt import GPT, GPTConfig
 
 F64 = np.float64
 
@@ -51,6 +52,19 @@ CASES = {
     "Sequential(Linear, GELU, LayerNorm)": lambda r: (
         nn.Sequential(nn.Linear(4, 8, dtype=F64, rng=r), nn.GELU("tanh"), nn.LayerNorm(8, dtype=F64)),
         (_normal(r, 3, 4),)),
+    "MultiheadAttention(masks, weights)": lambda r: (
+        nn.MultiheadAttention(6, 2, dtype=F64, rng=r),
+        (_normal(r, 4, 2, 6), _normal(r, 5, 2, 6), _normal(r, 5, 2, 6)),
+        dict(key_padding_mask=np.array([[False] * 4 + [True], [False] * 5]),
+             attn_mask=np.triu(np.ones((4, 5), bool), 3))),
+    "MultiheadAttention(batch_first, causal, dropout)": lambda r: (
+        nn.MultiheadAttention(6, 3, dropout=0.2, batch_first=True, dtype=F64, rng=r),
+        (_normal(r, 2, 4, 6),) * 3, dict(is_causal=True, need_weights=False)),
+    "SinusoidalPositionalEncoding": lambda r: (nn.SinusoidalPositionalEncoding(6, 10, dtype=F64),
+                                               (_normal(r, 2, 4, 6),)),
+    "GPT (tiny, dropout)": lambda r: (
+        GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
+            dtype=F64, rng=r), (r.integers(0, 11, (2, 6)),)),
     "CrossEntropyLoss": lambda r: (nn.CrossEntropyLoss(), (_normal(r, 6, 5), _targets(r, 6, 5))),
     "CrossEntropyLoss(ignore, smoothing)": lambda r: (
         nn.CrossEntropyLoss(label_smoothing=0.1), (_normal(r, 6, 5), _targets(r, 6, 5, ignore=True))),
@@ -70,7 +84,32 @@ def _perturbed(module, rng):
     return module
 
 
+class _WithKwargs(nn.Module):
+    """Binds keyword arguments (masks, flags) so the checker sees a module of arrays only."""
+
+    def __init__(self, module, kwargs):
+        super().__init__()
+        self.inner = module
+        self.kwargs = kwargs
+        self.differentiable_inputs = module.differentiable_inputs
+
+    def forward(self, *inputs):
+        return self.inner(*inputs, **self.kwargs)
+
+    def backward(self, *douts):
+        return self.inner.backward(*douts)
+
+
+def build_case(name, seed=0):
+    """-> (module, inputs) of case ``name``; keyword arguments bound into the module."""
+    built = CASES[name](np.random.default_rng(seed))
+    module, inputs = built[0], built[1]
+    if len(built) == 3:
+        module = _WithKwargs(module, built[2])
+    return module, inputs
+
+
 def run_case(name, seed=0, **kwargs):
     """Build case ``name`` and check it; returns the report."""
-    module, inputs = CASES[name](np.random.default_rng(seed))
+    module, inputs = build_case(name, seed)
     return check_module(module, *inputs, name=name, **kwargs)

@@ -14,6 +14,7 @@ The equation and the paper are in each docstring; shapes are commented on every 
 changes one. Forwards validate their arguments (kernels do no bounds checking).
 """
 
+from .attention import attention_backward, attention_forward
 from .activation import (gelu_backward, gelu_forward, relu_backward, relu_forward,
                          sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward)
 from .dropout import dropout_backward, dropout_forward

@@ -3,10 +3,12 @@ models, from NumPy directly).
 
 * :class:`MarkovChain` -- a first-order chain over states (``markov.py``);
 * :class:`NGramLM` -- n-gram language model with Kneser-Ney, Witten-Bell, add-k and MLE
-  smoothing, perplexity, sampling and ARPA I/O (``ngram.py``).
+  smoothing, perplexity, sampling and ARPA I/O (``ngram.py``);
+* :class:`GPT`, :class:`GPTConfig` -- the GPT-2 architecture with nanoGPT's names (``gpt.py``).
 """
 
+from .gpt import GPT, GPTConfig
 from .markov import MarkovChain
 from .ngram import NGramLM
 
-__all__ = ["MarkovChain", "NGramLM"]
+__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig"]

@@ -5,15 +5,17 @@ cache, ``backward`` returns the input gradient and accumulates into every ``para
 """
 
 from .activation import GELU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .attention import MultiheadAttention, SinusoidalPositionalEncoding, sinusoidal_table
 from .dropout import Dropout, Flatten
 from .embedding import Embedding
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, GaussianKLLoss, MSELoss, NLLLoss
-from .module import Module, Parameter, Sequential
+from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .norm import LayerNorm
 
 __all__ = [
-    "Module", "Parameter", "Sequential",
+    "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict",
+    "MultiheadAttention", "SinusoidalPositionalEncoding", "sinusoidal_table",
     "Linear", "Embedding", "LayerNorm", "Dropout", "Flatten",
     "ReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax",
     "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss", "GaussianKLLoss",

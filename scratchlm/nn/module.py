@@ -325,3 +325,49 @@ class Sequential(Module):
         for m in reversed(self._modules.values()):
             dout = m.backward(dout)
         return dout
+
+
+class ModuleList(Module):
+    """A list of modules registered as ``0``, ``1``, ... (torch.nn.ModuleList): GPT's
+    ``transformer.h.0.ln_1.weight``. It has no forward of its own."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList holds Modules, got {type(module).__name__}")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class ModuleDict(Module):
+    """Named sub-modules (torch.nn.ModuleDict): GPT's ``transformer.wte`` ... It has no
+    forward of its own."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        for name, m in (modules or {}).items():
+            if not isinstance(m, Module):
+                raise TypeError(f"ModuleDict[{name!r}] must be a Module, got {type(m).__name__}")
+            setattr(self, name, m)
+
+    def __getitem__(self, name):
+        return self._modules[name]
+
+    def __contains__(self, name):
+        return name in self._modules
+
+    def keys(self):
+        return self._modules.keys()

@@ -1,0 +1,206 @@
+r"""GPT: the GPT-2 architecture (Radford et al., 2019), with nanoGPT's parameter names.
+
+    idx (B, T) -> wte(idx) + wpe(0..T-1) -> dropout
+               -> n_layer x Block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
+               -> ln_f -> lm_head (tied to wte)          -> logits (B, T, vocab_size)
+
+Block parts (pre-LayerNorm, eps 1e-5):
+
+* ``attn`` -- causal self-attention: ``c_attn`` projects to q, k, v at once ``(3C, C)``, heads of
+  size ``C / n_head``, :math:`\mathrm{softmax}(qk^\top/\sqrt{d})\,v`, ``c_proj`` ``(C, C)``;
+* ``mlp`` -- ``c_fc`` ``(4C, C)`` -> GELU (tanh approximation) -> ``c_proj`` ``(C, 4C)``.
+
+Initialisation as GPT-2: every weight :math:`\mathcal N(0, 0.02)`, biases 0, and the two residual
+projections (``attn.c_proj``, ``mlp.c_proj``) :math:`\mathcal N(0, 0.02/\sqrt{2 n_{layer}})`.
+
+Every layer is a module from :mod:`scratchlm.nn` with its backward beside its forward, so
+``GPT.backward`` below reads as the forward run in reverse. Matmuls go through BLAS; LayerNorm,
+GELU, the attention softmax and the cross-entropy are fused Numba kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from .._checks import float_array, index_array, make_rng, positive_int, probability, resolve_dtype
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            positive_int(getattr(self, name), name)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        probability(self.dropout, "dropout", allow_one=False)
+        if not isinstance(self.bias, bool):
+            raise TypeError(f"bias must be True or False, got {self.bias!r}")
+
+
+class CausalSelfAttention(nn.Module):
+    """Masked multi-head self-attention with a fused qkv projection (nanoGPT's layout)."""
+
+    def __init__(self, cfg: GPTConfig, dtype, rng):
+        super().__init__()
+        C = cfg.n_embd
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(C, 3 * C, bias=cfg.bias, dtype=dtype, rng=rng)
+        self.c_proj = nn.Linear(C, C, bias=cfg.bias, dtype=dtype, rng=rng)
+        self.dropout = cfg.dropout
+        self.rng = rng
+        self.resid_dropout = nn.Dropout(cfg.dropout, rng=rng)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)                                                  # (B, T, 3C)
+        q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)              # 3 x (B, nh, T, hs)
+                   for t in np.split(qkv, 3, axis=-1))
+        y, self._cache = F.attention_forward(q, k, v, is_causal=True, dropout_p=self.dropout,
+                                             training=self.training, rng=self.rng)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                          # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def backward(self, dout):
+        dy = self.c_proj.backward(self.resid_dropout.backward(dout))          # (B, T, C)
+        B, T, C = dy.shape
+        nh, hs = self.n_head, C // self.n_head
+        dy = np.ascontiguousarray(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))
+        dq, dk, dv, _ = F.attention_backward(dy, self._saved())               # 3 x (B, nh, T, hs)
+        dqkv = np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, C) for g in (dq, dk, dv)],
+                              axis=-1)                                        # (B, T, 3C)
+        return self.c_attn.backward(dqkv)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig, dtype, rng):
+        super().__init__()
+        C = cfg.n_embd
+        self.c_fc = nn.Linear(C, 4 * C, bias=cfg.bias, dtype=dtype, rng=rng)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * C, C, bias=cfg.bias, dtype=dtype, rng=rng)
+        self.dropout = nn.Dropout(cfg.dropout, rng=rng)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+    def backward(self, dout):
+        return self.c_fc.backward(self.gelu.backward(self.c_proj.backward(self.dropout.backward(dout))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, dtype, rng):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
+        self.attn = CausalSelfAttention(cfg, dtype, rng)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
+        self.mlp = MLP(cfg, dtype, rng)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def backward(self, dout):
+        # from x2 = x1 + mlp(ln_2(x1)):  dx1 = dx2 + ln_2'(mlp'(dx2))
+        d = dout + self.ln_2.backward(self.mlp.backward(dout))
+        # from x1 = x + attn(ln_1(x)):   dx = dx1 + ln_1'(attn'(dx1))
+        return d + self.ln_1.backward(self.attn.backward(d))
+
+
+class GPT(nn.Module):
+    """``GPT(GPTConfig(...), dtype=np.float32, rng=None)``.
+
+    * ``logits = model(idx)`` -- ``(B, T, vocab_size)`` for every position (nanoGPT returns only
+      the last position when there are no targets; here the backward needs them all);
+    * ``logits, loss = model(idx, targets)`` -- mean cross-entropy, targets ``-1`` ignored;
+    * ``model.backward(dlogits)``, or ``model.backward()`` after a call with targets.
+
+    ``state_dict()`` keys and shapes are nanoGPT's (``transformer.wte.weight``,
+    ``transformer.h.0.attn.c_attn.weight`` (3C, C), ..., ``lm_head.weight``, tied to ``wte``).
+    """
+
+    def __init__(self, config: GPTConfig, dtype=np.float32, rng=None):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.dtype = resolve_dtype(dtype)
+        rng = make_rng(rng)
+        c = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd, dtype=dtype, rng=rng),
+            wpe=nn.Embedding(c.block_size, c.n_embd, dtype=dtype, rng=rng),
+            drop=nn.Dropout(c.dropout, rng=rng),
+            h=nn.ModuleList([Block(c, dtype, rng) for _ in range(c.n_layer)]),
+            ln_f=nn.LayerNorm(c.n_embd, bias=c.bias, dtype=dtype),
+        ))
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False, dtype=dtype, rng=rng)
+        self.lm_head.weight = self.transformer.wte.weight                   # weight tying
+        self._init_weights(rng)
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
+
+    def _init_weights(self, rng):
+        std_residual = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.data[...] = rng.normal(0.0, std_residual, p.shape)
+            elif name.endswith(".weight") and p.ndim == 2:                  # Linear and Embedding
+                p.data[...] = rng.normal(0.0, 0.02, p.shape)
+            elif name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
+                p.data[...] = 0.0
+
+    def forward(self, idx, targets=None):
+        c = self.config
+        idx = index_array(idx, "idx", c.vocab_size, ndim=2)
+        B, T = idx.shape
+        if T > c.block_size:
+            raise ValueError(f"idx has sequence length {T}, more than block_size {c.block_size}")
+        tr = self.transformer
+        x = tr.wte(idx) + tr.wpe(np.arange(T))                                # (B, T, C)
+        x = tr.drop(x)
+        for block in tr.h:
+            x = block(x)
+        logits = self.lm_head(tr.ln_f(x))                                     # (B, T, V)
+        self._cache = (B, T)
+        if targets is None:
+            self._has_loss = False
+            return logits
+        targets = index_array(targets, "targets", c.vocab_size, ndim=2, ignore_index=-1)
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {idx.shape}, got {targets.shape}")
+        loss = self.loss_fn(logits.reshape(B * T, -1), targets.reshape(-1))   # (B*T, V) vs (B*T,)
+        self._has_loss = True
+        return logits, loss
+
+    def backward(self, dlogits=None):
+        B, T = self._saved()
+        if dlogits is None:
+            if not self._has_loss:
+                raise RuntimeError("backward() without dlogits needs a forward call with targets")
+            dlogits = self.loss_fn.backward().reshape(B, T, -1)
+        else:
+            dlogits = float_array(dlogits, "dlogits", ndim=3)
+        tr = self.transformer
+        dx = tr.ln_f.backward(self.lm_head.backward(dlogits))                 # (B, T, C)
+        for block in reversed(list(tr.h)):
+            dx = block.backward(dx)
+        dx = tr.drop.backward(dx)
+        tr.wte.backward(dx)                                                   # into the tied weight
+        tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B
+        return None
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
