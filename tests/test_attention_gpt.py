@@ -284,3 +284,55 @@ def test_gpt_float32_and_routes_agree():
 def test_gpt_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call(GPT(CFG, rng=0))
+
+
+# ------------------------------------------------------------------------------------------------
+# generation and Hugging Face checkpoints
+# ------------------------------------------------------------------------------------------------
+GEN = GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.1)
+
+
+@pytest.mark.parametrize("kwargs", [dict(greedy=True), dict(seed=3), dict(seed=3, top_k=5),
+                                    dict(seed=4, top_p=0.8, temperature=0.7)])
+def test_kv_cache_generation_equals_recomputation(kwargs):
+    m = GPT(GEN, dtype=np.float64, rng=0)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    cached = m.generate(prompt, 20, **kwargs)                        # runs past block_size 8
+    plain = m.generate(prompt, 20, use_cache=False, **kwargs)
+    np.testing.assert_array_equal(cached, plain)
+    assert cached.shape == (2, 23) and np.array_equal(cached[:, :3], prompt)
+    assert m.training                                                # mode restored
+
+
+def test_generation_semantics():
+    m = GPT(GEN, dtype=np.float64, rng=1)
+    prompt = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])             # longer than block_size: cropped
+    greedy = m.generate(prompt, 5, greedy=True)
+    np.testing.assert_array_equal(greedy, m.generate(prompt, 5, top_k=1, seed=7))
+    m.eval()
+    logits = m(prompt[:, -8:])                                       # nanoGPT: the last block_size tokens
+    assert greedy[0, 10] == logits[0, -1].argmax()
+    np.testing.assert_array_equal(m.generate(prompt, 6, seed=5), m.generate(prompt, 6, seed=5))
+    assert m.generate(prompt, 0).shape == prompt.shape
+    for bad, match in [(dict(temperature=0), "temperature"), (dict(top_p=1.5), "top_p"),
+                       (dict(top_k=0), "top_k")]:
+        with pytest.raises(ValueError, match=match):
+            m.generate(prompt, 2, **bad)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+def test_from_pretrained_matches_transformers(tmp_path, torch, dtype, tol):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)).eval()
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(tmp_path, dtype=dtype)
+    idx = np.random.default_rng(0).integers(0, 50, (2, 12))
+    ref = (hf.double() if dtype == np.float64 else hf)(torch.from_numpy(idx)).logits.detach().numpy()
+    np.testing.assert_allclose(ours(idx), ref, atol=tol, rtol=0)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        GPT.from_pretrained(tmp_path)

@@ -1,7 +1,8 @@
 """Data: tokenizers, corpora, synthetic sources with known answers, batching, representations.
 
 * ``tokenizers`` -- :class:`CharTokenizer`, :class:`ByteTokenizer`, :class:`WordTokenizer`,
-  :class:`BPETokenizer` (byte-level, trained from scratch), :func:`load_tokenizer`;
+  :class:`BPETokenizer` (byte-level, trained from scratch), :class:`GPT2Tokenizer` (GPT-2's
+  byte-level BPE from local ``vocab.json`` + ``merges.txt``), :func:`load_tokenizer`;
 * ``corpus`` -- :func:`builtin_corpus` (CPython's ``pydoc_data`` help text: no download),
   :func:`load_corpus`, :func:`split_corpus`, :func:`corpus_lines`;
 * ``synthetic`` -- :class:`MarkovSource` (exact entropy rate), :class:`TranslationTask`;
@@ -13,6 +14,7 @@
 from .batching import pad_batch, random_windows, sequential_batches
 from .corpus import builtin_corpus, load_corpus, split_corpus
 from .corpus import lines as corpus_lines
+from .gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode
 from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
 from .synthetic import MarkovSource, TranslationTask
 from .tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, WordTokenizer,
@@ -20,6 +22,7 @@ from .tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, 
 
 __all__ = [
     "Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "load_tokenizer",
+    "GPT2Tokenizer", "bytes_to_unicode",
     "builtin_corpus", "load_corpus", "split_corpus", "corpus_lines",
     "MarkovSource", "TranslationTask",
     "random_windows", "sequential_batches", "pad_batch",

@@ -74,6 +74,22 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                          # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    def step(self, x, past):
+        """Inference on new positions ``x`` (B, t, C) with ``past = (k, v)`` of the earlier ones
+        ((B, nh, Tp, hs) each, or None): returns y and the extended (k, v). No cache for backward."""
+        B, t, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv, _ = F.linear_forward(x, self.c_attn.weight.data,
+                                  None if self.c_attn.bias is None else self.c_attn.bias.data)
+        q, k, v = (a.reshape(B, t, nh, hs).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, axis=-1))
+        if past is not None:
+            k = np.concatenate([past[0], k], axis=2)                          # (B, nh, Tp + t, hs)
+            v = np.concatenate([past[1], v], axis=2)
+        y, _ = F.attention_forward(q, k, v, is_causal=True)                   # q: the last t positions
+        y, _ = F.linear_forward(y.transpose(0, 2, 1, 3).reshape(B, t, C), self.c_proj.weight.data,
+                                None if self.c_proj.bias is None else self.c_proj.bias.data)
+        return y, (k, v)
+
     def backward(self, dout):
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))          # (B, T, C)
         B, T, C = dy.shape
@@ -112,6 +128,12 @@ class Block(nn.Module):
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def step(self, x, past):
+        """Inference with a KV cache (see ``CausalSelfAttention.step``)."""
+        a, past = self.attn.step(self.ln_1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), past
 
     def backward(self, dout):
         # from x2 = x1 + mlp(ln_2(x1)):  dx1 = dx2 + ln_2'(mlp'(dx2))
@@ -204,3 +226,135 @@ class GPT(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face GPT-2 checkpoints (local files only)
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32):
+        """Load a Hugging Face GPT-2 directory (``config.json`` + ``model.safetensors``) from a
+        local path -- nothing is downloaded.
+
+        HF's GPT-2 stores its projections as ``Conv1D`` with weights ``(in, out)``: ``c_attn``,
+        ``c_proj`` and ``c_fc`` are transposed into ``Linear``'s ``(out, in)``. The LM head is the
+        token embedding (tied), whether or not the file lists ``lm_head.weight``.
+        """
+        import json
+        import os
+        from ..io import load_safetensors
+        cfg_path = os.path.join(path, "config.json")
+        weights_path = os.path.join(path, "model.safetensors")
+        for f in (cfg_path, weights_path):
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"from_pretrained needs {os.path.basename(f)} in {path}: "
+                                        f"{f} does not exist")
+        with open(cfg_path, encoding="utf-8") as f:
+            hf = json.load(f)
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"{cfg_path}: activation_function {act!r} is not GPT-2's tanh GELU")
+        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            raise ValueError(f"{cfg_path}: layer_norm_epsilon {hf['layer_norm_epsilon']} is not 1e-5")
+        try:
+            config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
+                               n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                               dropout=0.0, bias=True)
+        except KeyError as exc:
+            raise ValueError(f"{cfg_path} lacks the GPT-2 field {exc}") from exc
+        tensors, _ = load_safetensors(weights_path)
+        model = cls(config, dtype=dtype, rng=0)
+        state = {}
+        for name, value in tensors.items():
+            key = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
+            if key.endswith((".attn.bias", ".attn.masked_bias")):              # old causal-mask buffers
+                continue
+            if key.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                             "mlp.c_proj.weight")):
+                value = value.T                                               # Conv1D (in, out) -> (out, in)
+            state[key] = value
+        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+        model.load_state_dict(state, strict=True)
+        return model
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+    # ------------------------------------------------------------------------------------------
+    def _step_logits(self, idx_new, start, past):
+        """Logits of the last new position; positions start..start+t-1; updates the KV cache."""
+        tr = self.transformer
+        t = idx_new.shape[1]
+        x = tr.wte.weight.data[idx_new] + tr.wpe.weight.data[start:start + t]   # (B, t, C)
+        new_past = []
+        for block, p in zip(tr.h, past):
+            x, kv = block.step(x, p)
+            new_past.append(kv)
+        x = tr.ln_f(x[:, -1:])                                                # (B, 1, C)
+        return (x @ tr.wte.weight.data.T)[:, 0], new_past                    # (B, V)
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
+                 seed=None, use_cache=True):
+        """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens; returns ``(B, T + new)`` (the
+        prompt then the new tokens), as nanoGPT's ``generate``.
+
+        Each step samples from ``softmax(logits / temperature)`` restricted to the ``top_k``
+        most likely tokens and/or the smallest set whose probability reaches ``top_p``
+        (nucleus sampling, Holtzman et al., 2020); ``greedy=True`` takes the argmax. With
+        ``use_cache`` (default) each step feeds only the new token and attends over cached keys
+        and values; once the sequence outgrows ``block_size`` the context is cropped to the last
+        ``block_size`` tokens as nanoGPT does, and the cache is rebuilt from that window, so the
+        tokens are the same with and without the cache. Runs in ``eval`` mode (no dropout)
+        and restores the previous mode.
+        """
+        c = self.config
+        idx = index_array(idx, "idx", c.vocab_size, ndim=2)
+        max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", minimum=0)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None:
+            top_k = positive_int(top_k, "top_k")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        rng = make_rng(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            out = idx.copy()
+            past, start = None, 0
+            for _ in range(max_new_tokens):
+                T = out.shape[1]
+                if not use_cache or past is None or T > c.block_size:
+                    window = out[:, -c.block_size:]                           # nanoGPT's crop
+                    logits, past = self._step_logits(window, 0, [None] * c.n_layer)
+                    start = window.shape[1]
+                else:
+                    logits, past = self._step_logits(out[:, -1:], start, past)
+                    start += 1
+                if not use_cache:
+                    past = None
+                nxt = self._sample(logits.astype(np.float64), temperature, top_k, top_p, greedy, rng)
+                out = np.concatenate([out, nxt[:, None]], axis=1)
+            return out
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, top_p, greedy, rng):
+        """logits (B, V) -> next ids (B,)."""
+        if greedy:
+            return logits.argmax(axis=-1)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = np.sort(logits, axis=-1)[:, -top_k][:, None]                 # as torch.topk + mask
+            logits = np.where(logits < kth, -np.inf, logits)
+        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        if top_p is not None and top_p < 1:
+            order = np.argsort(-p, axis=-1, kind="stable")
+            sorted_p = np.take_along_axis(p, order, axis=-1)
+            keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p      # reach top_p, incl. crossing one
+            keep = np.zeros_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, axis=-1)
+            p = np.where(keep, p, 0.0)
+            p /= p.sum(axis=-1, keepdims=True)
+        u = rng.random(p.shape[0])[:, None]
+        return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
