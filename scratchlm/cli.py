@@ -2,15 +2,17 @@
 
 Subcommands:
     train MODEL   train a model on the built-in corpus (or --corpus) and save a checkpoint
-                  (models: markov -- an n-gram language model)
+                  (models: markov -- an n-gram LM; transformer -- a GPT)
     sample        generate text from a checkpoint
     eval          perplexity of a text file (default: the model's own validation split)
+    attention     draw a GPT's attention maps for a prompt as a PNG
     gradcheck     check every layer and loss against finite differences and print a table
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -65,6 +67,8 @@ def _progress(desc, total):
 
 def _cmd_train(args) -> int:
     from .train import ngram_sample_text, train_ngram
+    if args.model == "transformer":
+        return _train_transformer(args)
     if args.model == "markov":
         out = args.out or os.path.join("runs", f"markov-{args.order}.npz")
         stages = args.order + 3          # tokenize, count each order, smooth, evaluate
@@ -86,17 +90,78 @@ def _cmd_train(args) -> int:
     raise AssertionError(args.model)
 
 
+def _train_transformer(args) -> int:
+    from tqdm import tqdm
+
+    from .train import LoopConfig, gpt_sample_text, plot_history, train_transformer
+    out = args.out or os.path.join("runs", "gpt.npz")
+    loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=args.batch_size, lr=args.lr,
+                      eval_interval=args.eval_interval, seed=args.seed)
+    bar = tqdm(desc="train transformer", unit="step", file=sys.stderr)
+
+    def progress(step, total, postfix):
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.n = step
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(0)
+
+    def log(msg):
+        bar.write(msg, file=sys.stderr)
+    try:
+        model, tok, hist = train_transformer(
+            corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+            n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
+            dropout=args.dropout, loop=loop, out=out, resume=args.resume, progress=progress, log=log)
+    finally:
+        bar.close()
+    val = hist["val_loss"][-1]
+    print(f"trained {hist['step'][-1]} steps; validation: {val / math.log(2):.3f} bits/token "
+          f"(perplexity {math.exp(val):.3f})")
+    print(f"saved {out}")
+    png = os.path.splitext(out)[0] + "-loss.png"
+    if plot_history(hist, png, title=f"GPT on {args.corpus or 'the built-in corpus'}"):
+        print(f"loss curve: {png}")
+    else:
+        print("loss curve: skipped (install the plot extra: pip install -e '.[plot]')")
+    print("sample:")
+    print(gpt_sample_text(model, tok, length=args.sample_length, seed=args.seed, top_k=args.top_k))
+    return 0
+
+
 def _cmd_sample(args) -> int:
-    from .train import load_model, ngram_sample_text
+    from .models import GPT
+    from .train import gpt_sample_text, load_model, ngram_sample_text
     model, tok, _ = load_model(args.checkpoint)
+    if isinstance(model, GPT):
+        print(gpt_sample_text(model, tok, prompt=args.prompt, length=args.length,
+                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              greedy=args.greedy, seed=args.seed))
+        return 0
+    if args.top_p is not None or args.greedy:
+        raise ValueError("--top-p and --greedy apply to transformer checkpoints")
     print(ngram_sample_text(model, tok, length=args.length, temperature=args.temperature,
                             top_k=args.top_k, seed=args.seed, prompt=args.prompt))
     return 0
 
 
+def _cmd_attention(args) -> int:
+    from .models import GPT
+    from .train import attention_maps, load_model, plot_attention
+    model, tok, _ = load_model(args.checkpoint)
+    if not isinstance(model, GPT):
+        raise ValueError(f"{args.checkpoint} is not a transformer checkpoint")
+    maps, labels = attention_maps(model, tok, args.prompt)
+    if not plot_attention(maps, labels, args.out, title=f"attention for {args.prompt!r}"):
+        raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")
+    print(f"wrote {args.out}: {maps.shape[0]} layers x {maps.shape[1]} heads over {maps.shape[2]} tokens")
+    return 0
+
+
 def _cmd_eval(args) -> int:
     from .data import split_corpus
-    from .train import evaluate_ngram, load_model, read_corpus
+    from .models import GPT
+    from .train import evaluate_gpt, evaluate_ngram, load_model, read_corpus
     model, tok, meta = load_model(args.checkpoint)
     if args.corpus is None:                      # the validation split of the training corpus
         source = meta.get("corpus_path")
@@ -106,7 +171,7 @@ def _cmd_eval(args) -> int:
         name = f"validation split of {meta.get('corpus', source)}"
     else:
         text, name = read_corpus(args.corpus)
-    r = evaluate_ngram(model, tok, text)
+    r = evaluate_gpt(model, tok, text) if isinstance(model, GPT) else evaluate_ngram(model, tok, text)
     per_char = "" if r["bits_per_char"] is None else f", {r['bits_per_char']:.3f} bits/char"
     print(f"{name}: perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits/token"
           f"{per_char} over {r['tokens']:,} tokens")
@@ -119,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
-    t.add_argument("model", choices=("markov",), help="markov: an n-gram language model")
+    t.add_argument("model", choices=("markov", "transformer"),
+                   help="markov: an n-gram language model; transformer: a GPT")
     t.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     t.add_argument("--smoothing", default="kneser_ney",
                    choices=("kneser_ney", "witten_bell", "add_k", "mle"))
@@ -128,9 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", default="char", choices=("char", "byte", "word", "bpe"))
     t.add_argument("--vocab-size", type=int, default=1000, help="BPE vocabulary size (default 1000)")
     t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--out", help="checkpoint path (default runs/markov-ORDER.npz)")
+    t.add_argument("--out", help="checkpoint path (default runs/markov-ORDER.npz, runs/gpt.npz)")
     t.add_argument("--sample-length", type=int, default=300)
     t.add_argument("--seed", type=int, default=0)
+    g = t.add_argument_group("transformer")
+    g.add_argument("--steps", type=int, default=None, help="training steps (reproducible)")
+    g.add_argument("--time", type=float, default=120.0,
+                   help="seconds to train when --steps is not given (default 120)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--block-size", type=int, default=128)
+    g.add_argument("--n-layer", type=int, default=4)
+    g.add_argument("--n-head", type=int, default=4)
+    g.add_argument("--n-embd", type=int, default=128)
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--eval-interval", type=int, default=100)
+    g.add_argument("--top-k", type=int, default=None, help="top-k for the printed sample")
+    g.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="generate from a checkpoint")
@@ -138,9 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--length", type=int, default=300, help="tokens to generate")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling (transformer)")
+    s.add_argument("--greedy", action="store_true", help="argmax decoding (transformer)")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--prompt", default="", help="text the sample continues")
     s.set_defaults(func=_cmd_sample)
+
+    a = sub.add_parser("attention", help="draw a transformer's attention maps for a prompt")
+    a.add_argument("--checkpoint", required=True)
+    a.add_argument("--prompt", required=True)
+    a.add_argument("--out", default="attention.png")
+    a.set_defaults(func=_cmd_attention)
 
     e = sub.add_parser("eval", help="perplexity of a text file under a checkpoint")
     e.add_argument("--checkpoint", required=True)

@@ -94,6 +94,12 @@ def load_model(path):
     carries its tokenizer; one saved with ``NGramLM.save`` may (``save(path, tokenizer=
     tok.to_dict())``) or may not, in which case the CLI works in token ids."""
     _, doc = read_checkpoint(path)
+    if doc.get("module") == "GPT":
+        from .io import load_checkpoint
+        from .models import GPT, GPTConfig
+        model = GPT(GPTConfig(**doc["meta"]["config"]), rng=0)
+        meta = load_checkpoint(path, model)
+        return model, Tokenizer.from_dict(meta["tokenizer"]), meta
     if doc.get("module") == NGramLM.__name__:
         model, meta = NGramLM.load(path)
         tok = Tokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
@@ -145,3 +151,262 @@ def evaluate_ngram(model: NGramLM, tokenizer: Tokenizer, text: str) -> dict:
     chars = sum(len(line) + 1 for line in corpus_lines(text))
     return {"perplexity": ppl, "bits_per_token": math.log2(ppl), "tokens": n,
             "bits_per_char": math.log2(ppl) * n / chars}
+
+
+# ================================================================================================
+# neural language models: one training loop
+# ================================================================================================
+@dataclass
+class LoopConfig:
+    """How to train (the model's own config is separate).
+
+    ``steps`` fixes the run length and makes it reproducible; with only ``time_limit`` (seconds)
+    the number of steps is estimated from the speed of the first steps, so the learning-rate
+    schedule depends on the machine.
+    """
+    steps: int | None = None
+    time_limit: float | None = 120.0
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 50
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.99)
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 20
+    seed: int = 0
+
+
+def _param_groups(model, weight_decay):
+    """nanoGPT's grouping: decay every matrix (weights, embeddings), not biases or norms."""
+    decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for _, p in model.named_parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def evaluate_lm(model, ids, block_size, batch_size=16, batches=20, seed=1234) -> float:
+    """Mean cross-entropy (nats per token) over ``batches`` fixed random windows of ``ids``."""
+    from .data import random_windows
+    rng = np.random.default_rng(seed)
+    was = model.training
+    model.eval()
+    try:
+        losses = []
+        for _ in range(batches):
+            x, y = random_windows(ids, batch_size, block_size, rng)
+            losses.append(model(x, y)[1])
+        return float(np.mean(losses))
+    finally:
+        model.train(was)
+
+
+def train_lm(model, train_ids, val_ids, loop: LoopConfig, out=None, meta=None, resume=False,
+             progress=None, log=print):
+    """Train ``model`` (``logits, loss = model(x, y)``; ``model.backward()``) on random windows of
+    ``train_ids`` with AdamW, linear warm-up then cosine decay, and gradient clipping; evaluate on
+    ``val_ids`` every ``eval_interval`` steps; checkpoint to ``out`` (model, optimizer, step, the
+    batch sampler's random state, the loss history and ``meta``) so that ``resume=True`` continues
+    bit-identically. Returns the history dict.
+
+    ``progress(n, postfix)``: an optional callable advanced once per step (the CLI's tqdm bar).
+    """
+    import time as _time
+
+    from .data import random_windows
+    from .io import load_checkpoint, save_checkpoint
+    from .optim import AdamW, clip_grad_norm_, cosine_with_warmup
+
+    block = model.config.block_size
+    opt = AdamW(_param_groups(model, loop.weight_decay), lr=loop.lr, betas=tuple(loop.betas))
+    rng = np.random.default_rng(loop.seed)
+    history = {"step": [], "train_loss": [], "val_step": [], "val_loss": []}
+    step, total = 0, loop.steps
+    if resume:
+        saved = load_checkpoint(out, model, opt)
+        step, total, history = saved["step"], saved["total_steps"], saved["history"]
+        rng.bit_generator.state = saved["batch_rng"]
+        log(f"resumed from {out} at step {step} of {total}")
+
+    def save():
+        if out is not None:
+            save_checkpoint(out, model, opt, step=step, total_steps=total, history=history,
+                            batch_rng=rng.bit_generator.state, loop=vars(loop) | {"betas": list(loop.betas)},
+                            **(meta or {}))
+
+    def evaluate():
+        v = evaluate_lm(model, val_ids, block, loop.batch_size, loop.eval_batches)
+        history["val_step"].append(step)
+        history["val_loss"].append(v)
+        return v
+
+    t0 = _time.perf_counter()
+    start_step = step
+    tokens_per_step = loop.batch_size * block
+    model.train()
+    while total is None or step < total:
+        x, y = random_windows(train_ids, loop.batch_size, block, rng)
+        horizon = total or 10**9
+        lr = cosine_with_warmup(step, loop.lr, min(loop.warmup, horizon - 1), horizon, loop.min_lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        _, loss = model(x, y)
+        model.backward()
+        clip_grad_norm_(model.parameters(), loop.grad_clip)
+        opt.step()
+        step += 1
+        history["step"].append(step)
+        history["train_loss"].append(float(loss))
+        elapsed = _time.perf_counter() - t0
+        if total is None and step - start_step == 10:                 # fix the schedule's length
+            per_step = elapsed / 10
+            total = max(step + 1, int(loop.time_limit / per_step))
+            log(f"{per_step * 1e3:.0f} ms/step: {total} steps fit in {loop.time_limit:.0f} s")
+        if step % loop.eval_interval == 0 and (total is None or step < total):
+            evaluate()
+            save()
+        if progress:                       # after the checkpoint: an interrupt here loses nothing
+            progress(step, total, {"loss": f"{loss:.3f}",
+                                   "tok/s": f"{(step - start_step) * tokens_per_step / elapsed:,.0f}"})
+    evaluate()
+    save()
+    return history
+
+
+def plot_history(history, path, title=""):
+    """Write the loss curve (train per step, validation per evaluation) as a PNG; returns False
+    when matplotlib (the ``plot`` extra) is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    to_bits = 1 / math.log(2)
+    ax.plot(history["step"], np.array(history["train_loss"]) * to_bits, lw=0.8, label="train")
+    ax.plot(history["val_step"], np.array(history["val_loss"]) * to_bits, "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (bits per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def train_transformer(corpus=None, tokenizer="char", vocab_size=1000, val_fraction=0.1,
+                      n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0,
+                      loop: LoopConfig | None = None, out="runs/gpt.npz", resume=False,
+                      progress=None, log=print):
+    """The README's main job: a small GPT on the built-in corpus (or ``corpus``), char-level by
+    default. Returns ``(model, tokenizer, history)``."""
+    from .models import GPT, GPTConfig
+    loop = loop or LoopConfig()
+    text, name = read_corpus(corpus)
+    train_text, val_text = split_corpus(text, val_fraction)
+    tok = build_tokenizer(tokenizer, train_text, vocab_size)
+    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    if resume:
+        _, doc = read_checkpoint(out)
+        cfg = GPTConfig(**doc["meta"]["config"])
+        tok = Tokenizer.from_dict(doc["meta"]["tokenizer"])
+        train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    else:
+        cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=n_layer,
+                        n_head=n_head, n_embd=n_embd, dropout=dropout)
+    for part, ids in (("training", train_ids), ("validation", val_ids)):
+        if ids.size <= cfg.block_size:
+            raise ValueError(f"the {part} text has {ids.size} tokens, too few for block_size "
+                             f"{cfg.block_size}: use a larger corpus or a smaller --block-size")
+    model = GPT(cfg, rng=loop.seed)
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    meta = {"kind": "gpt", "config": model.config_dict(), "tokenizer": tok.to_dict(), "corpus": name,
+            "corpus_path": None if corpus is None else os.path.abspath(corpus),
+            "val_fraction": val_fraction}
+    log(f"GPT: {model.num_parameters():,} parameters, {cfg.n_layer} layers, d={cfg.n_embd}, "
+        f"block {cfg.block_size}, vocab {cfg.vocab_size} ({tokenizer}); "
+        f"{train_ids.size:,} training tokens")
+    history = train_lm(model, train_ids, val_ids, loop, out=out, meta=meta, resume=resume,
+                       progress=progress, log=log)
+    return model, tok, history
+
+
+def gpt_sample_text(model, tokenizer, prompt="", length=300, temperature=1.0, top_k=None,
+                    top_p=None, greedy=False, seed=None) -> str:
+    """Continue ``prompt`` (a newline when empty) by ``length`` tokens; returns prompt + sample."""
+    start = prompt or "\n"
+    idx = tokenizer.encode(start)[None, :]
+    if idx.size == 0:
+        raise ValueError("the prompt encodes to no tokens")
+    out = model.generate(idx, length, temperature=temperature, top_k=top_k, top_p=top_p,
+                         greedy=greedy, seed=seed)
+    text = tokenizer.decode(out[0, idx.shape[1]:], skip_special_tokens=True)
+    return (prompt + text) if prompt else text
+
+
+def evaluate_gpt(model, tokenizer, text) -> dict:
+    """Cross-entropy of ``text`` in consecutive windows of ``block_size`` tokens (each window
+    predicts its tokens after the first): perplexity, bits per token and per character."""
+    ids = tokenizer.encode(text)
+    block = model.config.block_size
+    if ids.size < 2:
+        raise ValueError("the text to evaluate encodes to fewer than 2 tokens")
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, ids.size - 1, block):
+        x = ids[s:s + block]
+        y = ids[s + 1:s + 1 + block]
+        x = x[:y.size]
+        _, loss = model(x[None, :], y[None, :])
+        total += loss * y.size
+        count += y.size
+    nats = total / count
+    return {"perplexity": math.exp(nats), "bits_per_token": nats / math.log(2), "tokens": count,
+            "bits_per_char": nats / math.log(2) * count / max(len(text), 1)}
+
+
+def attention_maps(model, tokenizer, prompt):
+    """Attention probabilities of every layer and head for ``prompt``: (n_layer, n_head, T, T)
+    and the token strings."""
+    ids = tokenizer.encode(prompt)[-model.config.block_size:]
+    if ids.size == 0:
+        raise ValueError("the prompt encodes to no tokens")
+    model.eval()
+    model(ids[None, :])
+    maps = np.stack([block.attn._saved()["weights"][0] for block in model.transformer.h])
+    labels = [tokenizer.decode([int(t)]) for t in ids]
+    return maps, labels
+
+
+def plot_attention(maps, labels, path, title=""):
+    """A grid of heat maps (rows: layers, columns: heads); False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    L, H, T, _ = maps.shape
+    fig, axes = plt.subplots(L, H, figsize=(2.4 * H + 1, 2.4 * L + 0.6), squeeze=False)
+    shown = [repr(s)[1:-1] for s in labels]
+    for i in range(L):
+        for j in range(H):
+            ax = axes[i][j]
+            ax.imshow(maps[i, j], cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"layer {i} head {j}", fontsize=8)
+            if T <= 40:
+                ax.set_xticks(range(T), shown, fontsize=5, rotation=90)
+                ax.set_yticks(range(T), shown, fontsize=5)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(title or "attention (row: query, column: key)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
