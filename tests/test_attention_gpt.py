@@ -135,62 +135,9 @@ def test_sinusoidal_table_is_the_formula():
 # GPT
 # ------------------------------------------------------------------------------------------------
 def torch_gpt(torch, cfg):
-    """nanoGPT's model, written with torch.nn, for reference."""
-    tnn, tF = torch.nn, torch.nn.functional
-
-    class Attn(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_attn = tnn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-            self.c_proj = tnn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-
-        def forward(self, x):
-            B, T, C = x.shape
-            q, k, v = self.c_attn(x).split(C, dim=2)
-            q, k, v = (t.view(B, T, cfg.n_head, C // cfg.n_head).transpose(1, 2) for t in (q, k, v))
-            y = tF.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-    class MLP(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_fc = tnn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-            self.c_proj = tnn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-
-        def forward(self, x):
-            return self.c_proj(tF.gelu(self.c_fc(x), approximate="tanh"))
-
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1 = tnn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-            self.attn = Attn()
-            self.ln_2 = tnn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-            self.mlp = MLP()
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class Model(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.transformer = tnn.ModuleDict(dict(
-                wte=tnn.Embedding(cfg.vocab_size, cfg.n_embd), wpe=tnn.Embedding(cfg.block_size, cfg.n_embd),
-                h=tnn.ModuleList([Block() for _ in range(cfg.n_layer)]),
-                ln_f=tnn.LayerNorm(cfg.n_embd, bias=cfg.bias)))
-            self.lm_head = tnn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-            self.lm_head.weight = self.transformer.wte.weight
-
-        def forward(self, idx, targets):
-            T = idx.shape[1]
-            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T))
-            for b in self.transformer.h:
-                x = b(x)
-            logits = self.lm_head(self.transformer.ln_f(x))
-            return logits, tF.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-
-    return Model().double()
+    """nanoGPT's model in torch.nn (the benchmarks' reference), in float64."""
+    from benchmarks.workloads.gpt import torch_gpt as reference
+    return reference(torch, cfg).double()
 
 
 CFG = GPTConfig(vocab_size=13, block_size=9, n_layer=2, n_head=2, n_embd=8)

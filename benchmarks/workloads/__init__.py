@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
 from .cross_entropy import CrossEntropy256, CrossEntropy50257
+from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
 from .mlp import MLPBlock
 from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
 from .sgemm import Sgemm
@@ -19,6 +20,9 @@ WORKLOADS: list[type[Workload]] = [
     NGramFit5,
     NGramScore,
     NGramSample,
+    GPTTrainStep,
+    GPTGenerate,
+    GPTGenerate1024,
 ]
 
 PEAK_WORKLOAD = "sgemm"

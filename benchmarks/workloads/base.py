@@ -7,7 +7,8 @@ SCRATCHLM_NUMPY = "scratchlm-numpy"
 SCRATCHLM = "scratchlm"      # for pure-NumPy code with no kernel route to choose
 TORCH = "torch"
 DEFAULT_IMPLS = (SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH)
-_BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "numba"}
+_BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "numba",
+               "scratchlm-cache": "numba", "scratchlm-nocache": "numba"}
 
 
 class Unavailable(Exception):
