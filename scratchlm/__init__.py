@@ -7,5 +7,5 @@ imported here; it is only the reference the tests and benchmarks compare against
 
 __version__ = "0.1.0"
 
-from . import data, functional, models, nn, optim  # noqa: E402,F401
+from . import data, decoding, functional, models, nn, optim  # noqa: E402,F401
 from .kernels import get_backend, set_backend, use_backend  # noqa: E402,F401

@@ -13,6 +13,7 @@ import numpy as np
 from . import nn
 from .gradcheck import check_module
 from .models.gpt import GPT, GPTConfig
+from .models.seq2seq_transformer import Seq2SeqTransformer
 
 F64 = np.float64
 
@@ -65,6 +66,11 @@ CASES = {
     "GPT (tiny, dropout)": lambda r: (
         GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
             dtype=F64, rng=r), (r.integers(0, 11, (2, 6)),)),
+    "Seq2SeqTransformer (tiny, src padding, dropout)": lambda r: (
+        Seq2SeqTransformer(9, 10, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                           dim_feedforward=16, dropout=0.1, max_len=8, activation="gelu", dtype=F64, rng=r),
+        (np.array([[3, 4, 5, 0, 0], [6, 7, 8, 3, 4]]), np.array([[1, 5, 6, 7], [1, 9, 4, 3]]),
+         np.array([[5, 6, 7, 2], [9, 2, 0, 0]]))),
     "CrossEntropyLoss": lambda r: (nn.CrossEntropyLoss(), (_normal(r, 6, 5), _targets(r, 6, 5))),
     "CrossEntropyLoss(ignore, smoothing)": lambda r: (
         nn.CrossEntropyLoss(label_smoothing=0.1), (_normal(r, 6, 5), _targets(r, 6, 5, ignore=True))),
