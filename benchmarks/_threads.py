@@ -42,12 +42,14 @@ def torch_available() -> bool:
 
 
 def apply_runtime_threads(n: int, torch_too: bool = True) -> dict:
-    """Call ``numba.set_num_threads(n)`` and (when asked and installed) ``torch.set_num_threads(n)``;
-    returns the thread counts each library reports afterwards."""
-    import numba
+    """Call ``torch.set_num_threads(n)`` (when asked and installed); returns the thread counts.
 
-    numba.set_num_threads(n)
-    out = {"numba": numba.get_num_threads(), "torch": None}
+    Numba's thread pool is deliberately *not* started: scratchlm's kernels are serial (BLAS
+    threads with ``OPENBLAS_NUM_THREADS``), and calling ``numba.set_num_threads`` launches
+    Numba's OpenMP workers, which then compete with torch's own OpenMP pool -- measured here,
+    that made a torch GPT training step 40x slower in the same process. ``NUMBA_NUM_THREADS``
+    is still set in the environment for any parallel kernel a later version adds."""
+    out = {"numba": "pool not started (serial kernels)", "torch": None}
     if torch_too and torch_available():
         import torch
 
