@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SCRATCHLM, SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH, Workload
+from .base import SCRATCHLM, TORCH, Workload
 
 
 def torch_gpt(torch, cfg):

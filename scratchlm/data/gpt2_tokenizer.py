@@ -64,7 +64,7 @@ import re
 
 import numpy as np
 
-from .tokenizers import (GPT2_SPLIT_PATTERN, Tokenizer, _check_bool, _check_text, _field,
+from .tokenizers import (GPT2_SPLIT_PATTERN, Tokenizer, _PieceEncoder, _field,
                          _utf8)
 
 __all__ = ["GPT2Tokenizer", "bytes_to_unicode"]
@@ -195,7 +195,7 @@ def _check_merges(merges, vocab: dict, what: str = "merges") -> list:
 # ------------------------------------------------------------------------------------------------
 # the tokenizer
 # ------------------------------------------------------------------------------------------------
-class GPT2Tokenizer(Tokenizer):
+class GPT2Tokenizer(_PieceEncoder, Tokenizer):
     """GPT-2's byte-level BPE tokenizer, from Hugging Face-format ``vocab.json`` + ``merges.txt``.
 
     ``GPT2Tokenizer.from_pretrained(folder)`` reads ``folder/vocab.json`` and
@@ -219,7 +219,6 @@ class GPT2Tokenizer(Tokenizer):
     """
 
     type_name = "gpt2"
-    _CACHE_MAX = 200_000
 
     def __init__(self, vocab_file, merges_file):
         vocab_file = _check_path(vocab_file, "vocab_file")
@@ -278,6 +277,7 @@ class GPT2Tokenizer(Tokenizer):
         self._split = re.compile(GPT2_SPLIT_PATTERN)
         self._special_split = (re.compile("(" + re.escape(ENDOFTEXT) + ")")
                                if self._eos is not None else None)
+        self._special_ids = {} if self._eos is None else {ENDOFTEXT: self._eos}
         self._cache: dict = {}
 
     # -- views -------------------------------------------------------------------------------
@@ -361,46 +361,16 @@ class GPT2Tokenizer(Tokenizer):
                     heapq.heappush(heap, (m[0], i, m[1]))
         return [t for t, ok in zip(tokens, alive) if ok]
 
-    def _encode_piece(self, piece: str) -> list:
-        cached = self._cache.get(piece)
-        if cached is None:
-            data = piece.encode("utf-8")
-            ids = [self._byte_ids[b] for b in data]
-            if -1 in ids:
-                b = data[ids.index(-1)]
-                raise ValueError(f"text needs the byte 0x{b:02X} (written {_BYTE_TO_CHAR[b]!r} "
-                                 f"in GPT-2's byte alphabet), which this vocabulary lacks "
-                                 f"(in the piece {piece!r})")
-            cached = self._merge(ids) if len(ids) > 1 else ids
-            if len(self._cache) >= self._CACHE_MAX:
-                self._cache.clear()
-            self._cache[piece] = cached
-        return cached
-
-    def _encode_plain(self, text: str, out: list) -> None:
-        for piece in self._split.findall(text):
-            out.extend(self._encode_piece(piece))
-
-    def encode(self, text: str, *, allowed_special: bool = False) -> np.ndarray:
-        """Token ids of ``text``: pre-tokenize, then merge by rank within each piece.
-
-        With ``allowed_special=True`` the literal text ``<|endoftext|>`` becomes its id (as
-        Hugging Face's ``encode`` does by default); otherwise it is ordinary text.
-        A lone surrogate (no UTF-8 form) is a ``ValueError``.
-        """
-        _check_text(text)
-        allowed_special = _check_bool(allowed_special, "allowed_special")
-        _utf8(text)
-        out: list = []
-        if allowed_special and self._special_split is not None:
-            for k, part in enumerate(self._special_split.split(text)):
-                if k % 2:
-                    out.append(self._eos)
-                elif part:
-                    self._encode_plain(part, out)
-        else:
-            self._encode_plain(text, out)
-        return np.array(out, dtype=np.int64)
+    def _piece_ids(self, piece: str) -> list:
+        """One pre-token -> its ids: its bytes in GPT-2's alphabet, merged by rank."""
+        data = piece.encode("utf-8")
+        ids = [self._byte_ids[b] for b in data]
+        if -1 in ids:
+            b = data[ids.index(-1)]
+            raise ValueError(f"text needs the byte 0x{b:02X} (written {_BYTE_TO_CHAR[b]!r} "
+                             f"in GPT-2's byte alphabet), which this vocabulary lacks "
+                             f"(in the piece {piece!r})")
+        return self._merge(ids) if len(ids) > 1 else ids
 
     def _decode_ids(self, ids, skip_special_tokens):
         table = self._id_bytes

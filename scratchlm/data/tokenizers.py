@@ -525,7 +525,50 @@ def _train_bpe(word_counts: dict, num_merges: int) -> list:
     return merges
 
 
-class BPETokenizer(Tokenizer):
+class _PieceEncoder:
+    """The encoding loop shared by the byte-level BPE tokenizers (ours and GPT-2's): split the text
+    on the special tokens (when allowed), pre-tokenize each part with ``self._split``, and encode
+    every distinct piece once (``self._piece_ids``, cached). Subclasses provide ``_split``,
+    ``_special_split`` (a regex with one group, or None), ``_special_ids`` and ``_cache``."""
+
+    _CACHE_MAX = 200_000
+
+    def _encode_piece(self, piece: str) -> list:
+        cached = self._cache.get(piece)
+        if cached is None:
+            cached = self._piece_ids(piece)
+            if len(self._cache) >= self._CACHE_MAX:
+                self._cache.clear()
+            self._cache[piece] = cached
+        return cached
+
+    def _encode_plain(self, text: str, out: list) -> None:
+        for piece in self._split.findall(text):
+            out.extend(self._encode_piece(piece))
+
+    def encode(self, text: str, *, allowed_special: bool = False) -> np.ndarray:
+        """Token ids of ``text``: pre-tokenize, then apply the merges within each piece.
+
+        With ``allowed_special=True``, occurrences of the special tokens' text become their ids
+        (longest match first); by default they are ordinary text. A lone surrogate (no UTF-8
+        form) is a ``ValueError``.
+        """
+        _check_text(text)
+        allowed_special = _check_bool(allowed_special, "allowed_special")
+        _utf8(text)
+        out: list = []
+        if allowed_special and self._special_split is not None:
+            for k, part in enumerate(self._special_split.split(text)):
+                if k % 2:
+                    out.append(self._special_ids[part])
+                elif part:
+                    self._encode_plain(part, out)
+        else:
+            self._encode_plain(text, out)
+        return np.array(out, dtype=np.int64)
+
+
+class BPETokenizer(_PieceEncoder, Tokenizer):
     """Byte-level byte-pair encoding, trained from scratch (GPT-2's tokenizer scheme).
 
     The algorithm (Gage 1994; Sennrich et al. 2016): start from a base vocabulary, here the 256
@@ -560,7 +603,6 @@ class BPETokenizer(Tokenizer):
     """
 
     type_name = "bpe"
-    _CACHE_MAX = 200_000
 
     def __init__(self, merges, special_tokens=(), pattern: str = GPT2_SPLIT_PATTERN):
         checked = []
@@ -714,39 +756,10 @@ class BPETokenizer(Tokenizer):
                     heapq.heappush(heap, (rr, p, tokens[p], tokens[i]))
         return [t for t, ok in zip(tokens, alive) if ok]
 
-    def _encode_piece(self, piece: str) -> list:
-        cached = self._cache.get(piece)
-        if cached is None:
-            ids = list(piece.encode("utf-8"))
-            cached = self._bpe_short(ids) if len(ids) <= 32 else self._bpe_long(ids)
-            if len(self._cache) >= self._CACHE_MAX:
-                self._cache.clear()
-            self._cache[piece] = cached
-        return cached
-
-    def _encode_plain(self, text: str, out: list) -> None:
-        for piece in self._split.findall(text):
-            out.extend(self._encode_piece(piece))
-
-    def encode(self, text: str, *, allowed_special: bool = False) -> np.ndarray:
-        """Token ids of ``text``: pre-tokenize, then apply the merges within each pre-token.
-
-        With ``allowed_special=True``, occurrences of the special tokens' text become their ids
-        (longest match first); by default they are ordinary text.
-        """
-        _check_text(text)
-        allowed_special = _check_bool(allowed_special, "allowed_special")
-        _utf8(text)
-        out: list = []
-        if allowed_special and self._special_split is not None:
-            for k, part in enumerate(self._special_split.split(text)):
-                if k % 2:
-                    out.append(self._special_ids[part])
-                elif part:
-                    self._encode_plain(part, out)
-        else:
-            self._encode_plain(text, out)
-        return np.array(out, dtype=np.int64)
+    def _piece_ids(self, piece: str) -> list:
+        """One pre-token -> its ids: its UTF-8 bytes, merged by rank."""
+        ids = list(piece.encode("utf-8"))
+        return self._bpe_short(ids) if len(ids) <= 32 else self._bpe_long(ids)
 
     def _decode_ids(self, ids, skip_special_tokens):
         vocab = self._vocab

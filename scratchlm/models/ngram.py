@@ -279,7 +279,7 @@ class NGramLM:
     # ------------------------------------------------------------------------------------------
     def _estimate(self):
         N = len(self._levels)
-        bos, unk = self._bos_index, self.unk_index
+        bos = self._bos_index
         V = self.num_outcomes
         lv1 = self._levels[0]
         predicted1 = lv1["keys"] != bos                                   # <s> is never predicted

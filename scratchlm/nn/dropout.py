@@ -1,6 +1,5 @@
 """``Dropout`` and ``Flatten``: the shape- and mask-only layers."""
 
-import numpy as np
 
 from .. import functional as F
 from .._checks import float_array, integer, make_rng, probability, upstream
