@@ -293,40 +293,6 @@ class Module:
         return "".join(lines) + ")"
 
 
-class Sequential(Module):
-    """Modules applied in order; ``backward`` walks them in reverse.
-
-    ``Sequential(Linear(4, 8), ReLU(), Linear(8, 2))`` has parameters ``0.weight``, ``0.bias``,
-    ``2.weight``, ``2.bias`` -- the names ``torch.nn.Sequential`` gives.
-    """
-
-    def __init__(self, *modules: Module):
-        super().__init__()
-        for i, m in enumerate(modules):
-            if not isinstance(m, Module):
-                raise TypeError(f"Sequential argument {i} must be a Module, got {type(m).__name__}")
-            setattr(self, str(i), m)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-    def backward(self, dout):
-        for m in reversed(self._modules.values()):
-            dout = m.backward(dout)
-        return dout
-
-
 class ModuleList(Module):
     """A list of modules registered as ``0``, ``1``, ... (torch.nn.ModuleList): GPT's
     ``transformer.h.0.ln_1.weight``. It has no forward of its own."""
@@ -350,6 +316,30 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Modules applied in order; ``backward`` walks them in reverse.
+
+    ``Sequential(Linear(4, 8), ReLU(), Linear(8, 2))`` has parameters ``0.weight``, ``0.bias``,
+    ``2.weight``, ``2.bias`` -- the names ``torch.nn.Sequential`` gives.
+    """
+
+    def __init__(self, *modules: Module):
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential argument {i} must be a Module, got {type(m).__name__}")
+        super().__init__(modules)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dout):
+        for m in reversed(self._modules.values()):
+            dout = m.backward(dout)
+        return dout
 
 
 class ModuleDict(Module):
