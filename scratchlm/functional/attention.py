@@ -6,7 +6,6 @@ import numpy as np
 
 from .._checks import float_array, probability, upstream
 from ..kernels import attention as K
-from ..kernels import softmax as S
 
 
 def attention_forward(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, training=True,
@@ -77,7 +76,7 @@ def attention_forward(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, t
     weights = probs if drop is None else probs * drop
     y = weights @ v                                                           # (..., Tq, dv)
     cache = {"q": q, "k": k, "v": v, "probs": probs, "drop": drop, "weights": weights,
-             "scale": scale, "has_mask": attn_mask is not None}
+             "scale": scale, "has_mask": attn_mask is not None, "causal": bool(is_causal)}
     return y, cache
 
 
@@ -99,10 +98,10 @@ def attention_backward(dy, cache, dweights=None):
     if dweights is not None:
         dw = dw + upstream(dweights, w.shape, w.dtype, name="dweights")
     dprobs = dw if drop is None else dw * drop
-    Tk = probs.shape[-1]
-    ds = S.softmax_backward(np.ascontiguousarray(dprobs).reshape(-1, Tk),
-                            np.ascontiguousarray(probs).reshape(-1, Tk)).reshape(probs.shape)
-    ds *= ds.dtype.type(cache["scale"])                                       # through S = s QK^T
+    Tq, Tk = probs.shape[-2:]
+    ds = K.attention_softmax_backward(                                        # through P = softmax(sS)
+        np.ascontiguousarray(dprobs).reshape(-1, Tq, Tk), probs.reshape(-1, Tq, Tk),
+        cache["scale"], cache["causal"], Tk - Tq).reshape(probs.shape)        # (..., Tq, Tk)
     dq = ds @ k                                                               # (..., Tq, d)
     dk = np.swapaxes(ds, -1, -2) @ q                                          # (..., Tk, d)
     return dq, dk, dv, None

@@ -19,7 +19,8 @@ def linear_forward(x, weight, bias=None):
     last_dim(x, "x", weight.shape[1], "in_features of weight")
     if x.dtype != weight.dtype:
         raise TypeError(f"x has dtype {x.dtype} but weight has dtype {weight.dtype}")
-    y = x @ weight.T                                           # (..., in) @ (in, out) -> (..., out)
+    y = x.reshape(-1, x.shape[-1]) @ weight.T                  # (N, in) @ (in, out) -> (N, out): one gemm
+    y = y.reshape(x.shape[:-1] + (weight.shape[0],))            # (..., out)
     if bias is not None:
         bias = float_array(bias, "bias", ndim=1, finite=False)
         if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
@@ -44,9 +45,9 @@ def linear_backward(dy, cache):
     """
     x, weight, has_bias = cache
     upstream(dy, x.shape[:-1] + (weight.shape[0],), x.dtype)
-    dx = dy @ weight                                            # (..., out) @ (out, in) -> (..., in)
     dy2 = dy.reshape(-1, dy.shape[-1])                          # (N, out)
     x2 = x.reshape(-1, x.shape[-1])                             # (N, in)
+    dx = (dy2 @ weight).reshape(x.shape)                        # (N, out) @ (out, in) -> (..., in)
     dweight = dy2.T @ x2                                        # (out, N) @ (N, in) -> (out, in)
     dbias = dy2.sum(axis=0) if has_bias else None               # (out,)
     return dx, dweight, dbias

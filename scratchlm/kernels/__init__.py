@@ -26,6 +26,12 @@ import threading
 
 BACKENDS = ("numba", "numpy")
 
+#: ``fastmath`` flags for kernels with row sums: ``reassoc`` lets LLVM reorder a sum so it can be
+#: vectorised (the result differs from the sequential sum in the last bits, as NumPy's pairwise
+#: sums do) and ``contract`` lets it fuse multiply-adds. Never ``nnan``/``ninf``: NaN and inf keep
+#: their IEEE meaning, so masks (``-inf``) and NaN propagation behave as in the NumPy twins.
+FAST = {"reassoc", "contract"}
+
 
 def _backend_from_env() -> str:
     value = os.environ.get("SCRATCHLM_BACKEND", "numba").strip().lower() or "numba"

@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from . import dispatch
+from . import FAST, dispatch
 
 
 def layernorm_forward_numpy(x, weight, bias, eps):
@@ -22,7 +22,7 @@ def layernorm_forward_numpy(x, weight, bias, eps):
     return y.astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)   # vectorised row sums
 def layernorm_forward_numba(x, weight, bias, eps):
     # x: (R, C), weight: (C,), bias: (C,) -> y: (R, C), mean: (R,), rstd: (R,)
     R, C = x.shape
@@ -60,7 +60,7 @@ def layernorm_backward_numpy(dy, x, weight, mean, rstd):
     return dx.astype(x.dtype), (dy * xhat).sum(axis=0), dy.sum(axis=0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)   # vectorised row sums
 def layernorm_backward_numba(dy, x, weight, mean, rstd):
     # dy, x: (R, C), weight: (C,), mean/rstd: (R,) -> dx: (R, C), dweight: (C,), dbias: (C,)
     R, C = x.shape

@@ -40,24 +40,26 @@ def adam_update_numpy(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, dec
 def adam_update_numba(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled,
                       amsgrad, bc1, bc2):
     # p, g, m, v, vmax: (n,) updated in place
-    step = lr / bc1
-    sbc2 = math.sqrt(bc2)
-    shrink = 1.0 - lr * weight_decay
+    # The scalars are cast to the parameters' dtype first, so a float32 model updates in float32
+    # arithmetic as torch does (and the loop vectorises 8 wide instead of 4).
+    t = p.dtype.type
+    step, sbc2, eps_ = t(lr / bc1), t(math.sqrt(bc2)), t(eps)
+    b1, b2, c1, c2 = t(beta1), t(beta2), t(1.0 - beta1), t(1.0 - beta2)
+    shrink, wd = t(1.0 - lr * weight_decay), t(weight_decay)
+    l2 = weight_decay != 0.0 and not decoupled
+    if weight_decay == 0.0 or not decoupled:
+        shrink = t(1.0)
     for i in range(p.shape[0]):
-        gi = g[i]
-        if weight_decay != 0.0:
-            if decoupled:
-                p[i] = p[i] * shrink
-            else:
-                gi = gi + weight_decay * p[i]
-        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
-        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        vi = v[i]
+        pi = p[i] * shrink                            # AdamW's decay (x 1 otherwise)
+        gi = g[i] + wd * pi if l2 else g[i]
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * gi * gi
+        m[i] = mi
+        v[i] = vi
         if amsgrad:
-            if vi > vmax[i]:
-                vmax[i] = vi
-            vi = vmax[i]
-        p[i] = p[i] - step * m[i] / (math.sqrt(vi) / sbc2 + eps)
+            vi = max(vmax[i], vi)
+            vmax[i] = vi
+        p[i] = pi - step * mi / (math.sqrt(vi) / sbc2 + eps_)
 
 
 adam_update = dispatch(adam_update_numba, adam_update_numpy)

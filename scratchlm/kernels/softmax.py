@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import njit
 
-from . import dispatch
+from . import FAST, dispatch
 from .vmath import exp_inplace
 
 
@@ -33,7 +33,7 @@ def softmax_forward_numpy(x):
     return e / e.sum(axis=1, keepdims=True)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_forward_numba(x):
     # x: (R, C) -> y: (R, C)
     R, C = x.shape
@@ -58,7 +58,7 @@ def softmax_backward_numpy(dy, y):
     return y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_backward_numba(dy, y):
     # dy, y: (R, C) -> dx: (R, C)
     R, C = y.shape
@@ -81,7 +81,7 @@ def log_softmax_forward_numpy(x):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def log_softmax_forward_numba(x):
     # x: (R, C) -> y: (R, C)
     R, C = x.shape
@@ -106,7 +106,7 @@ def log_softmax_backward_numpy(dy, y):
     return dy - np.exp(y) * dy.sum(axis=1, keepdims=True)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def log_softmax_backward_numba(dy, y):
     # dy, y: (R, C) -> dx: (R, C)
     R, C = y.shape
@@ -140,7 +140,7 @@ def cross_entropy_forward_numpy(x, target, ignore_index, smoothing):
     return np.where(keep, loss, 0.0).astype(x.dtype), np.where(keep, lse, 0.0).astype(x.dtype)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def cross_entropy_forward_numba(x, target, ignore_index, smoothing):
     # x: (R, C) logits, target: (R,) -> loss: (R,), lse: (R,)
     R, C = x.shape
@@ -182,7 +182,7 @@ def cross_entropy_backward_numpy(dloss, x, target, lse, ignore_index, smoothing)
     return dx
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def cross_entropy_backward_numba(dloss, x, target, lse, ignore_index, smoothing):
     # dloss: (R,), x: (R, C), target: (R,), lse: (R,) -> dx: (R, C)
     R, C = x.shape

@@ -46,7 +46,7 @@ def _exp_inplace_overload(a, bits):
             n = a.shape[0]
             for i in range(n):
                 t = min(max(a[i], np.float32(-87.0)), np.float32(88.0))
-                f = math.floor(t * np.float32(INV_LN2) + np.float32(0.5))
+                f = np.floor(t * np.float32(INV_LN2) + np.float32(0.5))   # float32 (math.floor: int64)
                 r = t - f * np.float32(LN2_HI) - f * np.float32(LN2_LO)
                 p = np.float32(1.0 / 5040.0)                 # Horner: sum_k r^k / k!, k <= 7
                 p = p * r + np.float32(1.0 / 720.0)

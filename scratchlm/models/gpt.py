@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import float_array, index_array, make_rng, positive_int, probability, resolve_dtype
+from .._checks import (float_array, index_array, make_rng, positive_int, probability, resolve_dtype,
+                       trusted)
 
 
 @dataclass
@@ -184,6 +185,7 @@ class GPT(nn.Module):
             elif name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
                 p.data[...] = 0.0
 
+    @trusted                        # ids are checked here; the layers inside skip their NaN scans
     def forward(self, idx, targets=None):
         c = self.config
         idx = index_array(idx, "idx", c.vocab_size, ndim=2)
@@ -214,7 +216,11 @@ class GPT(nn.Module):
                 raise RuntimeError("backward() without dlogits needs a forward call with targets")
             dlogits = self.loss_fn.backward().reshape(B, T, -1)
         else:
-            dlogits = float_array(dlogits, "dlogits", ndim=3)
+            dlogits = float_array(dlogits, "dlogits", ndim=3)               # finite, checked here
+        self._backward(dlogits)
+
+    @trusted
+    def _backward(self, dlogits):
         tr = self.transformer
         dx = tr.ln_f.backward(self.lm_head.backward(dlogits))                 # (B, T, C)
         for block in reversed(list(tr.h)):
@@ -222,7 +228,6 @@ class GPT(nn.Module):
         dx = tr.drop.backward(dx)
         tr.wte.backward(dx)                                                   # into the tied weight
         tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B
-        return None
 
     def config_dict(self) -> dict:
         return asdict(self.config)
@@ -279,6 +284,7 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------
     # generation
     # ------------------------------------------------------------------------------------------
+    @trusted
     def _step_logits(self, idx_new, start, past):
         """Logits of the last new position; positions start..start+t-1; updates the KV cache."""
         tr = self.transformer
