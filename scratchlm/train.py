@@ -252,6 +252,10 @@ def train_lm(model, train_ids, val_ids, loop: LoopConfig, out=None, meta=None, r
             g["lr"] = lr
         opt.zero_grad()
         _, loss = model(x, y)
+        if not np.isfinite(loss):          # the model's layers skip NaN scans: stop here, clearly
+            raise FloatingPointError(f"the training loss became {float(loss)} at step {step + 1}; "
+                                     f"lower the learning rate (now {lr:.3g}) or resume from the "
+                                     f"last checkpoint")
         model.backward()
         clip_grad_norm_(model.parameters(), loop.grad_clip)
         opt.step()

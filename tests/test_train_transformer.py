@@ -102,3 +102,43 @@ def test_load_model_restores_a_gpt(tmp_path, corpus_file):
     main(["train", "transformer", "--steps", "3", "--corpus", str(corpus_file), "--out", str(ck), *TINY])
     model, tok, meta = load_model(ck)
     assert isinstance(model, GPT) and meta["step"] == 3 and tok.vocab_size == model.config.vocab_size
+
+
+def test_nonfinite_loss_stops_training_with_a_clear_error():
+    # Inside a model the layers skip their NaN scans (@trusted); the loop checks the loss instead.
+    train_ids, val_ids = _data()
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), rng=0)
+    model.transformer.h[0].mlp.c_fc.weight.data[0, 0] = np.nan
+    loop = LoopConfig(steps=3, batch_size=2, eval_interval=10, eval_batches=1, warmup=1)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        train_lm(model, train_ids, val_ids, loop, log=lambda m: None)
+
+
+def test_layers_scan_alone_but_not_inside_a_trusted_model():
+    from scratchlm import nn
+    from scratchlm._checks import _trust, trusted
+    lin = nn.Linear(3, 2, rng=0)
+    bad = np.array([[1.0, np.nan, 0.0]], np.float32)
+    with pytest.raises(ValueError, match="x must be finite"):
+        lin(bad)
+
+    @trusted
+    def inside(x):
+        assert _trust.depth == 1
+        return lin(x)
+
+    assert np.isnan(inside(bad)).any()             # no scan inside: NaN flows as in torch
+    assert _trust.depth == 0
+
+    @trusted
+    def fails():
+        raise KeyError("boom")
+    with pytest.raises(KeyError):
+        fails()
+    assert _trust.depth == 0                       # restored after an exception too
+    with pytest.raises(ValueError, match="x must be finite"):
+        lin(bad)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), rng=0)
+    logits = model(np.zeros((1, 4), np.int64))
+    with pytest.raises(ValueError, match="dlogits must be finite"):   # checked at the boundary
+        model.backward(np.full_like(logits, np.nan))

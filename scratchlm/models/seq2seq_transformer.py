@@ -56,7 +56,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from .._checks import (choice, float_array, index_array, make_rng, positive_int, probability,
-                       resolve_dtype, upstream)
+                       resolve_dtype, trusted, upstream)
 from ..decoding import beam_search, greedy_decode
 
 __all__ = ["Seq2SeqTransformer", "EncoderLayer", "DecoderLayer", "CharVocab", "fit_translation",
@@ -364,6 +364,7 @@ class Seq2SeqTransformer(nn.Module):
         return src, tgt_in
 
     # -- training path ---------------------------------------------------------------------------
+    @trusted                        # ids are checked here; the layers inside skip their NaN scans
     def forward(self, src, tgt_in, tgt_out=None):
         src, tgt_in = self._check_pair(src, tgt_in)
         if tgt_out is not None:
@@ -396,10 +397,13 @@ class Seq2SeqTransformer(nn.Module):
                 raise RuntimeError("dloss needs a forward call with tgt_out")
             gl = self.loss_fn.backward(dloss).reshape(shape)
             g = gl if g is None else g + gl
+        self._backward(g)                                        # dlogits were checked above
+
+    @trusted
+    def _backward(self, g):
         dy, dmemory = self.decoder.backward(self.generator.backward(g))
         self._embed_backward(dy, "tgt")
         self._embed_backward(self.encoder.backward(dmemory), "src")
-        return None
 
     # -- inference -------------------------------------------------------------------------------
     @contextlib.contextmanager
