@@ -72,14 +72,13 @@ def gelu_forward(x, approximate: str = "none"):
     choice(approximate, "approximate", ("none", "tanh"))
     tanh = approximate == "tanh"
     flat = np.ascontiguousarray(x).reshape(-1)                # (n,)
-    y = K.gelu_forward(flat, tanh).reshape(x.shape)           # (n,) -> x.shape
-    return y, (flat, tanh, x.shape)
+    y, dydx = K.gelu_forward(flat, tanh)                      # (n,), (n,): y and its derivative
+    return y.reshape(x.shape), dydx.reshape(x.shape)
 
 
 def gelu_backward(dy, cache):
     r"""From ``y = x Phi(x)``: :math:`\partial y/\partial x = \Phi(x) + x\,\varphi(x)`
-    (tanh form: see ``scratchlm.kernels.gelu``)."""
-    flat, tanh, shape = cache
-    upstream(dy, shape, flat.dtype)
-    dflat = np.ascontiguousarray(dy).reshape(-1)                   # (n,)
-    return K.gelu_backward(dflat, flat, tanh).reshape(shape)
+    (tanh form: see ``scratchlm.kernels.gelu``), computed by the forward and kept as the cache."""
+    dydx = cache
+    upstream(dy, dydx.shape, dydx.dtype)
+    return dy * dydx

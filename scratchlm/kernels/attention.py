@@ -39,6 +39,16 @@ def attention_softmax_numpy(scores, scale, causal, offset):
     return (e / np.where(z == 0, 1, z)).astype(scores.dtype)
 
 
+@njit(cache=True, nogil=True, fastmath={"nnan", "reassoc"})
+def _row_max(row, stop):
+    # row: (Tk,) -> max(row[:stop]). ``nnan`` lets LLVM vectorise the max; a NaN score makes the
+    # max meaningless but still reaches the output, since exp(NaN - m) is NaN.
+    m = -np.inf
+    for j in range(stop):
+        m = max(m, row[j])
+    return m
+
+
 @njit(cache=True, nogil=True, fastmath=FAST)
 def attention_softmax_numba(scores, scale, causal, offset):
     # scores: (N, Tq, Tk) -> probs: (N, Tq, Tk)
@@ -52,11 +62,9 @@ def attention_softmax_numba(scores, scale, causal, offset):
             stop = min(Tk, i + offset + 1) if causal else Tk                         # allowed: j < stop
             if stop <= 0:
                 continue
-            m = -np.inf
             for j in range(stop):
-                v = scores[n, i, j] * sc
-                buf[j] = v
-                m = max(m, v)
+                buf[j] = scores[n, i, j] * sc
+            m = _row_max(buf, stop)
             if m == -np.inf:                                                         # all masked
                 continue
             for j in range(stop):

@@ -9,7 +9,10 @@ negative u, exp(-2u) = inf gives s = 0). Its derivative is
 
         dy/dx = s + 2 x s (1 - s) u',   u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 
-The Numba kernels compute in the input's precision (float32 stays float32) and take the
+The forward also returns that derivative, so the backward is one multiply, ``dx = dy * dydx``,
+with no second pass of exponentials (the cache holds ``dydx`` instead of ``x``: no more memory).
+
+The Numba kernel computes in the input's precision (float32 stays float32) and take the
 exponentials a block at a time with the vectorised ``exp_inplace`` (``vmath.py``). They are
 serial on purpose: next to BLAS calls, a second thread pool fights OpenBLAS's spinning threads
 for the cores and loses more than it gains (measured on the 2-core benchmark machine).
@@ -47,69 +50,31 @@ def _const(x, value):
 
 
 def gelu_forward_numpy(x, approximate):
-    """x: (n,) -> y: (n,)."""
+    """x: (n,) -> y: (n,), dydx: (n,) (the local derivative, which is all the backward needs)."""
     if approximate:
-        u = x * x                                  # u = -2 sqrt(2/pi) (x + c x^3), in place
-        u *= COEF
-        u += 1
-        u *= x
-        u *= -2 * SQRT_2_OVER_PI
-        with np.errstate(over="ignore"):           # exp -> inf is intended: then y = x / inf = 0
-            np.exp(u, out=u)
-        u += 1
-        return np.divide(x, u, out=u)              # x * sigmoid(2u)
-    return 0.5 * x * (1 + _erf_numpy(x * INV_SQRT_2))
+        with np.errstate(over="ignore"):           # exp -> inf is intended: then s = 0
+            s = 1 / (1 + np.exp(-2 * SQRT_2_OVER_PI * (x + COEF * x * x * x)))   # sigmoid(2u)
+        y = x * s
+        d = s + 2 * x * s * (1 - s) * SQRT_2_OVER_PI * (1 + 3 * COEF * x * x)
+        return y, d
+    cdf = 0.5 * (1 + _erf_numpy(x * INV_SQRT_2))
+    return x * cdf, cdf + x * INV_SQRT_2PI * np.exp(-0.5 * x * x)
 
 
 @njit(cache=True, nogil=True)
 def gelu_forward_numba(x, approximate):
-    # x: (n,) -> y: (n,)
+    # x: (n,) -> y: (n,), dydx: (n,)
     y = np.empty_like(x)
-    one, half, c = _const(x, 1.0), _const(x, 0.5), _const(x, COEF)
-    k2, r2 = _const(x, -2.0 * SQRT_2_OVER_PI), _const(x, INV_SQRT_2)
-    n = x.shape[0]
-    if approximate:
-        buf, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)   # no aliasing: SIMD
-        for start in range(0, n, BLOCK):
-            m = min(BLOCK, n - start)
-            xs, ys, e = x[start:start + m], y[start:start + m], buf[:m]
-            for j in range(m):
-                v = xs[j]
-                e[j] = k2 * (v + c * v * v * v)             # -2u
-            exp_inplace(e, bits[:m])                        # exp(-2u)
-            for j in range(m):
-                ys[j] = xs[j] / (one + e[j])                # x * sigmoid(2u)
-    else:
-        for i in range(n):
-            v = x[i]
-            y[i] = half * v * (one + math.erf(v * r2))
-    return y
-
-
-def gelu_backward_numpy(dy, x, approximate):
-    """dy, x: (n,) -> dx: (n,)."""
-    if approximate:
-        with np.errstate(over="ignore"):
-            s = 1 / (1 + np.exp(-2 * SQRT_2_OVER_PI * (x + COEF * x * x * x)))
-        d = s + 2 * x * s * (1 - s) * SQRT_2_OVER_PI * (1 + 3 * COEF * x * x)
-    else:
-        d = 0.5 * (1 + _erf_numpy(x * INV_SQRT_2)) + x * INV_SQRT_2PI * np.exp(-0.5 * x * x)
-    return dy * d
-
-
-@njit(cache=True, nogil=True)
-def gelu_backward_numba(dy, x, approximate):
-    # dy, x: (n,) -> dx: (n,)
-    dx = np.empty_like(x)
+    d = np.empty_like(x)
     one, two, half, c = _const(x, 1.0), _const(x, 2.0), _const(x, 0.5), _const(x, COEF)
     k, k2, c3 = _const(x, SQRT_2_OVER_PI), _const(x, -2.0 * SQRT_2_OVER_PI), _const(x, 3.0 * COEF)
     r2, rpi = _const(x, INV_SQRT_2), _const(x, INV_SQRT_2PI)
     n = x.shape[0]
     if approximate:
-        buf, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
+        buf, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)   # no aliasing: SIMD
         for start in range(0, n, BLOCK):
             m = min(BLOCK, n - start)
-            xs, dys, dxs, e = x[start:start + m], dy[start:start + m], dx[start:start + m], buf[:m]
+            xs, ys, ds, e = x[start:start + m], y[start:start + m], d[start:start + m], buf[:m]
             for j in range(m):
                 v = xs[j]
                 e[j] = k2 * (v + c * v * v * v)             # -2u
@@ -117,13 +82,15 @@ def gelu_backward_numba(dy, x, approximate):
             for j in range(m):
                 v = xs[j]
                 s = one / (one + e[j])                      # sigmoid(2u)
-                dxs[j] = dys[j] * (s + two * v * s * (one - s) * k * (one + c3 * v * v))
+                ys[j] = v * s                               # y = x * sigmoid(2u)
+                ds[j] = s + two * v * s * (one - s) * k * (one + c3 * v * v)
     else:
         for i in range(n):
             v = x[i]
-            dx[i] = dy[i] * (half * (one + math.erf(v * r2)) + v * rpi * math.exp(-half * v * v))
-    return dx
+            cdf = half * (one + math.erf(v * r2))
+            y[i] = v * cdf
+            d[i] = cdf + v * rpi * math.exp(-half * v * v)
+    return y, d
 
 
 gelu_forward = dispatch(gelu_forward_numba, gelu_forward_numpy)
-gelu_backward = dispatch(gelu_backward_numba, gelu_backward_numpy)
