@@ -24,6 +24,7 @@ from .loss import (bce_with_logits_backward, bce_with_logits_forward, cross_entr
                    cross_entropy_forward, gaussian_kl_backward, gaussian_kl_forward,
                    mse_backward, mse_forward, nll_backward, nll_forward)
 from .norm import layer_norm_backward, layer_norm_forward
+from .rnn import recurrent_backward, recurrent_forward
 from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward,
                       softmax_forward)
 

@@ -12,10 +12,12 @@ from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, GaussianKLLoss, MSELoss, NLLLoss
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from .norm import LayerNorm
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
     "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict",
     "MultiheadAttention", "SinusoidalPositionalEncoding", "sinusoidal_table",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
     "Linear", "Embedding", "LayerNorm", "Dropout", "Flatten",
     "ReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax",
     "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss", "GaussianKLLoss",

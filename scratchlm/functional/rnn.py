@@ -1,0 +1,143 @@
+r"""One recurrent layer in one direction over a whole sequence, and its backprop-through-time.
+
+Forward (Elman 1990; LSTM: Hochreiter & Schmidhuber 1997, with the forget gate of Gers et al.
+2000; GRU: Cho et al. 2014 -- PyTorch's variant, with the reset gate applied after ``W_hn h``):
+
+.. math::
+    \text{RNN:}\quad h_t &= \phi(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh}),
+        \qquad \phi \in \{\tanh, \mathrm{relu}\} \\
+    \text{LSTM:}\quad (i, f, g, o) &= (\sigma, \sigma, \tanh, \sigma)(W_{ih} x_t + b_{ih}
+        + W_{hh} h_{t-1} + b_{hh}),\quad c_t = f c_{t-1} + i g,\quad h_t = o \tanh c_t \\
+    \text{GRU:}\quad r, z &= \sigma(W_{i\{r,z\}} x_t + b_{i\{r,z\}} + W_{h\{r,z\}} h_{t-1}
+        + b_{h\{r,z\}}),\\
+    n &= \tanh(W_{in} x_t + b_{in} + r (W_{hn} h_{t-1} + b_{hn})),\quad h_t = (1 - z) n + z h_{t-1}
+
+How the work is split:
+
+* the input projection :math:`W_{ih} x_t + b_{ih}` of every step is **one** matmul
+  ``(T*B, I) @ (I, G*H)`` before the loop (the additive ``b_hh`` is folded in too, except for the
+  GRU, whose ``b_hn`` sits inside ``r * (...)``);
+* each step does one matmul ``h_{t-1} @ W_hh^T`` and one fused kernel for the gates
+  (``scratchlm/kernels/rnn.py``);
+* backward walks the steps in reverse (BPTT). Per step: the gate kernel, then
+  ``dh_{t-1} = dpre_t @ W_hh``. The weight gradients are **one** matmul each after the loop:
+  :math:`dW_{hh} = \sum_t dpre_t^\top h_{t-1}`, :math:`dW_{ih} = \sum_t dpre_t^\top x_t`, and
+  ``dx`` likewise.
+
+``reverse=True`` runs the same recurrence from the last step to the first (the backward half of a
+bidirectional layer); outputs stay indexed by time.
+"""
+
+import numpy as np
+
+from .._checks import upstream
+from ..kernels import rnn as K
+
+#: gate blocks per mode: weight_ih is (GATES[mode] * hidden, input)
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, reverse=False):
+    """Run one layer over the sequence.
+
+    Args:
+        x: ``(T, B, I)`` inputs, time first.
+        h0: ``(B, H)`` initial hidden state.  c0: ``(B, H)`` initial cell state (LSTM) or None.
+        weight_ih: ``(G*H, I)``.  weight_hh: ``(G*H, H)``.  bias_ih, bias_hh: ``(G*H,)`` or None.
+        mode: ``'rnn_tanh'``, ``'rnn_relu'``, ``'lstm'`` or ``'gru'``.
+        reverse: walk from t = T-1 down to 0.
+
+    Shapes and dtypes are checked by the caller (``scratchlm.nn.rnn``).
+
+    Returns:
+        ``out`` ``(T, B, H)`` (h_t for every t), ``h_n`` ``(B, H)``, ``c_n`` ``(B, H)`` or None,
+        and the cache.
+    """
+    T, B, I = x.shape
+    GH, H = weight_hh.shape
+    xp = (x.reshape(T * B, I) @ weight_ih.T).reshape(T, B, GH)         # every step at once
+    if bias_ih is not None:
+        xp += bias_ih
+    if bias_hh is not None and mode != "gru":
+        xp += bias_hh                                                    # additive: fold it in
+    dt = x.dtype
+    out = np.empty((T, B, H), dt)
+    h_prev = np.empty((T, B, H), dt)                                     # h_{t-1} of step t
+    extra = {}
+    if mode == "lstm":
+        extra = dict(c_prev=np.empty((T, B, H), dt), act=np.empty((T, B, GH), dt),
+                     tanh_c=np.empty((T, B, H), dt))
+    elif mode == "gru":
+        extra = dict(act=np.empty((T, B, GH), dt), gh=np.empty((T, B, GH), dt))
+    h, c = h0, c0
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        h_prev[t] = h
+        rec = h @ weight_hh.T                                            # (B, H) @ (H, G*H)
+        if mode == "lstm":
+            extra["c_prev"][t] = c
+            h, c, extra["act"][t], extra["tanh_c"][t] = K.lstm_cell_forward(xp[t] + rec, c)
+        elif mode == "gru":
+            if bias_hh is not None:
+                rec += bias_hh
+            extra["gh"][t] = rec
+            h, extra["act"][t] = K.gru_cell_forward(xp[t], rec, h)
+        else:
+            h = K.rnn_cell_forward(xp[t] + rec, mode == "rnn_relu")
+        out[t] = h
+    cache = dict(x=x, h_prev=h_prev, out=out, weight_ih=weight_ih, weight_hh=weight_hh,
+                 has_bias=bias_ih is not None, mode=mode, reverse=reverse, **extra)
+    return out, h, (c if mode == "lstm" else None), cache
+
+
+def recurrent_backward(dout, dh_n, dc_n, cache, step_norms=None):
+    """Backprop through time for :func:`recurrent_forward`: one upstream gradient per output.
+
+    Args:
+        dout: ``(T, B, H)`` gradient of the loss w.r.t. every output h_t (None: zeros).
+        dh_n, dc_n: ``(B, H)`` gradients w.r.t. the final states, or None.
+        step_norms: optional ``(T,)`` float array, filled with
+            :math:`\\lVert \\partial L / \\partial h_t \\rVert` (over batch and units) of the total
+            gradient reaching each h_t -- vanishing and exploding gradients made visible.
+
+    Returns:
+        one gradient per forward input: ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih,
+        dbias_hh)`` -- ``dc0`` None unless LSTM, the bias gradients None without biases.
+    """
+    x, h_prev, out, mode = cache["x"], cache["h_prev"], cache["out"], cache["mode"]
+    w_ih, w_hh = cache["weight_ih"], cache["weight_hh"]
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dt = x.dtype
+    if dout is not None:
+        upstream(dout, out.shape, dt, name="doutput")
+    dh = np.zeros((B, H), dt) if dh_n is None else upstream(dh_n, (B, H), dt, name="dh_n").copy()
+    dc = None
+    if mode == "lstm":
+        dc = np.zeros((B, H), dt) if dc_n is None else upstream(dc_n, (B, H), dt, name="dc_n")
+    dpre = np.empty((T, B, GH), dt)                                      # d(input projection)
+    dgh = np.empty((T, B, GH), dt) if mode == "gru" else dpre            # d(W_hh h + b_hh)
+    norms = np.empty(T) if step_norms is None else step_norms
+    for t in (range(T) if cache["reverse"] else range(T - 1, -1, -1)):
+        if dout is not None:
+            dh = dh + dout[t]                                            # all that reaches h_t
+        norms[t] = np.sqrt(np.dot(dh.ravel(), dh.ravel()))
+        if mode == "lstm":
+            dpre[t], dc = K.lstm_cell_backward(dh, dc, cache["c_prev"][t], cache["act"][t],
+                                               cache["tanh_c"][t])
+            dh = dpre[t] @ w_hh                                          # from rec = h @ W_hh^T
+        elif mode == "gru":
+            dpre[t], dgh[t], dh_direct = K.gru_cell_backward(dh, h_prev[t], cache["act"][t],
+                                                             cache["gh"][t])
+            dh = dh_direct + dgh[t] @ w_hh
+        else:
+            dpre[t] = K.rnn_cell_backward(dh, out[t], mode == "rnn_relu")
+            dh = dpre[t] @ w_hh
+    dpre2 = dpre.reshape(T * B, GH)                                       # (T*B, G*H)
+    dgh2 = dgh.reshape(T * B, GH)
+    has_bias = cache["has_bias"]
+    dx = (dpre2 @ w_ih).reshape(T, B, I)                                 # from xp = x @ W_ih^T
+    dweight_ih = dpre2.T @ x.reshape(T * B, I)                           # (G*H, I)
+    dweight_hh = dgh2.T @ h_prev.reshape(T * B, H)                       # (G*H, H)
+    dbias_ih = dpre2.sum(axis=0) if has_bias else None                   # (G*H,)
+    dbias_hh = dgh2.sum(axis=0) if has_bias else None
+    return dx, dh, dc, dweight_ih, dweight_hh, dbias_ih, dbias_hh
