@@ -2,10 +2,12 @@
 
 Subcommands:
     train MODEL   train a model on the built-in corpus (or --corpus) and save a checkpoint
-                  (models: markov -- an n-gram LM; transformer -- a GPT)
+                  (models: markov -- an n-gram LM; transformer -- a GPT; rnn, lstm, gru --
+                  a recurrent LM trained with truncated BPTT)
     sample        generate text from a checkpoint
     eval          perplexity of a text file (default: the model's own validation split)
     attention     draw a GPT's attention maps for a prompt as a PNG
+    gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU as a PNG
     gradcheck     check every layer and loss against finite differences and print a table
 """
 
@@ -67,8 +69,8 @@ def _progress(desc, total):
 
 def _cmd_train(args) -> int:
     from .train import ngram_sample_text, train_ngram
-    if args.model == "transformer":
-        return _train_transformer(args)
+    if args.model in ("transformer", "rnn", "lstm", "gru"):
+        return _train_neural(args)
     if args.model == "markov":
         out = args.out or os.path.join("runs", f"markov-{args.order}.npz")
         stages = args.order + 3          # tokenize, count each order, smooth, evaluate
@@ -90,14 +92,16 @@ def _cmd_train(args) -> int:
     raise AssertionError(args.model)
 
 
-def _train_transformer(args) -> int:
+def _train_neural(args) -> int:
     from tqdm import tqdm
 
-    from .train import LoopConfig, gpt_sample_text, plot_history, train_transformer
-    out = args.out or os.path.join("runs", "gpt.npz")
+    from .train import LoopConfig, plot_history, sample_text, train_rnn, train_transformer
+    gpt = args.model == "transformer"
+    out = args.out or os.path.join("runs", "gpt.npz" if gpt else f"{args.model}.npz")
+    block = args.block_size or (128 if gpt else 64)
     loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=args.batch_size, lr=args.lr,
-                      eval_interval=args.eval_interval, seed=args.seed)
-    bar = tqdm(desc="train transformer", unit="step", file=sys.stderr)
+                      eval_interval=args.eval_interval, seed=args.seed, block_size=block)
+    bar = tqdm(desc=f"train {args.model}", unit="step", file=sys.stderr)
 
     def progress(step, total, postfix):
         if total is not None and bar.total != total:
@@ -108,11 +112,17 @@ def _train_transformer(args) -> int:
 
     def log(msg):
         bar.write(msg, file=sys.stderr)
+    common = dict(corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                  dropout=args.dropout, loop=loop, out=out, resume=args.resume, progress=progress,
+                  log=log)
     try:
-        model, tok, hist = train_transformer(
-            corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-            n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-            dropout=args.dropout, loop=loop, out=out, resume=args.resume, progress=progress, log=log)
+        if gpt:
+            model, tok, hist = train_transformer(n_layer=args.n_layer, n_head=args.n_head,
+                                                 n_embd=args.n_embd, block_size=block, **common)
+        else:
+            model, tok, hist = train_rnn(args.model, embed_dim=args.embed_dim,
+                                         hidden_size=args.hidden_size, num_layers=args.num_layers,
+                                         tie_weights=args.tie_weights, **common)
     finally:
         bar.close()
     val = hist["val_loss"][-1]
@@ -120,26 +130,40 @@ def _train_transformer(args) -> int:
           f"(perplexity {math.exp(val):.3f})")
     print(f"saved {out}")
     png = os.path.splitext(out)[0] + "-loss.png"
-    if plot_history(hist, png, title=f"GPT on {args.corpus or 'the built-in corpus'}"):
+    name = "GPT" if gpt else args.model.upper()
+    if plot_history(hist, png, title=f"{name} on {args.corpus or 'the built-in corpus'}"):
         print(f"loss curve: {png}")
     else:
         print("loss curve: skipped (install the plot extra: pip install -e '.[plot]')")
     print("sample:")
-    print(gpt_sample_text(model, tok, length=args.sample_length, seed=args.seed, top_k=args.top_k))
+    print(sample_text(model, tok, length=args.sample_length, seed=args.seed, top_k=args.top_k))
+    return 0
+
+
+def _cmd_gradnorms(args) -> int:
+    from .train import gradient_norms_over_time, plot_gradient_norms
+    norms = gradient_norms_over_time(length=args.length, hidden_size=args.hidden_size,
+                                     corpus=args.corpus, seed=args.seed)
+    for cell, v in norms.items():
+        print(f"{cell:>4}: |dL/dh_t| at t = T-1: {v[-1]:.3g}, at t = 0: {v[0]:.3g} "
+              f"(ratio {v[0] / v[-1]:.2e})")
+    if not plot_gradient_norms(norms, args.out):
+        raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")
+    print(f"wrote {args.out}")
     return 0
 
 
 def _cmd_sample(args) -> int:
-    from .models import GPT
-    from .train import gpt_sample_text, load_model, ngram_sample_text
+    from .models import GPT, RNNLM
+    from .train import load_model, ngram_sample_text, sample_text
     model, tok, _ = load_model(args.checkpoint)
-    if isinstance(model, GPT):
-        print(gpt_sample_text(model, tok, prompt=args.prompt, length=args.length,
+    if isinstance(model, (GPT, RNNLM)):
+        print(sample_text(model, tok, prompt=args.prompt, length=args.length,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               greedy=args.greedy, seed=args.seed))
         return 0
     if args.top_p is not None or args.greedy:
-        raise ValueError("--top-p and --greedy apply to transformer checkpoints")
+        raise ValueError("--top-p and --greedy apply to neural (GPT, RNN) checkpoints")
     print(ngram_sample_text(model, tok, length=args.length, temperature=args.temperature,
                             top_k=args.top_k, seed=args.seed, prompt=args.prompt))
     return 0
@@ -160,8 +184,8 @@ def _cmd_attention(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .data import split_corpus
-    from .models import GPT
-    from .train import evaluate_gpt, evaluate_ngram, load_model, read_corpus
+    from .models import GPT, RNNLM
+    from .train import evaluate_ngram, evaluate_text, load_model, read_corpus
     model, tok, meta = load_model(args.checkpoint)
     if args.corpus is None:                      # the validation split of the training corpus
         source = meta.get("corpus_path")
@@ -171,7 +195,8 @@ def _cmd_eval(args) -> int:
         name = f"validation split of {meta.get('corpus', source)}"
     else:
         text, name = read_corpus(args.corpus)
-    r = evaluate_gpt(model, tok, text) if isinstance(model, GPT) else evaluate_ngram(model, tok, text)
+    neural = isinstance(model, (GPT, RNNLM))
+    r = evaluate_text(model, tok, text) if neural else evaluate_ngram(model, tok, text)
     per_char = "" if r["bits_per_char"] is None else f", {r['bits_per_char']:.3f} bits/char"
     print(f"{name}: perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits/token"
           f"{per_char} over {r['tokens']:,} tokens")
@@ -184,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
-    t.add_argument("model", choices=("markov", "transformer"),
-                   help="markov: an n-gram language model; transformer: a GPT")
+    t.add_argument("model", choices=("markov", "transformer", "rnn", "lstm", "gru"),
+                   help="markov: an n-gram language model; transformer: a GPT; rnn, lstm, gru: "
+                        "a recurrent language model")
     t.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     t.add_argument("--smoothing", default="kneser_ney",
                    choices=("kneser_ney", "witten_bell", "add_k", "mle"))
@@ -194,23 +220,33 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", default="char", choices=("char", "byte", "word", "bpe"))
     t.add_argument("--vocab-size", type=int, default=1000, help="BPE vocabulary size (default 1000)")
     t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--out", help="checkpoint path (default runs/markov-ORDER.npz, runs/gpt.npz)")
+    t.add_argument("--out", help="checkpoint path (default runs/markov-ORDER.npz, runs/gpt.npz, "
+                   "runs/lstm.npz, ...)")
     t.add_argument("--sample-length", type=int, default=300)
     t.add_argument("--seed", type=int, default=0)
-    g = t.add_argument_group("transformer")
+    g = t.add_argument_group("neural models (transformer, rnn, lstm, gru)")
     g.add_argument("--steps", type=int, default=None, help="training steps (reproducible)")
     g.add_argument("--time", type=float, default=120.0,
                    help="seconds to train when --steps is not given (default 120)")
     g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--block-size", type=int, default=128)
-    g.add_argument("--n-layer", type=int, default=4)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=128)
+    g.add_argument("--block-size", type=int, default=None,
+                   help="tokens per sequence: the GPT's context (default 128) or the truncated-BPTT "
+                        "length of a recurrent model (default 64)")
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--eval-interval", type=int, default=100)
     g.add_argument("--top-k", type=int, default=None, help="top-k for the printed sample")
     g.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    g = t.add_argument_group("transformer")
+    g.add_argument("--n-layer", type=int, default=4)
+    g.add_argument("--n-head", type=int, default=4)
+    g.add_argument("--n-embd", type=int, default=128)
+    g = t.add_argument_group("rnn, lstm, gru")
+    g.add_argument("--embed-dim", type=int, default=128)
+    g.add_argument("--hidden-size", type=int, default=256)
+    g.add_argument("--num-layers", type=int, default=1)
+    g.add_argument("--tie-weights", action="store_true",
+                   help="decoder weight = embedding (needs --hidden-size == --embed-dim)")
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="generate from a checkpoint")
@@ -229,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--prompt", required=True)
     a.add_argument("--out", default="attention.png")
     a.set_defaults(func=_cmd_attention)
+
+    n = sub.add_parser("gradnorms", help="plot |dL/dh_t| over time for RNN vs LSTM vs GRU (PNG)")
+    n.add_argument("--length", type=int, default=100, help="sequence length T (default 100)")
+    n.add_argument("--hidden-size", type=int, default=128)
+    n.add_argument("--corpus", help="a UTF-8 text file (default: the built-in corpus)")
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--out", default="grad-norms.png")
+    n.set_defaults(func=_cmd_gradnorms)
 
     e = sub.add_parser("eval", help="perplexity of a text file under a checkpoint")
     e.add_argument("--checkpoint", required=True)

@@ -282,3 +282,43 @@ def beam_search(step_fn, state, bos_id, eos_id, beam_size, max_len, length_penal
             sequences.append(seqs)
             scores.append(np.array([h[0] for h in hyps]))
     return sequences, (np.array(scores, dtype=np.float64) if n_best is None else scores)
+
+
+def check_sampling(temperature, top_k, top_p):
+    """Validate ``generate``'s sampling arguments; returns ``(temperature, top_k, top_p)``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None:
+        top_k = positive_int(top_k, "top_k")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return float(temperature), top_k, top_p
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None):
+    """The next token of a language model: logits ``(B, V)`` -> ids ``(B,)``.
+
+    Samples from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens
+    and/or the smallest set whose probability reaches ``top_p`` (nucleus sampling, Holtzman et
+    al., 2020); ``greedy=True`` takes the argmax. Computed in float64 whatever the logits' dtype.
+    Shared by every model's ``generate`` (GPT, RNNLM, ConvLM); arguments are checked there.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if greedy:
+        return logits.argmax(axis=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]                 # as torch.topk + mask
+        logits = np.where(logits < kth, -np.inf, logits)
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p      # reach top_p, incl. crossing one
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    u = rng.random(p.shape[0])[:, None]
+    return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)

@@ -13,6 +13,7 @@ import numpy as np
 from . import nn
 from .gradcheck import check_module
 from .models.gpt import GPT, GPTConfig
+from .models.rnnlm import RNNLM
 from .models.seq2seq_transformer import Seq2SeqTransformer
 
 F64 = np.float64
@@ -63,6 +64,20 @@ CASES = {
         (_normal(r, 2, 4, 6),) * 3, dict(is_causal=True, need_weights=False)),
     "SinusoidalPositionalEncoding": lambda r: (nn.SinusoidalPositionalEncoding(6, 10, dtype=F64),
                                                (_normal(r, 2, 4, 6),)),
+    "RNN(relu, 2 layers, bidirectional)": lambda r: (
+        nn.RNN(3, 4, num_layers=2, nonlinearity="relu", bidirectional=True, dtype=F64, rng=r),
+        (_normal(r, 5, 2, 3),)),
+    "LSTM(2 layers, batch_first)": lambda r: (
+        nn.LSTM(3, 4, num_layers=2, batch_first=True, dtype=F64, rng=r), (_normal(r, 2, 5, 3),)),
+    "GRU(bidirectional, dropout)": lambda r: (
+        nn.GRU(3, 4, num_layers=2, bidirectional=True, dropout=0.3, dtype=F64, rng=r),
+        (_normal(r, 5, 2, 3),)),
+    "RNNCell": lambda r: (nn.RNNCell(3, 4, dtype=F64, rng=r), (_normal(r, 2, 3),)),
+    "LSTMCell": lambda r: (nn.LSTMCell(3, 4, dtype=F64, rng=r), (_normal(r, 2, 3),)),
+    "GRUCell": lambda r: (nn.GRUCell(3, 4, dtype=F64, rng=r), (_normal(r, 2, 3),)),
+    "RNNLM (lstm, tied, dropout)": lambda r: (
+        RNNLM(9, 5, 5, "lstm", num_layers=2, dropout=0.2, tie_weights=True, dtype=F64, rng=r),
+        (r.integers(0, 9, (2, 5)),)),
     "GPT (tiny, dropout)": lambda r: (
         GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
             dtype=F64, rng=r), (r.integers(0, 11, (2, 6)),)),

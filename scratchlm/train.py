@@ -17,6 +17,7 @@ import numpy as np
 
 from .data import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, WordTokenizer,
                    builtin_corpus, corpus_lines, load_corpus, split_corpus)
+from ._checks import positive_int
 from .io import read_checkpoint
 from .models import NGramLM
 
@@ -94,10 +95,12 @@ def load_model(path):
     carries its tokenizer; one saved with ``NGramLM.save`` may (``save(path, tokenizer=
     tok.to_dict())``) or may not, in which case the CLI works in token ids."""
     _, doc = read_checkpoint(path)
-    if doc.get("module") == "GPT":
+    if doc.get("module") in ("GPT", "RNNLM"):
         from .io import load_checkpoint
-        from .models import GPT, GPTConfig
-        model = GPT(GPTConfig(**doc["meta"]["config"]), rng=0)
+        from .models import GPT, RNNLM, GPTConfig, RNNLMConfig
+        cfg = doc["meta"]["config"]
+        model = GPT(GPTConfig(**cfg), rng=0) if doc["module"] == "GPT" else \
+            RNNLM.from_config(RNNLMConfig(**cfg), rng=0)
         meta = load_checkpoint(path, model)
         return model, Tokenizer.from_dict(meta["tokenizer"]), meta
     if doc.get("module") == NGramLM.__name__:
@@ -162,7 +165,8 @@ class LoopConfig:
 
     ``steps`` fixes the run length and makes it reproducible; with only ``time_limit`` (seconds)
     the number of steps is estimated from the speed of the first steps, so the learning-rate
-    schedule depends on the machine.
+    schedule depends on the machine. ``block_size`` is the sequence length of a batch (for a
+    recurrent model: the truncated-BPTT length); it defaults to ``model.config.block_size``.
     """
     steps: int | None = None
     time_limit: float | None = 120.0
@@ -176,6 +180,7 @@ class LoopConfig:
     eval_interval: int = 100
     eval_batches: int = 20
     seed: int = 0
+    block_size: int | None = None      # tokens per sequence; default the model's block_size
 
 
 def _param_groups(model, weight_decay):
@@ -201,13 +206,43 @@ def evaluate_lm(model, ids, block_size, batch_size=16, batches=20, seed=1234) ->
         model.train(was)
 
 
+def _stream_chunk(streams, i, block):
+    """Chunk ``i`` of the ``(B, L)`` streams (:func:`scratchlm.data.sequential_batches`' layout):
+    ``(x, y, restarted)``; ``restarted`` when chunk ``i`` wraps round to the streams' start."""
+    n_chunks = -(-(streams.shape[1] - 1) // block)
+    j = i % n_chunks
+    s = j * block
+    e = min(s + block, streams.shape[1] - 1)
+    return streams[:, s:e], streams[:, s + 1:e + 1], j == 0
+
+
+def _state_to_json(state):
+    if state is None:
+        return None
+    parts = state if isinstance(state, tuple) else (state,)
+    return {"tuple": isinstance(state, tuple), "dtype": str(parts[0].dtype),
+            "arrays": [p.tolist() for p in parts]}          # float32/64 -> JSON -> back: exact
+
+
+def _state_from_json(doc):
+    if doc is None:
+        return None
+    parts = tuple(np.array(a, dtype=doc["dtype"]) for a in doc["arrays"])
+    return parts if doc["tuple"] else parts[0]
+
+
 def train_lm(model, train_ids, val_ids, loop: LoopConfig, out=None, meta=None, resume=False,
              progress=None, log=print):
-    """Train ``model`` (``logits, loss = model(x, y)``; ``model.backward()``) on random windows of
-    ``train_ids`` with AdamW, linear warm-up then cosine decay, and gradient clipping; evaluate on
-    ``val_ids`` every ``eval_interval`` steps; checkpoint to ``out`` (model, optimizer, step, the
-    batch sampler's random state, the loss history and ``meta``) so that ``resume=True`` continues
+    """Train ``model`` (``logits, loss = model(x, y)``; ``model.backward()``) with AdamW, linear
+    warm-up then cosine decay, and gradient clipping; evaluate on ``val_ids`` every
+    ``eval_interval`` steps; checkpoint to ``out`` (model, optimizer, step, the batch sampler's
+    random state, the loss history and ``meta``) so that ``resume=True`` continues
     bit-identically. Returns the history dict.
+
+    Batches: random windows of ``train_ids`` -- or, for a recurrent model (``model.recurrent``),
+    consecutive chunks of ``batch_size`` parallel streams with the hidden state carried from one
+    chunk to the next (``model(x, y, state=...)`` / ``model.state``): truncated BPTT. The carried
+    state is saved in the checkpoint too.
 
     ``progress(n, postfix)``: an optional callable advanced once per step (the CLI's tqdm bar).
     """
@@ -217,22 +252,30 @@ def train_lm(model, train_ids, val_ids, loop: LoopConfig, out=None, meta=None, r
     from .io import load_checkpoint, save_checkpoint
     from .optim import AdamW, clip_grad_norm_, cosine_with_warmup
 
-    block = model.config.block_size
+    block = loop.block_size or model.config.block_size
+    recurrent = getattr(model, "recurrent", False)
     opt = AdamW(_param_groups(model, loop.weight_decay), lr=loop.lr, betas=tuple(loop.betas))
     rng = np.random.default_rng(loop.seed)
     history = {"step": [], "train_loss": [], "val_step": [], "val_loss": []}
-    step, total = 0, loop.steps
+    step, total, state = 0, loop.steps, None
+    if recurrent:
+        L = train_ids.size // loop.batch_size
+        if L < 2:
+            raise ValueError(f"the training text has {train_ids.size} tokens, too few for "
+                             f"{loop.batch_size} streams")
+        streams = np.asarray(train_ids[:loop.batch_size * L]).reshape(loop.batch_size, L)
     if resume:
         saved = load_checkpoint(out, model, opt)
         step, total, history = saved["step"], saved["total_steps"], saved["history"]
         rng.bit_generator.state = saved["batch_rng"]
+        state = _state_from_json(saved.get("carried_state"))
         log(f"resumed from {out} at step {step} of {total}")
 
     def save():
         if out is not None:
             save_checkpoint(out, model, opt, step=step, total_steps=total, history=history,
                             batch_rng=rng.bit_generator.state, loop=vars(loop) | {"betas": list(loop.betas)},
-                            **(meta or {}))
+                            carried_state=_state_to_json(state), **(meta or {}))
 
     def evaluate():
         v = evaluate_lm(model, val_ids, block, loop.batch_size, loop.eval_batches)
@@ -245,13 +288,21 @@ def train_lm(model, train_ids, val_ids, loop: LoopConfig, out=None, meta=None, r
     tokens_per_step = loop.batch_size * block
     model.train()
     while total is None or step < total:
-        x, y = random_windows(train_ids, loop.batch_size, block, rng)
+        if recurrent:
+            x, y, restarted = _stream_chunk(streams, step, block)
+            state = None if restarted else state
+        else:
+            x, y = random_windows(train_ids, loop.batch_size, block, rng)
         horizon = total or 10**9
         lr = cosine_with_warmup(step, loop.lr, min(loop.warmup, horizon - 1), horizon, loop.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad()
-        _, loss = model(x, y)
+        if recurrent:
+            _, loss = model(x, y, state=state)
+            state = model.state                   # carried to the next chunk, never backpropagated
+        else:
+            _, loss = model(x, y)
         if not np.isfinite(loss):          # the model's layers skip NaN scans: stop here, clearly
             raise FloatingPointError(f"the training loss became {float(loss)} at step {step + 1}; "
                                      f"lower the learning rate (now {lr:.3g}) or resume from the "
@@ -302,6 +353,35 @@ def plot_history(history, path, title=""):
     return True
 
 
+def _neural_data(corpus, tokenizer, vocab_size, val_fraction, resume, out):
+    """Text -> (train_ids, val_ids, tokenizer, corpus name, checkpoint doc or None); on resume the
+    tokenizer comes from the checkpoint so the ids are the ones the model was trained on."""
+    text, name = read_corpus(corpus)
+    train_text, val_text = split_corpus(text, val_fraction)
+    doc = None
+    if resume:
+        _, doc = read_checkpoint(out)
+        tok = Tokenizer.from_dict(doc["meta"]["tokenizer"])
+    else:
+        tok = build_tokenizer(tokenizer, train_text, vocab_size)
+    return tok.encode(train_text), tok.encode(val_text), tok, name, doc
+
+
+def _train_neural(model, kind, tok, train_ids, val_ids, name, corpus, val_fraction, block, loop,
+                  out, resume, progress, log):
+    for part, ids in (("training", train_ids), ("validation", val_ids)):
+        if ids.size <= block:
+            raise ValueError(f"the {part} text has {ids.size} tokens, too few for block_size "
+                             f"{block}: use a larger corpus or a smaller --block-size")
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    meta = {"kind": kind, "config": model.config_dict(), "tokenizer": tok.to_dict(), "corpus": name,
+            "corpus_path": None if corpus is None else os.path.abspath(corpus),
+            "val_fraction": val_fraction}
+    return train_lm(model, train_ids, val_ids, loop, out=out, meta=meta, resume=resume,
+                    progress=progress, log=log)
+
+
 def train_transformer(corpus=None, tokenizer="char", vocab_size=1000, val_fraction=0.1,
                       n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0,
                       loop: LoopConfig | None = None, out="runs/gpt.npz", resume=False,
@@ -310,37 +390,51 @@ def train_transformer(corpus=None, tokenizer="char", vocab_size=1000, val_fracti
     default. Returns ``(model, tokenizer, history)``."""
     from .models import GPT, GPTConfig
     loop = loop or LoopConfig()
-    text, name = read_corpus(corpus)
-    train_text, val_text = split_corpus(text, val_fraction)
-    tok = build_tokenizer(tokenizer, train_text, vocab_size)
-    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
-    if resume:
-        _, doc = read_checkpoint(out)
+    train_ids, val_ids, tok, name, doc = _neural_data(corpus, tokenizer, vocab_size, val_fraction,
+                                                      resume, out)
+    if doc is not None:
         cfg = GPTConfig(**doc["meta"]["config"])
-        tok = Tokenizer.from_dict(doc["meta"]["tokenizer"])
-        train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
     else:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=n_layer,
                         n_head=n_head, n_embd=n_embd, dropout=dropout)
-    for part, ids in (("training", train_ids), ("validation", val_ids)):
-        if ids.size <= cfg.block_size:
-            raise ValueError(f"the {part} text has {ids.size} tokens, too few for block_size "
-                             f"{cfg.block_size}: use a larger corpus or a smaller --block-size")
     model = GPT(cfg, rng=loop.seed)
-    if out is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    meta = {"kind": "gpt", "config": model.config_dict(), "tokenizer": tok.to_dict(), "corpus": name,
-            "corpus_path": None if corpus is None else os.path.abspath(corpus),
-            "val_fraction": val_fraction}
     log(f"GPT: {model.num_parameters():,} parameters, {cfg.n_layer} layers, d={cfg.n_embd}, "
         f"block {cfg.block_size}, vocab {cfg.vocab_size} ({tokenizer}); "
         f"{train_ids.size:,} training tokens")
-    history = train_lm(model, train_ids, val_ids, loop, out=out, meta=meta, resume=resume,
-                       progress=progress, log=log)
+    history = _train_neural(model, "gpt", tok, train_ids, val_ids, name, corpus, val_fraction,
+                            loop.block_size or cfg.block_size, loop, out, resume, progress, log)
     return model, tok, history
 
 
-def gpt_sample_text(model, tokenizer, prompt="", length=300, temperature=1.0, top_k=None,
+def train_rnn(cell="lstm", corpus=None, tokenizer="char", vocab_size=1000, val_fraction=0.1,
+              embed_dim=128, hidden_size=256, num_layers=1, dropout=0.0, tie_weights=False,
+              loop: LoopConfig | None = None, out=None, resume=False, progress=None, log=print):
+    """A recurrent LM (``cell``: rnn, lstm or gru) on the corpus with truncated BPTT over
+    ``loop.block_size`` steps (default 64) and gradient clipping. Returns
+    ``(model, tokenizer, history)``."""
+    from dataclasses import replace
+
+    from .models import RNNLM, RNNLMConfig
+    loop = loop or LoopConfig()
+    loop = replace(loop, block_size=loop.block_size or 64)
+    out = out if out is not None else os.path.join("runs", f"{cell}.npz")
+    train_ids, val_ids, tok, name, doc = _neural_data(corpus, tokenizer, vocab_size, val_fraction,
+                                                      resume, out)
+    if doc is not None:
+        cfg = RNNLMConfig(**doc["meta"]["config"])
+    else:
+        cfg = RNNLMConfig(tok.vocab_size, embed_dim, hidden_size, cell, num_layers, dropout,
+                          tie_weights)
+    model = RNNLM.from_config(cfg, rng=loop.seed)
+    log(f"RNNLM ({cfg.cell}): {model.num_parameters():,} parameters, {cfg.num_layers} layer(s), "
+        f"hidden {cfg.hidden_size}, embed {cfg.embed_dim}, vocab {cfg.vocab_size} ({tokenizer}); "
+        f"truncated BPTT over {loop.block_size} steps; {train_ids.size:,} training tokens")
+    history = _train_neural(model, "rnnlm", tok, train_ids, val_ids, name, corpus, val_fraction,
+                            loop.block_size, loop, out, resume, progress, log)
+    return model, tok, history
+
+
+def sample_text(model, tokenizer, prompt="", length=300, temperature=1.0, top_k=None,
                     top_p=None, greedy=False, seed=None) -> str:
     """Continue ``prompt`` (a newline when empty) by ``length`` tokens; returns prompt + sample."""
     start = prompt or "\n"
@@ -353,11 +447,15 @@ def gpt_sample_text(model, tokenizer, prompt="", length=300, temperature=1.0, to
     return (prompt + text) if prompt else text
 
 
-def evaluate_gpt(model, tokenizer, text) -> dict:
-    """Cross-entropy of ``text`` in consecutive windows of ``block_size`` tokens (each window
-    predicts its tokens after the first): perplexity, bits per token and per character."""
+def evaluate_text(model, tokenizer, text, block=None) -> dict:
+    """Cross-entropy of ``text`` under a neural LM (GPT or RNNLM) in consecutive windows of
+    ``block`` tokens (default the model's ``block_size``, 256 for a recurrent model), each window
+    predicting its tokens after the first; a recurrent model carries its state from window to
+    window, so it sees the whole text. Returns perplexity, bits per token and per character."""
     ids = tokenizer.encode(text)
-    block = model.config.block_size
+    recurrent = getattr(model, "recurrent", False)
+    block = block or (256 if recurrent else model.config.block_size)
+    state = None
     if ids.size < 2:
         raise ValueError("the text to evaluate encodes to fewer than 2 tokens")
     model.eval()
@@ -366,7 +464,11 @@ def evaluate_gpt(model, tokenizer, text) -> dict:
         x = ids[s:s + block]
         y = ids[s + 1:s + 1 + block]
         x = x[:y.size]
-        _, loss = model(x[None, :], y[None, :])
+        if recurrent:
+            _, loss = model(x[None, :], y[None, :], state=state)
+            state = model.state
+        else:
+            _, loss = model(x[None, :], y[None, :])
         total += loss * y.size
         count += y.size
     nats = total / count
@@ -412,5 +514,59 @@ def plot_attention(maps, labels, path, title=""):
     fig.suptitle(title or "attention (row: query, column: key)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+# ================================================================================================
+# vanishing and exploding gradients, made visible
+# ================================================================================================
+def gradient_norms_over_time(length=100, hidden_size=128, corpus=None, seed=0,
+                             cells=("rnn", "lstm", "gru")) -> dict:
+    r"""For each cell type: a freshly initialised one-layer :class:`RNNLM` (PyTorch's default
+    init) reads ``length`` characters of the corpus; the loss is the cross-entropy of the **last**
+    prediction only, so :math:`\lVert \partial L / \partial h_t \rVert` for :math:`t < T-1`
+    is exactly what backprop-through-time carries back from the end. Returns
+    ``{cell: (T,) norms}`` -- a plain RNN's shrink geometrically, the gated cells' far less."""
+    from .models import RNNLM
+    text, _ = read_corpus(corpus)
+    tok = build_tokenizer("char", text, 0)
+    ids = tok.encode(text)[:positive_int(length, "length") + 1]
+    if ids.size < 2:
+        raise ValueError("the corpus is too short")
+    x, y = ids[None, :-1], int(ids[-1])
+    norms = {}
+    for cell in cells:
+        model = RNNLM(tok.vocab_size, 64, hidden_size, cell, dtype=np.float64, rng=seed)
+        logits = model(x)                                                   # (1, T, V)
+        last = logits[0, -1]
+        p = np.exp(last - last.max())
+        p /= p.sum()
+        p[y] -= 1.0                                                         # d CE / d logits
+        dlogits = np.zeros_like(logits)
+        dlogits[0, -1] = p
+        model.backward(dlogits)
+        norms[cell] = model.rnn.step_grad_norms[0].copy()
+    return norms
+
+
+def plot_gradient_norms(norms, path) -> bool:
+    """A log-scale plot of :func:`gradient_norms_over_time`; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for cell, v in norms.items():
+        ax.semilogy(np.arange(v.size), np.maximum(v, 1e-300), label=cell.upper())
+    ax.set_xlabel("time step t (the loss is at the last step)")
+    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
+    ax.set_title("gradient reaching each step: backprop through time")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return True

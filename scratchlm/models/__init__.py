@@ -5,6 +5,7 @@ models, from NumPy directly).
 * :class:`NGramLM` -- n-gram language model with Kneser-Ney, Witten-Bell, add-k and MLE
   smoothing, perplexity, sampling and ARPA I/O (``ngram.py``);
 * :class:`GPT`, :class:`GPTConfig` -- the GPT-2 architecture with nanoGPT's names (``gpt.py``);
+* :class:`RNNLM`, :class:`RNNLMConfig` -- embedding -> RNN/LSTM/GRU -> linear (``rnnlm.py``);
 * :class:`Seq2SeqTransformer` -- encoder-decoder Transformer (pre-LN, ``torch.nn.Transformer``'s
   names), greedy and beam decoding via :mod:`scratchlm.decoding` (``seq2seq_transformer.py``).
 """
@@ -12,7 +13,8 @@ models, from NumPy directly).
 from .gpt import GPT, GPTConfig
 from .markov import MarkovChain
 from .ngram import NGramLM
+from .rnnlm import RNNLM, RNNLMConfig
 from .seq2seq_transformer import CharVocab, Seq2SeqTransformer, exact_match, fit_translation
 
-__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "Seq2SeqTransformer", "CharVocab",
+__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "Seq2SeqTransformer", "CharVocab",
            "fit_translation", "exact_match"]

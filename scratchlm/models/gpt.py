@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import functional as F
+from ..decoding import check_sampling, sample_next
 from .. import nn
 from .._checks import (float_array, index_array, make_rng, positive_int, probability, resolve_dtype,
                        trusted)
@@ -314,12 +315,7 @@ class GPT(nn.Module):
         c = self.config
         idx = index_array(idx, "idx", c.vocab_size, ndim=2)
         max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", minimum=0)
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if top_k is not None:
-            top_k = positive_int(top_k, "top_k")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
         rng = make_rng(seed)
         was_training = self.training
         self.eval()
@@ -337,30 +333,8 @@ class GPT(nn.Module):
                     start += 1
                 if not use_cache:
                     past = None
-                nxt = self._sample(logits.astype(np.float64), temperature, top_k, top_p, greedy, rng)
+                nxt = sample_next(logits, temperature, top_k, top_p, greedy, rng)
                 out = np.concatenate([out, nxt[:, None]], axis=1)
             return out
         finally:
             self.train(was_training)
-
-    @staticmethod
-    def _sample(logits, temperature, top_k, top_p, greedy, rng):
-        """logits (B, V) -> next ids (B,)."""
-        if greedy:
-            return logits.argmax(axis=-1)
-        logits = logits / temperature
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = np.sort(logits, axis=-1)[:, -top_k][:, None]                 # as torch.topk + mask
-            logits = np.where(logits < kth, -np.inf, logits)
-        p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        if top_p is not None and top_p < 1:
-            order = np.argsort(-p, axis=-1, kind="stable")
-            sorted_p = np.take_along_axis(p, order, axis=-1)
-            keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p      # reach top_p, incl. crossing one
-            keep = np.zeros_like(keep_sorted)
-            np.put_along_axis(keep, order, keep_sorted, axis=-1)
-            p = np.where(keep, p, 0.0)
-            p /= p.sum(axis=-1, keepdims=True)
-        u = rng.random(p.shape[0])[:, None]
-        return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
