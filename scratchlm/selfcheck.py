@@ -14,6 +14,7 @@ from . import nn
 from .gradcheck import check_module
 from .models.gpt import GPT, GPTConfig
 from .models.rnnlm import RNNLM
+from .models.seq2seq_rnn import Seq2Seq
 from .models.seq2seq_transformer import Seq2SeqTransformer
 
 F64 = np.float64
@@ -84,6 +85,11 @@ CASES = {
     "Seq2SeqTransformer (tiny, src padding, dropout)": lambda r: (
         Seq2SeqTransformer(9, 10, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
                            dim_feedforward=16, dropout=0.1, max_len=8, activation="gelu", dtype=F64, rng=r),
+        (np.array([[3, 4, 5, 0, 0], [6, 7, 8, 3, 4]]), np.array([[1, 5, 6, 7], [1, 9, 4, 3]]),
+         np.array([[5, 6, 7, 2], [9, 2, 0, 0]]))),
+    "Seq2Seq (lstm, additive attention, src padding, dropout)": lambda r: (
+        Seq2Seq(9, 10, embed_dim=6, hidden_size=5, cell="lstm", num_layers=2, attention="additive",
+                dropout=0.1, dtype=F64, rng=r),
         (np.array([[3, 4, 5, 0, 0], [6, 7, 8, 3, 4]]), np.array([[1, 5, 6, 7], [1, 9, 4, 3]]),
          np.array([[5, 6, 7, 2], [9, 2, 0, 0]]))),
     "CrossEntropyLoss": lambda r: (nn.CrossEntropyLoss(), (_normal(r, 6, 5), _targets(r, 6, 5))),

@@ -6,6 +6,8 @@ models, from NumPy directly).
   smoothing, perplexity, sampling and ARPA I/O (``ngram.py``);
 * :class:`GPT`, :class:`GPTConfig` -- the GPT-2 architecture with nanoGPT's names (``gpt.py``);
 * :class:`RNNLM`, :class:`RNNLMConfig` -- embedding -> RNN/LSTM/GRU -> linear (``rnnlm.py``);
+* :class:`Seq2Seq` -- RNN encoder-decoder with optional dot/additive attention
+  (``seq2seq_rnn.py``);
 * :class:`Seq2SeqTransformer` -- encoder-decoder Transformer (pre-LN, ``torch.nn.Transformer``'s
   names), greedy and beam decoding via :mod:`scratchlm.decoding` (``seq2seq_transformer.py``).
 """
@@ -14,7 +16,8 @@ from .gpt import GPT, GPTConfig
 from .markov import MarkovChain
 from .ngram import NGramLM
 from .rnnlm import RNNLM, RNNLMConfig
+from .seq2seq_rnn import GlobalAttention, Seq2Seq
 from .seq2seq_transformer import CharVocab, Seq2SeqTransformer, exact_match, fit_translation
 
-__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "Seq2SeqTransformer", "CharVocab",
+__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
            "fit_translation", "exact_match"]

@@ -560,8 +560,9 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
     Returns the history: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...]}``.
     """
     from ..optim import AdamW, WarmupCosineLR, clip_grad_norm_
-    if not isinstance(model, Seq2SeqTransformer):
-        raise TypeError(f"model must be a Seq2SeqTransformer, got {type(model).__name__}")
+    from .seq2seq_rnn import Seq2Seq
+    if not isinstance(model, (Seq2SeqTransformer, Seq2Seq)):
+        raise TypeError(f"model must be a Seq2SeqTransformer or a Seq2Seq, got {type(model).__name__}")
     vocab = CharVocab(task.chars)
     if (model.pad_id, model.bos_id, model.eos_id) != (0, 1, 2):
         raise ValueError("the model must use pad_id=0, bos_id=1, eos_id=2 (CharVocab's ids)")
