@@ -3,7 +3,8 @@
 Subcommands:
     train MODEL   train a model on the built-in corpus (or --corpus) and save a checkpoint
                   (models: markov -- an n-gram LM; transformer -- a GPT; rnn, lstm, gru --
-                  a recurrent LM trained with truncated BPTT)
+                  a recurrent LM trained with truncated BPTT; seq2seq -- an RNN encoder-decoder
+                  on a synthetic translation task)
     sample        generate text from a checkpoint
     eval          perplexity of a text file (default: the model's own validation split)
     attention     draw a GPT's attention maps for a prompt as a PNG
@@ -71,6 +72,8 @@ def _cmd_train(args) -> int:
     from .train import ngram_sample_text, train_ngram
     if args.model in ("transformer", "rnn", "lstm", "gru"):
         return _train_neural(args)
+    if args.model == "seq2seq":
+        return _train_seq2seq(args)
     if args.model == "markov":
         out = args.out or os.path.join("runs", f"markov-{args.order}.npz")
         stages = args.order + 3          # tokenize, count each order, smooth, evaluate
@@ -99,7 +102,8 @@ def _train_neural(args) -> int:
     gpt = args.model == "transformer"
     out = args.out or os.path.join("runs", "gpt.npz" if gpt else f"{args.model}.npz")
     block = args.block_size or (128 if gpt else 64)
-    loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=args.batch_size, lr=args.lr,
+    loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=args.batch_size or 16,
+                      lr=args.lr or 1e-3,
                       eval_interval=args.eval_interval, seed=args.seed, block_size=block)
     bar = tqdm(desc=f"train {args.model}", unit="step", file=sys.stderr)
 
@@ -120,8 +124,8 @@ def _train_neural(args) -> int:
             model, tok, hist = train_transformer(n_layer=args.n_layer, n_head=args.n_head,
                                                  n_embd=args.n_embd, block_size=block, **common)
         else:
-            model, tok, hist = train_rnn(args.model, embed_dim=args.embed_dim,
-                                         hidden_size=args.hidden_size, num_layers=args.num_layers,
+            model, tok, hist = train_rnn(args.model, embed_dim=args.embed_dim or 128,
+                                         hidden_size=args.hidden_size or 256, num_layers=args.num_layers,
                                          tie_weights=args.tie_weights, **common)
     finally:
         bar.close()
@@ -140,6 +144,35 @@ def _train_neural(args) -> int:
     return 0
 
 
+def _train_seq2seq(args) -> int:
+    from tqdm import tqdm
+
+    from .models import exact_match, translate
+    from .train import train_seq2seq
+    out = args.out or os.path.join("runs", "seq2seq.npz")
+    bar = tqdm(desc="train seq2seq", total=args.steps or 800, unit="step", file=sys.stderr)
+
+    def callback(step, loss):
+        bar.n = step + 1
+        bar.set_postfix({"loss": f"{loss:.3f}"}, refresh=False)
+        bar.update(0)
+    try:
+        model, task, _ = train_seq2seq(
+            task=args.task, cell=args.cell, attention=args.attention, embed_dim=args.embed_dim or 64,
+            hidden_size=args.hidden_size or 128, num_layers=args.num_layers, dropout=args.dropout,
+            steps=args.steps or 800, batch_size=args.batch_size or 64, lr=args.lr or 3e-3, seed=args.seed,
+            out=out, resume=args.resume, callback=callback, log=lambda m: bar.write(m, file=sys.stderr))
+    finally:
+        bar.close()
+    greedy, beam = exact_match(model, task.test), exact_match(model, task.test, "beam")
+    print(f"held-out exact match on {len(task.test)} pairs: greedy {greedy:.3f}, beam-4 {beam:.3f}")
+    print(f"saved {out}")
+    examples = [s for s, _ in task.test[:3]]
+    for src, hyp in zip(examples, translate(model, examples)):
+        print(f"  {src!r} -> {hyp!r}")
+    return 0
+
+
 def _cmd_gradnorms(args) -> int:
     from .train import gradient_norms_over_time, plot_gradient_norms
     norms = gradient_norms_over_time(length=args.length, hidden_size=args.hidden_size,
@@ -154,9 +187,15 @@ def _cmd_gradnorms(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from .models import GPT, RNNLM
+    from .models import GPT, RNNLM, Seq2Seq, translate
     from .train import load_model, ngram_sample_text, sample_text
     model, tok, _ = load_model(args.checkpoint)
+    if isinstance(model, Seq2Seq):                 # a translation model: decode the prompt
+        if not args.prompt:
+            raise ValueError("a seq2seq checkpoint translates --prompt TEXT; none was given")
+        print(translate(model, [args.prompt], decode="beam" if args.beam else "greedy",
+                        beam_size=args.beam or 4)[0])
+        return 0
     if isinstance(model, (GPT, RNNLM)):
         print(sample_text(model, tok, prompt=args.prompt, length=args.length,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -184,9 +223,14 @@ def _cmd_attention(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .data import split_corpus
-    from .models import GPT, RNNLM
-    from .train import evaluate_ngram, evaluate_text, load_model, read_corpus
+    from .models import GPT, RNNLM, Seq2Seq, exact_match
+    from .train import evaluate_ngram, evaluate_text, load_model, read_corpus, seq2seq_task
     model, tok, meta = load_model(args.checkpoint)
+    if isinstance(model, Seq2Seq):                 # exact match on the task's held-out pairs
+        task = seq2seq_task(**meta["task"])
+        print(f"{meta['task']['kind']} task, {len(task.test)} held-out pairs: exact match greedy "
+              f"{exact_match(model, task.test):.3f}, beam-4 {exact_match(model, task.test, 'beam'):.3f}")
+        return 0
     if args.corpus is None:                      # the validation split of the training corpus
         source = meta.get("corpus_path")
         if tok is None or "val_fraction" not in meta:
@@ -209,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
-    t.add_argument("model", choices=("markov", "transformer", "rnn", "lstm", "gru"),
+    t.add_argument("model", choices=("markov", "transformer", "rnn", "lstm", "gru", "seq2seq"),
                    help="markov: an n-gram language model; transformer: a GPT; rnn, lstm, gru: "
-                        "a recurrent language model")
+                        "a recurrent language model; seq2seq: an RNN encoder-decoder")
     t.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     t.add_argument("--smoothing", default="kneser_ney",
                    choices=("kneser_ney", "witten_bell", "add_k", "mle"))
@@ -228,12 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None, help="training steps (reproducible)")
     g.add_argument("--time", type=float, default=120.0,
                    help="seconds to train when --steps is not given (default 120)")
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--batch-size", type=int, default=None, help="default 16 (seq2seq: 64)")
     g.add_argument("--block-size", type=int, default=None,
                    help="tokens per sequence: the GPT's context (default 128) or the truncated-BPTT "
                         "length of a recurrent model (default 64)")
     g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate, default 1e-3 (seq2seq: 3e-3)")
     g.add_argument("--eval-interval", type=int, default=100)
     g.add_argument("--top-k", type=int, default=None, help="top-k for the printed sample")
     g.add_argument("--resume", action="store_true", help="continue the run saved at --out")
@@ -242,11 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-head", type=int, default=4)
     g.add_argument("--n-embd", type=int, default=128)
     g = t.add_argument_group("rnn, lstm, gru")
-    g.add_argument("--embed-dim", type=int, default=128)
-    g.add_argument("--hidden-size", type=int, default=256)
+    g.add_argument("--embed-dim", type=int, default=None, help="default 128 (seq2seq: 64)")
+    g.add_argument("--hidden-size", type=int, default=None, help="default 256 (seq2seq: 128)")
     g.add_argument("--num-layers", type=int, default=1)
     g.add_argument("--tie-weights", action="store_true",
                    help="decoder weight = embedding (needs --hidden-size == --embed-dim)")
+    g = t.add_argument_group("seq2seq (also --embed-dim, --hidden-size, --num-layers, --dropout, "
+                             "--steps (default 800), --batch-size, --lr)")
+    g.add_argument("--task", default="reverse", choices=("reverse", "sort", "dates"))
+    g.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
+    g.add_argument("--attention", default="dot", choices=("dot", "additive", "none"))
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="generate from a checkpoint")
@@ -257,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling (transformer)")
     s.add_argument("--greedy", action="store_true", help="argmax decoding (transformer)")
     s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--prompt", default="", help="text the sample continues")
+    s.add_argument("--prompt", default="", help="text the sample continues (seq2seq: the source)")
+    s.add_argument("--beam", type=int, default=None, help="seq2seq: beam search with this beam size")
     s.set_defaults(func=_cmd_sample)
 
     a = sub.add_parser("attention", help="draw a transformer's attention maps for a prompt")

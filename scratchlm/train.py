@@ -103,6 +103,13 @@ def load_model(path):
             RNNLM.from_config(RNNLMConfig(**cfg), rng=0)
         meta = load_checkpoint(path, model)
         return model, Tokenizer.from_dict(meta["tokenizer"]), meta
+    if doc.get("module") == "Seq2Seq":
+        from .io import load_checkpoint
+        from .models import CharVocab, Seq2Seq
+        model = Seq2Seq(**doc["meta"]["config"], rng=0)
+        meta = load_checkpoint(path, model)
+        model.vocab = CharVocab(meta["chars"])
+        return model, None, meta
     if doc.get("module") == NGramLM.__name__:
         model, meta = NGramLM.load(path)
         tok = Tokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
@@ -570,3 +577,52 @@ def plot_gradient_norms(norms, path) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+# ================================================================================================
+# the RNN encoder-decoder on a synthetic translation task
+# ================================================================================================
+def seq2seq_task(kind="reverse", seed=0):
+    """The built-in task ``train seq2seq`` uses: ``reverse``/``sort`` over 3-8 letters of
+    ``abcdefgh`` (4000 training pairs), or ``dates`` (5000); 500 held-out test pairs."""
+    from .data import TranslationTask
+    if kind == "dates":
+        return TranslationTask("dates", n_train=5000, n_test=500, seed=seed)
+    return TranslationTask(kind, n_train=4000, n_test=500, min_len=3, max_len=8,
+                           alphabet="abcdefgh", seed=seed)
+
+
+def train_seq2seq(task="reverse", cell="lstm", attention="dot", embed_dim=64, hidden_size=128,
+                  num_layers=1, dropout=0.0, steps=800, batch_size=64, lr=3e-3, seed=0,
+                  out="runs/seq2seq.npz", resume=False, callback=None, log=print):
+    """Train the RNN :class:`~scratchlm.models.Seq2Seq` on a built-in translation task with
+    :func:`~scratchlm.models.fit_translation` (checkpoint every 100 steps; ``resume=True``
+    continues bit-identically). Returns ``(model, task, history)``."""
+    from .models import CharVocab, Seq2Seq, fit_translation
+    if resume:
+        _, doc = read_checkpoint(out)
+        meta = doc["meta"]
+        config, task_args, train_args = meta["config"], meta["task"], meta["train"]
+    else:
+        task_args = {"kind": task, "seed": seed}
+        train_args = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed}
+        config = None
+    t = seq2seq_task(**task_args)
+    vocab = CharVocab(t.chars)
+    if config is None:
+        config = dict(src_vocab_size=vocab.size, tgt_vocab_size=vocab.size, embed_dim=embed_dim,
+                      hidden_size=hidden_size, cell=cell, num_layers=num_layers,
+                      attention=None if attention in (None, "none") else attention,
+                      dropout=dropout)
+    model = Seq2Seq(**config, rng=train_args["seed"])
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    meta = {"kind": "seq2seq", "config": config, "task": task_args, "train": train_args,
+            "chars": t.chars}
+    log(f"Seq2Seq ({config['cell']}, attention {config['attention']}): "
+        f"{model.num_parameters():,} parameters; task {task_args['kind']!r}, "
+        f"{len(t.train)} training pairs")
+    hist = fit_translation(model, t, train_args["steps"], train_args["batch_size"], train_args["lr"],
+                           seed=train_args["seed"], callback=callback, checkpoint=out,
+                           resume=resume, meta=meta)
+    return model, t, hist

@@ -11,7 +11,7 @@ from conftest import assert_close
 from scratchlm.data import TranslationTask
 from scratchlm.gradcheck import check_module
 from scratchlm.models.seq2seq_rnn import GlobalAttention, Seq2Seq
-from scratchlm.models.seq2seq_transformer import CharVocab, exact_match, fit_translation
+from scratchlm.models import CharVocab, exact_match, fit_translation
 from test_seq2seq_transformer import RealTargets, log_softmax
 
 ATTENTIONS = [None, "dot", "additive"]
@@ -359,3 +359,46 @@ def test_translation_task_reaches_99_percent_exact_match(kind, cell, attention, 
           f"final loss {np.mean(history['loss'][-50:]):.4f}, exact match greedy {greedy:.3f}, "
           f"beam {beam:.3f}")
     assert greedy >= 0.99 and beam >= 0.99
+
+
+def test_fit_translation_checkpoints_resume_bit_identically(tmp_path):
+    from scratchlm.data import TranslationTask
+    task = TranslationTask("reverse", n_train=200, n_test=20, min_len=3, max_len=5, alphabet="abcd", seed=0)
+    vocab = CharVocab(task.chars)
+    make = lambda: Seq2Seq(vocab.size, vocab.size, embed_dim=8, hidden_size=8, attention="dot",  # noqa: E731
+                           dropout=0.1, rng=0)
+    straight = make()
+    fit_translation(straight, task, 12, batch_size=16, lr=3e-3, checkpoint=tmp_path / "a.npz", save_every=5)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(step, loss):
+        if step == 6:                      # after the checkpoint of step 5 (written at step 4)
+            raise Stop
+    with pytest.raises(Stop):
+        fit_translation(make(), task, 12, batch_size=16, lr=3e-3, checkpoint=tmp_path / "b.npz",
+                        save_every=5, callback=interrupt)
+    resumed = Seq2Seq(vocab.size, vocab.size, embed_dim=8, hidden_size=8, attention="dot",
+                      dropout=0.1, rng=99)
+    hist = fit_translation(resumed, task, 12, batch_size=16, lr=3e-3, checkpoint=tmp_path / "b.npz",
+                           save_every=5, resume=True)
+    assert hist["step"] == list(range(12))
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_cli_train_sample_eval_seq2seq(tmp_path, capsys):
+    from scratchlm.cli import main
+    ck = tmp_path / "s2s.npz"
+    assert main(["train", "seq2seq", "--steps", "300", "--out", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out exact match on 500 pairs: greedy" in out and ck.exists()
+    greedy = float(out.split("greedy ")[1].split(",")[0])
+    assert greedy >= 0.95                                   # dot attention learns reversal fast
+    assert main(["sample", "--checkpoint", str(ck), "--prompt", "abcdefg", "--beam", "4"]) == 0
+    assert capsys.readouterr().out.strip() == "gfedcba"
+    assert main(["eval", "--checkpoint", str(ck)]) == 0
+    assert "reverse task, 500 held-out pairs: exact match greedy" in capsys.readouterr().out
+    assert main(["train", "seq2seq", "--steps", "300", "--out", str(ck), "--resume"]) == 0   # done: no-op
+    assert main(["sample", "--checkpoint", str(ck)]) == 2                                  # no prompt

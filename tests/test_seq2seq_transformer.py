@@ -13,8 +13,7 @@ from scratchlm import nn
 from scratchlm.data import TranslationTask
 from scratchlm.decoding import beam_search, default_reorder, greedy_decode, length_penalty_gnmt
 from scratchlm.gradcheck import check_module
-from scratchlm.models.seq2seq_transformer import (CharVocab, Seq2SeqTransformer, exact_match,
-                                                  fit_translation)
+from scratchlm.models import CharVocab, Seq2SeqTransformer, exact_match, fit_translation
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from .markov import MarkovChain
 from .ngram import NGramLM
 from .rnnlm import RNNLM, RNNLMConfig
 from .seq2seq_rnn import GlobalAttention, Seq2Seq
-from .seq2seq_transformer import CharVocab, Seq2SeqTransformer, exact_match, fit_translation
+from .seq2seq_transformer import Seq2SeqTransformer
+from .translation import CharVocab, exact_match, fit_translation, translate
 
 __all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
-           "fit_translation", "exact_match"]
+           "fit_translation", "exact_match", "translate"]

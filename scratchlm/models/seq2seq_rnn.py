@@ -63,7 +63,6 @@ Training and evaluation on :class:`scratchlm.data.TranslationTask` use the same
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -72,7 +71,7 @@ from .. import functional as F
 from .. import nn
 from .._checks import (choice, float_array, index_array, make_rng, positive_int, probability,
                        resolve_dtype, trusted, upstream)
-from ..decoding import beam_search, greedy_decode
+from .translation import EncoderDecoder
 from ..kernels import attention as KA
 
 __all__ = ["Seq2Seq", "GlobalAttention"]
@@ -213,7 +212,7 @@ class GlobalAttention(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # the model
 # ------------------------------------------------------------------------------------------------
-class Seq2Seq(nn.Module):
+class Seq2Seq(EncoderDecoder):
     """``Seq2Seq(src_vocab_size, tgt_vocab_size, embed_dim=64, hidden_size=128, cell='lstm',
     num_layers=1, attention=None, attention_size=None, dropout=0.0, max_len=256, pad_id=0,
     bos_id=1, eos_id=2, dtype=np.float32, rng=None)``.
@@ -408,25 +407,9 @@ class Seq2Seq(nn.Module):
         B, T, V = logits.shape
         return logits, self.loss_fn(logits.reshape(B * T, V), tgt_out.reshape(-1))
 
-    def backward(self, dlogits=None, dloss=None):
-        shape, enc_cache = self._saved()
-        if dlogits is None and dloss is None:
-            if not self._has_loss:
-                raise RuntimeError("backward() without dlogits needs a forward call with tgt_out")
-            dloss = 1.0
-        g = None
-        if dlogits is not None:
-            g = upstream(float_array(dlogits, "dlogits", ndim=3), shape, self.generator.weight.dtype,
-                         name="dlogits")
-        if dloss is not None:
-            if not self._has_loss:
-                raise RuntimeError("dloss needs a forward call with tgt_out")
-            gl = self.loss_fn.backward(dloss).reshape(shape)
-            g = gl if g is None else g + gl
-        self._backward(g, enc_cache)                              # dlogits were checked above
-
     @trusted
-    def _backward(self, g, enc_cache):
+    def _backward(self, g):
+        enc_cache = self._saved()[1]
         ds, dmemory = self._features_backward(self.out_drop.backward(self.generator.backward(g)))
         dy = self.decoder.backward(ds)                           # (B, T, E); dhx: d(initial state)
         self.tgt_embed.backward(self.tgt_drop.backward(dy))
@@ -434,15 +417,6 @@ class Seq2Seq(nn.Module):
         self.src_embed.backward(self.src_drop.backward(np.ascontiguousarray(dx)))
 
     # -- inference -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _evaluating(self):
-        was = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was)
-
     def encode(self, src):
         """``(memory (B, S, H), state)`` of ``src`` (B, S) in eval mode (the mode is restored):
         ``state`` is the encoder's final ``h_n`` (L, B, H), or ``(h_n, c_n)`` for the LSTM."""
@@ -491,21 +465,6 @@ class Seq2Seq(nn.Module):
         logits[:, [self.pad_id, self.bos_id]] = -np.inf
         m = logits.max(axis=1, keepdims=True)
         return logits - (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True))), state
-
-    def greedy(self, src, max_len=None):
-        """Greedy decoding of ``src`` (B, S): a list of B int64 arrays, the tokens after BOS and
-        before EOS (at most ``max_len``, default the model's ``max_len``)."""
-        max_len = self.max_len if max_len is None else positive_int(max_len, "max_len")
-        return greedy_decode(self.decode_step, self.init_state(src), self.bos_id, self.eos_id,
-                             max_len)[0]
-
-    def beam(self, src, beam_size=4, max_len=None, length_penalty=0.6, n_best=None):
-        """Beam search (:func:`scratchlm.decoding.beam_search`; GNMT length penalty
-        ``length_penalty``): the best sequence per source as :meth:`greedy`, or lists of the
-        ``n_best`` best."""
-        max_len = self.max_len if max_len is None else positive_int(max_len, "max_len")
-        return beam_search(self.decode_step, self.init_state(src), self.bos_id, self.eos_id,
-                           beam_size, max_len, length_penalty, n_best=n_best)[0]
 
     def extra_repr(self):
         return (f"cell={self.cell!r}, hidden_size={self.hidden_size}, num_layers={self.num_layers}, "

@@ -48,19 +48,16 @@ Training on :class:`scratchlm.data.TranslationTask`: :class:`CharVocab`, :func:`
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import (choice, float_array, index_array, make_rng, positive_int, probability,
-                       resolve_dtype, trusted, upstream)
-from ..decoding import beam_search, greedy_decode
+from .._checks import choice, index_array, make_rng, positive_int, probability, resolve_dtype, trusted
+from .translation import EncoderDecoder
 
-__all__ = ["Seq2SeqTransformer", "EncoderLayer", "DecoderLayer", "CharVocab", "fit_translation",
-           "exact_match"]
+__all__ = ["Seq2SeqTransformer", "EncoderLayer", "DecoderLayer"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -236,7 +233,7 @@ class Decoder(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # the model
 # ------------------------------------------------------------------------------------------------
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(EncoderDecoder):
     """``Seq2SeqTransformer(src_vocab_size, tgt_vocab_size, d_model=128, nhead=4,
     num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=512, dropout=0.0, max_len=256,
     pad_id=0, bos_id=1, eos_id=2, activation='relu', positional='sinusoidal', dtype=np.float32,
@@ -375,29 +372,12 @@ class Seq2SeqTransformer(nn.Module):
         memory = self.encoder(self._embed(src, "src"), src_pad)               # (B, S, d)
         y = self.decoder(self._embed(tgt_in, "tgt"), memory, tgt_pad, src_pad)   # (B, T, d)
         logits = self.generator(y)                                            # (B, T, V)
-        self._cache = logits.shape
+        self._cache = (logits.shape,)
         self._has_loss = tgt_out is not None
         if tgt_out is None:
             return logits
         B, T, V = logits.shape
         return logits, self.loss_fn(logits.reshape(B * T, V), tgt_out.reshape(-1))
-
-    def backward(self, dlogits=None, dloss=None):
-        shape = self._saved()
-        if dlogits is None and dloss is None:
-            if not self._has_loss:
-                raise RuntimeError("backward() without dlogits needs a forward call with tgt_out")
-            dloss = 1.0
-        g = None
-        if dlogits is not None:
-            g = upstream(float_array(dlogits, "dlogits", ndim=3), shape, self.generator.weight.dtype,
-                         name="dlogits")
-        if dloss is not None:
-            if not self._has_loss:
-                raise RuntimeError("dloss needs a forward call with tgt_out")
-            gl = self.loss_fn.backward(dloss).reshape(shape)
-            g = gl if g is None else g + gl
-        self._backward(g)                                        # dlogits were checked above
 
     @trusted
     def _backward(self, g):
@@ -406,15 +386,6 @@ class Seq2SeqTransformer(nn.Module):
         self._embed_backward(self.encoder.backward(dmemory), "src")
 
     # -- inference -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _evaluating(self):
-        was = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was)
-
     def encode(self, src):
         """The memory ``(B, S, d_model)`` of ``src`` ``(B, S)``, in eval mode (dropout off; the
         mode is restored)."""
@@ -475,165 +446,6 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"max_len must be <= the model's max_len {self.max_len}, got {max_len}")
         return max_len
 
-    def greedy(self, src, max_len=None, use_cache=True):
-        """Greedy decoding of ``src`` (B, S): a list of B int64 arrays, the tokens after BOS and
-        before EOS (at most ``max_len``, default the model's ``max_len``)."""
-        max_len = self._max_decode_len(max_len)
-        state = self.init_state(src, use_cache)
-        return greedy_decode(self.decode_step, state, self.bos_id, self.eos_id, max_len)[0]
-
-    def beam(self, src, beam_size=4, max_len=None, length_penalty=0.6, use_cache=True, n_best=None):
-        """Beam search (:func:`scratchlm.decoding.beam_search`; GNMT length penalty
-        ``length_penalty``): the best sequence per source as :meth:`greedy`, or lists of the
-        ``n_best`` best."""
-        max_len = self._max_decode_len(max_len)
-        state = self.init_state(src, use_cache)
-        return beam_search(self.decode_step, state, self.bos_id, self.eos_id, beam_size, max_len,
-                           length_penalty, n_best=n_best)[0]
-
     def extra_repr(self):
         return (f"d_model={self.d_model}, nhead={self.nhead}, max_len={self.max_len}, "
                 f"positional={self.positional!r}")
-
-
-# ------------------------------------------------------------------------------------------------
-# training on the synthetic translation tasks
-# ------------------------------------------------------------------------------------------------
-class CharVocab:
-    """Characters to ids for :class:`~scratchlm.data.TranslationTask`: 0 ``<pad>``, 1 ``<bos>``,
-    2 ``<eos>``, then one id per character of ``chars`` (e.g. ``task.chars``), in order."""
-
-    pad_id, bos_id, eos_id = 0, 1, 2
-    SPECIALS = ("<pad>", "<bos>", "<eos>")
-
-    def __init__(self, chars):
-        if not isinstance(chars, str):
-            raise TypeError(f"chars must be a str, got {type(chars).__name__}")
-        if not chars or len(set(chars)) != len(chars):
-            raise ValueError(f"chars must be a non-empty string of distinct characters, got {chars!r}")
-        self.chars = chars
-        self.stoi = {c: i + 3 for i, c in enumerate(chars)}
-
-    @property
-    def size(self) -> int:
-        return len(self.chars) + 3
-
-    def encode(self, text) -> list:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as exc:
-            raise ValueError(f"character {exc.args[0]!r} of {text!r} is not in the vocabulary "
-                             f"{self.chars!r}") from None
-
-    def decode(self, ids) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if not 3 <= i < self.size:
-                raise ValueError(f"id {i} is not a character id (3..{self.size - 1})")
-            out.append(self.chars[i - 3])
-        return "".join(out)
-
-
-def _batch(vocab, pairs):
-    """(src, tgt_in, tgt_out) padded with pad_id; tgt_in = BOS + tgt, tgt_out = tgt + EOS."""
-    from ..data import pad_batch
-    src = [vocab.encode(s) for s, _ in pairs]
-    tgt = [vocab.encode(t) for _, t in pairs]
-    src_ids, _ = pad_batch(src, vocab.pad_id)
-    tgt_in, _ = pad_batch([[vocab.bos_id] + t for t in tgt], vocab.pad_id)
-    tgt_out, _ = pad_batch([t + [vocab.eos_id] for t in tgt], vocab.pad_id)
-    return src_ids, tgt_in, tgt_out
-
-
-def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=None,
-                    min_lr=None, weight_decay=0.01, betas=(0.9, 0.98), clip=1.0, seed=0,
-                    callback=None):
-    """Train ``model`` on ``task.train`` (teacher forcing, mean cross-entropy over non-pad
-    targets) for ``steps`` steps of ``batch_size`` pairs, shuffled each epoch.
-
-    AdamW (weight decay on matrices only), linear warm-up for ``warmup_steps`` (default
-    ``steps // 10``) then cosine decay to ``min_lr`` (default ``lr / 10``), gradient-norm
-    clipping at ``clip``. The vocabulary is ``CharVocab(task.chars)``; it is stored as
-    ``model.vocab`` for :func:`exact_match`. ``callback(step, loss)`` is called after every step.
-
-    Returns the history: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...]}``.
-    """
-    from ..optim import AdamW, WarmupCosineLR, clip_grad_norm_
-    from .seq2seq_rnn import Seq2Seq
-    if not isinstance(model, (Seq2SeqTransformer, Seq2Seq)):
-        raise TypeError(f"model must be a Seq2SeqTransformer or a Seq2Seq, got {type(model).__name__}")
-    vocab = CharVocab(task.chars)
-    if (model.pad_id, model.bos_id, model.eos_id) != (0, 1, 2):
-        raise ValueError("the model must use pad_id=0, bos_id=1, eos_id=2 (CharVocab's ids)")
-    if model.src_vocab_size < vocab.size or model.tgt_vocab_size < vocab.size:
-        raise ValueError(f"the task needs vocabularies of {vocab.size} ids (3 specials + "
-                         f"{len(task.chars)} characters), the model has {model.src_vocab_size} "
-                         f"and {model.tgt_vocab_size}")
-    steps = positive_int(steps, "steps")
-    batch_size = positive_int(batch_size, "batch_size")
-    warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
-    min_lr = lr / 10 if min_lr is None else min_lr
-    model.vocab = vocab
-    pairs = list(task.train)
-    rng = make_rng(seed)
-    decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for _, p in model.named_parameters() if p.ndim < 2]
-    opt = AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                lr=lr, betas=tuple(betas))
-    sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
-    history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
-    order, pos = rng.permutation(len(pairs)), 0
-    model.train()
-    for step in range(steps):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(pairs)), 0
-        batch = [pairs[i] for i in order[pos:pos + batch_size]]
-        pos += batch_size
-        src, tgt_in, tgt_out = _batch(vocab, batch)
-        opt.zero_grad()
-        _, loss = model(src, tgt_in, tgt_out)
-        model.backward()
-        norm = clip_grad_norm_(model.parameters(), clip)
-        history["step"].append(step)
-        history["loss"].append(float(loss))
-        history["lr"].append(opt.param_groups[0]["lr"])
-        history["grad_norm"].append(float(norm))
-        opt.step()
-        sched.step()
-        if callback is not None:
-            callback(step, float(loss))
-    return history
-
-
-def exact_match(model, pairs, decode="greedy", *, vocab=None, beam_size=4, length_penalty=0.6,
-                max_len=None, batch_size=256) -> float:
-    """Fraction of ``pairs`` ``(src, tgt)`` whose decoded output equals ``tgt`` exactly.
-
-    ``decode``: ``'greedy'`` or ``'beam'`` (``beam_size``, ``length_penalty``). ``vocab``: a
-    :class:`CharVocab` or its characters (default: ``model.vocab``, set by
-    :func:`fit_translation`). ``max_len`` caps the generated length (default: ``2 * longest
-    source + 10``, within the model's ``max_len``).
-    """
-    decode = choice(decode, "decode", ("greedy", "beam"))
-    vocab = getattr(model, "vocab", None) if vocab is None else vocab
-    if isinstance(vocab, str):
-        vocab = CharVocab(vocab)
-    if not isinstance(vocab, CharVocab):
-        raise ValueError("exact_match needs vocab= (a CharVocab or its characters) unless the "
-                         "model was trained by fit_translation")
-    pairs = list(pairs)
-    if not pairs:
-        raise ValueError("pairs must not be empty")
-    predictions = []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        src, _, _ = _batch(vocab, chunk)
-        cap = max_len or min(model.max_len, 2 * src.shape[1] + 10)
-        if decode == "greedy":
-            outs = model.greedy(src, max_len=cap)
-        else:
-            outs = model.beam(src, beam_size=beam_size, max_len=cap, length_penalty=length_penalty)
-        predictions += [vocab.decode(o) for o in outs]
-    from ..data import TranslationTask
-    return TranslationTask.exact_match(predictions, [t for _, t in pairs])

@@ -1,0 +1,244 @@
+"""What the two encoder-decoders share: the character vocabulary of the synthetic translation
+tasks, the base class with the decoding entry points, the training loop (with checkpoints that
+resume bit-identically) and exact-match evaluation.
+
+``Seq2SeqTransformer`` (``seq2seq_transformer.py``) and the RNN ``Seq2Seq`` (``seq2seq_rnn.py``)
+each implement ``forward(src, tgt_in, tgt_out=None)``, ``_backward(g)`` (g: the gradient of the
+logits), ``init_state(src, ...)`` and ``decode_step(tokens, state)``; everything here works on
+either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from .. import nn
+from .._checks import choice, float_array, make_rng, positive_int, upstream
+from ..decoding import beam_search, greedy_decode
+
+
+class CharVocab:
+    """Characters to ids for :class:`~scratchlm.data.TranslationTask`: 0 ``<pad>``, 1 ``<bos>``,
+    2 ``<eos>``, then one id per character of ``chars`` (e.g. ``task.chars``), in order."""
+
+    pad_id, bos_id, eos_id = 0, 1, 2
+    SPECIALS = ("<pad>", "<bos>", "<eos>")
+
+    def __init__(self, chars):
+        if not isinstance(chars, str):
+            raise TypeError(f"chars must be a str, got {type(chars).__name__}")
+        if not chars or len(set(chars)) != len(chars):
+            raise ValueError(f"chars must be a non-empty string of distinct characters, got {chars!r}")
+        self.chars = chars
+        self.stoi = {c: i + 3 for i, c in enumerate(chars)}
+
+    @property
+    def size(self) -> int:
+        return len(self.chars) + 3
+
+    def encode(self, text) -> list:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as exc:
+            raise ValueError(f"character {exc.args[0]!r} of {text!r} is not in the vocabulary "
+                             f"{self.chars!r}") from None
+
+    def decode(self, ids) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if not 3 <= i < self.size:
+                raise ValueError(f"id {i} is not a character id (3..{self.size - 1})")
+            out.append(self.chars[i - 3])
+        return "".join(out)
+
+
+def batch_pairs(vocab, pairs):
+    """(src, tgt_in, tgt_out) padded with pad_id; tgt_in = BOS + tgt, tgt_out = tgt + EOS."""
+    from ..data import pad_batch
+    src = [vocab.encode(s) for s, _ in pairs]
+    tgt = [vocab.encode(t) for _, t in pairs]
+    src_ids, _ = pad_batch(src, vocab.pad_id)
+    tgt_in, _ = pad_batch([[vocab.bos_id] + t for t in tgt], vocab.pad_id)
+    tgt_out, _ = pad_batch([t + [vocab.eos_id] for t in tgt], vocab.pad_id)
+    return src_ids, tgt_in, tgt_out
+
+
+class EncoderDecoder(nn.Module):
+    """Base of the encoder-decoders: ``backward``'s two upstream forms, eval-mode inference and
+    the greedy / beam entry points (:mod:`scratchlm.decoding`)."""
+
+    def backward(self, dlogits=None, dloss=None):
+        """Backpropagate an upstream gradient on the logits (``dlogits``) and/or on the loss
+        (``dloss``; the default ``1.0`` after a call with ``tgt_out``). Returns None; every
+        ``param.grad`` is accumulated."""
+        shape = self._saved()[0]
+        if dlogits is None and dloss is None:
+            if not self._has_loss:
+                raise RuntimeError("backward() without dlogits needs a forward call with tgt_out")
+            dloss = 1.0
+        g = None
+        if dlogits is not None:
+            g = upstream(float_array(dlogits, "dlogits", ndim=3), shape, self.generator.weight.dtype,
+                         name="dlogits")
+        if dloss is not None:
+            if not self._has_loss:
+                raise RuntimeError("dloss needs a forward call with tgt_out")
+            gl = self.loss_fn.backward(dloss).reshape(shape)
+            g = gl if g is None else g + gl
+        self._backward(g)                                        # dlogits were checked above
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
+    def _max_decode_len(self, max_len):
+        return self.max_len if max_len is None else positive_int(max_len, "max_len")
+
+    def greedy(self, src, max_len=None, **state_options):
+        """Greedy decoding of ``src`` (B, S): a list of B int64 arrays, the tokens after BOS and
+        before EOS (at most ``max_len``, default the model's ``max_len``). ``state_options`` go to
+        ``init_state`` (the Transformer's ``use_cache``)."""
+        max_len = self._max_decode_len(max_len)
+        state = self.init_state(src, **state_options)
+        return greedy_decode(self.decode_step, state, self.bos_id, self.eos_id, max_len)[0]
+
+    def beam(self, src, beam_size=4, max_len=None, length_penalty=0.6, n_best=None,
+             **state_options):
+        """Beam search (:func:`scratchlm.decoding.beam_search`; GNMT length penalty
+        ``length_penalty``): the best sequence per source as :meth:`greedy`, or lists of the
+        ``n_best`` best."""
+        max_len = self._max_decode_len(max_len)
+        state = self.init_state(src, **state_options)
+        return beam_search(self.decode_step, state, self.bos_id, self.eos_id, beam_size, max_len,
+                           length_penalty, n_best=n_best)[0]
+
+
+def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=None,
+                    min_lr=None, weight_decay=0.01, betas=(0.9, 0.98), clip=1.0, seed=0,
+                    callback=None, checkpoint=None, save_every=100, resume=False, meta=None):
+    """Train ``model`` on ``task.train`` (teacher forcing, mean cross-entropy over non-pad
+    targets) for ``steps`` steps of ``batch_size`` pairs, shuffled each epoch.
+
+    AdamW (weight decay on matrices only), linear warm-up for ``warmup_steps`` (default
+    ``steps // 10``) then cosine decay to ``min_lr`` (default ``lr / 10``), gradient-norm
+    clipping at ``clip``. The vocabulary is ``CharVocab(task.chars)``; it is stored as
+    ``model.vocab`` for :func:`exact_match`. ``callback(step, loss)`` is called after every step.
+
+    ``checkpoint``: a path written every ``save_every`` steps and at the end (model, optimizer,
+    schedule, shuffling state, history and ``meta``); ``resume=True`` continues from it
+    bit-identically.
+
+    Returns the history: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...]}``.
+    """
+    from ..io import load_checkpoint, save_checkpoint
+    from ..optim import AdamW, WarmupCosineLR, clip_grad_norm_
+    if not isinstance(model, EncoderDecoder):
+        raise TypeError(f"model must be a Seq2SeqTransformer or a Seq2Seq, got {type(model).__name__}")
+    vocab = CharVocab(task.chars)
+    if (model.pad_id, model.bos_id, model.eos_id) != (0, 1, 2):
+        raise ValueError("the model must use pad_id=0, bos_id=1, eos_id=2 (CharVocab's ids)")
+    if model.src_vocab_size < vocab.size or model.tgt_vocab_size < vocab.size:
+        raise ValueError(f"the task needs vocabularies of {vocab.size} ids (3 specials + "
+                         f"{len(task.chars)} characters), the model has {model.src_vocab_size} "
+                         f"and {model.tgt_vocab_size}")
+    steps = positive_int(steps, "steps")
+    batch_size = positive_int(batch_size, "batch_size")
+    warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
+    min_lr = lr / 10 if min_lr is None else min_lr
+    model.vocab = vocab
+    pairs = list(task.train)
+    rng = make_rng(seed)
+    decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for _, p in model.named_parameters() if p.ndim < 2]
+    opt = AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                lr=lr, betas=tuple(betas))
+    sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
+    history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
+    order, pos, start = rng.permutation(len(pairs)), 0, 0
+    if resume:
+        saved = load_checkpoint(checkpoint, model, opt)
+        sched.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = saved["shuffle_rng"]
+        order, pos = np.array(saved["order"], dtype=np.int64), saved["pos"]
+        start, history = saved["step"], saved["history"]
+
+    def save(step):
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, opt, step=step, total_steps=steps, history=history,
+                            schedule=sched.state_dict(), shuffle_rng=rng.bit_generator.state,
+                            order=order.tolist(), pos=pos, **(meta or {}))
+
+    model.train()
+    for step in range(start, steps):
+        if pos + batch_size > len(order):
+            order, pos = rng.permutation(len(pairs)), 0
+        batch = [pairs[i] for i in order[pos:pos + batch_size]]
+        pos += batch_size
+        src, tgt_in, tgt_out = batch_pairs(vocab, batch)
+        opt.zero_grad()
+        _, loss = model(src, tgt_in, tgt_out)
+        model.backward()
+        norm = clip_grad_norm_(model.parameters(), clip)
+        history["step"].append(step)
+        history["loss"].append(float(loss))
+        history["lr"].append(opt.param_groups[0]["lr"])
+        history["grad_norm"].append(float(norm))
+        opt.step()
+        sched.step()
+        if (step + 1) % save_every == 0 and step + 1 < steps:
+            save(step + 1)
+        if callback is not None:          # after the checkpoint: an interrupt here loses nothing
+            callback(step, float(loss))
+    save(steps)
+    return history
+
+
+def translate(model, texts, vocab=None, decode="greedy", *, beam_size=4, length_penalty=0.6,
+              max_len=None, batch_size=256) -> list:
+    """Decode each string of ``texts`` with ``model`` (greedy or beam); returns strings."""
+    decode = choice(decode, "decode", ("greedy", "beam"))
+    vocab = getattr(model, "vocab", None) if vocab is None else vocab
+    if isinstance(vocab, str):
+        vocab = CharVocab(vocab)
+    if not isinstance(vocab, CharVocab):
+        raise ValueError("translate needs vocab= (a CharVocab or its characters) unless the "
+                         "model was trained by fit_translation")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts must not be empty")
+    out = []
+    for i in range(0, len(texts), batch_size):
+        src, _, _ = batch_pairs(vocab, [(t, "") for t in texts[i:i + batch_size]])
+        cap = max_len or min(model.max_len, 2 * src.shape[1] + 10)
+        if decode == "greedy":
+            ids = model.greedy(src, max_len=cap)
+        else:
+            ids = model.beam(src, beam_size=beam_size, max_len=cap, length_penalty=length_penalty)
+        out += [vocab.decode(o) for o in ids]
+    return out
+
+
+def exact_match(model, pairs, decode="greedy", *, vocab=None, beam_size=4, length_penalty=0.6,
+                max_len=None, batch_size=256) -> float:
+    """Fraction of ``pairs`` ``(src, tgt)`` whose decoded output equals ``tgt`` exactly.
+
+    ``decode``: ``'greedy'`` or ``'beam'`` (``beam_size``, ``length_penalty``). ``vocab``: a
+    :class:`CharVocab` or its characters (default: ``model.vocab``, set by
+    :func:`fit_translation`). ``max_len`` caps the generated length (default: ``2 * longest
+    source + 10``, within the model's ``max_len``).
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs must not be empty")
+    predictions = translate(model, [s for s, _ in pairs], vocab, decode, beam_size=beam_size,
+                            length_penalty=length_penalty, max_len=max_len, batch_size=batch_size)
+    from ..data import TranslationTask
+    return TranslationTask.exact_match(predictions, [t for _, t in pairs])
