@@ -9,6 +9,7 @@ from .cross_entropy import CrossEntropy256, CrossEntropy50257
 from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
 from .mlp import MLPBlock
 from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
+from .rnn import GRUTrainStep, LSTMTrainStep, RNNTrainStep
 from .sgemm import Sgemm
 
 WORKLOADS: list[type[Workload]] = [
@@ -23,6 +24,9 @@ WORKLOADS: list[type[Workload]] = [
     GPTTrainStep,
     GPTGenerate,
     GPTGenerate1024,
+    LSTMTrainStep,
+    GRUTrainStep,
+    RNNTrainStep,
 ]
 
 PEAK_WORKLOAD = "sgemm"
