@@ -15,6 +15,10 @@ changes one. Forwards validate their arguments (kernels do no bounds checking).
 """
 
 from .attention import attention_backward, attention_forward
+from .conv import (avg_pool1d_backward, avg_pool1d_forward, avg_pool2d_backward,
+                   avg_pool2d_forward, conv1d_backward, conv1d_forward, conv2d_backward,
+                   conv2d_forward, max_pool1d_backward, max_pool1d_forward,
+                   max_pool2d_backward, max_pool2d_forward)
 from .activation import (gelu_backward, gelu_forward, relu_backward, relu_forward,
                          sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward)
 from .dropout import dropout_backward, dropout_forward

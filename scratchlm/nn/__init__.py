@@ -6,6 +6,7 @@ cache, ``backward`` returns the input gradient and accumulates into every ``para
 
 from .activation import GELU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .attention import MultiheadAttention, SinusoidalPositionalEncoding, sinusoidal_table
+from .conv import AvgPool1d, AvgPool2d, Conv1d, Conv2d, MaxPool1d, MaxPool2d
 from .dropout import Dropout, Flatten
 from .embedding import Embedding
 from .linear import Linear
@@ -18,6 +19,7 @@ __all__ = [
     "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict",
     "MultiheadAttention", "SinusoidalPositionalEncoding", "sinusoidal_table",
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
     "Linear", "Embedding", "LayerNorm", "Dropout", "Flatten",
     "ReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax",
     "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss", "GaussianKLLoss",

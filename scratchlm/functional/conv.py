@@ -1,0 +1,493 @@
+r"""Convolution (1-D and 2-D, with stride, zero padding, dilation and groups) and pooling.
+
+Convolutional networks: LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied
+to document recognition". Convolution as one matrix product over unrolled patches ("im2col"):
+Chellapilla, Puri & Simard (2006), "High Performance Convolutional Neural Networks for Document
+Processing". Dilated convolutions: Yu & Koltun (2016), "Multi-Scale Context Aggregation by
+Dilated Convolutions".
+
+As in every deep-learning library, "convolution" is the cross-correlation (the kernel is not
+flipped). For a 2-D input ``x`` ``(N, C, H, W)``, weight ``W`` ``(O, C/G, kH, kW)``, stride
+``s``, dilation ``d``, zero padding and ``G`` groups (output channel ``o`` sees only the ``C/G``
+input channels of its group ``g(o) = o // (O/G)``):
+
+.. math::
+    y_{n,o,i,j} = b_o + \sum_{c=0}^{C/G-1}\sum_{p=0}^{k_H-1}\sum_{q=0}^{k_W-1}
+        W_{o,c,p,q}\; x^{\text{pad}}_{n,\;g(o)\,C/G + c,\;s_H i + d_H p,\;s_W j + d_W q}
+
+and each output side is
+
+.. math::
+    H_\text{out} = \left\lfloor \frac{H + p_\text{top} + p_\text{bottom} - d_H (k_H - 1) - 1}{s_H}
+        \right\rfloor + 1 .
+
+The backward pass, with :math:`\delta = \partial L/\partial y`:
+
+.. math::
+    \frac{\partial L}{\partial W_{o,c,p,q}} = \sum_{n,i,j} \delta_{n,o,i,j}\,
+        x^{\text{pad}}_{n,\,g(o)C/G+c,\,s_H i+d_H p,\,s_W j+d_W q},\qquad
+    \frac{\partial L}{\partial b_o} = \sum_{n,i,j} \delta_{n,o,i,j},
+
+    \frac{\partial L}{\partial x^{\text{pad}}_{n,\,g(o)C/G+c,\,s_H i+d_H p,\,s_W j+d_W q}}
+        \mathrel{+}= W_{o,c,p,q}\,\delta_{n,o,i,j}
+
+(every input pixel collects from each output that read it), then the padding is cropped off.
+1-D is the same with one spatial axis.
+
+Two ways to compute it (``method=``):
+
+* ``'im2col'``: unroll the padded input into ``cols`` ``(C*K, n*L)`` (``K`` kernel taps, ``L``
+  output pixels, ``n`` samples), then one BLAS matmul per group: ``y_g = W_g cols_g``.
+  Backward: ``dW_g = dy_g cols_g^T`` and ``dcols_g = W_g^T dy_g``, folded back by col2im (its
+  adjoint). The batch goes through in chunks of a few samples (:data:`IM2COL_CHUNK`), so the
+  ``K``-times-larger column matrix stays cache-sized, and the backward rebuilds it rather than
+  keeping it: the cache holds only the padded input.
+* ``'direct'``: the sums above as Numba loops (``scratchlm/kernels/conv.py``); no column matrix.
+* ``'auto'`` (default): :func:`choose_method`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import choice, float_array, integer, positive_int, upstream
+from ..kernels import conv as K
+
+METHODS = ("auto", "im2col", "direct")
+
+
+def choose_method(out_channels, groups, stride) -> str:
+    """The rule behind ``method='auto'``: ``'direct'`` when every stride is 1 and each group has
+    at most 8 output channels (``out_channels / groups <= 8``), else ``'im2col'``.
+
+    Why: im2col's matrix product has ``out_channels / groups`` rows. With few rows BLAS is
+    memory-bound on the column matrix, which im2col writes, the product reads and col2im reads
+    back, so its cost per multiply-add grows like ``groups / out_channels``; the direct loops
+    run at 30-60 GFLOP/s on one core whatever the shape. Measured forward + backward, float32,
+    on the benchmarks' 2-core AMD EPYC (AVX-512, OpenBLAS) VM:
+
+    * direct wins by 1.3-4.7x at ``O/G`` = 1, 2, 4, 6 (depthwise 3x3 on (32, 32, 16, 16):
+      0.93 vs 4.4 ms; LeNet's 1 -> 6, 5x5: 1.3 vs 1.7 ms);
+    * at ``O/G`` = 8 or 16 with a thin reduction the two are within 10% either way (the one
+      20% miss: 1-D 1 -> 16, k=5, 0.44 vs 0.54 ms);
+    * im2col wins by 2-5x at ``O/G >= 32`` (3x3 16 -> 32 on (32, 16, 32, 32): 8.4 vs 17.6 ms;
+      the 1-D 128 -> 128, k=5 language-model layer: 11 vs 40-54 ms), and 4x for strided
+      convolutions, which the direct loops can only gather row by row; hence stride 1.
+    """
+    per_group = out_channels // groups
+    return "direct" if all(s == 1 for s in stride) and per_group <= 8 else "im2col"
+
+
+# ------------------------------------------------------------------------------------------------
+# argument handling
+# ------------------------------------------------------------------------------------------------
+def _ntuple(value, name, nd, minimum):
+    """An int (repeated ``nd`` times) or a tuple/list of ``nd`` ints, each ``>= minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != nd:
+            raise ValueError(f"{name} must be an int or a tuple of {nd} int(s), got {value!r}")
+        values = tuple(integer(v, name) for v in value)
+    else:
+        values = (integer(value, name),) * nd
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return values
+
+
+def _conv_padding(padding, nd, kernel, stride, dilation):
+    """-> ((lo, hi), ...) per spatial axis. 'same' pads ``d*(k-1)`` in total, ``total // 2`` before
+    and the rest after (torch's rule: the odd extra goes to the end) and needs stride 1."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * nd
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(as in torch): stride must be 1, got stride={stride}")
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise ValueError(f"padding must be an int, a tuple of {nd} int(s), 'same' or 'valid', "
+                         f"got {padding!r}")
+    return tuple((p, p) for p in _ntuple(padding, "padding", nd, 0))
+
+
+def _pad(x, pads):
+    """Zero-pad the spatial axes of ``x`` (N, C, *spatial) by ``pads`` ((lo, hi), ...)."""
+    if not any(lo or hi for lo, hi in pads):
+        return np.ascontiguousarray(x)
+    shape = x.shape[:2] + tuple(s + lo + hi for s, (lo, hi) in zip(x.shape[2:], pads))
+    xp = np.zeros(shape, dtype=x.dtype)
+    xp[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for s, (lo, _) in zip(x.shape[2:], pads))] = x
+    return xp
+
+
+def _crop(dxp, pads, spatial):
+    if not any(lo or hi for lo, hi in pads):
+        return dxp
+    index = (slice(None), slice(None)) + tuple(slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads))
+    return np.ascontiguousarray(dxp[index])
+
+
+#: target size (entries) of one chunk's column matrix (1 MB in float32). The batch is unrolled a
+#: few samples at a time, so the columns stay cache-sized and no big temporary is allocated: the
+#: fresh pages of one cost page faults, which made forward + backward of a (32, 16, 32, 32) 3x3
+#: conv 2-3x slower with its 19 MB column matrix (measured; the exact cost depends on malloc).
+IM2COL_CHUNK = 1 << 18
+
+
+def _chunks(N, per_sample):
+    """Split ``range(N)`` into runs of samples whose column matrix holds ~IM2COL_CHUNK entries."""
+    step = max(1, IM2COL_CHUNK // max(per_sample, 1))
+    return [(n0, min(n0 + step, N)) for n0 in range(0, N, step)]
+
+
+def _im2col(xp, kernel, stride, dilation, out):
+    if len(kernel) == 1:
+        return K.im2col1d(xp, kernel[0], stride[0], dilation[0], out[0])              # (C*k, N*L)
+    return K.im2col2d(xp, *kernel, *stride, *dilation, *out)                          # (C*kH*kW, N*L)
+
+
+def _col2im(cols, N, C, padded, kernel, stride, dilation, out):
+    if len(kernel) == 1:
+        return K.col2im1d(cols, N, C, padded[0], kernel[0], stride[0], dilation[0], out[0])
+    return K.col2im2d(cols, N, C, *padded, *kernel, *stride, *dilation, *out)
+
+
+def _batched(x, nd, name="x"):
+    """(C, *spatial) or (N, C, *spatial) -> the batched array and whether a batch axis was added."""
+    x = float_array(x, name, ndim=(nd + 1, nd + 2))
+    return (x[None], True) if x.ndim == nd + 1 else (x, False)
+
+
+# ------------------------------------------------------------------------------------------------
+# convolution
+# ------------------------------------------------------------------------------------------------
+def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd):
+    x, unbatched = _batched(x, nd)
+    weight = float_array(weight, "weight", ndim=nd + 2, finite=False)
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but weight has dtype {weight.dtype}")
+    groups = positive_int(groups, "groups")
+    method = choice(method, "method", METHODS)
+    N, C = x.shape[:2]
+    O, Cg = weight.shape[:2]
+    kernel = weight.shape[2:]
+    if O % groups:
+        raise ValueError(f"weight's out_channels ({O}, weight shape {weight.shape}) must be "
+                         f"divisible by groups={groups}")
+    if Cg * groups != C:
+        raise ValueError(f"x must have {Cg * groups} channels (weight {weight.shape} with "
+                         f"groups={groups}), got {C} channels in shape {x.shape}")
+    stride = _ntuple(stride, "stride", nd, 1)
+    dilation = _ntuple(dilation, "dilation", nd, 1)
+    pads = _conv_padding(padding, nd, kernel, stride, dilation)
+    out = []
+    for size, k, s, d, (lo, hi) in zip(x.shape[2:], kernel, stride, dilation, pads):
+        padded, span = size + lo + hi, d * (k - 1) + 1
+        if span > padded:
+            raise ValueError(
+                f"kernel larger than the padded input: kernel size {tuple(kernel)} with dilation "
+                f"{dilation} spans {span} but the padded input is {padded} along that axis "
+                f"(x shape {x.shape}, padding {tuple(lo + hi for lo, hi in pads)} in total)")
+        out.append((padded - span) // s + 1)
+    out = tuple(out)
+    if bias is not None:
+        bias = float_array(bias, "bias", ndim=1, finite=False)
+        if bias.shape != (O,) or bias.dtype != weight.dtype:
+            raise ValueError(f"bias must have shape ({O},) and dtype {weight.dtype}, "
+                             f"got {bias.shape} {bias.dtype}")
+    if method == "auto":
+        method = choose_method(O, groups, stride)
+
+    weight = np.ascontiguousarray(weight)
+    xp = _pad(x, pads)                                                     # (N, C, *padded)
+    L = math.prod(out)
+    if method == "im2col":
+        wg = weight.reshape(groups, O // groups, -1)                                  # (G, Og, Cg*K)
+        y = np.empty((N, O, L), dtype=x.dtype)
+        for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
+            cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                  # (C*K, n*L)
+            yc = wg @ cols.reshape(groups, -1, (n1 - n0) * L)                         # (G, Og, n*L)
+            y[n0:n1] = yc.reshape(O, n1 - n0, L).transpose(1, 0, 2)
+        y = y.reshape((N, O) + out)
+        if bias is not None:
+            y += bias.reshape((O,) + (1,) * nd)
+    else:
+        b = bias if bias is not None else np.zeros(O, dtype=x.dtype)
+        xp4, w4 = (xp[:, :, None], weight[:, :, None]) if nd == 1 else (xp, weight)  # 1-D: H = 1
+        s2, d2, o2 = ((1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation, (1,) * (2 - nd) + out)
+        y = K.conv2d_direct_forward(xp4, w4, np.ascontiguousarray(b), groups, *s2, *d2, *o2)
+        y = y.reshape((N, O) + out)
+    cache = (method, nd, xp, weight, x.shape, unbatched, pads, stride, dilation, groups, out,
+             bias is not None)
+    return (y[0] if unbatched else y), cache
+
+
+def _conv_backward(dy, cache):
+    (method, nd, xp, weight, x_shape, unbatched, pads, stride, dilation, groups, out,
+     has_bias) = cache
+    N, C = x_shape[:2]
+    O = weight.shape[0]
+    kernel = weight.shape[2:]
+    y_shape = (N, O) + out
+    upstream(dy, y_shape[1:] if unbatched else y_shape, weight.dtype)
+    dy = np.ascontiguousarray(dy).reshape(y_shape)
+    L = math.prod(out)
+    dbias = dy.sum(axis=(0,) + tuple(range(2, 2 + nd))) if has_bias else None      # (O,)
+    if method == "im2col":
+        wg = weight.reshape(groups, O // groups, -1)                                # (G, Og, Cg*K)
+        dweight = np.zeros_like(wg)
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        inner = tuple(slice(lo, lo + n) for n, (lo, _) in zip(x_shape[2:], pads))
+        for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
+            n = n1 - n0
+            cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                # recomputed
+            dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))
+            dyc = dyc.reshape(groups, -1, n * L)                                    # (G, Og, n*L)
+            dweight += dyc @ cols.reshape(groups, -1, n * L).transpose(0, 2, 1)     # (G, Og, Cg*K)
+            dcols = (wg.transpose(0, 2, 1) @ dyc).reshape(-1, n * L)                # (C*K, n*L)
+            dxp = _col2im(dcols, n, C, xp.shape[2:], kernel, stride, dilation, out)  # (n, C, *padded)
+            dx[n0:n1] = dxp[(slice(None), slice(None)) + inner]
+        dweight = dweight.reshape(weight.shape)
+    else:
+        lift = (lambda a: a[:, :, None]) if nd == 1 else (lambda a: a)               # 1-D: H = 1
+        s2, d2 = (1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation
+        hw = (1,) * (2 - nd) + tuple(xp.shape[2:])
+        dxp = K.conv2d_direct_backward_input(lift(dy), lift(weight), groups, *hw, *s2, *d2)
+        dweight = K.conv2d_direct_backward_weight(lift(dy), lift(xp), groups,
+                                                  *((1,) * (2 - nd) + kernel), *s2, *d2)
+        dx = _crop(dxp.reshape(xp.shape), pads, x_shape[2:])
+        dweight = dweight.reshape(weight.shape)
+    return (dx[0] if unbatched else dx), dweight, dbias
+
+
+_CONV_ARGS = """
+    Args:
+        x: ``{x}`` or unbatched ``{xu}``, float32 or float64.
+        weight: ``{w}`` -- torch's layout; same dtype as ``x``.
+        bias: ``(out_channels,)`` or ``None``.
+        stride, dilation: int or tuple of {nd} int(s), each >= 1.
+        padding: int or tuple of {nd} int(s) (zeros on both sides), ``'valid'`` (none) or
+            ``'same'`` (output as long as the input; stride must be 1; when the total
+            ``d*(k-1)`` is odd the extra zero goes at the end, as torch does).
+        groups: split the channels into this many independent convolutions (``in_channels`` and
+            ``out_channels`` both divisible by it).
+        method: ``'auto'`` (default, :func:`choose_method`), ``'im2col'`` or ``'direct'``.
+
+    Returns:
+        ``y`` ``{y}`` and the cache for the backward.
+"""
+
+
+def conv1d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):
+    r"""1-D convolution (cross-correlation) over the last axis:
+
+    .. math:: y_{n,o,t} = b_o + \sum_{c<C/G}\sum_{p<k} W_{o,c,p}\,
+              x^{\text{pad}}_{n,\,g(o)C/G+c,\;s t + d p},\qquad
+              L_\text{out} = \left\lfloor\frac{L + p_\text{lo} + p_\text{hi} - d(k-1) - 1}{s}\right\rfloor + 1
+
+    (dilation: Yu & Koltun 2016; im2col: Chellapilla et al. 2006; see the module docstring).
+    """
+    return _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, 1)
+
+
+def conv1d_backward(dy, cache):
+    r"""Gradients of :func:`conv1d_forward`:
+
+    .. math:: \frac{\partial L}{\partial W_{o,c,p}} = \sum_{n,t}\delta_{n,o,t}\,x^{\text{pad}}_{n,c',st+dp},
+              \quad \frac{\partial L}{\partial b_o} = \sum_{n,t}\delta_{n,o,t},
+              \quad \frac{\partial L}{\partial x^{\text{pad}}_{n,c',st+dp}} \mathrel{+}= W_{o,c,p}\,\delta_{n,o,t}
+
+    with :math:`c' = g(o)C/G + c`; the padding is cropped from the input gradient.
+
+    Returns:
+        ``(dx, dweight, dbias)`` shaped like ``x``, ``weight``, ``bias`` (``dbias`` is ``None``
+        without a bias), in the forward's dtype.
+    """
+    return _conv_backward(dy, cache)
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, method="auto"):
+    r"""2-D convolution (cross-correlation) over the last two axes:
+
+    .. math:: y_{n,o,i,j} = b_o + \sum_{c<C/G}\sum_{p<k_H}\sum_{q<k_W} W_{o,c,p,q}\,
+              x^{\text{pad}}_{n,\,g(o)C/G+c,\;s_H i + d_H p,\;s_W j + d_W q}
+
+    .. math:: H_\text{out} = \left\lfloor\frac{H + p_\text{top} + p_\text{bottom} - d_H(k_H-1) - 1}
+              {s_H}\right\rfloor + 1\quad\text{(and likewise } W_\text{out}\text{)}
+
+    (LeCun et al. 1998; im2col: Chellapilla et al. 2006; dilation: Yu & Koltun 2016.)
+    """
+    return _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, 2)
+
+
+def conv2d_backward(dy, cache):
+    r"""Gradients of :func:`conv2d_forward`:
+
+    .. math:: \frac{\partial L}{\partial W_{o,c,p,q}} = \sum_{n,i,j}\delta_{n,o,i,j}\,
+              x^{\text{pad}}_{n,c',s_H i+d_H p,s_W j+d_W q},
+              \quad \frac{\partial L}{\partial b_o} = \sum_{n,i,j}\delta_{n,o,i,j},
+              \quad \frac{\partial L}{\partial x^{\text{pad}}_{n,c',s_H i+d_H p,s_W j+d_W q}}
+              \mathrel{+}= W_{o,c,p,q}\,\delta_{n,o,i,j}
+
+    with :math:`c' = g(o)C/G + c`; the padding is cropped from the input gradient. With im2col
+    these are ``dW = dy cols^T``, ``dcols = W^T dy`` and ``dx = col2im(dcols)``.
+
+    Returns:
+        ``(dx, dweight, dbias)`` shaped like ``x``, ``weight``, ``bias`` (``dbias`` is ``None``
+        without a bias), in the forward's dtype.
+    """
+    return _conv_backward(dy, cache)
+
+
+conv1d_forward.__doc__ += _CONV_ARGS.format(x="(N, C, L)", xu="(C, L)", w="(out_channels, C/groups, k)",
+                                            nd=1, y="(N, out_channels, L_out)")
+conv2d_forward.__doc__ += _CONV_ARGS.format(x="(N, C, H, W)", xu="(C, H, W)",
+                                            w="(out_channels, C/groups, kH, kW)", nd=2,
+                                            y="(N, out_channels, H_out, W_out)")
+
+
+# ------------------------------------------------------------------------------------------------
+# pooling
+# ------------------------------------------------------------------------------------------------
+def _pool_setup(x, kernel_size, stride, padding, nd):
+    """-> x as (P, H, W) planes (1-D: H = 1), the 2-D hyperparameters, output shape, input shape."""
+    x = float_array(x, "x", ndim=(nd + 1, nd + 2))
+    k = _ntuple(kernel_size, "kernel_size", nd, 1)
+    s = k if stride is None else _ntuple(stride, "stride", nd, 1)
+    p = _ntuple(padding, "padding", nd, 0)
+    if any(2 * pp > kk for pp, kk in zip(p, k)):
+        raise ValueError(f"padding must be at most half of kernel_size (as in torch), got "
+                         f"padding={p} and kernel_size={k}")
+    spatial = x.shape[-nd:]
+    out = []
+    for size, kk, ss, pp in zip(spatial, k, s, p):
+        if kk > size + 2 * pp:
+            raise ValueError(f"kernel larger than the padded input: kernel_size {k} but x has "
+                             f"spatial shape {spatial} with padding {p}")
+        out.append((size + 2 * pp - kk) // ss + 1)
+    lift = (1,) * (2 - nd)
+    planes = np.ascontiguousarray(x).reshape((-1,) + lift + spatial)           # (P, H, W)
+    hyper = lift + k, lift + s, (0,) * (2 - nd) + p
+    return planes, hyper, tuple(out), x.shape
+
+
+def _pool_doc(kind, nd):
+    dims = "(N, C, L)" if nd == 1 else "(N, C, H, W)"
+    unb = "(C, L)" if nd == 1 else "(C, H, W)"
+    return f"""
+    Args:
+        x: ``{dims}`` or unbatched ``{unb}``, float32 or float64 (kept).
+        kernel_size: int or tuple of {nd} int(s).
+        stride: int or tuple; ``None`` (default) means ``kernel_size``.
+        padding: int or tuple, at most half the kernel ({kind} padding; torch's limit).
+
+    Output side: :math:`\\lfloor (L + 2p - k)/s \\rfloor + 1`.
+
+    Returns:
+        ``y`` with the pooled axes shrunk, and the cache.
+    """
+
+
+def _max_pool_forward(x, kernel_size, stride, padding, nd):
+    planes, (k, s, p), out, x_shape = _pool_setup(x, kernel_size, stride, padding, nd)
+    out2 = (1,) * (2 - nd) + out
+    y, idx = K.max_pool2d_forward(planes, *k, *s, *p, *out2)                   # (P, Ho, Wo) x2
+    cache = (idx, planes.shape[1:], x_shape, x_shape[:-nd] + out, planes.dtype)
+    return y.reshape(x_shape[:-nd] + out), cache
+
+
+def _max_pool_backward(dy, cache):
+    idx, (H, W), x_shape, y_shape, dtype = cache
+    upstream(dy, y_shape, dtype)
+    dx = K.max_pool2d_backward(np.ascontiguousarray(dy).reshape(idx.shape), idx, H, W)
+    return dx.reshape(x_shape)
+
+
+def max_pool1d_forward(x, kernel_size, stride=None, padding=0):
+    r"""Max over each window of the (implicitly ``-inf``-padded) last axis:
+
+    .. math:: y_{n,c,t} = \max_{0\le p<k} x^{\text{pad}}_{n,c,\,st+p}
+
+    The cache keeps the argmax of every window (the first maximum on ties, as torch).
+    """
+    return _max_pool_forward(x, kernel_size, stride, padding, 1)
+
+
+def max_pool1d_backward(dy, cache):
+    r"""The gradient goes to each window's argmax only:
+    :math:`\partial L/\partial x_{n,c,a(t)} \mathrel{+}= \delta_{n,c,t}` (overlapping windows add).
+    Returns ``dx`` shaped like ``x``."""
+    return _max_pool_backward(dy, cache)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    r"""Max over each ``kH x kW`` window of the (implicitly ``-inf``-padded) last two axes
+    (LeCun et al. 1998 subsample by averaging; max pooling is the modern default):
+
+    .. math:: y_{n,c,i,j} = \max_{p<k_H,\,q<k_W} x^{\text{pad}}_{n,c,\,s_H i+p,\,s_W j+q}
+
+    The cache keeps the argmax of every window (the first maximum in scan order on ties, as
+    torch's CPU kernel).
+    """
+    return _max_pool_forward(x, kernel_size, stride, padding, 2)
+
+
+def max_pool2d_backward(dy, cache):
+    r"""The gradient goes to each window's argmax only:
+    :math:`\partial L/\partial x_{n,c,a(i,j)} \mathrel{+}= \delta_{n,c,i,j}` (overlapping windows
+    add). Returns ``dx`` shaped like ``x``."""
+    return _max_pool_backward(dy, cache)
+
+
+def _avg_pool_forward(x, kernel_size, stride, padding, nd):
+    planes, (k, s, p), out, x_shape = _pool_setup(x, kernel_size, stride, padding, nd)
+    out2 = (1,) * (2 - nd) + out
+    y = K.avg_pool2d_forward(planes, *k, *s, *p, *out2)                        # (P, Ho, Wo)
+    cache = (y.shape, planes.shape[1:], (k, s, p), x_shape, x_shape[:-nd] + out, planes.dtype)
+    return y.reshape(x_shape[:-nd] + out), cache
+
+
+def _avg_pool_backward(dy, cache):
+    planes_out, (H, W), (k, s, p), x_shape, y_shape, dtype = cache
+    upstream(dy, y_shape, dtype)
+    dx = K.avg_pool2d_backward(np.ascontiguousarray(dy).reshape(planes_out), H, W, *k, *s, *p)
+    return dx.reshape(x_shape)
+
+
+def avg_pool1d_forward(x, kernel_size, stride=None, padding=0):
+    r"""Mean over each window of the zero-padded last axis; the divisor is always ``k``
+    (torch's default ``count_include_pad=True``):
+
+    .. math:: y_{n,c,t} = \frac1k\sum_{p<k} x^{\text{pad}}_{n,c,\,st+p}
+    """
+    return _avg_pool_forward(x, kernel_size, stride, padding, 1)
+
+
+def avg_pool1d_backward(dy, cache):
+    r""":math:`\partial L/\partial x^{\text{pad}}_{n,c,st+p} \mathrel{+}= \delta_{n,c,t}/k`, padding
+    cropped. Returns ``dx`` shaped like ``x``."""
+    return _avg_pool_backward(dy, cache)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    r"""Mean over each ``kH x kW`` window of the zero-padded last two axes; the divisor is always
+    ``kH*kW`` (torch's default ``count_include_pad=True``; LeCun et al. 1998's subsampling):
+
+    .. math:: y_{n,c,i,j} = \frac{1}{k_H k_W}\sum_{p<k_H,\,q<k_W} x^{\text{pad}}_{n,c,\,s_H i+p,\,s_W j+q}
+    """
+    return _avg_pool_forward(x, kernel_size, stride, padding, 2)
+
+
+def avg_pool2d_backward(dy, cache):
+    r""":math:`\partial L/\partial x^{\text{pad}}_{n,c,s_H i+p,s_W j+q} \mathrel{+}=
+    \delta_{n,c,i,j}/(k_H k_W)`, padding cropped. Returns ``dx`` shaped like ``x``."""
+    return _avg_pool_backward(dy, cache)
+
+
+for _f, _kind, _nd in ((max_pool1d_forward, "-inf", 1), (max_pool2d_forward, "-inf", 2),
+                       (avg_pool1d_forward, "zero", 1), (avg_pool2d_forward, "zero", 2)):
+    _f.__doc__ += _pool_doc(_kind, _nd)
+del _f, _kind, _nd

@@ -1,0 +1,540 @@
+r"""Convolution and pooling: im2col/col2im, direct convolution loops, max and average pooling.
+
+Shapes: N batch, C input channels, O output channels, G groups (``Cg = C/G`` input and
+``Og = O/G`` output channels per group), kernel ``kH x kW``, stride ``sH, sW``, dilation
+``dH, dW``, output ``Ho x Wo``. The convolution kernels take the input **already zero-padded**
+(``xp``, ``(N, C, Hp, Wp)``; the caller pads and crops), so their loops never test a bound.
+The pooling kernels take the unpadded input and clip each window to it, as torch does.
+
+* **im2col** (Chellapilla et al. 2006) copies every receptive field into a column, so the
+  convolution becomes one matrix product per group::
+
+      cols[(c*kH + i)*kW + j, n*Ho*Wo + oh*Wo + ow] = xp[n, c, oh*sH + i*dH, ow*sW + j*dW]
+
+  **col2im** is its adjoint: it scatter-*adds* the columns back (overlapping windows add).
+  Both exist for 1-D (``(N, C, Lp)``) and 2-D inputs.
+* **direct** convolution: the same sum as explicit loops, no column matrix. With unit stride
+  each (channel, tap) pair is one contiguous multiply-add run over a whole "full-width" plane
+  (output rows computed ``Wp`` wide; see the forward kernel), so the loops vectorise; strided
+  convolutions gather each input row once per tap and reuse it for every output channel.
+  A 1-D convolution runs through the 2-D kernels with ``H = kH = 1``.
+* **max pool** returns the output and, per output, the flat index ``h*W + w`` of the maximum in
+  its input plane (torch's ``return_indices`` convention). Ties go to the first maximum in scan
+  order (row by row), as in torch's CPU kernel; the backward adds each ``dy`` at its index.
+* **avg pool** divides each window sum by ``kH*kW`` whether or not the window overlaps the zero
+  padding (torch's default ``count_include_pad=True``).
+
+Kernels validate nothing (Numba does no bounds checking): ``scratchlm.functional.conv`` checks
+every shape, stride, padding and index in Python first. The kernels are serial (no ``prange``).
+
+A note on speed: the inner loops index 1-D row views that start at 0 (``src = xp[n, c, h, j*dW:]``,
+then ``src[ow]``) rather than ``xp[n, c, h, j*dW + ow]``. Numba wraps negative indices, and for
+an index whose sign LLVM cannot prove (``j*dW + ow``) the test stays in the loop and blocks
+vectorisation (measured 4-8x slower). Views are not free either (a reference count each), so
+they are made outside the innermost loops.
+"""
+
+import numpy as np
+from numba import njit
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import FAST, dispatch
+
+
+# ------------------------------------------------------------------------------------------------
+# im2col / col2im, 2-D
+# ------------------------------------------------------------------------------------------------
+def _windows2d(xp, kH, kW, sH, sW, dH, dW):
+    """(N, C, Hp, Wp) -> a strided view (N, C, Ho, Wo, kH, kW) of every (dilated) receptive field."""
+    win = sliding_window_view(xp, (dH * (kH - 1) + 1, dW * (kW - 1) + 1), axis=(2, 3))
+    return win[:, :, ::sH, ::sW, ::dH, ::dW]
+
+
+def im2col2d_numpy(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
+    """xp: (N, C, Hp, Wp) zero-padded -> cols: (C*kH*kW, N*Ho*Wo)."""
+    N, C = xp.shape[:2]
+    win = _windows2d(xp, kH, kW, sH, sW, dH, dW)                       # (N, C, Ho, Wo, kH, kW)
+    return win.transpose(1, 4, 5, 0, 2, 3).reshape(C * kH * kW, N * Ho * Wo)
+
+
+@njit(cache=True, nogil=True)
+def im2col2d_numba(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
+    # xp: (N, C, Hp, Wp) zero-padded -> cols: (C*kH*kW, N*Ho*Wo)
+    N, C = xp.shape[0], xp.shape[1]
+    L = Ho * Wo
+    cols = np.empty((C * kH * kW, N * L), dtype=xp.dtype)
+    for c in range(C):
+        for i in range(kH):
+            for j in range(kW):
+                row = cols[(c * kH + i) * kW + j]
+                for n in range(N):
+                    for oh in range(Ho):
+                        src = xp[n, c, oh * sH + i * dH, j * dW:]   # row views from 0 (see
+                        dst = row[n * L + oh * Wo:]                  # the module docstring)
+                        if sW == 1:
+                            for ow in range(Wo):
+                                dst[ow] = src[ow]
+                        else:
+                            for ow in range(Wo):
+                                dst[ow] = src[ow * sW]
+    return cols
+
+
+def col2im2d_numpy(cols, N, C, Hp, Wp, kH, kW, sH, sW, dH, dW, Ho, Wo):
+    """cols: (C*kH*kW, N*Ho*Wo) -> dxp: (N, C, Hp, Wp), overlapping windows summed."""
+    c6 = cols.reshape(C, kH, kW, N, Ho, Wo)
+    dxp = np.zeros((N, C, Hp, Wp), dtype=cols.dtype)
+    for i in range(kH):                                                  # one strided add per tap
+        for j in range(kW):
+            dxp[:, :, i * dH:i * dH + sH * (Ho - 1) + 1:sH,
+                j * dW:j * dW + sW * (Wo - 1) + 1:sW] += c6[:, i, j].transpose(1, 0, 2, 3)
+    return dxp
+
+
+@njit(cache=True, nogil=True)
+def col2im2d_numba(cols, N, C, Hp, Wp, kH, kW, sH, sW, dH, dW, Ho, Wo):
+    # cols: (C*kH*kW, N*Ho*Wo) -> dxp: (N, C, Hp, Wp)
+    L = Ho * Wo
+    dxp = np.zeros((N, C, Hp, Wp), dtype=cols.dtype)
+    for c in range(C):
+        for i in range(kH):
+            for j in range(kW):
+                row = cols[(c * kH + i) * kW + j]
+                for n in range(N):
+                    for oh in range(Ho):
+                        dst = dxp[n, c, oh * sH + i * dH, j * dW:]
+                        src = row[n * L + oh * Wo:]
+                        if sW == 1:
+                            for ow in range(Wo):
+                                dst[ow] += src[ow]
+                        else:
+                            for ow in range(Wo):
+                                dst[ow * sW] += src[ow]
+    return dxp
+
+
+# ------------------------------------------------------------------------------------------------
+# im2col / col2im, 1-D
+# ------------------------------------------------------------------------------------------------
+def im2col1d_numpy(xp, k, s, d, Lo):
+    """xp: (N, C, Lp) zero-padded -> cols: (C*k, N*Lo)."""
+    N, C = xp.shape[:2]
+    win = sliding_window_view(xp, d * (k - 1) + 1, axis=2)[:, :, ::s, ::d]   # (N, C, Lo, k)
+    return win.transpose(1, 3, 0, 2).reshape(C * k, N * Lo)
+
+
+@njit(cache=True, nogil=True)
+def im2col1d_numba(xp, k, s, d, Lo):
+    # xp: (N, C, Lp) zero-padded -> cols: (C*k, N*Lo)
+    N, C = xp.shape[0], xp.shape[1]
+    cols = np.empty((C * k, N * Lo), dtype=xp.dtype)
+    for c in range(C):
+        for j in range(k):
+            row = cols[c * k + j]
+            for n in range(N):
+                src = xp[n, c, j * d:]
+                dst = row[n * Lo:]
+                if s == 1:
+                    for t in range(Lo):
+                        dst[t] = src[t]
+                else:
+                    for t in range(Lo):
+                        dst[t] = src[t * s]
+    return cols
+
+
+def col2im1d_numpy(cols, N, C, Lp, k, s, d, Lo):
+    """cols: (C*k, N*Lo) -> dxp: (N, C, Lp), overlapping windows summed."""
+    c4 = cols.reshape(C, k, N, Lo)
+    dxp = np.zeros((N, C, Lp), dtype=cols.dtype)
+    for j in range(k):
+        dxp[:, :, j * d:j * d + s * (Lo - 1) + 1:s] += c4[:, j].transpose(1, 0, 2)
+    return dxp
+
+
+@njit(cache=True, nogil=True)
+def col2im1d_numba(cols, N, C, Lp, k, s, d, Lo):
+    # cols: (C*k, N*Lo) -> dxp: (N, C, Lp)
+    dxp = np.zeros((N, C, Lp), dtype=cols.dtype)
+    for c in range(C):
+        for j in range(k):
+            row = cols[c * k + j]
+            for n in range(N):
+                dst = dxp[n, c, j * d:]
+                src = row[n * Lo:]
+                if s == 1:
+                    for t in range(Lo):
+                        dst[t] += src[t]
+                else:
+                    for t in range(Lo):
+                        dst[t * s] += src[t]
+    return dxp
+
+
+# ------------------------------------------------------------------------------------------------
+# direct convolution, 2-D (1-D runs with H = kH = 1)
+# ------------------------------------------------------------------------------------------------
+def conv2d_direct_forward_numpy(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
+    """xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo).
+
+    A sliding-window view contracted with the weights by einsum, group by group."""
+    N, C = xp.shape[:2]
+    O, Cg, kH, kW = w.shape
+    win = _windows2d(xp, kH, kW, sH, sW, dH, dW)                          # (N, C, Ho, Wo, kH, kW)
+    win = win.reshape(N, groups, Cg, Ho, Wo, kH, kW)                      # split C into (G, Cg)
+    wg = w.reshape(groups, O // groups, Cg, kH, kW)
+    y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
+    return (y.reshape(N, O, Ho, Wo) + b[:, None, None]).astype(xp.dtype, copy=False)
+
+
+#: output channels accumulated together by the direct forward (each input run read once for all)
+_OB = 4
+
+
+@njit(cache=True, nogil=True)
+def conv2d_direct_forward_numba(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
+    # xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo)
+    N, C, Hp, Wp = xp.shape
+    O, Cg, kH, kW = w.shape
+    Og = O // groups
+    y = np.empty((N, O, Ho, Wo), dtype=xp.dtype)
+    if sH == 1 and sW == 1:
+        # Full-width planes: output (oh, ow) reads xp plane index (oh + i*dH)*Wp + ow + j*dW, so
+        # with output rows Wp wide (the last Wp - Wo columns are junk, never copied out) each
+        # (channel, tap) is ONE contiguous run: acc[t] += w * xplane[off + t], t < span.
+        span = (Ho - 1) * Wp + Wo
+        acc = np.empty((_OB, Ho * Wp), dtype=xp.dtype)
+        xf = xp.reshape(N, C, Hp * Wp)
+        for n in range(N):
+            for g in range(groups):
+                c0 = g * Cg
+                for o0 in range(g * Og, (g + 1) * Og, _OB):
+                    nb = min(_OB, (g + 1) * Og - o0)
+                    for k in range(nb):
+                        a = acc[k]
+                        for t in range(span):
+                            a[t] = b[o0 + k]
+                    for c in range(Cg):
+                        for i in range(kH):
+                            for j in range(kW):
+                                xs = xf[n, c0 + c, i * dH * Wp + j * dW:]
+                                for k in range(nb):
+                                    wv = w[o0 + k, c, i, j]
+                                    a = acc[k]
+                                    for t in range(span):
+                                        a[t] += wv * xs[t]
+                    for k in range(nb):
+                        for oh in range(Ho):
+                            src = acc[k, oh * Wp:]
+                            dst = y[n, o0 + k, oh]
+                            for ow in range(Wo):
+                                dst[ow] = src[ow]
+    else:
+        # strided: per output row and tap, gather the input row once into a contiguous buffer
+        # and add it to the output rows of every channel of the group
+        row = np.empty(Wo, dtype=xp.dtype)
+        for n in range(N):
+            for oh in range(Ho):
+                for o in range(O):
+                    for ow in range(Wo):
+                        y[n, o, oh, ow] = b[o]
+                for c in range(C):
+                    g = c // Cg
+                    for i in range(kH):
+                        for j in range(kW):
+                            src = xp[n, c, oh * sH + i * dH, j * dW:]
+                            for ow in range(Wo):
+                                row[ow] = src[ow * sW]
+                            for o in range(g * Og, (g + 1) * Og):   # no views made in this loop
+                                wv = w[o, c - g * Cg, i, j]         # (each costs a refcount)
+                                for ow in range(Wo):
+                                    y[n, o, oh, ow] += wv * row[ow]
+    return y
+
+
+def conv2d_direct_backward_input_numpy(dy, w, groups, Hp, Wp, sH, sW, dH, dW):
+    """dy: (N, O, Ho, Wo), w: (O, C/G, kH, kW) -> dxp: (N, C, Hp, Wp) (gradient of the padded input).
+
+    Per kernel tap (i, j): every output pixel sends ``w[o, c, i, j] * dy`` back to the input pixel
+    that tap read, a strided slice of ``dxp``."""
+    N, O, Ho, Wo = dy.shape
+    _, Cg, kH, kW = w.shape
+    Og = O // groups
+    dyg = dy.reshape(N, groups, Og, Ho, Wo)
+    wg = w.reshape(groups, Og, Cg, kH, kW)
+    dxp = np.zeros((N, groups, Cg, Hp, Wp), dtype=dy.dtype)
+    for i in range(kH):
+        for j in range(kW):
+            dxp[:, :, :, i * dH:i * dH + sH * (Ho - 1) + 1:sH, j * dW:j * dW + sW * (Wo - 1) + 1:sW] += \
+                np.einsum("ngohw,goc->ngchw", dyg, wg[:, :, :, i, j])
+    return dxp.reshape(N, groups * Cg, Hp, Wp)
+
+
+@njit(cache=True, nogil=True)
+def _widen_rows(dy, n, Wp, dyw):
+    # dy[n]: (O, Ho, Wo) -> dyw: (O, Ho*Wp), rows Wp wide; columns Wo..Wp-1 stay as they are (0)
+    O, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    for o in range(O):
+        for oh in range(Ho):
+            src = dy[n, o, oh]
+            dst = dyw[o, oh * Wp:]
+            for ow in range(Wo):
+                dst[ow] = src[ow]
+
+
+@njit(cache=True, nogil=True)
+def conv2d_direct_backward_input_numba(dy, w, groups, Hp, Wp, sH, sW, dH, dW):
+    # dy: (N, O, Ho, Wo), w: (O, C/G, kH, kW) -> dxp: (N, C, Hp, Wp)
+    N, O, Ho, Wo = dy.shape
+    Cg, kH, kW = w.shape[1], w.shape[2], w.shape[3]
+    C, Og = Cg * groups, O // groups
+    dxp = np.zeros((N, C, Hp, Wp), dtype=dy.dtype)
+    if sH == 1 and sW == 1:
+        # full-width planes (see the forward): dxplane[off + t] += w * dyw[o, t], one run per tap;
+        # dy's junk columns are zero, so they add nothing
+        span = (Ho - 1) * Wp + Wo
+        dyw = np.zeros((O, Ho * Wp), dtype=dy.dtype)
+        dxf = dxp.reshape(N, C, Hp * Wp)
+        for n in range(N):
+            _widen_rows(dy, n, Wp, dyw)
+            for c in range(C):
+                g = c // Cg
+                cg = c - g * Cg
+                for i in range(kH):
+                    for j in range(kW):
+                        dst = dxf[n, c, i * dH * Wp + j * dW:]
+                        for o in range(g * Og, (g + 1) * Og):
+                            wv = w[o, cg, i, j]
+                            src = dyw[o]
+                            for t in range(span):
+                                dst[t] += wv * src[t]
+    else:
+        # strided: per output row and tap, sum the group's channels into a contiguous row, then
+        # scatter it to the input positions that tap read
+        row = np.empty(Wo, dtype=dy.dtype)
+        zero = dy.dtype.type(0.0)
+        for n in range(N):
+            for oh in range(Ho):
+                for c in range(C):
+                    g = c // Cg
+                    for i in range(kH):
+                        for j in range(kW):
+                            for ow in range(Wo):
+                                row[ow] = zero
+                            for o in range(g * Og, (g + 1) * Og):
+                                wv = w[o, c - g * Cg, i, j]
+                                for ow in range(Wo):
+                                    row[ow] += wv * dy[n, o, oh, ow]
+                            dst = dxp[n, c, oh * sH + i * dH, j * dW:]
+                            for ow in range(Wo):
+                                dst[ow * sW] += row[ow]
+    return dxp
+
+
+def conv2d_direct_backward_weight_numpy(dy, xp, groups, kH, kW, sH, sW, dH, dW):
+    """dy: (N, O, Ho, Wo), xp: (N, C, Hp, Wp) zero-padded -> dw: (O, C/G, kH, kW).
+
+    ``dw[o, c, i, j] = sum_{n, oh, ow} dy[n, o, oh, ow] * xp[n, c, oh*sH + i*dH, ow*sW + j*dW]``."""
+    N, O, Ho, Wo = dy.shape
+    C = xp.shape[1]
+    Cg, Og = C // groups, O // groups
+    win = _windows2d(xp, kH, kW, sH, sW, dH, dW).reshape(N, groups, Cg, Ho, Wo, kH, kW)
+    dw = np.einsum("ngohw,ngchwij->gocij", dy.reshape(N, groups, Og, Ho, Wo), win, optimize=True)
+    return dw.reshape(O, Cg, kH, kW).astype(dy.dtype, copy=False)
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)   # vectorised dot products
+def conv2d_direct_backward_weight_numba(dy, xp, groups, kH, kW, sH, sW, dH, dW):
+    # dy: (N, O, Ho, Wo), xp: (N, C, Hp, Wp) zero-padded -> dw: (O, C/G, kH, kW)
+    N, O, Ho, Wo = dy.shape
+    C, Hp, Wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    Cg, Og = C // groups, O // groups
+    acc = np.zeros((O, Cg, kH, kW), dtype=np.float64)     # float64 accumulators across samples
+    zero = dy.dtype.type(0.0)
+    if sH == 1 and sW == 1:
+        # full-width planes: dw[o, c, i, j] += <dyw[o], xplane[off:off + span]>, one dot per tap
+        span = (Ho - 1) * Wp + Wo
+        dyw = np.zeros((O, Ho * Wp), dtype=dy.dtype)
+        xf = xp.reshape(N, C, Hp * Wp)
+        for n in range(N):
+            _widen_rows(dy, n, Wp, dyw)
+            for o in range(O):
+                c0 = (o // Og) * Cg
+                d = dyw[o]
+                for c in range(Cg):
+                    for i in range(kH):
+                        for j in range(kW):
+                            xs = xf[n, c0 + c, i * dH * Wp + j * dW:]
+                            s = zero                       # one plane's dot product, input dtype
+                            for t in range(span):
+                                s += d[t] * xs[t]
+                            acc[o, c, i, j] += s
+    else:
+        # strided: per output row and tap, gather the input row once, then one dot per channel
+        row = np.empty(Wo, dtype=dy.dtype)
+        for n in range(N):
+            for oh in range(Ho):
+                for c in range(C):
+                    g = c // Cg
+                    for i in range(kH):
+                        for j in range(kW):
+                            src = xp[n, c, oh * sH + i * dH, j * dW:]
+                            for ow in range(Wo):
+                                row[ow] = src[ow * sW]
+                            for o in range(g * Og, (g + 1) * Og):
+                                s = zero
+                                for ow in range(Wo):
+                                    s += dy[n, o, oh, ow] * row[ow]
+                                acc[o, c - g * Cg, i, j] += s
+    return acc.astype(dy.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# max pooling, 2-D on (P, H, W) planes (P = N*C; 1-D runs with H = kH = 1)
+# ------------------------------------------------------------------------------------------------
+def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
+    """x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64, the flat index h*W + w of each max.
+
+    Pads with -inf (never the max: every window overlaps the input because pad <= kernel/2), then
+    ``argmax`` over each flattened window -- the first maximum in scan order."""
+    P, H, W = x.shape
+    xp = np.full((P, H + 2 * pH, W + 2 * pW), -np.inf, dtype=x.dtype)
+    xp[:, pH:pH + H, pW:pW + W] = x
+    win = sliding_window_view(xp, (kH, kW), axis=(1, 2))[:, ::sH, ::sW]      # (P, Ho, Wo, kH, kW)
+    flat = win.reshape(P, Ho, Wo, kH * kW)
+    a = flat.argmax(axis=-1)                                                 # (P, Ho, Wo)
+    y = np.take_along_axis(flat, a[..., None], axis=-1)[..., 0]
+    h = np.arange(Ho)[:, None] * sH - pH + a // kW                           # input row of the max
+    w = np.arange(Wo)[None, :] * sW - pW + a % kW
+    return y, (h * W + w).astype(np.int64)
+
+
+@njit(cache=True, nogil=True)
+def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
+    # x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64 flat h*W + w of the max
+    P, H, W = x.shape
+    y = np.empty((P, Ho, Wo), dtype=x.dtype)
+    idx = np.empty((P, Ho, Wo), dtype=np.int64)
+    for p in range(P):
+        for oh in range(Ho):
+            h0 = oh * sH - pH
+            h1 = min(h0 + kH, H)
+            h0 = max(h0, 0)
+            for ow in range(Wo):
+                w0 = ow * sW - pW
+                w1 = min(w0 + kW, W)
+                w0 = max(w0, 0)
+                best = x[p, h0, w0]
+                bi = h0 * W + w0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        if x[p, h, w] > best:          # strict: ties keep the first in scan order
+                            best = x[p, h, w]
+                            bi = h * W + w
+                y[p, oh, ow] = best
+                idx[p, oh, ow] = bi
+    return y, idx
+
+
+def max_pool2d_backward_numpy(dy, idx, H, W):
+    """dy, idx: (P, Ho, Wo) -> dx: (P, H, W); ``dx.flat[idx] += dy`` per plane (overlaps add)."""
+    P = dy.shape[0]
+    dx = np.zeros((P, H * W), dtype=dy.dtype)
+    np.add.at(dx, (np.arange(P)[:, None], idx.reshape(P, -1)), dy.reshape(P, -1))
+    return dx.reshape(P, H, W)
+
+
+@njit(cache=True, nogil=True)
+def max_pool2d_backward_numba(dy, idx, H, W):
+    # dy, idx: (P, Ho, Wo) -> dx: (P, H, W)
+    P, Ho, Wo = dy.shape
+    dx = np.zeros((P, H * W), dtype=dy.dtype)
+    for p in range(P):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                dx[p, idx[p, oh, ow]] += dy[p, oh, ow]
+    return dx.reshape(P, H, W)
+
+
+# ------------------------------------------------------------------------------------------------
+# average pooling, 2-D on (P, H, W) planes, count_include_pad=True
+# ------------------------------------------------------------------------------------------------
+def avg_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
+    """x: (P, H, W) -> y: (P, Ho, Wo) = (sum of the zero-padded window) / (kH*kW)."""
+    P, H, W = x.shape
+    xp = np.zeros((P, H + 2 * pH, W + 2 * pW), dtype=x.dtype)
+    xp[:, pH:pH + H, pW:pW + W] = x
+    win = sliding_window_view(xp, (kH, kW), axis=(1, 2))[:, ::sH, ::sW]     # (P, Ho, Wo, kH, kW)
+    return (win.sum(axis=(3, 4)) / (kH * kW)).astype(x.dtype, copy=False)
+
+
+@njit(cache=True, nogil=True)
+def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
+    # x: (P, H, W) -> y: (P, Ho, Wo)
+    P, H, W = x.shape
+    y = np.empty((P, Ho, Wo), dtype=x.dtype)
+    zero = x.dtype.type(0.0)
+    k = x.dtype.type(kH * kW)
+    for p in range(P):
+        for oh in range(Ho):
+            h0 = oh * sH - pH
+            h1 = min(h0 + kH, H)
+            h0 = max(h0, 0)
+            for ow in range(Wo):
+                w0 = ow * sW - pW
+                w1 = min(w0 + kW, W)
+                w0 = max(w0, 0)
+                s = zero
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        s += x[p, h, w]
+                y[p, oh, ow] = s / k
+    return y
+
+
+def avg_pool2d_backward_numpy(dy, H, W, kH, kW, sH, sW, pH, pW):
+    """dy: (P, Ho, Wo) -> dx: (P, H, W): each dy/(kH*kW) spread over its window, padding cropped."""
+    P, Ho, Wo = dy.shape
+    g = dy / dy.dtype.type(kH * kW)
+    dxp = np.zeros((P, H + 2 * pH, W + 2 * pW), dtype=dy.dtype)
+    for i in range(kH):
+        for j in range(kW):
+            dxp[:, i:i + sH * (Ho - 1) + 1:sH, j:j + sW * (Wo - 1) + 1:sW] += g
+    return np.ascontiguousarray(dxp[:, pH:pH + H, pW:pW + W])
+
+
+@njit(cache=True, nogil=True)
+def avg_pool2d_backward_numba(dy, H, W, kH, kW, sH, sW, pH, pW):
+    # dy: (P, Ho, Wo) -> dx: (P, H, W)
+    P, Ho, Wo = dy.shape
+    dx = np.zeros((P, H, W), dtype=dy.dtype)
+    k = dy.dtype.type(kH * kW)
+    for p in range(P):
+        for oh in range(Ho):
+            h0 = oh * sH - pH
+            h1 = min(h0 + kH, H)
+            h0 = max(h0, 0)
+            for ow in range(Wo):
+                w0 = ow * sW - pW
+                w1 = min(w0 + kW, W)
+                w0 = max(w0, 0)
+                g = dy[p, oh, ow] / k
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        dx[p, h, w] += g
+    return dx
+
+
+im2col2d = dispatch(im2col2d_numba, im2col2d_numpy)
+col2im2d = dispatch(col2im2d_numba, col2im2d_numpy)
+im2col1d = dispatch(im2col1d_numba, im2col1d_numpy)
+col2im1d = dispatch(col2im1d_numba, col2im1d_numpy)
+conv2d_direct_forward = dispatch(conv2d_direct_forward_numba, conv2d_direct_forward_numpy)
+conv2d_direct_backward_input = dispatch(conv2d_direct_backward_input_numba,
+                                        conv2d_direct_backward_input_numpy)
+conv2d_direct_backward_weight = dispatch(conv2d_direct_backward_weight_numba,
+                                         conv2d_direct_backward_weight_numpy)
+max_pool2d_forward = dispatch(max_pool2d_forward_numba, max_pool2d_forward_numpy)
+max_pool2d_backward = dispatch(max_pool2d_backward_numba, max_pool2d_backward_numpy)
+avg_pool2d_forward = dispatch(avg_pool2d_forward_numba, avg_pool2d_forward_numpy)
+avg_pool2d_backward = dispatch(avg_pool2d_backward_numba, avg_pool2d_backward_numpy)
