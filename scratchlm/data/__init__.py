@@ -15,12 +15,14 @@ from .batching import pad_batch, random_windows, sequential_batches
 from .corpus import builtin_corpus, load_corpus, split_corpus
 from .corpus import lines as corpus_lines
 from .gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode
+from .images import GLYPHS, ImageSplit, binarize, digit_images, load_digits_dataset, resize_images
 from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
 from .synthetic import MarkovSource, TranslationTask
 from .tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, WordTokenizer,
                          load_tokenizer)
 
 __all__ = [
+    "GLYPHS", "ImageSplit", "binarize", "digit_images", "load_digits_dataset", "resize_images",
     "Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "load_tokenizer",
     "GPT2Tokenizer", "bytes_to_unicode",
     "builtin_corpus", "load_corpus", "split_corpus", "corpus_lines",
