@@ -9,6 +9,7 @@ Subcommands:
     eval          perplexity of a text file (default: the model's own validation split)
     attention     draw a GPT's attention maps for a prompt as a PNG
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU as a PNG
+    filters       draw a CNN's learned filters and one image's feature maps as a PNG
     gradcheck     check every layer and loss against finite differences and print a table
 """
 
@@ -70,10 +71,12 @@ def _progress(desc, total):
 
 def _cmd_train(args) -> int:
     from .train import ngram_sample_text, train_ngram
-    if args.model in ("transformer", "rnn", "lstm", "gru"):
+    if args.model in ("transformer", "rnn", "lstm", "gru", "convlm"):
         return _train_neural(args)
     if args.model == "seq2seq":
         return _train_seq2seq(args)
+    if args.model == "cnn":
+        return _train_cnn(args)
     if args.model == "markov":
         out = args.out or os.path.join("runs", f"markov-{args.order}.npz")
         stages = args.order + 3          # tokenize, count each order, smooth, evaluate
@@ -98,10 +101,10 @@ def _cmd_train(args) -> int:
 def _train_neural(args) -> int:
     from tqdm import tqdm
 
-    from .train import LoopConfig, plot_history, sample_text, train_rnn, train_transformer
+    from .train import LoopConfig, plot_history, sample_text, train_convlm, train_rnn, train_transformer
     gpt = args.model == "transformer"
     out = args.out or os.path.join("runs", "gpt.npz" if gpt else f"{args.model}.npz")
-    block = args.block_size or (128 if gpt else 64)
+    block = args.block_size or {"transformer": 128, "convlm": 256}.get(args.model, 64)
     loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=args.batch_size or 16,
                       lr=args.lr or 1e-3,
                       eval_interval=args.eval_interval, seed=args.seed, block_size=block)
@@ -123,6 +126,9 @@ def _train_neural(args) -> int:
         if gpt:
             model, tok, hist = train_transformer(n_layer=args.n_layer, n_head=args.n_head,
                                                  n_embd=args.n_embd, block_size=block, **common)
+        elif args.model == "convlm":
+            model, tok, hist = train_convlm(channels=args.channels, kernel_size=args.kernel_size,
+                                            dilations=args.dilations, gated=args.gated, **common)
         else:
             model, tok, hist = train_rnn(args.model, embed_dim=args.embed_dim or 128,
                                          hidden_size=args.hidden_size or 256, num_layers=args.num_layers,
@@ -134,7 +140,7 @@ def _train_neural(args) -> int:
           f"(perplexity {math.exp(val):.3f})")
     print(f"saved {out}")
     png = os.path.splitext(out)[0] + "-loss.png"
-    name = "GPT" if gpt else args.model.upper()
+    name = {"transformer": "GPT", "convlm": "ConvLM"}.get(args.model, args.model.upper())
     if plot_history(hist, png, title=f"{name} on {args.corpus or 'the built-in corpus'}"):
         print(f"loss curve: {png}")
     else:
@@ -173,6 +179,51 @@ def _train_seq2seq(args) -> int:
     return 0
 
 
+def _train_cnn(args) -> int:
+    from tqdm import tqdm
+
+    from .models import classifier_accuracy
+    from .train import train_cnn
+    out = args.out or os.path.join("runs", "cnn.npz")
+    steps = args.steps or 1000
+    bar = tqdm(desc="train cnn", total=steps, unit="step", file=sys.stderr)
+
+    def callback(step, loss, *rest):
+        bar.n = step + 1
+        bar.set_postfix({"loss": f"{loss:.3f}"}, refresh=False)
+        bar.update(0)
+    try:
+        model, (train, test), hist = train_cnn(
+            source=args.images, channels=tuple(args.conv_channels), steps=steps,
+            batch_size=args.batch_size or 64, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+            out=out, resume=args.resume, callback=callback, log=lambda m: bar.write(m, file=sys.stderr))
+    finally:
+        bar.close()
+    print(f"held-out accuracy on {len(test.labels):,} images: "
+          f"{classifier_accuracy(model, test.images, test.labels):.4f}")
+    print(f"saved {out}")
+    return 0
+
+
+def _cmd_filters(args) -> int:
+    from .data import load_digits_dataset
+    from .models import CNN
+    from .train import load_model, plot_filters_and_maps
+    model, _, meta = load_model(args.checkpoint)
+    if not isinstance(model, CNN):
+        raise ValueError(f"{args.checkpoint} is not a CNN checkpoint")
+    _, test = load_digits_dataset(**meta["data"])
+    if not 0 <= args.index < len(test.labels):
+        raise ValueError(f"--index must be in [0, {len(test.labels)}), got {args.index}")
+    image = test.images[args.index]
+    if not plot_filters_and_maps(model, image, args.out):
+        raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")
+    pred = int(model.predict(image[None])[0])
+    print(f"wrote {args.out}: test image {args.index} (label {int(test.labels[args.index])}, "
+          f"predicted {pred})")
+    return 0
+
+
 def _cmd_gradnorms(args) -> int:
     from .train import gradient_norms_over_time, plot_gradient_norms
     norms = gradient_norms_over_time(length=args.length, hidden_size=args.hidden_size,
@@ -187,7 +238,7 @@ def _cmd_gradnorms(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from .models import GPT, RNNLM, Seq2Seq, translate
+    from .models import GPT, RNNLM, ConvLM, NGramLM, Seq2Seq, translate
     from .train import load_model, ngram_sample_text, sample_text
     model, tok, _ = load_model(args.checkpoint)
     if isinstance(model, Seq2Seq):                 # a translation model: decode the prompt
@@ -196,7 +247,10 @@ def _cmd_sample(args) -> int:
         print(translate(model, [args.prompt], decode="beam" if args.beam else "greedy",
                         beam_size=args.beam or 4)[0])
         return 0
-    if isinstance(model, (GPT, RNNLM)):
+    if not isinstance(model, (GPT, RNNLM, ConvLM, NGramLM)):
+        raise ValueError(f"{args.checkpoint} holds a {type(model).__name__}, which does not "
+                         f"generate text (try eval, or filters for a CNN)")
+    if isinstance(model, (GPT, RNNLM, ConvLM)):
         print(sample_text(model, tok, prompt=args.prompt, length=args.length,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               greedy=args.greedy, seed=args.seed))
@@ -223,9 +277,16 @@ def _cmd_attention(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .data import split_corpus
-    from .models import GPT, RNNLM, Seq2Seq, exact_match
+    from .models import GPT, RNNLM, ConvLM, Seq2Seq, exact_match
     from .train import evaluate_ngram, evaluate_text, load_model, read_corpus, seq2seq_task
     model, tok, meta = load_model(args.checkpoint)
+    from .models import CNN, classifier_accuracy
+    if isinstance(model, CNN):                     # accuracy on the held-out images
+        from .data import load_digits_dataset
+        _, test = load_digits_dataset(**meta["data"])
+        print(f"{meta['data']['source']} digits, {len(test.labels):,} held-out images: accuracy "
+              f"{classifier_accuracy(model, test.images, test.labels):.4f}")
+        return 0
     if isinstance(model, Seq2Seq):                 # exact match on the task's held-out pairs
         task = seq2seq_task(**meta["task"])
         print(f"{meta['task']['kind']} task, {len(task.test)} held-out pairs: exact match greedy "
@@ -239,7 +300,7 @@ def _cmd_eval(args) -> int:
         name = f"validation split of {meta.get('corpus', source)}"
     else:
         text, name = read_corpus(args.corpus)
-    neural = isinstance(model, (GPT, RNNLM))
+    neural = isinstance(model, (GPT, RNNLM, ConvLM))
     r = evaluate_text(model, tok, text) if neural else evaluate_ngram(model, tok, text)
     per_char = "" if r["bits_per_char"] is None else f", {r['bits_per_char']:.3f} bits/char"
     print(f"{name}: perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits/token"
@@ -253,9 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
-    t.add_argument("model", choices=("markov", "transformer", "rnn", "lstm", "gru", "seq2seq"),
+    t.add_argument("model", choices=("markov", "transformer", "rnn", "lstm", "gru", "seq2seq",
+                                     "convlm", "cnn"),
                    help="markov: an n-gram language model; transformer: a GPT; rnn, lstm, gru: "
-                        "a recurrent language model; seq2seq: an RNN encoder-decoder")
+                        "a recurrent language model; seq2seq: an RNN encoder-decoder; convlm: a "
+                        "causal dilated convolutional language model; cnn: an image classifier "
+                        "on the built-in digits")
     t.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     t.add_argument("--smoothing", default="kneser_ney",
                    choices=("kneser_ney", "witten_bell", "add_k", "mle"))
@@ -274,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to train when --steps is not given (default 120)")
     g.add_argument("--batch-size", type=int, default=None, help="default 16 (seq2seq: 64)")
     g.add_argument("--block-size", type=int, default=None,
-                   help="tokens per sequence: the GPT's context (default 128) or the truncated-BPTT "
-                        "length of a recurrent model (default 64)")
+                   help="tokens per sequence: the GPT's context (default 128), the truncated-BPTT "
+                        "length of a recurrent model (default 64), the ConvLM's window (default 256)")
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--lr", type=float, default=None, help="peak learning rate, default 1e-3 (seq2seq: 3e-3)")
     g.add_argument("--eval-interval", type=int, default=100)
@@ -291,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-layers", type=int, default=1)
     g.add_argument("--tie-weights", action="store_true",
                    help="decoder weight = embedding (needs --hidden-size == --embed-dim)")
+    g = t.add_argument_group("convlm")
+    g.add_argument("--channels", type=int, default=128)
+    g.add_argument("--kernel-size", type=int, default=5)
+    g.add_argument("--dilations", type=int, nargs="+", default=[1, 2, 4, 8])
+    g.add_argument("--gated", action="store_true", help="WaveNet's tanh x sigmoid gated blocks")
+    g = t.add_argument_group("cnn (also --steps (default 1000), --batch-size, --lr, --resume)")
+    g.add_argument("--images", default="glyphs", choices=("glyphs", "sklearn"),
+                   help="built-in rendered digits (default) or scikit-learn's 8x8 digits")
+    g.add_argument("--conv-channels", type=int, nargs="+", default=[16, 32])
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     g = t.add_argument_group("seq2seq (also --embed-dim, --hidden-size, --num-layers, --dropout, "
                              "--steps (default 800), --batch-size, --lr)")
     g.add_argument("--task", default="reverse", choices=("reverse", "sort", "dates"))
@@ -323,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--out", default="grad-norms.png")
     n.set_defaults(func=_cmd_gradnorms)
+
+    f = sub.add_parser("filters", help="draw a CNN's first-layer filters and the feature maps of "
+                       "one test image (PNG)")
+    f.add_argument("--checkpoint", required=True)
+    f.add_argument("--index", type=int, default=0, help="which test image (default 0)")
+    f.add_argument("--out", default="filters.png")
+    f.set_defaults(func=_cmd_filters)
 
     e = sub.add_parser("eval", help="perplexity of a text file under a checkpoint")
     e.add_argument("--checkpoint", required=True)

@@ -12,6 +12,8 @@ import numpy as np
 
 from . import nn
 from .gradcheck import check_module
+from .models.cnn import CNN
+from .models.convlm import ConvLM
 from .models.gpt import GPT, GPTConfig
 from .models.rnnlm import RNNLM
 from .models.seq2seq_rnn import Seq2Seq
@@ -25,6 +27,12 @@ def _normal(rng, *shape, min_abs=0.0):
     if min_abs:
         z = np.where(z >= 0, np.maximum(z, min_abs), np.minimum(z, -min_abs))
     return z
+
+
+def _distinct(rng, *shape):
+    """Values 0.1 apart in random order: no max-pool window has a tie or a near tie."""
+    n = int(np.prod(shape))
+    return ((rng.permutation(n) - n / 2) * 0.1).reshape(shape)
 
 
 def _targets(rng, n, classes, ignore=False):
@@ -65,6 +73,21 @@ CASES = {
         (_normal(r, 2, 4, 6),) * 3, dict(is_causal=True, need_weights=False)),
     "SinusoidalPositionalEncoding": lambda r: (nn.SinusoidalPositionalEncoding(6, 10, dtype=F64),
                                                (_normal(r, 2, 4, 6),)),
+    "Conv1d(stride, padding, dilation, groups)": lambda r: (
+        nn.Conv1d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, dtype=F64, rng=r),
+        (_normal(r, 2, 4, 9),)),
+    "Conv1d(same, even kernel, direct)": lambda r: (
+        nn.Conv1d(3, 4, 4, padding="same", method="direct", dtype=F64, rng=r), (_normal(r, 2, 3, 7),)),
+    "Conv2d(non-square kernel, same)": lambda r: (
+        nn.Conv2d(3, 4, (2, 3), padding="same", dtype=F64, rng=r), (_normal(r, 2, 3, 5, 6),)),
+    "Conv2d(stride, dilation, groups, no bias, direct)": lambda r: (
+        nn.Conv2d(4, 6, 3, stride=(2, 1), padding=1, dilation=(1, 2), groups=2, bias=False,
+                  method="direct", dtype=F64, rng=r), (_normal(r, 2, 4, 7, 8),)),
+    "MaxPool1d(stride, padding)": lambda r: (nn.MaxPool1d(3, stride=2, padding=1), (_distinct(r, 2, 3, 9),)),
+    "MaxPool2d(overlapping, padding)": lambda r: (nn.MaxPool2d((3, 2), stride=(2, 1), padding=1),
+                                                  (_distinct(r, 2, 3, 6, 5),)),
+    "AvgPool1d(stride, padding)": lambda r: (nn.AvgPool1d(3, stride=2, padding=1), (_normal(r, 2, 3, 8),)),
+    "AvgPool2d": lambda r: (nn.AvgPool2d(2, padding=1), (_normal(r, 2, 3, 5, 4),)),
     "RNN(relu, 2 layers, bidirectional)": lambda r: (
         nn.RNN(3, 4, num_layers=2, nonlinearity="relu", bidirectional=True, dtype=F64, rng=r),
         (_normal(r, 5, 2, 3),)),
@@ -79,6 +102,10 @@ CASES = {
     "RNNLM (lstm, tied, dropout)": lambda r: (
         RNNLM(9, 5, 5, "lstm", num_layers=2, dropout=0.2, tie_weights=True, dtype=F64, rng=r),
         (r.integers(0, 9, (2, 5)),)),
+    "CNN (tiny)": lambda r: (CNN(channels=(2, 3), image_size=8, num_classes=4, dtype=F64, rng=r),
+                             (_distinct(r, 2, 1, 8, 8) / 6.4,)),
+    "ConvLM (gated)": lambda r: (ConvLM(7, channels=4, kernel_size=3, dilations=(1, 2), gated=True,
+                                        dtype=F64, rng=r), (r.integers(0, 7, (2, 6)),)),
     "GPT (tiny, dropout)": lambda r: (
         GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
             dtype=F64, rng=r), (r.integers(0, 11, (2, 6)),)),

@@ -95,14 +95,20 @@ def load_model(path):
     carries its tokenizer; one saved with ``NGramLM.save`` may (``save(path, tokenizer=
     tok.to_dict())``) or may not, in which case the CLI works in token ids."""
     _, doc = read_checkpoint(path)
-    if doc.get("module") in ("GPT", "RNNLM"):
+    if doc.get("module") in ("GPT", "RNNLM", "ConvLM"):
         from .io import load_checkpoint
-        from .models import GPT, RNNLM, GPTConfig, RNNLMConfig
+        from .models import GPT, RNNLM, ConvLM, ConvLMConfig, GPTConfig, RNNLMConfig
         cfg = doc["meta"]["config"]
-        model = GPT(GPTConfig(**cfg), rng=0) if doc["module"] == "GPT" else \
-            RNNLM.from_config(RNNLMConfig(**cfg), rng=0)
+        model = {"GPT": lambda: GPT(GPTConfig(**cfg), rng=0),
+                 "RNNLM": lambda: RNNLM.from_config(RNNLMConfig(**cfg), rng=0),
+                 "ConvLM": lambda: ConvLM.from_config(ConvLMConfig(**cfg), rng=0)}[doc["module"]]()
         meta = load_checkpoint(path, model)
         return model, Tokenizer.from_dict(meta["tokenizer"]), meta
+    if doc.get("module") == "CNN":
+        from .io import load_checkpoint
+        from .models import CNN
+        model = CNN.from_config(doc["meta"]["config"], rng=0)
+        return model, None, load_checkpoint(path, model)
     if doc.get("module") == "Seq2Seq":
         from .io import load_checkpoint
         from .models import CharVocab, Seq2Seq
@@ -441,6 +447,30 @@ def train_rnn(cell="lstm", corpus=None, tokenizer="char", vocab_size=1000, val_f
     return model, tok, history
 
 
+def train_convlm(corpus=None, tokenizer="char", vocab_size=1000, val_fraction=0.1, channels=128,
+                 kernel_size=5, dilations=(1, 2, 4, 8), gated=False, loop: LoopConfig | None = None,
+                 out="runs/convlm.npz", resume=False, progress=None, log=print, **_ignored):
+    """The causal dilated :class:`~scratchlm.models.ConvLM` on the corpus: random windows of
+    ``loop.block_size`` tokens (default 256). Returns ``(model, tokenizer, history)``."""
+    from dataclasses import replace
+
+    from .models import ConvLM, ConvLMConfig
+    loop = loop or LoopConfig()
+    loop = replace(loop, block_size=loop.block_size or 256)
+    train_ids, val_ids, tok, name, doc = _neural_data(corpus, tokenizer, vocab_size, val_fraction,
+                                                      resume, out)
+    cfg = ConvLMConfig(**doc["meta"]["config"]) if doc is not None else \
+        ConvLMConfig(tok.vocab_size, channels, kernel_size, list(dilations), gated)
+    model = ConvLM.from_config(cfg, rng=loop.seed)
+    log(f"ConvLM: {model.num_parameters():,} parameters, {len(cfg.dilations)} causal blocks "
+        f"(kernel {cfg.kernel_size}, dilations {cfg.dilations}, receptive field "
+        f"{cfg.receptive_field}), {cfg.channels} channels, vocab {cfg.vocab_size} ({tokenizer}); "
+        f"{train_ids.size:,} training tokens")
+    history = _train_neural(model, "convlm", tok, train_ids, val_ids, name, corpus, val_fraction,
+                            loop.block_size, loop, out, resume, progress, log)
+    return model, tok, history
+
+
 def sample_text(model, tokenizer, prompt="", length=300, temperature=1.0, top_k=None,
                     top_p=None, greedy=False, seed=None) -> str:
     """Continue ``prompt`` (a newline when empty) by ``length`` tokens; returns prompt + sample."""
@@ -461,7 +491,7 @@ def evaluate_text(model, tokenizer, text, block=None) -> dict:
     window, so it sees the whole text. Returns perplexity, bits per token and per character."""
     ids = tokenizer.encode(text)
     recurrent = getattr(model, "recurrent", False)
-    block = block or (256 if recurrent else model.config.block_size)
+    block = block or (256 if recurrent else getattr(model.config, "block_size", 256))
     state = None
     if ids.size < 2:
         raise ValueError("the text to evaluate encodes to fewer than 2 tokens")
@@ -626,3 +656,76 @@ def train_seq2seq(task="reverse", cell="lstm", attention="dot", embed_dim=64, hi
                            seed=train_args["seed"], callback=callback, checkpoint=out,
                            resume=resume, meta=meta)
     return model, t, hist
+
+
+# ================================================================================================
+# the CNN on the built-in digit images; what its filters and feature maps look like
+# ================================================================================================
+def train_cnn(source="glyphs", n_train=20000, n_test=2000, channels=(16, 32), kernel_size=3,
+              steps=1000, batch_size=64, lr=None, optimizer="sgd", seed=0, out="runs/cnn.npz",
+              resume=False, callback=None, log=print):
+    """Train :class:`~scratchlm.models.CNN` on the built-in digit glyphs (or scikit-learn's
+    digits, ``source='sklearn'``) with :func:`~scratchlm.models.fit_classifier` (SGD with
+    momentum and cosine decay by default; a checkpoint every 100 steps; ``resume=True`` continues
+    bit-identically). Returns ``(model, (train, test), history)``."""
+    from .data import load_digits_dataset
+    from .models import CNN, fit_classifier
+    if resume:
+        _, doc = read_checkpoint(out)
+        meta = doc["meta"]
+        data_args, train_args = meta["data"], meta["train"]
+        config = meta["config"]
+    else:
+        data_args = {"source": source, "n_train": n_train, "n_test": n_test, "seed": seed}
+        train_args = {"steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                      "seed": seed}
+        config = None
+    train, test = load_digits_dataset(**data_args)
+    if config is None:
+        config = dict(in_channels=train.images.shape[1], num_classes=10, channels=list(channels),
+                      kernel_size=kernel_size, image_size=train.images.shape[-1])
+    model = CNN.from_config(config, rng=train_args["seed"])
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    log(f"CNN: {model.num_parameters():,} parameters, channels {config['channels']}, "
+        f"{config['image_size']}x{config['image_size']} images; {len(train.labels):,} training and "
+        f"{len(test.labels):,} test images ({data_args['source']})")
+    hist = fit_classifier(model, train, test, steps=train_args["steps"],
+                          batch_size=train_args["batch_size"], lr=train_args["lr"],
+                          optimizer=train_args["optimizer"], seed=train_args["seed"],
+                          callback=callback, checkpoint=out, resume=resume,
+                          meta={"kind": "cnn", "data": data_args, "train": train_args})
+    return model, (train, test), hist
+
+
+def plot_filters_and_maps(model, image, path) -> bool:
+    """One PNG: the first conv layer's filters (one tile per output channel, per input channel
+    0), then the input image and every stage's feature maps for it. False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    maps = model.feature_maps(image[None])                      # name -> (1, C, H, W) or (1, K)
+    convs = [m for m in model.modules() if type(m).__name__ == "Conv2d"]
+    filters = convs[0].weight.data[:, 0]                         # (C_out, kH, kW)
+    stages = [(name, a[0]) for name, a in maps.items() if a.ndim == 4]
+    cols = max(8, max(a.shape[0] for _, a in stages[1:]) if len(stages) > 1 else 8)
+    cols = min(cols, 16)
+    rows = 1 + len(stages)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.0), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j in range(min(cols, filters.shape[0])):
+        axes[0][j].imshow(filters[j], cmap="RdBu_r")
+        axes[0][j].set_title(f"w{j}", fontsize=6)
+    for i, (name, a) in enumerate(stages, start=1):
+        for j in range(min(cols, a.shape[0])):
+            axes[i][j].imshow(a[j], cmap="gray" if name == "input" else "viridis")
+        axes[i][0].set_title(name, fontsize=7, loc="left")
+    fig.suptitle("first-layer filters (row 1), then the feature maps of one image", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

@@ -5,6 +5,7 @@ appending its class below; see ``benchmarks/__init__.py``."""
 from __future__ import annotations
 
 from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
+from .conv import CNNTrainStep, Conv2dStep, ConvLMTrainStep
 from .cross_entropy import CrossEntropy256, CrossEntropy50257
 from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
 from .mlp import MLPBlock
@@ -27,6 +28,9 @@ WORKLOADS: list[type[Workload]] = [
     LSTMTrainStep,
     GRUTrainStep,
     RNNTrainStep,
+    Conv2dStep,
+    CNNTrainStep,
+    ConvLMTrainStep,
 ]
 
 PEAK_WORKLOAD = "sgemm"

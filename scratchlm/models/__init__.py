@@ -6,12 +6,18 @@ models, from NumPy directly).
   smoothing, perplexity, sampling and ARPA I/O (``ngram.py``);
 * :class:`GPT`, :class:`GPTConfig` -- the GPT-2 architecture with nanoGPT's names (``gpt.py``);
 * :class:`RNNLM`, :class:`RNNLMConfig` -- embedding -> RNN/LSTM/GRU -> linear (``rnnlm.py``);
+* :class:`CNN` -- conv -> ReLU -> pool stages -> linear image classifier, ``fit_classifier``
+  (``cnn.py``);
+* :class:`ConvLM`, :class:`ConvLMConfig` -- causal dilated convolutional LM (``convlm.py``);
 * :class:`Seq2Seq` -- RNN encoder-decoder with optional dot/additive attention
   (``seq2seq_rnn.py``);
 * :class:`Seq2SeqTransformer` -- encoder-decoder Transformer (pre-LN, ``torch.nn.Transformer``'s
   names), greedy and beam decoding via :mod:`scratchlm.decoding` (``seq2seq_transformer.py``).
 """
 
+from .cnn import CNN, CNNConfig, fit_classifier
+from .cnn import accuracy as classifier_accuracy
+from .convlm import ConvLM, ConvLMConfig
 from .gpt import GPT, GPTConfig
 from .markov import MarkovChain
 from .ngram import NGramLM
@@ -20,5 +26,6 @@ from .seq2seq_rnn import GlobalAttention, Seq2Seq
 from .seq2seq_transformer import Seq2SeqTransformer
 from .translation import CharVocab, exact_match, fit_translation, translate
 
-__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
+__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "ConvLM",
+           "ConvLMConfig", "CNN", "CNNConfig", "fit_classifier", "classifier_accuracy", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
            "fit_translation", "exact_match", "translate"]
