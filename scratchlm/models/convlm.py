@@ -28,8 +28,9 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import boolean, float_array, index_array, make_rng, positive_int, resolve_dtype, trusted
+from .._checks import boolean, index_array, make_rng, positive_int, resolve_dtype, trusted
 from ..decoding import check_sampling, sample_next
+from .lm import LanguageModel
 
 
 @dataclass
@@ -85,7 +86,7 @@ class CausalBlock(nn.Module):
         return dout + dxp[:, :, self.pad:]                                      # drop the padding
 
 
-class ConvLM(nn.Module):
+class ConvLM(LanguageModel):
     """``ConvLM(vocab_size, channels=128, kernel_size=5, dilations=(1, 2, 4, 8), gated=False,
     dtype=np.float32, rng=None)``.
 
@@ -123,26 +124,7 @@ class ConvLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(x.transpose(0, 2, 1))                              # (B, T, V)
-        self._cache = (B, T)
-        if targets is None:
-            self._has_loss = False
-            return logits
-        targets = index_array(targets, "targets", c.vocab_size, ndim=2, ignore_index=-1)
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {idx.shape}, got {targets.shape}")
-        loss = self.loss_fn(logits.reshape(B * T, -1), targets.reshape(-1))
-        self._has_loss = True
-        return logits, loss
-
-    def backward(self, dlogits=None):
-        B, T = self._saved()
-        if dlogits is None:
-            if not self._has_loss:
-                raise RuntimeError("backward() without dlogits needs a forward call with targets")
-            dlogits = self.loss_fn.backward().reshape(B, T, -1)
-        else:
-            dlogits = float_array(dlogits, "dlogits", ndim=3)               # finite, checked here
-        self._backward(dlogits)
+        return self._logits_and_loss(logits, idx, targets)
 
     @trusted
     def _backward(self, dlogits):

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import functional as F
-from ..decoding import check_sampling, sample_next
 from .. import nn
-from .._checks import (float_array, index_array, make_rng, positive_int, probability, resolve_dtype,
-                       trusted)
+from .._checks import index_array, make_rng, positive_int, probability, resolve_dtype, trusted
+from ..decoding import check_sampling, sample_next
+from .lm import LanguageModel
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Block(nn.Module):
         return d + self.ln_1.backward(self.attn.backward(d))
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     """``GPT(GPTConfig(...), dtype=np.float32, rng=None)``.
 
     * ``logits = model(idx)`` -- ``(B, T, vocab_size)`` for every position (nanoGPT returns only
@@ -199,26 +199,7 @@ class GPT(nn.Module):
         for block in tr.h:
             x = block(x)
         logits = self.lm_head(tr.ln_f(x))                                     # (B, T, V)
-        self._cache = (B, T)
-        if targets is None:
-            self._has_loss = False
-            return logits
-        targets = index_array(targets, "targets", c.vocab_size, ndim=2, ignore_index=-1)
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {idx.shape}, got {targets.shape}")
-        loss = self.loss_fn(logits.reshape(B * T, -1), targets.reshape(-1))   # (B*T, V) vs (B*T,)
-        self._has_loss = True
-        return logits, loss
-
-    def backward(self, dlogits=None):
-        B, T = self._saved()
-        if dlogits is None:
-            if not self._has_loss:
-                raise RuntimeError("backward() without dlogits needs a forward call with targets")
-            dlogits = self.loss_fn.backward().reshape(B, T, -1)
-        else:
-            dlogits = float_array(dlogits, "dlogits", ndim=3)               # finite, checked here
-        self._backward(dlogits)
+        return self._logits_and_loss(logits, idx, targets)
 
     @trusted
     def _backward(self, dlogits):

@@ -27,6 +27,7 @@ from .. import nn
 from .._checks import (choice, float_array, index_array, make_rng, positive_int, probability,
                        resolve_dtype, trusted)
 from ..decoding import check_sampling, sample_next
+from .lm import LanguageModel
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -51,7 +52,7 @@ class RNNLMConfig:
                              f"and {self.embed_dim}")
 
 
-class RNNLM(nn.Module):
+class RNNLM(LanguageModel):
     """``RNNLM(vocab_size, embed_dim, hidden_size, cell='rnn'|'lstm'|'gru', num_layers=1,
     dropout=0.0, tie_weights=False, dtype=np.float32, rng=None)``.
 
@@ -99,16 +100,7 @@ class RNNLM(nn.Module):
         x = self.drop(self.encoder(idx))                                      # (B, T, E)
         out, self.state = self.rnn(x, self._check_state(state, B))            # (B, T, H)
         logits = self.decoder(self.drop_out(out))                             # (B, T, V)
-        self._cache = (B, T)
-        if targets is None:
-            self._has_loss = False
-            return logits
-        targets = index_array(targets, "targets", c.vocab_size, ndim=2, ignore_index=-1)
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets must have the shape of idx {idx.shape}, got {targets.shape}")
-        loss = self.loss_fn(logits.reshape(B * T, -1), targets.reshape(-1))   # (B*T, V) vs (B*T,)
-        self._has_loss = True
-        return logits, loss
+        return self._logits_and_loss(logits, idx, targets)
 
     def _check_state(self, state, B):
         if state is None:
@@ -125,16 +117,6 @@ class RNNLM(nn.Module):
                 raise ValueError(f"state {name} must have shape {want} (num_layers, batch, "
                                  f"hidden_size), got {s.shape}")
         return state
-
-    def backward(self, dlogits=None):
-        B, T = self._saved()
-        if dlogits is None:
-            if not self._has_loss:
-                raise RuntimeError("backward() without dlogits needs a forward call with targets")
-            dlogits = self.loss_fn.backward().reshape(B, T, -1)
-        else:
-            dlogits = float_array(dlogits, "dlogits", ndim=3)               # finite, checked here
-        self._backward(dlogits)
 
     @trusted
     def _backward(self, dlogits):
