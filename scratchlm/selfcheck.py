@@ -15,9 +15,11 @@ from .gradcheck import check_module
 from .models.cnn import CNN
 from .models.convlm import ConvLM
 from .models.gpt import GPT, GPTConfig
+from .models.nvdm import DocumentVAE
 from .models.rnnlm import RNNLM
 from .models.seq2seq_rnn import Seq2Seq
 from .models.seq2seq_transformer import Seq2SeqTransformer
+from .models.vae import VAE
 
 F64 = np.float64
 
@@ -106,6 +108,13 @@ CASES = {
                              (_distinct(r, 2, 1, 8, 8) / 6.4,)),
     "ConvLM (gated)": lambda r: (ConvLM(7, channels=4, kernel_size=3, dilations=(1, 2), gated=True,
                                         dtype=F64, rng=r), (r.integers(0, 7, (2, 6)),)),
+    "VAE (tiny, gaussian, free bits; fixed eps)": lambda r: (
+        VAE(6, 5, 2, likelihood="gaussian", free_bits=0.01, dtype=F64, rng=r),
+        (_distinct(r, 3, 6) / 3, _normal(r, 3, 2))),
+    "VAE (tiny, bernoulli; fixed eps)": lambda r: (
+        VAE(6, 5, 2, dtype=F64, rng=r), ((r.random((3, 6)) < 0.5).astype(F64), _normal(r, 3, 2))),
+    "DocumentVAE (tiny; fixed eps)": lambda r: (
+        DocumentVAE(7, 5, 2, dtype=F64, rng=r), (r.poisson(1.0, (3, 7)).astype(F64), _normal(r, 3, 2))),
     "GPT (tiny, dropout)": lambda r: (
         GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
             dtype=F64, rng=r), (r.integers(0, 11, (2, 6)),)),

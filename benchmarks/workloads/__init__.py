@@ -12,6 +12,7 @@ from .mlp import MLPBlock
 from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
 from .rnn import GRUTrainStep, LSTMTrainStep, RNNTrainStep
 from .sgemm import Sgemm
+from .vae import VAETrainStep
 
 WORKLOADS: list[type[Workload]] = [
     Sgemm,
@@ -31,6 +32,7 @@ WORKLOADS: list[type[Workload]] = [
     Conv2dStep,
     CNNTrainStep,
     ConvLMTrainStep,
+    VAETrainStep,
 ]
 
 PEAK_WORKLOAD = "sgemm"

@@ -8,12 +8,15 @@
 * ``synthetic`` -- :class:`MarkovSource` (exact entropy rate), :class:`TranslationTask`;
 * ``batching`` -- :func:`random_windows`, :func:`sequential_batches`, :func:`pad_batch`;
 * ``representations`` -- :func:`one_hot`, :func:`bag_of_words`, :class:`TfidfTransformer`,
-  :class:`CSRMatrix`.
+  :class:`CSRMatrix`;
+* ``documents`` -- :func:`load_documents_dataset` (bag-of-words paragraphs of the built-in
+  corpus, train/test, fixed vocabulary: the document VAE's data), :func:`document_words`.
 """
 
 from .batching import pad_batch, random_windows, sequential_batches
 from .corpus import builtin_corpus, load_corpus, split_corpus
 from .corpus import lines as corpus_lines
+from .documents import STOP_WORDS, DocumentSplit, document_words, load_documents_dataset
 from .gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode
 from .images import GLYPHS, ImageSplit, binarize, digit_images, load_digits_dataset, resize_images
 from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
@@ -29,4 +32,5 @@ __all__ = [
     "MarkovSource", "TranslationTask",
     "random_windows", "sequential_batches", "pad_batch",
     "one_hot", "bag_of_words", "TfidfTransformer", "CSRMatrix",
+    "load_documents_dataset", "DocumentSplit", "document_words", "STOP_WORDS",
 ]

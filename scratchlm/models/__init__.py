@@ -9,6 +9,9 @@ models, from NumPy directly).
 * :class:`CNN` -- conv -> ReLU -> pool stages -> linear image classifier, ``fit_classifier``
   (``cnn.py``);
 * :class:`ConvLM`, :class:`ConvLMConfig` -- causal dilated convolutional LM (``convlm.py``);
+* :class:`VAE` (images) and :class:`DocumentVAE` (bag-of-words, NVDM) -- variational
+  autoencoders with the reparameterization trick, ``fit_vae``, ``elbo``, ``iwae_bound``
+  (``vae.py``, ``nvdm.py``);
 * :class:`Seq2Seq` -- RNN encoder-decoder with optional dot/additive attention
   (``seq2seq_rnn.py``);
 * :class:`Seq2SeqTransformer` -- encoder-decoder Transformer (pre-LN, ``torch.nn.Transformer``'s
@@ -21,11 +24,14 @@ from .convlm import ConvLM, ConvLMConfig
 from .gpt import GPT, GPTConfig
 from .markov import MarkovChain
 from .ngram import NGramLM
+from .nvdm import DocumentVAE, DocumentVAEConfig
 from .rnnlm import RNNLM, RNNLMConfig
 from .seq2seq_rnn import GlobalAttention, Seq2Seq
 from .seq2seq_transformer import Seq2SeqTransformer
 from .translation import CharVocab, exact_match, fit_translation, translate
+from .vae import VAE, VAEConfig, elbo, fit_vae, iwae_bound
 
 __all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "ConvLM",
-           "ConvLMConfig", "CNN", "CNNConfig", "fit_classifier", "classifier_accuracy", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
+           "ConvLMConfig", "CNN", "CNNConfig", "fit_classifier", "classifier_accuracy",
+           "VAE", "VAEConfig", "DocumentVAE", "DocumentVAEConfig", "fit_vae", "elbo", "iwae_bound", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
            "fit_translation", "exact_match", "translate"]
