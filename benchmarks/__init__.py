@@ -18,7 +18,8 @@ How a run measures
   torch is imported, then ``numba.set_num_threads(N)`` and ``torch.set_num_threads(N)`` are called:
   every implementation gets the same threads. ``OPENBLAS_THREAD_TIMEOUT`` defaults to 20 (idle
   OpenBLAS workers stop spinning after ~0.4 ms instead of ~0.1 s, which otherwise steals the cores
-  from whichever implementation runs next; see ``benchmarks/_threads.py``).
+  from whichever implementation runs next) and ``GOMP_SPINCOUNT`` to 10000 (the same for torch's
+  OpenMP workers); see ``benchmarks/_threads.py``.
 * Each implementation of a workload is warmed up (Numba compiles, caches fill), then the
   implementations are *interleaved* in one process -- one timed call of each per repeat, the
   order rotated every repeat -- so drift in clock speed or machine load hits all of them alike.

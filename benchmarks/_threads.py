@@ -16,6 +16,14 @@ _HEAVY = ("numpy", "numba", "torch")
 # implementations. Set OPENBLAS_THREAD_TIMEOUT yourself (the exponent, 4..30) to override.
 OPENBLAS_THREAD_TIMEOUT = "20"
 
+# torch's OpenMP (GNU libgomp) workers likewise spin after each parallel region (GOMP_SPINCOUNT
+# defaults to 300,000 iterations, or more with OMP_WAIT_POLICY unset on few cores). In the
+# interleaved runner that spinning takes a core from whichever implementation runs right after
+# torch: a 4.6 ms scratchlm VAE step became 9 ms when it followed torch (measured). 10,000
+# iterations keeps torch's workers hot within its own step -- torch's time is unchanged -- and
+# idle between implementations. Set GOMP_SPINCOUNT yourself to override.
+GOMP_SPINCOUNT = "10000"
+
 
 def default_threads() -> int:
     return os.cpu_count() or 1
@@ -30,6 +38,7 @@ def apply_thread_env(n: int) -> list[str]:
     for var in THREAD_ENV_VARS:
         os.environ[var] = str(n)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     return late
 
 

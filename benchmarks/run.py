@@ -211,7 +211,8 @@ def machine_info(threads: int, runtime_threads: dict) -> dict:
         "threads": threads,
         "runtime_threads": runtime_threads,
         "thread_env": {k: os.environ.get(k) for k in
-                       THREAD_ENV_VARS + ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_CORETYPE")},
+                       THREAD_ENV_VARS + ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_CORETYPE",
+                                           "GOMP_SPINCOUNT")},
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,

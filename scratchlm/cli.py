@@ -20,6 +20,8 @@ import math
 import os
 import sys
 
+import numpy as np
+
 
 def _cmd_gradcheck(args) -> int:
     from tqdm import tqdm
@@ -77,6 +79,8 @@ def _cmd_train(args) -> int:
         return _train_seq2seq(args)
     if args.model == "cnn":
         return _train_cnn(args)
+    if args.model in ("vae", "docvae"):
+        return _train_vae(args)
     if args.model == "markov":
         out = args.out or os.path.join("runs", f"markov-{args.order}.npz")
         stages = args.order + 3          # tokenize, count each order, smooth, evaluate
@@ -205,6 +209,41 @@ def _train_cnn(args) -> int:
     return 0
 
 
+def _train_vae(args) -> int:
+    from tqdm import tqdm
+
+    from .train import plot_vae, train_vae
+    kind = "image" if args.model == "vae" else "document"
+    steps = args.steps or 2000
+    bar = tqdm(desc=f"train {args.model}", total=steps, unit="step", file=sys.stderr)
+
+    def callback(step, loss):
+        bar.n = step + 1
+        bar.set_postfix({"-elbo": f"{loss:.2f}"}, refresh=False)
+        bar.update(0)
+    try:
+        model, (train, test, labels), hist = train_vae(
+            kind, latent_dim=args.latent_dim, hidden_dim=args.hidden_size or (400 if kind == "image" else 256),
+            steps=steps, batch_size=args.batch_size or 128, lr=args.lr or 1e-3,
+            kl_warmup_steps=args.kl_warmup, free_bits=args.free_bits, seed=args.seed, out=args.out,
+            resume=args.resume, callback=callback, log=lambda m: bar.write(m, file=sys.stderr))
+    finally:
+        bar.close()
+    out = args.out or os.path.join("runs", "vae.npz" if kind == "image" else "docvae.npz")
+    print(f"held-out ELBO per example: {hist['test_elbo'][-1]:.3f} nats")
+    if kind == "image":
+        k = 50
+        print(f"held-out importance-weighted bound (k={k}, 500 images): "
+              f"{model.iwae_bound(test[:500], k, rng=np.random.default_rng(0)):.3f} nats")
+        png = os.path.splitext(out)[0] + ".png"
+        if plot_vae(model, test, png, labels=labels):
+            print(f"samples and reconstructions{' and the latent scatter' if model.latent_dim == 2 else ''}: {png}")
+    else:
+        print(f"held-out perplexity (ELBO bound): {hist['test_perplexity'][-1]:.1f}")
+    print(f"saved {out}")
+    return 0
+
+
 def _cmd_filters(args) -> int:
     from .data import load_digits_dataset
     from .models import CNN
@@ -315,11 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and save a checkpoint")
     t.add_argument("model", choices=("markov", "transformer", "rnn", "lstm", "gru", "seq2seq",
-                                     "convlm", "cnn"),
+                                     "convlm", "cnn", "vae", "docvae"),
                    help="markov: an n-gram language model; transformer: a GPT; rnn, lstm, gru: "
                         "a recurrent language model; seq2seq: an RNN encoder-decoder; convlm: a "
                         "causal dilated convolutional language model; cnn: an image classifier "
-                        "on the built-in digits")
+                        "on the built-in digits; vae: a VAE on the binarized digits; docvae: a "
+                        "bag-of-words document VAE on the corpus")
     t.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     t.add_argument("--smoothing", default="kneser_ney",
                    choices=("kneser_ney", "witten_bell", "add_k", "mle"))
@@ -365,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in rendered digits (default) or scikit-learn's 8x8 digits")
     g.add_argument("--conv-channels", type=int, nargs="+", default=[16, 32])
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    g = t.add_argument_group("vae, docvae (also --hidden-size (400; docvae 256), --steps (2000), "
+                             "--batch-size (128), --lr (1e-3), --resume)")
+    g.add_argument("--latent-dim", type=int, default=20)
+    g.add_argument("--kl-warmup", type=int, default=0, help="steps of linear KL annealing")
+    g.add_argument("--free-bits", type=float, default=0.0, help="KL floor per latent dimension (nats)")
     g = t.add_argument_group("seq2seq (also --embed-dim, --hidden-size, --num-layers, --dropout, "
                              "--steps (default 800), --batch-size, --lr)")
     g.add_argument("--task", default="reverse", choices=("reverse", "sort", "dates"))

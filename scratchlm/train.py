@@ -729,3 +729,105 @@ def plot_filters_and_maps(model, image, path) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+# ================================================================================================
+# variational autoencoders: images and documents
+# ================================================================================================
+def train_vae(kind="image", latent_dim=20, hidden_dim=400, steps=2000, batch_size=128, lr=1e-3,
+              kl_warmup_steps=0, free_bits=0.0, likelihood="bernoulli", image_size=28,
+              n_train=20000, n_test=2000, vocab_size=2000, seed=0, out=None, resume=False,
+              callback=None, log=print):
+    """Train a :class:`~scratchlm.models.VAE` on the built-in digit images, binarized (``kind=
+    'image'``), or a :class:`~scratchlm.models.DocumentVAE` on bag-of-words documents of the
+    built-in corpus (``kind='document'``), with :func:`~scratchlm.models.fit_vae` (Adam,
+    optional KL warm-up and free bits, a checkpoint every 100 steps, bit-identical resume).
+    Returns ``(model, (train, test, test_labels), history)`` (labels None for documents)."""
+    from .models import VAE, DocumentVAE, fit_vae
+    out = out or os.path.join("runs", "vae.npz" if kind == "image" else "docvae.npz")
+    if resume:
+        _, doc = read_checkpoint(out)
+        meta = doc["meta"]
+        kind, data_args, train_args, config = meta["vae_kind"], meta["data"], meta["train"], meta["config"]
+    else:
+        data_args = ({"n_train": n_train, "n_test": n_test, "size": image_size, "seed": seed}
+                     if kind == "image" else {"vocab_size": vocab_size, "seed": seed})
+        train_args = {"steps": steps, "batch_size": batch_size, "lr": lr,
+                      "kl_warmup_steps": kl_warmup_steps, "seed": seed}
+        config = None
+    train, test, test_labels, extra = vae_data(kind, data_args)
+    if config is None:
+        if kind == "image":
+            config = dict(input_dim=int(np.prod(train.shape[1:])), hidden_dim=hidden_dim,
+                          latent_dim=latent_dim, likelihood=likelihood, free_bits=free_bits)
+        else:
+            config = dict(vocab_size=train.shape[1], hidden_dim=hidden_dim, latent_dim=latent_dim,
+                          free_bits=free_bits)
+    model = (VAE if kind == "image" else DocumentVAE).from_config(config, rng=train_args["seed"])
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    log(f"{type(model).__name__}: {model.num_parameters():,} parameters, latent {config['latent_dim']}; "
+        f"{train.shape[0]:,} training and {test.shape[0]:,} test "
+        f"{'images' if kind == 'image' else 'documents'}")
+    hist = fit_vae(model, train, steps=train_args["steps"], batch_size=train_args["batch_size"],
+                   lr=train_args["lr"], test=test, kl_warmup_steps=train_args["kl_warmup_steps"],
+                   seed=train_args["seed"], callback=callback, checkpoint=out, resume=resume,
+                   meta={"vae_kind": kind, "data": data_args, "train": train_args, **extra})
+    return model, (train, test, test_labels), hist
+
+
+def vae_data(kind, data_args):
+    """``(train, test, test_labels, extra)`` for :func:`train_vae`: binarized digit images
+    flattened to ``(N, size*size)`` (and the test digits' labels), or word-count matrices (labels
+    None); ``extra`` is what the checkpoint should remember (the document vocabulary)."""
+    if kind == "image":
+        from .data import binarize, load_digits_dataset
+        tr, te = load_digits_dataset(n_train=data_args["n_train"], n_test=data_args["n_test"],
+                                     size=data_args["size"], seed=data_args["seed"])
+        flat = lambda s: binarize(s.images).reshape(len(s.labels), -1)        # noqa: E731
+        return flat(tr), flat(te), te.labels, {}
+    from .data import load_documents_dataset
+    split = load_documents_dataset(vocab_size=data_args["vocab_size"], seed=data_args["seed"])
+    return split.train, split.test, None, {"vocab": list(split.vocab)}
+
+
+def plot_vae(model, test, path, labels=None, seed=0) -> bool:
+    """A PNG for an image VAE: 8 test images over their reconstructions, 16 samples from the
+    prior, and, when ``latent_dim == 2``, the posterior means of the test images (coloured by
+    ``labels`` when given). False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    side = int(round(np.sqrt(model.input_dim)))
+    n = 8
+    recon = model.reconstruct(test[:n])
+    samples = model.sample(2 * n, rng=np.random.default_rng(seed))
+    two_d = model.latent_dim == 2
+    fig, axes = plt.subplots(4 + (2 if two_d else 0), n, figsize=(n * 0.9, (4 + 2 * two_d) * 0.95),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j in range(n):
+        axes[0][j].imshow(test[j].reshape(side, side), cmap="gray", vmin=0, vmax=1)
+        axes[1][j].imshow(recon[j].reshape(side, side), cmap="gray", vmin=0, vmax=1)
+        axes[2][j].imshow(samples[j].reshape(side, side), cmap="gray", vmin=0, vmax=1)
+        axes[3][j].imshow(samples[n + j].reshape(side, side), cmap="gray", vmin=0, vmax=1)
+    axes[0][0].set_title("test images", fontsize=7, loc="left")
+    axes[1][0].set_title("reconstructions", fontsize=7, loc="left")
+    axes[2][0].set_title("samples from the prior", fontsize=7, loc="left")
+    if two_d:
+        for ax in axes[4:].ravel():
+            ax.remove()
+        ax = fig.add_subplot(3, 1, 3)
+        mu, _ = model.encode(test[:2000])
+        sc = ax.scatter(mu[:, 0], mu[:, 1], s=2, alpha=0.6, cmap="tab10",
+                        c=None if labels is None else labels[:2000])
+        if labels is not None:
+            fig.colorbar(sc, ax=ax, fraction=0.03)
+        ax.set_title("posterior means of the test images (latent_dim = 2)", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
