@@ -402,3 +402,18 @@ def test_cli_train_sample_eval_seq2seq(tmp_path, capsys):
     assert "reverse task, 500 held-out pairs: exact match greedy" in capsys.readouterr().out
     assert main(["train", "seq2seq", "--steps", "300", "--out", str(ck), "--resume"]) == 0   # done: no-op
     assert main(["sample", "--checkpoint", str(ck)]) == 2                                  # no prompt
+
+
+def test_fit_translation_checks_its_loop_options():
+    from scratchlm.data import TranslationTask
+    task = TranslationTask("reverse", n_train=50, n_val=5, n_test=5, min_len=3, max_len=5, alphabet="abcd", seed=0)
+    v = CharVocab(task.chars)
+    model = Seq2Seq(v.size, v.size, embed_dim=4, hidden_size=4, rng=0)
+    with pytest.raises(ValueError, match="save_every"):
+        fit_translation(model, task, 2, batch_size=8, save_every=0)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint"):
+        fit_translation(model, task, 2, batch_size=8, resume=True)
+    with pytest.raises(TypeError, match="callback must be callable"):
+        fit_translation(model, task, 2, batch_size=8, callback=3)
+    with pytest.raises(ValueError, match=r"meta must not use the keys fit_translation writes: \['step'\]"):
+        fit_translation(model, task, 2, batch_size=8, meta={"step": 1})

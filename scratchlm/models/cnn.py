@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import nn
-from .._checks import (boolean, choice, float_array, index_array, make_rng, nonnegative,
+from .._checks import (choice, float_array, index_array, make_rng, nonnegative,
                        positive_int, resolve_dtype, same_dtype, scalar, trusted, upstream)
 from ..nn.module import NO_CACHE
+from .fitting import LOOP_KEYS, EpochLoop, check_finite_loss, check_loop_options
 
 __all__ = ["CNN", "CNNConfig", "fit_classifier", "accuracy"]
 
@@ -258,8 +259,7 @@ def accuracy(model, images, labels, batch_size=512) -> float:
     return float(np.mean(model.predict(x.astype(model.dtype, copy=False), batch_size) == y))
 
 
-_RESERVED = ("step", "total_steps", "history", "schedule", "shuffle_rng", "order", "pos",
-             "config", "dtype", "optimizer_name")
+_RESERVED = LOOP_KEYS + ("config", "dtype", "optimizer_name")
 
 
 def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, optimizer="sgd",
@@ -289,7 +289,6 @@ def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, 
     Returns the history: ``{"step", "loss", "lr", "acc"}`` per step (``acc``: the batch's
     training accuracy before the update), and ``{"eval_step", "test_acc"}`` per evaluation.
     """
-    from ..io import load_checkpoint, save_checkpoint
     from ..optim import SGD, Adam, WarmupCosineLR, clip_grad_norm_
     if not isinstance(model, CNN):
         raise TypeError(f"model must be a CNN, got {type(model).__name__}")
@@ -312,16 +311,9 @@ def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, 
     min_lr = nonnegative(min_lr, "min_lr")
     clip = None if clip is None else nonnegative(clip, "clip")
     eval_every = None if eval_every is None else positive_int(eval_every, "eval_every")
-    save_every = positive_int(save_every, "save_every")
-    resume = boolean(resume, "resume")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint= (the path to continue from)")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    meta = dict(meta or {})
-    clash = [k for k in meta if k in _RESERVED]
-    if clash:
-        raise ValueError(f"meta must not use the keys fit_classifier writes: {clash}")
+    save_every, resume, meta = check_loop_options(
+        "fit_classifier", save_every=save_every, resume=resume, checkpoint=checkpoint,
+        callback=callback, meta=meta, reserved=_RESERVED)
 
     rng = make_rng(seed)
     params = list(model.parameters())
@@ -335,48 +327,21 @@ def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, 
             raise ValueError(f"min_lr ({min_lr}) must be <= lr ({lr})")
         sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
     history = {"step": [], "loss": [], "lr": [], "acc": [], "eval_step": [], "test_acc": []}
-    order, pos, start = rng.permutation(len(images)), 0, 0
+    loop = EpochLoop(model, opt, sched, rng, n=len(images), steps=steps, batch_size=batch_size,
+                     history=history, checkpoint=checkpoint, save_every=save_every,
+                     callback=callback, meta=dict(config=model.config_dict(),
+                                                  dtype=str(model.dtype),
+                                                  optimizer_name=optimizer, **meta))
     if resume:
-        saved = load_checkpoint(checkpoint, model, opt)
-        if sched is not None:
-            if saved.get("schedule") is None:
-                raise ValueError(f"{checkpoint} was trained with schedule='constant'")
-            sched.load_state_dict(saved["schedule"])
-        rng.bit_generator.state = saved["shuffle_rng"]
-        order, pos = np.array(saved["order"], dtype=np.int64), saved["pos"]
-        start, history = saved["step"], saved["history"]
-        if len(order) != len(images):
-            raise ValueError(f"{checkpoint} was trained on {len(order)} images, not "
-                             f"{len(images)}")
+        loop.resume("images")
 
-    def save(step):
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, opt, step=step, total_steps=steps,
-                            history=history, schedule=None if sched is None else sched.state_dict(),
-                            shuffle_rng=rng.bit_generator.state, order=order.tolist(), pos=pos,
-                            config=model.config_dict(), dtype=str(model.dtype),
-                            optimizer_name=optimizer, **meta)
-
-    def evaluate(step):
-        if test is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
-            history["eval_step"].append(step)
-            history["test_acc"].append(accuracy(model, *test))
-
-    model.train()
-    for step in range(start, steps):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(images)), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
+    def train_step(step, idx):
         x = images[idx].astype(model.dtype, copy=False)
         y = labels[idx]
         opt.zero_grad()
         logits, loss = model(x, y)
         rate = opt.param_groups[0]["lr"]
-        if not np.isfinite(loss):          # the layers skip NaN scans: stop here, clearly
-            raise FloatingPointError(f"the training loss became {float(loss)} at step {step + 1}; "
-                                     f"lower the learning rate (now {rate:.3g}) or resume from "
-                                     f"the last checkpoint")
+        check_finite_loss(loss, step, rate)   # the layers skip NaN scans: stop here, clearly
         model.backward()
         if clip is not None:
             clip_grad_norm_(params, clip)
@@ -384,15 +349,11 @@ def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, 
         history["loss"].append(float(loss))
         history["lr"].append(rate)
         history["acc"].append(float(np.mean(np.argmax(logits, axis=1) == y)))
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if eval_every is not None and (step + 1) % eval_every == 0:
-            evaluate(step + 1)
-        if (step + 1) % save_every == 0 and step + 1 < steps:
-            save(step + 1)
-        if callback is not None:          # after the checkpoint: an interrupt here loses nothing
-            callback(step, float(loss))
-    evaluate(steps)
-    save(steps)
-    return history
+        return loss
+
+    def evaluate(step):
+        if test is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
+            history["eval_step"].append(step)
+            history["test_acc"].append(accuracy(model, *test))
+
+    return loop.run(train_step, evaluate, eval_every)

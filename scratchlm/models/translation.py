@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
-
 from .. import nn
 from .._checks import choice, float_array, make_rng, positive_int, upstream
 from ..decoding import beam_search, greedy_decode
@@ -138,8 +136,8 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
 
     Returns the history: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...]}``.
     """
-    from ..io import load_checkpoint, save_checkpoint
     from ..optim import AdamW, WarmupCosineLR, clip_grad_norm_
+    from .fitting import LOOP_KEYS, EpochLoop, check_loop_options
     if not isinstance(model, EncoderDecoder):
         raise TypeError(f"model must be a Seq2SeqTransformer or a Seq2Seq, got {type(model).__name__}")
     vocab = CharVocab(task.chars)
@@ -151,6 +149,9 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
                          f"and {model.tgt_vocab_size}")
     steps = positive_int(steps, "steps")
     batch_size = positive_int(batch_size, "batch_size")
+    save_every, resume, meta = check_loop_options(
+        "fit_translation", save_every=save_every, resume=resume, checkpoint=checkpoint,
+        callback=callback, meta=meta, reserved=LOOP_KEYS)
     warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
     min_lr = lr / 10 if min_lr is None else min_lr
     model.vocab = vocab
@@ -162,27 +163,14 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
                 lr=lr, betas=tuple(betas))
     sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
     history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
-    order, pos, start = rng.permutation(len(pairs)), 0, 0
+    loop = EpochLoop(model, opt, sched, rng, n=len(pairs), steps=steps, batch_size=batch_size,
+                     history=history, checkpoint=checkpoint, save_every=save_every,
+                     callback=callback, meta=meta)
     if resume:
-        saved = load_checkpoint(checkpoint, model, opt)
-        sched.load_state_dict(saved["schedule"])
-        rng.bit_generator.state = saved["shuffle_rng"]
-        order, pos = np.array(saved["order"], dtype=np.int64), saved["pos"]
-        start, history = saved["step"], saved["history"]
+        loop.resume("pairs")
 
-    def save(step):
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, opt, step=step, total_steps=steps, history=history,
-                            schedule=sched.state_dict(), shuffle_rng=rng.bit_generator.state,
-                            order=order.tolist(), pos=pos, **(meta or {}))
-
-    model.train()
-    for step in range(start, steps):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(pairs)), 0
-        batch = [pairs[i] for i in order[pos:pos + batch_size]]
-        pos += batch_size
-        src, tgt_in, tgt_out = batch_pairs(vocab, batch)
+    def train_step(step, idx):
+        src, tgt_in, tgt_out = batch_pairs(vocab, [pairs[i] for i in idx])
         opt.zero_grad()
         _, loss = model(src, tgt_in, tgt_out)
         model.backward()
@@ -191,14 +179,9 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
         history["loss"].append(float(loss))
         history["lr"].append(opt.param_groups[0]["lr"])
         history["grad_norm"].append(float(norm))
-        opt.step()
-        sched.step()
-        if (step + 1) % save_every == 0 and step + 1 < steps:
-            save(step + 1)
-        if callback is not None:          # after the checkpoint: an interrupt here loses nothing
-            callback(step, float(loss))
-    save(steps)
-    return history
+        return loss
+
+    return loop.run(train_step)
 
 
 def translate(model, texts, vocab=None, decode="greedy", *, beam_size=4, length_penalty=0.6,

@@ -109,9 +109,10 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import (boolean, choice, float_array, make_rng, nonnegative, positive_int,
+from .._checks import (choice, float_array, make_rng, nonnegative, positive_int,
                        resolve_dtype, same_dtype, same_shape_and_dtype, scalar, trusted, upstream)
 from ..nn.module import NO_CACHE
+from .fitting import LOOP_KEYS, EpochLoop, check_finite_loss, check_loop_options
 
 __all__ = ["VAE", "VAEConfig", "fit_vae", "elbo", "iwae_bound", "reparameterize_forward",
            "reparameterize_backward", "free_bits_kl_forward", "free_bits_kl_backward"]
@@ -695,8 +696,7 @@ class _Data:
         return self.arr.astype(self.dtype, copy=False)
 
 
-_RESERVED = ("step", "total_steps", "history", "schedule", "shuffle_rng", "order", "pos",
-             "config", "dtype", "model_name", "optimizer_name")
+_RESERVED = LOOP_KEYS + ("config", "dtype", "model_name", "optimizer_name")
 
 
 def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval_every=None,
@@ -732,7 +732,7 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
     batch's true ELBO per example), ``recon``, ``kl``, ``kl_weight``, ``lr``; per evaluation
     ``eval_step``, ``test_elbo`` (and ``test_perplexity`` for a DocumentVAE).
     """
-    from ..io import load_checkpoint, read_checkpoint, save_checkpoint
+    from ..io import read_checkpoint
     from ..optim import Adam, WarmupCosineLR, clip_grad_norm_
     model = _latent_model(model)
     train = _Data(data, "data", model)
@@ -753,16 +753,9 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
     weight_decay = nonnegative(weight_decay, "weight_decay")
     clip = None if clip is None else nonnegative(clip, "clip")
     eval_every = None if eval_every is None else positive_int(eval_every, "eval_every")
-    save_every = positive_int(save_every, "save_every")
-    resume = boolean(resume, "resume")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint= (the path to continue from)")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    meta = dict(meta or {})
-    clash = [k for k in meta if k in _RESERVED]
-    if clash:
-        raise ValueError(f"meta must not use the keys fit_vae writes: {clash}")
+    save_every, resume, meta = check_loop_options(
+        "fit_vae", save_every=save_every, resume=resume, checkpoint=checkpoint,
+        callback=callback, meta=meta, reserved=_RESERVED)
 
     rng = make_rng(seed)
     opt = Adam(list(model.parameters()), lr=lr, weight_decay=weight_decay)
@@ -776,47 +769,21 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
                "lr": [], "eval_step": [], "test_elbo": []}
     if is_doc:
         history["test_perplexity"] = []
-    order, pos, start = rng.permutation(train.n), 0, 0
+    loop = EpochLoop(model, opt, sched, rng, n=train.n, steps=steps, batch_size=batch_size,
+                     history=history, checkpoint=checkpoint, save_every=save_every,
+                     callback=callback, meta=dict(config=model.config_dict(),
+                                                  dtype=str(model.dtype),
+                                                  model_name=model.model_name,
+                                                  optimizer_name="adam", **meta))
     if resume:
         name = read_checkpoint(checkpoint)[1]["meta"].get("model_name")
         if name != model.model_name:                   # before anything is loaded
             raise ValueError(f"{checkpoint} holds a {name}, not a {model.model_name}")
-        saved = load_checkpoint(checkpoint, model, opt)
-        if sched is not None:
-            if saved.get("schedule") is None:
-                raise ValueError(f"{checkpoint} was trained with schedule='constant'")
-            sched.load_state_dict(saved["schedule"])
-        rng.bit_generator.state = saved["shuffle_rng"]
-        order, pos = np.array(saved["order"], dtype=np.int64), saved["pos"]
-        start, history = saved["step"], saved["history"]
-        if len(order) != train.n:
-            raise ValueError(f"{checkpoint} was trained on {len(order)} examples, not {train.n}")
-
-    def save(step):
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, model, opt, step=step, total_steps=steps,
-                            history=history, schedule=None if sched is None else sched.state_dict(),
-                            shuffle_rng=rng.bit_generator.state, order=order.tolist(), pos=pos,
-                            config=model.config_dict(), dtype=str(model.dtype),
-                            model_name=model.model_name, optimizer_name="adam", **meta)
-
-    def evaluate(step):
-        if test is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
-            x = test.all()
-            history["eval_step"].append(step)
-            per = model.elbo(x, eval_samples, rng=np.random.default_rng(seed), reduction="none")
-            history["test_elbo"].append(float(per.mean()))
-            if is_doc:
-                words = x.sum(dtype=np.float64)
-                history["test_perplexity"].append(float(np.exp(-per.sum() / words)))
+        loop.resume("examples")
 
     target_beta = model.kl_weight
-    model.train()
-    for step in range(start, steps):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(train.n), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
+
+    def train_step(step, idx):
         x = train.rows(idx)
         beta = target_beta
         if kl_warmup_steps:
@@ -825,10 +792,7 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
         with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: reported below
             loss = model.loss(x, kl_weight=beta)
         rate = opt.param_groups[0]["lr"]
-        if not np.isfinite(loss):          # the layers skip NaN scans: stop here, clearly
-            raise FloatingPointError(f"the training loss became {float(loss)} at step {step + 1}; "
-                                     f"lower the learning rate (now {rate:.3g}) or resume from "
-                                     f"the last checkpoint")
+        check_finite_loss(loss, step, rate)   # the layers skip NaN scans: stop here, clearly
         model.backward()
         if clip is not None:
             clip_grad_norm_(opt.param_groups[0]["params"], clip)
@@ -840,15 +804,16 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
         history["kl"].append(stats["kl"])
         history["kl_weight"].append(beta)
         history["lr"].append(rate)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if eval_every is not None and (step + 1) % eval_every == 0:
-            evaluate(step + 1)
-        if (step + 1) % save_every == 0 and step + 1 < steps:
-            save(step + 1)
-        if callback is not None:          # after the checkpoint: an interrupt here loses nothing
-            callback(step, float(loss))
-    evaluate(steps)
-    save(steps)
-    return history
+        return loss
+
+    def evaluate(step):
+        if test is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
+            x = test.all()
+            history["eval_step"].append(step)
+            per = model.elbo(x, eval_samples, rng=np.random.default_rng(seed), reduction="none")
+            history["test_elbo"].append(float(per.mean()))
+            if is_doc:
+                words = x.sum(dtype=np.float64)
+                history["test_perplexity"].append(float(np.exp(-per.sum() / words)))
+
+    return loop.run(train_step, evaluate, eval_every)
