@@ -258,17 +258,7 @@ class Seq2Seq(EncoderDecoder):
                              f"attention_size={attention_size!r} with attention={attention!r}")
         dropout = probability(dropout, "dropout", allow_one=False)
         self.max_len = positive_int(max_len, "max_len")
-        ids = {}
-        for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
-            value = positive_int(value, name, minimum=0)
-            if value >= self.tgt_vocab_size:
-                raise ValueError(f"{name} must be < tgt_vocab_size ({self.tgt_vocab_size}), got {value}")
-            ids[name] = value
-        if len(set(ids.values())) != 3:
-            raise ValueError(f"pad_id, bos_id and eos_id must differ, got {ids}")
-        if ids["pad_id"] >= self.src_vocab_size:
-            raise ValueError(f"pad_id must be < src_vocab_size ({self.src_vocab_size}), got {pad_id}")
-        self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
+        self._set_special_ids(pad_id, bos_id, eos_id)
         self.dtype = resolve_dtype(dtype)
         rng = make_rng(rng)
         E, H, L, rnn = self.embed_dim, self.hidden_size, self.num_layers, _CELLS[self.cell]

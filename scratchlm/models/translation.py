@@ -68,6 +68,21 @@ class EncoderDecoder(nn.Module):
     """Base of the encoder-decoders: ``backward``'s two upstream forms, eval-mode inference and
     the greedy / beam entry points (:mod:`scratchlm.decoding`)."""
 
+    def _set_special_ids(self, pad_id, bos_id, eos_id):
+        """Check and set ``pad_id``, ``bos_id``, ``eos_id``: distinct target ids (``pad_id`` a
+        source id too). Needs ``src_vocab_size`` and ``tgt_vocab_size`` set first."""
+        ids = {}
+        for name, value in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+            value = positive_int(value, name, minimum=0)
+            if value >= self.tgt_vocab_size:
+                raise ValueError(f"{name} must be < tgt_vocab_size ({self.tgt_vocab_size}), got {value}")
+            ids[name] = value
+        if len(set(ids.values())) != 3:
+            raise ValueError(f"pad_id, bos_id and eos_id must differ, got {ids}")
+        if ids["pad_id"] >= self.src_vocab_size:
+            raise ValueError(f"pad_id must be < src_vocab_size ({self.src_vocab_size}), got {pad_id}")
+        self.pad_id, self.bos_id, self.eos_id = ids["pad_id"], ids["bos_id"], ids["eos_id"]
+
     def backward(self, dlogits=None, dloss=None):
         """Backpropagate an upstream gradient on the logits (``dlogits``) and/or on the loss
         (``dloss``; the default ``1.0`` after a call with ``tgt_out``). Returns None; every
