@@ -172,7 +172,14 @@ def build_case(name, seed=0):
     return module, inputs
 
 
+#: Cases whose function has kinks inside the model (ReLU, max-pool) that random draws cannot keep
+#: away from: a 1e-5 step (round-off ~1e-11 in float64, below the tolerance) makes a
+#: difference quotient that straddles a kink 10x rarer than the default 1e-4 does.
+SMALL_STEP = {"RNN(relu, 2 layers, bidirectional)": 1e-5, "CNN (tiny)": 1e-5}
+
+
 def run_case(name, seed=0, **kwargs):
     """Build case ``name`` and check it; returns the report."""
     module, inputs = build_case(name, seed)
+    kwargs.setdefault("eps", SMALL_STEP.get(name, 1e-4))
     return check_module(module, *inputs, name=name, **kwargs)
