@@ -102,6 +102,12 @@ def _cmd_train(args) -> int:
     raise AssertionError(args.model)
 
 
+def _given(value, default):
+    """The option's value when the user gave one (even 0, which the model then refuses with a
+    clear error), else this command's default."""
+    return default if value is None else value
+
+
 def _train_neural(args) -> int:
     from tqdm import tqdm
 
@@ -109,8 +115,8 @@ def _train_neural(args) -> int:
     gpt = args.model == "transformer"
     out = args.out or os.path.join("runs", "gpt.npz" if gpt else f"{args.model}.npz")
     block = args.block_size or {"transformer": 128, "convlm": 256}.get(args.model, 64)
-    loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=args.batch_size or 16,
-                      lr=args.lr or 1e-3,
+    loop = LoopConfig(steps=args.steps, time_limit=args.time, batch_size=_given(args.batch_size, 16),
+                      lr=_given(args.lr, 1e-3),
                       eval_interval=args.eval_interval, seed=args.seed, block_size=block)
     bar = tqdm(desc=f"train {args.model}", unit="step", file=sys.stderr)
 
@@ -134,8 +140,8 @@ def _train_neural(args) -> int:
             model, tok, hist = train_convlm(channels=args.channels, kernel_size=args.kernel_size,
                                             dilations=args.dilations, gated=args.gated, **common)
         else:
-            model, tok, hist = train_rnn(args.model, embed_dim=args.embed_dim or 128,
-                                         hidden_size=args.hidden_size or 256, num_layers=args.num_layers,
+            model, tok, hist = train_rnn(args.model, embed_dim=_given(args.embed_dim, 128),
+                                         hidden_size=_given(args.hidden_size, 256), num_layers=args.num_layers,
                                          tie_weights=args.tie_weights, **common)
     finally:
         bar.close()
@@ -160,7 +166,7 @@ def _train_seq2seq(args) -> int:
     from .models import exact_match, translate
     from .train import train_seq2seq
     out = args.out or os.path.join("runs", "seq2seq.npz")
-    bar = tqdm(desc="train seq2seq", total=args.steps or 800, unit="step", file=sys.stderr)
+    bar = tqdm(desc="train seq2seq", total=_given(args.steps, 800), unit="step", file=sys.stderr)
 
     def callback(step, loss):
         bar.n = step + 1
@@ -168,9 +174,9 @@ def _train_seq2seq(args) -> int:
         bar.update(0)
     try:
         model, task, _ = train_seq2seq(
-            task=args.task, cell=args.cell, attention=args.attention, embed_dim=args.embed_dim or 64,
-            hidden_size=args.hidden_size or 128, num_layers=args.num_layers, dropout=args.dropout,
-            steps=args.steps or 800, batch_size=args.batch_size or 64, lr=args.lr or 3e-3, seed=args.seed,
+            task=args.task, cell=args.cell, attention=args.attention, embed_dim=_given(args.embed_dim, 64),
+            hidden_size=_given(args.hidden_size, 128), num_layers=args.num_layers, dropout=args.dropout,
+            steps=_given(args.steps, 800), batch_size=_given(args.batch_size, 64), lr=_given(args.lr, 3e-3), seed=args.seed,
             out=out, resume=args.resume, callback=callback, log=lambda m: bar.write(m, file=sys.stderr))
     finally:
         bar.close()
@@ -189,7 +195,7 @@ def _train_cnn(args) -> int:
     from .models import classifier_accuracy
     from .train import train_cnn
     out = args.out or os.path.join("runs", "cnn.npz")
-    steps = args.steps or 1000
+    steps = _given(args.steps, 1000)
     bar = tqdm(desc="train cnn", total=steps, unit="step", file=sys.stderr)
 
     def callback(step, loss, *rest):
@@ -199,7 +205,7 @@ def _train_cnn(args) -> int:
     try:
         model, (train, test), hist = train_cnn(
             source=args.images, channels=tuple(args.conv_channels), steps=steps,
-            batch_size=args.batch_size or 64, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+            batch_size=_given(args.batch_size, 64), lr=args.lr, optimizer=args.optimizer, seed=args.seed,
             out=out, resume=args.resume, callback=callback, log=lambda m: bar.write(m, file=sys.stderr))
     finally:
         bar.close()
@@ -214,7 +220,7 @@ def _train_vae(args) -> int:
 
     from .train import plot_vae, train_vae
     kind = "image" if args.model == "vae" else "document"
-    steps = args.steps or 2000
+    steps = _given(args.steps, 2000)
     bar = tqdm(desc=f"train {args.model}", total=steps, unit="step", file=sys.stderr)
 
     def callback(step, loss):
@@ -223,8 +229,8 @@ def _train_vae(args) -> int:
         bar.update(0)
     try:
         model, (train, test, labels), hist = train_vae(
-            kind, latent_dim=args.latent_dim, hidden_dim=args.hidden_size or (400 if kind == "image" else 256),
-            steps=steps, batch_size=args.batch_size or 128, lr=args.lr or 1e-3,
+            kind, latent_dim=args.latent_dim, hidden_dim=_given(args.hidden_size, (400 if kind == "image" else 256)),
+            steps=steps, batch_size=_given(args.batch_size, 128), lr=_given(args.lr, 1e-3),
             kl_warmup_steps=args.kl_warmup, free_bits=args.free_bits, seed=args.seed, out=args.out,
             resume=args.resume, callback=callback, log=lambda m: bar.write(m, file=sys.stderr))
     finally:

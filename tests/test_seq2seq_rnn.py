@@ -411,6 +411,8 @@ def test_fit_translation_checks_its_loop_options():
     model = Seq2Seq(v.size, v.size, embed_dim=4, hidden_size=4, rng=0)
     with pytest.raises(ValueError, match="save_every"):
         fit_translation(model, task, 2, batch_size=8, save_every=0)
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        fit_translation(model, task, 2, batch_size=8, lr=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint"):
         fit_translation(model, task, 2, batch_size=8, resume=True)
     with pytest.raises(TypeError, match="callback must be callable"):

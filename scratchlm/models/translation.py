@@ -164,6 +164,8 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
                          f"and {model.tgt_vocab_size}")
     steps = positive_int(steps, "steps")
     batch_size = positive_int(batch_size, "batch_size")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
     save_every, resume, meta = check_loop_options(
         "fit_translation", save_every=save_every, resume=resume, checkpoint=checkpoint,
         callback=callback, meta=meta, reserved=LOOP_KEYS)
