@@ -65,6 +65,26 @@ class Workload:
 
         return step
 
+    def train_step(self, impl: str, opt, forward, backward):
+        """One scratchlm training step as a callable: ``opt.zero_grad()``, ``forward()``,
+        ``backward()``, ``opt.step()``, under ``impl``'s kernel route."""
+        def fn():
+            opt.zero_grad()
+            forward()
+            backward()
+            opt.step()
+        return self.scratchlm_step(impl, fn)
+
+    @staticmethod
+    def torch_train_step(opt, loss):
+        """One torch training step as a callable: ``zero_grad(set_to_none=True)``,
+        ``loss().backward()``, ``opt.step()``."""
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss().backward()
+            opt.step()
+        return step
+
     @staticmethod
     def require_torch():
         """Import and return torch, or raise :class:`Unavailable`."""

@@ -137,21 +137,10 @@ class CNNTrainStep(Workload):
             model = torch_cnn(torch, ours)
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(model(tx), ty).backward()
-                opt.step()
-            return step
+            return self.torch_train_step(opt, lambda: torch.nn.functional.cross_entropy(model(tx), ty))
         from scratchlm.optim import SGD
         opt = SGD(ours.parameters(), lr=0.01, momentum=0.9)
-
-        def fn():
-            opt.zero_grad()
-            ours(x, y)
-            ours.backward()
-            opt.step()
-        return self.scratchlm_step(impl, fn)
+        return self.train_step(impl, opt, lambda: ours(x, y), ours.backward)
 
 
 class ConvLMTrainStep(Workload):
@@ -185,18 +174,8 @@ class ConvLMTrainStep(Workload):
             model = torch_convlm(torch, ours)
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(model(tx).reshape(-1, self.V), ty.reshape(-1)).backward()
-                opt.step()
-            return step
+            return self.torch_train_step(opt, lambda: torch.nn.functional.cross_entropy(
+                model(tx).reshape(-1, self.V), ty.reshape(-1)))
         from scratchlm.optim import Adam
         opt = Adam(ours.parameters(), lr=1e-4)
-
-        def fn():
-            opt.zero_grad()
-            ours(x, y)
-            ours.backward()
-            opt.step()
-        return self.scratchlm_step(impl, fn)
+        return self.train_step(impl, opt, lambda: ours(x, y), ours.backward)

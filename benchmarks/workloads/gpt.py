@@ -112,22 +112,11 @@ class GPTTrainStep(Workload):
             _, model = _models(self.cfg, torch)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                model(tx, ty)[1].backward()
-                opt.step()
-            return step
+            return self.torch_train_step(opt, lambda: model(tx, ty)[1])
         from scratchlm.optim import AdamW
         model, _ = _models(self.cfg)
         opt = AdamW(model.parameters(), lr=1e-4)
-
-        def fn():
-            opt.zero_grad()
-            model(x, y)
-            model.backward()
-            opt.step()
-        return self.scratchlm_step(impl, fn)
+        return self.train_step(impl, opt, lambda: model(x, y), model.backward)
 
 
 class GPTGenerate(Workload):

@@ -55,22 +55,11 @@ class _RecurrentTrainStep(Workload):
             model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.state_dict().items()})
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(tx).reshape(-1, self.V), ty.reshape(-1))
-                loss.backward()
-                opt.step()
-            return step
+            return self.torch_train_step(opt, lambda: torch.nn.functional.cross_entropy(
+                model(tx).reshape(-1, self.V), ty.reshape(-1)))
         from scratchlm.optim import Adam
         opt = Adam(ours.parameters(), lr=1e-4)
-
-        def fn():
-            opt.zero_grad()
-            ours(x, y)
-            ours.backward()
-            opt.step()
-        return self.scratchlm_step(impl, fn)
+        return self.train_step(impl, opt, lambda: ours(x, y), ours.backward)
 
 
 class LSTMTrainStep(_RecurrentTrainStep):

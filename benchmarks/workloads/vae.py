@@ -92,18 +92,7 @@ class VAETrainStep(Workload):
             model = torch_vae(torch, ours)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             tx = torch.from_numpy(x)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                torch_vae_loss(torch, *model(tx), tx).backward()
-                opt.step()
-            return step
+            return self.torch_train_step(opt, lambda: torch_vae_loss(torch, *model(tx), tx))
         from scratchlm.optim import Adam
         opt = Adam(ours.parameters(), lr=1e-3)
-
-        def fn():
-            opt.zero_grad()
-            ours.loss(x)
-            ours.backward()
-            opt.step()
-        return self.scratchlm_step(impl, fn)
+        return self.train_step(impl, opt, lambda: ours.loss(x), ours.backward)
