@@ -73,12 +73,15 @@ def test_in_place_kernels_agree(dtype):
 def test_finite_check_routes_agree():
     from scratchlm.kernels.checks import all_finite
     for dtype in (np.float32, np.float64):
-        x = RNG.standard_normal(1000).astype(dtype)
+        x = RNG.standard_normal(9000).astype(dtype)          # > 2 blocks of the Numba scan
+        x[7] = np.finfo(dtype).max                            # the largest finite: not flagged
         for bad in (None, np.nan, np.inf, -np.inf):
-            y = x.copy()
-            if bad is not None:
-                y[RNG.integers(0, 1000)] = bad
-            assert all_finite.numba(y) == all_finite.numpy(y) == (bad is None)
+            for at in (0, 4095, 4096, 8191, 8999, int(RNG.integers(0, 9000))):   # block edges
+                y = x.copy()
+                if bad is not None:
+                    y[at] = bad
+                assert all_finite.numba(y) == all_finite.numpy(y) == (bad is None)
+        assert all_finite.numba(x[:0]) and all_finite.numba(x[:1])
 
 
 def test_whole_layers_agree_across_routes():

