@@ -208,12 +208,16 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
         wg = weight.reshape(groups, O // groups, -1)                                  # (G, Og, Cg*K)
         y = np.empty((N, O, L), dtype=x.dtype)
         for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
+            n = n1 - n0
             cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                  # (C*K, n*L)
-            yc = wg @ cols.reshape(groups, -1, (n1 - n0) * L)                         # (G, Og, n*L)
-            y[n0:n1] = yc.reshape(O, n1 - n0, L).transpose(1, 0, 2)
+            cols = cols.reshape(groups, -1, n * L)                                    # (G, Cg*K, n*L)
+            if n == 1:                                        # the product lands in y: no copy
+                np.matmul(wg, cols, out=y[n0].reshape(groups, -1, L))                # (G, Og, L)
+            else:
+                y[n0:n1] = (wg @ cols).reshape(O, n, L).transpose(1, 0, 2)           # (n, O, L)
+            if bias is not None:
+                y[n0:n1] += bias[:, None]                     # while the chunk is in cache
         y = y.reshape((N, O) + out)
-        if bias is not None:
-            y += bias.reshape((O,) + (1,) * nd)
     else:
         b = bias if bias is not None else np.zeros(O, dtype=x.dtype)
         xp4, w4 = (xp[:, :, None], weight[:, :, None]) if nd == 1 else (xp, weight)  # 1-D: H = 1
@@ -244,8 +248,11 @@ def _conv_backward(dy, cache):
         for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
             n = n1 - n0
             cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                # recomputed
-            dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))
-            dyc = dyc.reshape(groups, -1, n * L)                                    # (G, Og, n*L)
+            if n == 1:                                                              # a view
+                dyc = dy[n0].reshape(groups, -1, L)                                 # (G, Og, L)
+            else:
+                dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))
+                dyc = dyc.reshape(groups, -1, n * L)                                # (G, Og, n*L)
             dweight += dyc @ cols.reshape(groups, -1, n * L).transpose(0, 2, 1)     # (G, Og, Cg*K)
             dcols = (wg.transpose(0, 2, 1) @ dyc).reshape(-1, n * L)                # (C*K, n*L)
             dxp = _col2im(dcols, n, C, xp.shape[2:], kernel, stride, dilation, out)  # (n, C, *padded)
