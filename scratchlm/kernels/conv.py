@@ -418,28 +418,40 @@ def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
     return y, (h * W + w).astype(np.int64)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _window_max(plane, W, h0, h1, w0, w1):
+    # plane: (H*W,) one flat input plane; the window rows h0..h1-1, columns w0..w1-1 (non-empty)
+    # -> (max, flat index h*W + w of its first occurrence in scan order)
+    bi = h0 * W + w0
+    best = plane[_u(bi)]
+    for h in range(h0, h1):
+        for w in range(w0, w1):
+            k = h * W + w
+            v = plane[_u(k)]
+            take = v > best                    # strict: ties keep the first in scan order
+            best = v if take else best         # selects, not branches: a random input
+            bi = k if take else bi             # mispredicts half of them
+    return best, bi
+
+
 @njit(cache=True, nogil=True)
 def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
     # x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64 flat h*W + w of the max
     P, H, W = x.shape
     y = np.empty((P, Ho, Wo), dtype=x.dtype)
     idx = np.empty((P, Ho, Wo), dtype=np.int64)
+    xf = x.reshape(P, H * W)
     for p in range(P):
+        plane = xf[p]
         for oh in range(Ho):
             h0 = oh * sH - pH
-            h1 = min(h0 + kH, H)
-            h0 = max(h0, 0)
             for ow in range(Wo):
                 w0 = ow * sW - pW
-                w1 = min(w0 + kW, W)
-                w0 = max(w0, 0)
-                best = x[p, h0, w0]
-                bi = h0 * W + w0
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        if x[p, h, w] > best:          # strict: ties keep the first in scan order
-                            best = x[p, h, w]
-                            bi = h * W + w
+                if pH == 0 and pW == 0:        # every window inside the input: no clipping
+                    best, bi = _window_max(plane, W, h0, h0 + kH, w0, w0 + kW)
+                else:                          # clip the window to the input (-inf padding)
+                    best, bi = _window_max(plane, W, max(h0, 0), min(h0 + kH, H),
+                                           max(w0, 0), min(w0 + kW, W))
                 y[p, oh, ow] = best
                 idx[p, oh, ow] = bi
     return y, idx
