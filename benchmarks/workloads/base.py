@@ -6,6 +6,8 @@ SCRATCHLM_NUMBA = "scratchlm-numba"
 SCRATCHLM_NUMPY = "scratchlm-numpy"
 SCRATCHLM = "scratchlm"      # for pure-NumPy code with no kernel route to choose
 TORCH = "torch"
+#: the matmuls alone that scratchlm's step issues (same shapes, ready-made operands): its BLAS floor
+BLAS_ONLY = "blas-matmuls-only"
 DEFAULT_IMPLS = (SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH)
 _BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "numba",
                "scratchlm-cache": "numba", "scratchlm-nocache": "numba"}

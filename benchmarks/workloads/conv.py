@@ -6,7 +6,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import TORCH, Workload
+from .base import BLAS_ONLY, DEFAULT_IMPLS, TORCH, Workload
+
+
+def blas_only_im2col(rng, samples, out_channels, rows, cols, extra=()):
+    """The matmuls of scratchlm's im2col convolution, forward + backward, with nothing else: for
+    each of ``samples`` (sample, layer) pairs, ``y = W @ cols``, ``dW = dy @ cols.T`` and
+    ``dcols = W.T @ dy`` with ``W`` ``(out_channels, rows)`` and ``cols`` ``(rows, cols)``, on
+    ready-made float32 operands written into preallocated outputs; then each ``(a, b)`` pair of
+    ``extra`` as ``a @ b``. No im2col, col2im, copies, checks or elementwise work: the floor that
+    this BLAS puts under the step."""
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    w, c, dy = f32(out_channels, rows), f32(rows, cols), f32(out_channels, cols)
+    y, dw, dc = np.empty_like(dy), np.empty_like(w), np.empty_like(c)
+    extra = [(f32(*a), f32(*b)) for a, b in extra]
+
+    def step():
+        for _ in range(samples):
+            np.matmul(w, c, out=y)
+            np.matmul(dy, c.T, out=dw)
+            np.matmul(w.T, dy, out=dc)
+        for a, b in extra:
+            a @ b
+    return step
 
 
 def torch_convlm(torch, ours):
@@ -63,6 +86,7 @@ class Conv2dStep(Workload):
     """W5."""
 
     name = "conv2d_fwd_bwd"
+    impls = DEFAULT_IMPLS + (BLAS_ONLY,)
 
     def __init__(self, quick: bool = False):
         super().__init__(quick)
@@ -73,12 +97,15 @@ class Conv2dStep(Workload):
         self.description = (
             f"Conv2d({C}, {O}, {k}, padding=1) on input ({N}, {C}, {H}, {H}): forward, then backward of "
             f"a fixed upstream gradient (input, weight and bias grads); scratchlm's default method "
-            f"('auto'); torch: nn.Conv2d (oneDNN), autograd.")
+            f"('auto'); torch: nn.Conv2d (oneDNN), autograd; {BLAS_ONLY}: the im2col method's "
+            f"three matmuls per sample ((O, C*k*k) @ (C*k*k, H*W) and its two gradients) alone.")
 
     def setup(self, impl):
         self.check_impl(impl)
         from scratchlm import nn
         rng = np.random.default_rng(0)
+        if impl == BLAS_ONLY:
+            return blas_only_im2col(rng, self.N, self.O, self.C * self.k * self.k, self.H * self.H)
         x = rng.standard_normal((self.N, self.C, self.H, self.H)).astype(np.float32)
         ours = nn.Conv2d(self.C, self.O, self.k, padding=1, rng=0)
         dy = rng.standard_normal((self.N, self.O, self.H, self.H)).astype(np.float32)
@@ -147,6 +174,7 @@ class ConvLMTrainStep(Workload):
     """W7."""
 
     name = "convlm_train_step"
+    impls = DEFAULT_IMPLS + (BLAS_ONLY,)
 
     def __init__(self, quick: bool = False):
         super().__init__(quick)
@@ -160,12 +188,17 @@ class ConvLMTrainStep(Workload):
             f"one training step (forward, backward, Adam) of ConvLM(vocab {V}, {C} channels, kernel {k}, "
             f"dilations {list(self.dilations)}) on batch {B} x {T} tokens, float32; torch: the same "
             f"embedding -> 4 residual ReLU(causal Conv1d) blocks (left padding (k-1)d) -> Linear, same "
-            f"weights, torch.optim.Adam.")
+            f"weights, torch.optim.Adam; {BLAS_ONLY}: the step's matmuls alone (per sample and "
+            f"layer ({C}, {C * k}) @ ({C * k}, {T}) and its two gradients; the head's three).")
 
     def setup(self, impl):
         self.check_impl(impl)
         from scratchlm.models import ConvLM
         rng = np.random.default_rng(0)
+        if impl == BLAS_ONLY:
+            BT, C, V = self.B * self.T, self.C, self.V
+            head = [((BT, C), (C, V)), ((V, BT), (BT, C)), ((BT, V), (V, C))]  # y, dW, dx
+            return blas_only_im2col(rng, self.B * len(self.dilations), C, C * self.k, self.T, head)
         x = rng.integers(0, self.V, (self.B, self.T))
         y = rng.integers(0, self.V, (self.B, self.T))
         ours = ConvLM(self.V, self.C, self.k, self.dilations, rng=0)
