@@ -203,6 +203,65 @@ def test_pool_matches_torch(torch, kind, nd, k, s, p):
         assert_close(dx, tx.grad)
 
 
+# (kernel, stride, padding, ceil_mode, dilation (max) / count_include_pad (avg))
+POOL_OPTION_CONFIGS = [(2, 2, 0, True, 1), (3, 2, 1, True, 2), (3, 3, 1, False, 2), (2, 3, 1, True, 3),
+                       ((3, 2), (2, 1), (1, 1), True, (2, 1)), (4, 3, 2, True, 1)]
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("k,s,p,ceil,extra", POOL_OPTION_CONFIGS)
+def test_pool_options_match_torch(torch, nd, k, s, p, ceil, extra):
+    """ceil_mode, dilation and return_indices (max), count_include_pad and divisor_override (avg):
+    outputs, indices and gradients equal torch's, on odd sizes where ceil_mode windows overhang."""
+    if nd == 1 and isinstance(k, tuple):
+        k, s, p, extra = k[0], s[0], p[0], extra[0]
+    r = np.random.default_rng(12)
+    tmod = torch.nn
+    for dtype in (np.float64, np.float32):
+        x = distinct(r, (2, 3) + (9, 10)[:nd]).astype(dtype)
+        include = extra == 1 if isinstance(extra, int) else extra[0] == 1
+        cases = [(POOL["max", nd](k, s, p, dilation=extra, return_indices=True, ceil_mode=ceil),
+                  getattr(tmod, f"MaxPool{nd}d")(k, s, p, dilation=extra, return_indices=True,
+                                                 ceil_mode=ceil)),
+                 (POOL["avg", nd](k, s, p, ceil_mode=ceil, count_include_pad=include),
+                  getattr(tmod, f"AvgPool{nd}d")(k, s, p, ceil_mode=ceil, count_include_pad=include))]
+        if nd == 2:
+            cases.append((nn.AvgPool2d(k, s, p, ceil_mode=ceil, divisor_override=5),
+                          tmod.AvgPool2d(k, s, p, ceil_mode=ceil, divisor_override=5)))
+        for ours, theirs in cases:
+            y = ours(x)
+            tx = to_torch(torch, x, grad=True)
+            ty = theirs(tx)
+            if isinstance(ours, nn.MaxPool1d | nn.MaxPool2d):
+                (y, idx), (ty, tidx) = y, ty
+                assert idx.dtype == np.int64 and idx.shape == y.shape
+                np.testing.assert_array_equal(idx, tidx.numpy())
+            assert y.dtype == dtype and y.shape == tuple(ty.shape)
+            assert_close(y, ty)
+            dy = r.standard_normal(y.shape).astype(dtype)
+            ty.backward(to_torch(torch, dy))
+            assert_close(ours.backward(dy), tx.grad)
+
+
+def test_pool_options_gradcheck_and_refusals():
+    r = np.random.default_rng(13)
+    x = distinct(r, (2, 2, 7, 8))
+    for layer in (nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), nn.MaxPool1d(2, 2, 1, dilation=3, ceil_mode=True),
+                  nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+                  nn.AvgPool2d((2, 3), 2, ceil_mode=True, divisor_override=4),
+                  nn.AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False)):
+        assert_gradcheck(layer, x[:, :, 0] if isinstance(layer, nn.MaxPool1d | nn.AvgPool1d) else x)
+    # a dilated window that falls wholly in the padding is refused, not filled with -inf
+    with pytest.raises(ValueError, match="reads only padding"):
+        nn.MaxPool1d(2, 1, 1, dilation=3)(np.zeros((1, 1, 2)))
+    with pytest.raises(ValueError, match="divisor_override"):
+        nn.AvgPool2d(2, divisor_override=0)
+    with pytest.raises(TypeError, match="ceil_mode"):
+        nn.MaxPool2d(2, ceil_mode="yes")
+    with pytest.raises(ValueError, match="dilation"):
+        nn.MaxPool2d(2, dilation=0)
+
+
 @pytest.mark.parametrize("nd", [1, 2])
 def test_max_pool_ties_route_like_torch(torch, nd):
     """Plateaus of equal values: the gradient goes to the first maximum in scan order, as torch's
@@ -342,14 +401,18 @@ def test_kernel_routes_agree(dtype):
                 (K.conv2d_direct_backward_weight, (dy, xp, G, kH, kW, sH, sW, dH, dW))]:
             _assert_routes_agree(kernel, args, dtype)
     planes = r.standard_normal((3, 7, 8)).astype(dtype)
-    for kH, kW, sH, sW, pH, pW in [(2, 2, 2, 2, 0, 0), (3, 2, 1, 2, 1, 1), (1, 3, 1, 1, 0, 1)]:
-        Ho, Wo = (7 + 2 * pH - kH) // sH + 1, (8 + 2 * pW - kW) // sW + 1
+    # (kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo): plain, padded, dilated, ceil_mode overhangs
+    for kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo in [
+            (2, 2, 2, 2, 0, 0, 1, 1, 3, 4), (3, 2, 1, 2, 1, 1, 1, 1, 7, 5), (1, 3, 1, 1, 0, 1, 1, 1, 7, 8),
+            (2, 3, 2, 1, 1, 1, 2, 3, 4, 4), (2, 2, 2, 2, 0, 0, 1, 1, 4, 4), (3, 3, 2, 3, 1, 0, 1, 2, 4, 2)]:
         g = r.standard_normal((3, Ho, Wo)).astype(dtype)
-        _assert_routes_agree(K.max_pool2d_forward, (planes, kH, kW, sH, sW, pH, pW, Ho, Wo), dtype)
-        _, idx = K.max_pool2d_forward(planes, kH, kW, sH, sW, pH, pW, Ho, Wo)
+        _assert_routes_agree(K.max_pool2d_forward, (planes, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo),
+                             dtype)
+        _, idx = K.max_pool2d_forward(planes, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo)
         _assert_routes_agree(K.max_pool2d_backward, (g, idx, 7, 8), dtype)
-        _assert_routes_agree(K.avg_pool2d_forward, (planes, kH, kW, sH, sW, pH, pW, Ho, Wo), dtype)
-        _assert_routes_agree(K.avg_pool2d_backward, (g, 7, 8, kH, kW, sH, sW, pH, pW), dtype)
+        div = r.uniform(1, 9, (Ho, Wo)).astype(dtype)
+        _assert_routes_agree(K.avg_pool2d_forward, (planes, kH, kW, sH, sW, pH, pW, Ho, Wo, div), dtype)
+        _assert_routes_agree(K.avg_pool2d_backward, (g, 7, 8, kH, kW, sH, sW, pH, pW, div), dtype)
 
 
 def test_layers_agree_on_both_routes():

@@ -18,7 +18,7 @@ from .attention import attention_backward, attention_forward
 from .conv import (avg_pool1d_backward, avg_pool1d_forward, avg_pool2d_backward,
                    avg_pool2d_forward, conv1d_backward, conv1d_forward, conv2d_backward,
                    conv2d_forward, max_pool1d_backward, max_pool1d_forward,
-                   max_pool2d_backward, max_pool2d_forward)
+                   max_pool2d_backward, max_pool2d_forward, max_pool_indices)
 from .activation import (gelu_backward, gelu_forward, relu_backward, relu_forward,
                          sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward)
 from .dropout import dropout_backward, dropout_forward
@@ -32,4 +32,4 @@ from .rnn import recurrent_backward, recurrent_forward
 from .softmax import (log_softmax_backward, log_softmax_forward, softmax_backward,
                       softmax_forward)
 
-__all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))]
+__all__ = [name for name in dir() if name.endswith(("_forward", "_backward"))] + ["max_pool_indices"]

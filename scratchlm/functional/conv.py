@@ -52,7 +52,7 @@ import math
 
 import numpy as np
 
-from .._checks import choice, float_array, integer, positive_int, upstream
+from .._checks import boolean, choice, float_array, integer, positive_int, upstream
 from ..kernels import conv as K
 
 METHODS = ("auto", "im2col", "direct")
@@ -248,11 +248,8 @@ def _conv_backward(dy, cache):
         for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
             n = n1 - n0
             cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                # recomputed
-            if n == 1:                                                              # a view
-                dyc = dy[n0].reshape(groups, -1, L)                                 # (G, Og, L)
-            else:
-                dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))
-                dyc = dyc.reshape(groups, -1, n * L)                                # (G, Og, n*L)
+            dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))  # n = 1: a view
+            dyc = dyc.reshape(groups, -1, n * L)                                    # (G, Og, n*L)
             dweight += dyc @ cols.reshape(groups, -1, n * L).transpose(0, 2, 1)     # (G, Og, Cg*K)
             dcols = (wg.transpose(0, 2, 1) @ dyc).reshape(-1, n * L)                # (C*K, n*L)
             dxp = _col2im(dcols, n, C, xp.shape[2:], kernel, stride, dilation, out)  # (n, C, *padded)
@@ -359,51 +356,78 @@ conv2d_forward.__doc__ += _CONV_ARGS.format(x="(N, C, H, W)", xu="(C, H, W)",
 # ------------------------------------------------------------------------------------------------
 # pooling
 # ------------------------------------------------------------------------------------------------
-def _pool_setup(x, kernel_size, stride, padding, nd):
-    """-> x as (P, H, W) planes (1-D: H = 1), the 2-D hyperparameters, output shape, input shape."""
+def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
+    """-> x as (P, H, W) planes (1-D: H = 1), the 2-D hyperparameters (kernel, stride, padding,
+    dilation), the output shape and the input shape. Output side (torch's rule):
+    ``floor_or_ceil((L + 2p - d(k-1) - 1) / s) + 1``, and with ``ceil_mode`` one less if the last
+    window would start past the input and its left padding."""
     x = float_array(x, "x", ndim=(nd + 1, nd + 2))
     k = _ntuple(kernel_size, "kernel_size", nd, 1)
     s = k if stride is None else _ntuple(stride, "stride", nd, 1)
     p = _ntuple(padding, "padding", nd, 0)
+    d = _ntuple(dilation, "dilation", nd, 1)
+    ceil_mode = boolean(ceil_mode, "ceil_mode")
     if any(2 * pp > kk for pp, kk in zip(p, k)):
         raise ValueError(f"padding must be at most half of kernel_size (as in torch), got "
                          f"padding={p} and kernel_size={k}")
     spatial = x.shape[-nd:]
     out = []
-    for size, kk, ss, pp in zip(spatial, k, s, p):
-        if kk > size + 2 * pp:
-            raise ValueError(f"kernel larger than the padded input: kernel_size {k} but x has "
-                             f"spatial shape {spatial} with padding {p}")
-        out.append((size + 2 * pp - kk) // ss + 1)
+    for size, kk, ss, pp, dd in zip(spatial, k, s, p, d):
+        span = dd * (kk - 1) + 1
+        if span > size + 2 * pp:
+            raise ValueError(f"kernel larger than the padded input: kernel_size {k} (dilation {d}) "
+                             f"but x has spatial shape {spatial} with padding {p}")
+        n = (size + 2 * pp - span + (ss - 1 if ceil_mode else 0)) // ss + 1
+        if ceil_mode and (n - 1) * ss >= size + pp:
+            n -= 1
+        for o in range(n):                         # with dilation a window can miss the input
+            start = o * ss - pp
+            if not any(0 <= start + i * dd < size for i in range(kk)):
+                raise ValueError(f"pooling window {o} reads only padding (kernel_size {k}, stride "
+                                 f"{s}, padding {p}, dilation {d}, input {spatial})")
+        out.append(n)
     lift = (1,) * (2 - nd)
     planes = np.ascontiguousarray(x).reshape((-1,) + lift + spatial)           # (P, H, W)
-    hyper = lift + k, lift + s, (0,) * (2 - nd) + p
+    hyper = lift + k, lift + s, (0,) * (2 - nd) + p, lift + d
     return planes, hyper, tuple(out), x.shape
 
 
 def _pool_doc(kind, nd):
     dims = "(N, C, L)" if nd == 1 else "(N, C, H, W)"
     unb = "(C, L)" if nd == 1 else "(C, H, W)"
+    extra = ("dilation: int or tuple; tap ``i`` of a window reads ``start + i*dilation``.\n        "
+             if kind == "-inf" else "")
     return f"""
     Args:
         x: ``{dims}`` or unbatched ``{unb}``, float32 or float64 (kept).
         kernel_size: int or tuple of {nd} int(s).
         stride: int or tuple; ``None`` (default) means ``kernel_size``.
         padding: int or tuple, at most half the kernel ({kind} padding; torch's limit).
+        {extra}ceil_mode: round the output size up (the last window may overhang the input; it
+            must start inside the input or its left padding), as torch.
 
-    Output side: :math:`\\lfloor (L + 2p - k)/s \\rfloor + 1`.
+    Output side: :math:`\\lfloor (L + 2p - d(k-1) - 1)/s \\rfloor + 1` (``d = 1`` for average
+    pooling; the ceiling with ``ceil_mode``).
 
     Returns:
         ``y`` with the pooled axes shrunk, and the cache.
     """
 
 
-def _max_pool_forward(x, kernel_size, stride, padding, nd):
-    planes, (k, s, p), out, x_shape = _pool_setup(x, kernel_size, stride, padding, nd)
+def _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
+    planes, (k, s, p, d), out, x_shape = _pool_setup(x, kernel_size, stride, padding, dilation,
+                                                     ceil_mode, nd)
     out2 = (1,) * (2 - nd) + out
-    y, idx = K.max_pool2d_forward(planes, *k, *s, *p, *out2)                   # (P, Ho, Wo) x2
+    y, idx = K.max_pool2d_forward(planes, *k, *s, *p, *d, *out2)               # (P, Ho, Wo) x2
     cache = (idx, planes.shape[1:], x_shape, x_shape[:-nd] + out, planes.dtype)
     return y.reshape(x_shape[:-nd] + out), cache
+
+
+def max_pool_indices(cache) -> np.ndarray:
+    """The argmax of every window from a max-pool cache, shaped like the output: the flat index
+    ``h*W + w`` (1-D: ``t``) into the input plane, int64 -- torch's ``return_indices``."""
+    idx, _, _, y_shape, _ = cache
+    return idx.reshape(y_shape)
 
 
 def _max_pool_backward(dy, cache):
@@ -413,14 +437,15 @@ def _max_pool_backward(dy, cache):
     return dx.reshape(x_shape)
 
 
-def max_pool1d_forward(x, kernel_size, stride=None, padding=0):
-    r"""Max over each window of the (implicitly ``-inf``-padded) last axis:
+def max_pool1d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    r"""Max over each (dilated) window of the (implicitly ``-inf``-padded) last axis:
 
-    .. math:: y_{n,c,t} = \max_{0\le p<k} x^{\text{pad}}_{n,c,\,st+p}
+    .. math:: y_{n,c,t} = \max_{0\le p<k} x^{\text{pad}}_{n,c,\,st+dp}
 
-    The cache keeps the argmax of every window (the first maximum on ties, as torch).
+    The cache keeps the argmax of every window (the first maximum on ties, as torch;
+    :func:`max_pool_indices` returns it).
     """
-    return _max_pool_forward(x, kernel_size, stride, padding, 1)
+    return _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, 1)
 
 
 def max_pool1d_backward(dy, cache):
@@ -430,16 +455,16 @@ def max_pool1d_backward(dy, cache):
     return _max_pool_backward(dy, cache)
 
 
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    r"""Max over each ``kH x kW`` window of the (implicitly ``-inf``-padded) last two axes
-    (LeCun et al. 1998 subsample by averaging; max pooling is the modern default):
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    r"""Max over each (dilated) ``kH x kW`` window of the (implicitly ``-inf``-padded) last two
+    axes (LeCun et al. 1998 subsample by averaging; max pooling is the modern default):
 
-    .. math:: y_{n,c,i,j} = \max_{p<k_H,\,q<k_W} x^{\text{pad}}_{n,c,\,s_H i+p,\,s_W j+q}
+    .. math:: y_{n,c,i,j} = \max_{p<k_H,\,q<k_W} x^{\text{pad}}_{n,c,\,s_H i+d_H p,\,s_W j+d_W q}
 
     The cache keeps the argmax of every window (the first maximum in scan order on ties, as
-    torch's CPU kernel).
+    torch's CPU kernel; :func:`max_pool_indices` returns it).
     """
-    return _max_pool_forward(x, kernel_size, stride, padding, 2)
+    return _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, 2)
 
 
 def max_pool2d_backward(dy, cache):
@@ -449,48 +474,81 @@ def max_pool2d_backward(dy, cache):
     return _max_pool_backward(dy, cache)
 
 
-def _avg_pool_forward(x, kernel_size, stride, padding, nd):
-    planes, (k, s, p), out, x_shape = _pool_setup(x, kernel_size, stride, padding, nd)
+def _avg_divisor(spatial, out, k, s, p, count_include_pad, divisor_override, dtype):
+    """(Ho, Wo) divisors for 2-D hyperparameters (1-D lifted: H = Ho = k = 1), torch's rule: the window clipped to the padded input (a ``ceil_mode``
+    overhang past the padding does not count) when ``count_include_pad``, else to the input
+    itself; or ``divisor_override`` everywhere."""
+    if divisor_override is not None:
+        return np.full(out, divisor_override, dtype=dtype)
+    sizes = []
+    for size, n, kk, ss, pp in zip(spatial, out, k, s, p):
+        start = np.arange(n) * ss - pp
+        if count_include_pad:
+            sizes.append(np.minimum(start + kk, size + pp) - start)
+        else:
+            sizes.append(np.minimum(start + kk, size) - np.maximum(start, 0))
+    return np.outer(*sizes).astype(dtype)                       # (Ho, Wo); 1-D: Ho = 1
+
+
+def _avg_pool_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                      divisor_override, nd):
+    planes, (k, s, p, _), out, x_shape = _pool_setup(x, kernel_size, stride, padding, 1,
+                                                     ceil_mode, nd)
+    count_include_pad = boolean(count_include_pad, "count_include_pad")
+    if divisor_override is not None:
+        divisor_override = positive_int(divisor_override, "divisor_override")
     out2 = (1,) * (2 - nd) + out
-    y = K.avg_pool2d_forward(planes, *k, *s, *p, *out2)                        # (P, Ho, Wo)
-    cache = (y.shape, planes.shape[1:], (k, s, p), x_shape, x_shape[:-nd] + out, planes.dtype)
+    div = _avg_divisor(planes.shape[1:], out2, k, s, p, count_include_pad, divisor_override,
+                       planes.dtype)                                           # (Ho, Wo)
+    y = K.avg_pool2d_forward(planes, *k, *s, *p, *out2, div)                   # (P, Ho, Wo)
+    cache = (y.shape, planes.shape[1:], (k, s, p), div, x_shape, x_shape[:-nd] + out, planes.dtype)
     return y.reshape(x_shape[:-nd] + out), cache
 
 
 def _avg_pool_backward(dy, cache):
-    planes_out, (H, W), (k, s, p), x_shape, y_shape, dtype = cache
+    planes_out, (H, W), (k, s, p), div, x_shape, y_shape, dtype = cache
     upstream(dy, y_shape, dtype)
-    dx = K.avg_pool2d_backward(np.ascontiguousarray(dy).reshape(planes_out), H, W, *k, *s, *p)
+    dx = K.avg_pool2d_backward(np.ascontiguousarray(dy).reshape(planes_out), H, W, *k, *s, *p, div)
     return dx.reshape(x_shape)
 
 
-def avg_pool1d_forward(x, kernel_size, stride=None, padding=0):
-    r"""Mean over each window of the zero-padded last axis; the divisor is always ``k``
-    (torch's default ``count_include_pad=True``):
+def avg_pool1d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                       count_include_pad=True):
+    r"""Mean over each window of the zero-padded last axis:
 
-    .. math:: y_{n,c,t} = \frac1k\sum_{p<k} x^{\text{pad}}_{n,c,\,st+p}
+    .. math:: y_{n,c,t} = \frac{1}{D_t}\sum_{p<k} x^{\text{pad}}_{n,c,\,st+p}
+
+    with divisor :math:`D_t = k` (torch's default ``count_include_pad=True``; a window that
+    overhangs the padding under ``ceil_mode`` counts only its part inside the padded input), or
+    the number of input entries in the window with ``count_include_pad=False``.
     """
-    return _avg_pool_forward(x, kernel_size, stride, padding, 1)
+    return _avg_pool_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1)
 
 
 def avg_pool1d_backward(dy, cache):
-    r""":math:`\partial L/\partial x^{\text{pad}}_{n,c,st+p} \mathrel{+}= \delta_{n,c,t}/k`, padding
+    r""":math:`\partial L/\partial x^{\text{pad}}_{n,c,st+p} \mathrel{+}= \delta_{n,c,t}/D_t`, padding
     cropped. Returns ``dx`` shaped like ``x``."""
     return _avg_pool_backward(dy, cache)
 
 
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    r"""Mean over each ``kH x kW`` window of the zero-padded last two axes; the divisor is always
-    ``kH*kW`` (torch's default ``count_include_pad=True``; LeCun et al. 1998's subsampling):
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                       count_include_pad=True, divisor_override=None):
+    r"""Mean over each ``kH x kW`` window of the zero-padded last two axes (LeCun et al. 1998's
+    subsampling):
 
-    .. math:: y_{n,c,i,j} = \frac{1}{k_H k_W}\sum_{p<k_H,\,q<k_W} x^{\text{pad}}_{n,c,\,s_H i+p,\,s_W j+q}
+    .. math:: y_{n,c,i,j} = \frac{1}{D_{ij}}\sum_{p<k_H,\,q<k_W} x^{\text{pad}}_{n,c,\,s_H i+p,\,s_W j+q}
+
+    with :math:`D_{ij} = k_H k_W` by default, the count of input entries in the window with
+    ``count_include_pad=False``, or ``divisor_override`` (torch's rules, as
+    :func:`avg_pool1d_forward`).
     """
-    return _avg_pool_forward(x, kernel_size, stride, padding, 2)
+    return _avg_pool_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                             divisor_override, 2)
 
 
 def avg_pool2d_backward(dy, cache):
     r""":math:`\partial L/\partial x^{\text{pad}}_{n,c,s_H i+p,s_W j+q} \mathrel{+}=
-    \delta_{n,c,i,j}/(k_H k_W)`, padding cropped. Returns ``dx`` shaped like ``x``."""
+    \delta_{n,c,i,j}/D_{ij}`, padding cropped. Returns ``dx`` shaped like ``x``."""
     return _avg_pool_backward(dy, cache)
 
 

@@ -21,11 +21,15 @@ The pooling kernels take the unpadded input and clip each window to it, as torch
 * **max pool** returns the output and, per output, the flat index ``h*W + w`` of the maximum in
   its input plane (torch's ``return_indices`` convention). Ties go to the first maximum in scan
   order (row by row), as in torch's CPU kernel; the backward adds each ``dy`` at its index.
-* **avg pool** divides each window sum by ``kH*kW`` whether or not the window overlaps the zero
-  padding (torch's default ``count_include_pad=True``).
+* **max pool** may dilate its window (tap ``i`` reads row ``oh*sH - pH + i*dH``); taps outside
+  the input are skipped (``-inf`` padding), and windows wholly inside skip the clipping.
+* **avg pool** divides each window sum by a divisor the caller computes per output
+  (``div``, ``(Ho, Wo)``): torch's ``count_include_pad``, ``ceil_mode`` and ``divisor_override``
+  rules all become a divisor.
 
 Kernels validate nothing (Numba does no bounds checking): ``scratchlm.functional.conv`` checks
-every shape, stride, padding and index in Python first. The kernels are serial (no ``prange``).
+every shape, stride, padding and index in Python first, and passes C-contiguous arrays (the 2-D
+im2col/col2im and max-pool kernels read them flat; another layout fails to compile). The kernels are serial (no ``prange``).
 
 A note on speed: Numba wraps negative indices, and for a signed index whose sign LLVM cannot
 prove (``xp[n, c, h, j*dW + ow]``) the test stays in the inner loop and blocks vectorisation
@@ -401,32 +405,52 @@ def conv2d_direct_backward_weight_numba(dy, xp, groups, kH, kW, sH, sW, dH, dW):
 # ------------------------------------------------------------------------------------------------
 # max pooling, 2-D on (P, H, W) planes (P = N*C; 1-D runs with H = kH = 1)
 # ------------------------------------------------------------------------------------------------
-def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
+def _padded_windows(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, fill):
+    """x: (P, H, W) -> (P, Ho, Wo, kH, kW) windows of x padded with ``fill``: ``pH``/``pW`` on
+    the left and top, and on the right and bottom as much as the last window reaches (at least
+    the padding; more with ceil_mode)."""
+    P, H, W = x.shape
+    bottom = max(pH, (Ho - 1) * sH + dH * (kH - 1) + 1 - H - pH)
+    right = max(pW, (Wo - 1) * sW + dW * (kW - 1) + 1 - W - pW)
+    xp = np.full((P, pH + H + bottom, pW + W + right), fill, dtype=x.dtype)
+    xp[:, pH:pH + H, pW:pW + W] = x
+    win = sliding_window_view(xp, (dH * (kH - 1) + 1, dW * (kW - 1) + 1), axis=(1, 2))
+    return win[:, :(Ho - 1) * sH + 1:sH, :(Wo - 1) * sW + 1:sW, ::dH, ::dW]
+
+
+def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     """x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64, the flat index h*W + w of each max.
 
-    Pads with -inf (never the max: every window overlaps the input because pad <= kernel/2), then
-    ``argmax`` over each flattened window -- the first maximum in scan order."""
+    Pads with -inf (never the max: the caller checks that every window holds an input entry),
+    then ``argmax`` over each flattened window -- the first maximum in scan order."""
     P, H, W = x.shape
-    xp = np.full((P, H + 2 * pH, W + 2 * pW), -np.inf, dtype=x.dtype)
-    xp[:, pH:pH + H, pW:pW + W] = x
-    win = sliding_window_view(xp, (kH, kW), axis=(1, 2))[:, ::sH, ::sW]      # (P, Ho, Wo, kH, kW)
+    win = _padded_windows(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, -np.inf)  # (P, Ho, Wo, kH, kW)
     flat = win.reshape(P, Ho, Wo, kH * kW)
     a = flat.argmax(axis=-1)                                                 # (P, Ho, Wo)
     y = np.take_along_axis(flat, a[..., None], axis=-1)[..., 0]
-    h = np.arange(Ho)[:, None] * sH - pH + a // kW                           # input row of the max
-    w = np.arange(Wo)[None, :] * sW - pW + a % kW
+    h = np.arange(Ho)[:, None] * sH - pH + (a // kW) * dH                    # input row of the max
+    w = np.arange(Wo)[None, :] * sW - pW + (a % kW) * dW
     return y, (h * W + w).astype(np.int64)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _window_max(plane, W, h0, h1, w0, w1):
-    # plane: (H*W,) one flat input plane; the window rows h0..h1-1, columns w0..w1-1 (non-empty)
+def _taps_inside(start, k, d, size):
+    # the taps i in [lo, hi) of a window whose tap i reads start + i*d that fall in [0, size)
+    lo = (-start + d - 1) // d if start < 0 else 0
+    hi = min(k, (size - 1 - start) // d + 1) if start < size else 0
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _window_max(plane, W, h0, dH, i0, i1, w0, dW, j0, j1):
+    # plane: (H*W,) one flat input plane; the window's taps (i, j), i0 <= i < i1, j0 <= j < j1,
+    # read row h0 + i*dH, column w0 + j*dW (all inside; at least one tap)
     # -> (max, flat index h*W + w of its first occurrence in scan order)
-    bi = h0 * W + w0
+    bi = (h0 + i0 * dH) * W + w0 + j0 * dW
     best = plane[_u(bi)]
-    for h in range(h0, h1):
-        for w in range(w0, w1):
-            k = h * W + w
+    for i in range(i0, i1):
+        for j in range(j0, j1):
+            k = (h0 + i * dH) * W + w0 + j * dW
             v = plane[_u(k)]
             take = v > best                    # strict: ties keep the first in scan order
             best = v if take else best         # selects, not branches: a random input
@@ -435,23 +459,24 @@ def _window_max(plane, W, h0, h1, w0, w1):
 
 
 @njit(cache=True, nogil=True)
-def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
+def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     # x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64 flat h*W + w of the max
     P, H, W = x.shape
     y = np.empty((P, Ho, Wo), dtype=x.dtype)
     idx = np.empty((P, Ho, Wo), dtype=np.int64)
     xf = x.reshape(P, H * W)
+    # no padding and the last window inside the input (no ceil_mode overhang): nothing to clip
+    inside = (pH == 0 and pW == 0 and (Ho - 1) * sH + (kH - 1) * dH < H
+              and (Wo - 1) * sW + (kW - 1) * dW < W)
     for p in range(P):
         plane = xf[p]
         for oh in range(Ho):
             h0 = oh * sH - pH
+            i0, i1 = (0, kH) if inside else _taps_inside(h0, kH, dH, H)
             for ow in range(Wo):
                 w0 = ow * sW - pW
-                if pH == 0 and pW == 0:        # every window inside the input: no clipping
-                    best, bi = _window_max(plane, W, h0, h0 + kH, w0, w0 + kW)
-                else:                          # clip the window to the input (-inf padding)
-                    best, bi = _window_max(plane, W, max(h0, 0), min(h0 + kH, H),
-                                           max(w0, 0), min(w0 + kW, W))
+                j0, j1 = (0, kW) if inside else _taps_inside(w0, kW, dW, W)
+                best, bi = _window_max(plane, W, h0, dH, i0, i1, w0, dW, j0, j1)
                 y[p, oh, ow] = best
                 idx[p, oh, ow] = bi
     return y, idx
@@ -478,24 +503,20 @@ def max_pool2d_backward_numba(dy, idx, H, W):
 
 
 # ------------------------------------------------------------------------------------------------
-# average pooling, 2-D on (P, H, W) planes, count_include_pad=True
+# average pooling, 2-D on (P, H, W) planes; the caller gives each window's divisor
 # ------------------------------------------------------------------------------------------------
-def avg_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
-    """x: (P, H, W) -> y: (P, Ho, Wo) = (sum of the zero-padded window) / (kH*kW)."""
-    P, H, W = x.shape
-    xp = np.zeros((P, H + 2 * pH, W + 2 * pW), dtype=x.dtype)
-    xp[:, pH:pH + H, pW:pW + W] = x
-    win = sliding_window_view(xp, (kH, kW), axis=(1, 2))[:, ::sH, ::sW]     # (P, Ho, Wo, kH, kW)
-    return (win.sum(axis=(3, 4)) / (kH * kW)).astype(x.dtype, copy=False)
+def avg_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
+    """x: (P, H, W), div: (Ho, Wo) -> y: (P, Ho, Wo) = (sum of the zero-padded window) / div."""
+    win = _padded_windows(x, kH, kW, sH, sW, pH, pW, 1, 1, Ho, Wo, 0.0)     # (P, Ho, Wo, kH, kW)
+    return (win.sum(axis=(3, 4)) / div).astype(x.dtype, copy=False)
 
 
 @njit(cache=True, nogil=True)
-def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
-    # x: (P, H, W) -> y: (P, Ho, Wo)
+def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
+    # x: (P, H, W), div: (Ho, Wo) -> y: (P, Ho, Wo)
     P, H, W = x.shape
     y = np.empty((P, Ho, Wo), dtype=x.dtype)
     zero = x.dtype.type(0.0)
-    k = x.dtype.type(kH * kW)
     for p in range(P):
         for oh in range(Ho):
             h0 = oh * sH - pH
@@ -509,15 +530,17 @@ def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo):
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         s += x[p, h, w]
-                y[p, oh, ow] = s / k
+                y[p, oh, ow] = s / div[oh, ow]
     return y
 
 
-def avg_pool2d_backward_numpy(dy, H, W, kH, kW, sH, sW, pH, pW):
-    """dy: (P, Ho, Wo) -> dx: (P, H, W): each dy/(kH*kW) spread over its window, padding cropped."""
+def avg_pool2d_backward_numpy(dy, H, W, kH, kW, sH, sW, pH, pW, div):
+    """dy: (P, Ho, Wo), div: (Ho, Wo) -> dx: (P, H, W): each dy/div spread over its window, the
+    padding cropped."""
     P, Ho, Wo = dy.shape
-    g = dy / dy.dtype.type(kH * kW)
-    dxp = np.zeros((P, H + 2 * pH, W + 2 * pW), dtype=dy.dtype)
+    g = dy / div
+    dxp = np.zeros((P, max(H + 2 * pH, (Ho - 1) * sH + kH), max(W + 2 * pW, (Wo - 1) * sW + kW)),
+                   dtype=dy.dtype)
     for i in range(kH):
         for j in range(kW):
             dxp[:, i:i + sH * (Ho - 1) + 1:sH, j:j + sW * (Wo - 1) + 1:sW] += g
@@ -525,11 +548,10 @@ def avg_pool2d_backward_numpy(dy, H, W, kH, kW, sH, sW, pH, pW):
 
 
 @njit(cache=True, nogil=True)
-def avg_pool2d_backward_numba(dy, H, W, kH, kW, sH, sW, pH, pW):
-    # dy: (P, Ho, Wo) -> dx: (P, H, W)
+def avg_pool2d_backward_numba(dy, H, W, kH, kW, sH, sW, pH, pW, div):
+    # dy: (P, Ho, Wo), div: (Ho, Wo) -> dx: (P, H, W)
     P, Ho, Wo = dy.shape
     dx = np.zeros((P, H, W), dtype=dy.dtype)
-    k = dy.dtype.type(kH * kW)
     for p in range(P):
         for oh in range(Ho):
             h0 = oh * sH - pH
@@ -539,7 +561,7 @@ def avg_pool2d_backward_numba(dy, H, W, kH, kW, sH, sW, pH, pW):
                 w0 = ow * sW - pW
                 w1 = min(w0 + kW, W)
                 w0 = max(w0, 0)
-                g = dy[p, oh, ow] / k
+                g = dy[p, oh, ow] / div[oh, ow]
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         dx[p, h, w] += g

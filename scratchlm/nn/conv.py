@@ -121,9 +121,8 @@ class Conv2d(_ConvNd):
 
 class _PoolNd(Module):
     _nd = 0
-    _kind = ""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         nd = self._nd
         self.kernel_size = _ntuple(kernel_size, "kernel_size", nd, 1)
@@ -132,47 +131,94 @@ class _PoolNd(Module):
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"padding must be at most half of kernel_size (as in torch), got "
                              f"padding={self.padding} and kernel_size={self.kernel_size}")
+        self.ceil_mode = boolean(ceil_mode, "ceil_mode")
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
+class _MaxPoolNd(_PoolNd):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = _ntuple(dilation, "dilation", self._nd, 1)
+        self.return_indices = boolean(return_indices, "return_indices")
 
     def forward(self, x):
-        forward = getattr(F, f"{self._kind}_pool{self._nd}d_forward")
-        y, self._cache = forward(x, self.kernel_size, self.stride, self.padding)
+        forward = getattr(F, f"max_pool{self._nd}d_forward")
+        y, self._cache = forward(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                 self.ceil_mode)
+        return (y, F.max_pool_indices(self._cache)) if self.return_indices else y
+
+    def backward(self, dy):
+        return getattr(F, f"max_pool{self._nd}d_backward")(dy, self._saved())
+
+    def extra_repr(self):
+        return super().extra_repr() + f", dilation={self.dilation}"
+
+
+class MaxPool1d(_MaxPoolNd):
+    """Max over (dilated) windows of the last axis: ``(N, C, L)`` -> ``(N, C, L_out)``,
+    ``L_out = floor((L + 2p - d(k-1) - 1)/s) + 1`` (the ceiling with ``ceil_mode``); padding
+    counts as ``-inf``. The gradient goes to each window's maximum (the first one on ties, as
+    torch). torch.nn.MaxPool1d's arguments: ``kernel_size, stride=None (= kernel_size),
+    padding=0, dilation=1, return_indices=False, ceil_mode=False``. With ``return_indices``
+    the forward returns ``(y, indices)``, the argmax of each window as a flat index into the
+    input's last axis (int64, torch's convention); ``backward`` still takes ``dy`` alone.
+    Either float dtype, kept."""
+
+    _nd = 1
+
+
+class MaxPool2d(_MaxPoolNd):
+    """Max over (dilated) ``kH x kW`` windows: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``; as
+    :class:`MaxPool1d` on two axes (torch.nn.MaxPool2d's arguments; ``indices`` are flat
+    ``h*W + w`` into each input plane)."""
+
+    _nd = 2
+
+
+class _AvgPoolNd(_PoolNd):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = boolean(count_include_pad, "count_include_pad")
+        self.divisor_override = (None if divisor_override is None
+                                 else positive_int(divisor_override, "divisor_override"))
+
+    def forward(self, x):
+        extra = () if self._nd == 1 else (self.divisor_override,)
+        forward = getattr(F, f"avg_pool{self._nd}d_forward")
+        y, self._cache = forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                 self.count_include_pad, *extra)
         return y
 
     def backward(self, dy):
-        return getattr(F, f"{self._kind}_pool{self._nd}d_backward")(dy, self._saved())
+        return getattr(F, f"avg_pool{self._nd}d_backward")(dy, self._saved())
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return super().extra_repr() + f", count_include_pad={self.count_include_pad}"
 
 
-class MaxPool1d(_PoolNd):
-    """Max over windows of the last axis: ``(N, C, L)`` -> ``(N, C, L_out)``,
-    ``L_out = floor((L + 2p - k)/s) + 1``; padding counts as ``-inf``. The gradient goes to each
-    window's maximum (the first one on ties, as torch). torch.nn.MaxPool1d's ``kernel_size,
-    stride=None (= kernel_size), padding=0``; dilation, ceil_mode and return_indices are not
-    offered. Either float dtype, kept."""
+class AvgPool1d(_AvgPoolNd):
+    """Mean over windows of the last axis: ``(N, C, L)`` -> ``(N, C, L_out)``. By default padding
+    counts as zeros in the mean (torch's ``count_include_pad=True``: the divisor is ``k``, or
+    the part of the window inside the padded input when a ``ceil_mode`` window overhangs it);
+    with ``count_include_pad=False`` the divisor is the number of input entries in the window.
+    torch.nn.AvgPool1d's arguments: ``kernel_size, stride=None, padding=0, ceil_mode=False,
+    count_include_pad=True``."""
 
-    _nd, _kind = 1, "max"
+    _nd = 1
 
-
-class MaxPool2d(_PoolNd):
-    """Max over ``kH x kW`` windows: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``; as
-    :class:`MaxPool1d` on two axes (torch.nn.MaxPool2d's ``kernel_size, stride, padding``)."""
-
-    _nd, _kind = 2, "max"
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
 
 
-class AvgPool1d(_PoolNd):
-    """Mean over windows of the last axis: ``(N, C, L)`` -> ``(N, C, L_out)``. Padding counts as
-    zeros in the mean (torch's default ``count_include_pad=True``: the divisor is always ``k``).
-    torch.nn.AvgPool1d's ``kernel_size, stride=None, padding=0``; ceil_mode,
-    count_include_pad=False and divisor_override are not offered."""
+class AvgPool2d(_AvgPoolNd):
+    """Mean over ``kH x kW`` windows: ``(N, C, H, W)`` -> ``(N, C, H_out, W_out)``; as
+    :class:`AvgPool1d` on two axes, plus torch.nn.AvgPool2d's ``divisor_override`` (a fixed
+    divisor for every window)."""
 
-    _nd, _kind = 1, "avg"
-
-
-class AvgPool2d(_PoolNd):
-    """Mean over ``kH x kW`` windows (divisor ``kH*kW``, padding included): ``(N, C, H, W)`` ->
-    ``(N, C, H_out, W_out)``; as :class:`AvgPool1d` on two axes."""
-
-    _nd, _kind = 2, "avg"
+    _nd = 2
