@@ -21,6 +21,7 @@ def _run(tmp_path, *names):
     return json.loads((tmp_path / "latest.json").read_text())
 
 
+@pytest.mark.torch
 def test_conv_workloads_run_with_their_blas_floor(tmp_path):
     pytest.importorskip("torch")
     result = _run(tmp_path, "conv2d_fwd_bwd", "convlm_train_step")

@@ -15,7 +15,8 @@ def blas_only_im2col(rng, samples, out_channels, rows, cols, extra=()):
     ``dcols = W.T @ dy`` with ``W`` ``(out_channels, rows)`` and ``cols`` ``(rows, cols)``, on
     ready-made float32 operands written into preallocated outputs; then each ``(a, b)`` pair of
     ``extra`` as ``a @ b``. No im2col, col2im, copies, checks or elementwise work: the floor that
-    this BLAS puts under the step."""
+    this BLAS puts under the step. The shapes are scratchlm's at the full sizes, where each
+    im2col chunk holds one sample (with ``--quick`` it batches several samples per product)."""
     def f32(*shape):
         return rng.standard_normal(shape).astype(np.float32)
     w, c, dy = f32(out_channels, rows), f32(rows, cols), f32(out_channels, cols)

@@ -27,8 +27,8 @@ def _no_full_exponent(bits, exponent):
     # bits: (n,) the raw bits of float32 (uint32) or float64 (uint64) entries
     for start in range(0, bits.shape[0], _BLOCK):
         block = bits[start:start + _BLOCK]
-        bad = np.uint32(0)                   # a narrow counter: an int64 one did not vectorise
-        for i in range(block.shape[0]):
+        bad = np.uint32(0)         # unsigned increments: an int64 counter of booleans did not
+        for i in range(block.shape[0]):          # vectorise
             bad += np.uint32((block[i] & exponent) == exponent)
         if bad:
             return False
