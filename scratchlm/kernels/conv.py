@@ -66,6 +66,14 @@ def im2col2d_numpy(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
     return win.transpose(1, 4, 5, 0, 2, 3).reshape(C * kH * kW, N * Ho * Wo)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tap_offsets(n, c, i, j, N, C, Hp, Wp, kH, kW, dH, dW, L):
+    # tap (c, i, j) of sample n -> (flat offset of its run in cols (C*kH*kW, N*L),
+    #                               flat offset in xp (N, C, Hp, Wp) of what output (0, 0) reads)
+    return (_u(((c * kH + i) * kW + j) * N * L + n * L),
+            _u(((n * C + c) * Hp + i * dH) * Wp + j * dW))
+
+
 @njit(cache=True, nogil=True)
 def im2col2d_numba(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
     # xp: (N, C, Hp, Wp) zero-padded -> cols: (C*kH*kW, N*Ho*Wo)
@@ -78,8 +86,7 @@ def im2col2d_numba(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
             for i in range(kH):
                 for j in range(kW):
                     # cols[(c*kH + i)*kW + j, n*L + oh*Wo + ow] = xp[n, c, oh*sH + i*dH, ow*sW + j*dW]
-                    dst = _u(((c * kH + i) * kW + j) * N * L + n * L)
-                    src = _u(((n * C + c) * Hp + i * dH) * Wp + j * dW)
+                    dst, src = _tap_offsets(n, c, i, j, N, C, Hp, Wp, kH, kW, dH, dW, L)
                     for oh in range(Ho):
                         d, s = dst + _u(oh * Wo), src + _u(oh * sH * Wp)
                         if sW == 1:
@@ -113,8 +120,7 @@ def col2im2d_numba(cols, N, C, Hp, Wp, kH, kW, sH, sW, dH, dW, Ho, Wo):
             for i in range(kH):
                 for j in range(kW):
                     # the adjoint of im2col2d_numba: the same offsets, the copy turned into +=
-                    src = _u(((c * kH + i) * kW + j) * N * L + n * L)
-                    dst = _u(((n * C + c) * Hp + i * dH) * Wp + j * dW)
+                    src, dst = _tap_offsets(n, c, i, j, N, C, Hp, Wp, kH, kW, dH, dW, L)
                     for oh in range(Ho):
                         s, d = src + _u(oh * Wo), dst + _u(oh * sH * Wp)
                         if sW == 1:
