@@ -154,3 +154,108 @@ def test_vectorised_exp_accuracy():
     assert exp.numba(np.array([-1000.0, 1000.0], np.float32)).tolist() == [np.float32(np.exp(-87.0)), np.float32(np.exp(88.0))]
     t64 = RNG.standard_normal(1000) * 20
     np.testing.assert_allclose(exp.numba(t64), np.exp(t64), rtol=4e-16, atol=0)   # float64: libm, 1 ulp
+
+
+# ------------------------------------------------------------------------------------------------
+# the Numba GEMM (kernels/gemm.py) and the thread split
+# ------------------------------------------------------------------------------------------------
+def _operand(shape, layout, dtype):
+    """A (rows, cols) operand laid out C-ordered, as a transposed view ('F') or as a strided
+    slice of a bigger array ('A')."""
+    rows, cols = shape
+    if layout == "C":
+        return RNG.standard_normal(shape).astype(dtype)
+    if layout == "F":
+        return RNG.standard_normal((cols, rows)).astype(dtype).T
+    return RNG.standard_normal((rows + 3, 2 * cols + 1)).astype(dtype)[1:rows + 1, 1::2]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layouts", ["CC", "CF", "FC", "AA"])
+def test_matmul_routes_agree(dtype, layouts):
+    from scratchlm.kernels.gemm import KC, MR, matmul
+    # edges of every blocking size: one entry, tiles that do not fill, K across two KC slabs
+    for M, K, N in [(1, 1, 1), (MR + 1, KC + 3, 33), (2 * MR, 7, 64), (37, 2 * KC + 5, 70),
+                    (5, 0, 4), (0, 3, 4)]:
+        a, b = _operand((M, K), layouts[0], dtype), _operand((K, N), layouts[1], dtype)
+        base = RNG.standard_normal((M, N)).astype(dtype)
+        for accumulate in (False, True):
+            ours = matmul.numba(a, b, base.copy(), accumulate)
+            ref = matmul.numpy(a, b, base.copy(), accumulate)
+            assert ours.dtype == dtype
+            tol = 1e-12 if dtype == np.float64 else 2e-5
+            np.testing.assert_allclose(ours, ref, rtol=tol, atol=tol * max(1, K) ** 0.5)
+
+
+def test_matmul_writes_only_its_out_view_and_checks_shapes():
+    from scratchlm.kernels.gemm import matmul_numba
+    a = RNG.standard_normal((9, 20)).astype(np.float32)
+    b = RNG.standard_normal((20, 40)).astype(np.float32)
+    big = np.zeros((9, 100), np.float32)
+    matmul_numba(a, b, big[:, 30:70], False)                     # out with a row stride of 100
+    np.testing.assert_allclose(big[:, 30:70], a @ b, rtol=1e-5, atol=1e-5)
+    assert not big[:, :30].any() and not big[:, 70:].any()
+    with pytest.raises(ValueError, match="a \\(9, 20\\)"):
+        matmul_numba(a, b[:19], np.zeros((9, 40), np.float32), False)
+    with pytest.raises(ValueError, match="out \\(M, N\\)"):
+        matmul_numba(a, b, np.zeros((9, 41), np.float32), False)
+    with pytest.raises(TypeError, match="one float dtype"):
+        matmul_numba(a, b.astype(np.float64), np.zeros((9, 40), np.float32), False)
+    with pytest.raises(ValueError, match="unit column stride"):
+        matmul_numba(a, b, np.zeros((40, 9), np.float32).T, False)
+
+
+def test_split_run_parts_threads_and_route():
+    seen = []
+
+    def part(lo, hi):
+        seen.append((lo, hi, kernels.get_backend()))
+        return hi - lo
+
+    old = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(3)
+        with kernels.use_backend("numba"):                  # carried into the worker threads
+            assert kernels.split_run(part, 10) == [3, 3, 4]
+        assert sorted(seen) == [(0, 3, "numba"), (3, 6, "numba"), (6, 10, "numba")]
+        seen.clear()
+        with kernels.use_backend("numpy"):                  # NumPy's BLAS has the cores: no split
+            assert kernels.split_run(part, 10) == [10]
+        with kernels.use_backend("numba"):
+            assert kernels.split_run(part, 2) == [1, 1]        # never more parts than items
+        with pytest.raises(ValueError, match="positive int"):
+            kernels.set_num_threads(0)
+    finally:
+        kernels.set_num_threads(old)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_conv_same_result_on_one_or_two_threads(nd):
+    from scratchlm import functional as F
+    x = RNG.standard_normal((5, 4, 11) if nd == 1 else (5, 4, 9, 8))
+    w = RNG.standard_normal((12, 2, 3) if nd == 1 else (12, 2, 3, 2))
+    b = RNG.standard_normal(12)
+    fwd, bwd = (F.conv1d_forward, F.conv1d_backward) if nd == 1 else (F.conv2d_forward, F.conv2d_backward)
+    outs = []
+    old = kernels.get_num_threads()
+    try:
+        for threads in (1, 2):
+            kernels.set_num_threads(threads)
+            with kernels.use_backend("numba"):
+                y, cache = fwd(x, w, b, padding=1, dilation=2, groups=2, method="im2col")
+                dy = np.cos(y)
+                outs.append((y,) + tuple(bwd(dy, cache)))
+    finally:
+        kernels.set_num_threads(old)
+    for one, two in zip(*outs):
+        np.testing.assert_allclose(one, two, rtol=1e-13, atol=1e-13)   # dW: partial sums reordered
+
+
+def test_thread_count_environment_variable():
+    code = "import scratchlm.kernels as k; print(k.get_num_threads())"
+    env = dict(os.environ, SCRATCHLM_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["SCRATCHLM_NUM_THREADS"] = "two"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SCRATCHLM_NUM_THREADS must be a positive integer" in bad.stderr

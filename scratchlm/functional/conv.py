@@ -54,6 +54,8 @@ import numpy as np
 
 from .._checks import boolean, choice, float_array, integer, positive_int, upstream
 from ..kernels import conv as K
+from ..kernels import split_run
+from ..kernels.gemm import matmul
 
 METHODS = ("auto", "im2col", "direct")
 
@@ -137,10 +139,11 @@ def _crop(dxp, pads, spatial):
 IM2COL_CHUNK = 1 << 18
 
 
-def _chunks(N, per_sample):
-    """Split ``range(N)`` into runs of samples whose column matrix holds ~IM2COL_CHUNK entries."""
+def _chunks(lo, hi, per_sample):
+    """Split ``range(lo, hi)`` into runs of samples whose column matrix holds ~IM2COL_CHUNK
+    entries."""
     step = max(1, IM2COL_CHUNK // max(per_sample, 1))
-    return [(n0, min(n0 + step, N)) for n0 in range(0, N, step)]
+    return [(n0, min(n0 + step, hi)) for n0 in range(lo, hi, step)]
 
 
 def _im2col(xp, kernel, stride, dilation, out):
@@ -207,16 +210,22 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
     if method == "im2col":
         wg = weight.reshape(groups, O // groups, -1)                                  # (G, Og, Cg*K)
         y = np.empty((N, O, L), dtype=x.dtype)
-        for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
-            n = n1 - n0
-            cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                  # (C*K, n*L)
-            cols = cols.reshape(groups, -1, n * L)                                    # (G, Cg*K, n*L)
-            if n == 1:                                        # the product lands in y: no copy
-                np.matmul(wg, cols, out=y[n0].reshape(groups, -1, L))                # (G, Og, L)
-            else:
-                y[n0:n1] = (wg @ cols).reshape(O, n, L).transpose(1, 0, 2)           # (n, O, L)
-            if bias is not None:
-                y[n0:n1] += bias[:, None]                     # while the chunk is in cache
+
+        def samples(lo, hi):                              # one thread's samples: y[lo:hi]
+            for n0, n1 in _chunks(lo, hi, C * math.prod(kernel) * L):
+                n = n1 - n0
+                cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)              # (C*K, n*L)
+                cols = cols.reshape(groups, -1, n * L)                                # (G, Cg*K, n*L)
+                yg = y[n0] if n == 1 else np.empty((O, n * L), dtype=x.dtype)    # (O, n*L)
+                yg = yg.reshape(groups, -1, n * L)                                    # (G, Og, n*L)
+                for g in range(groups):
+                    matmul(wg[g], cols[g], yg[g], False)                            # (Og, n*L)
+                if n > 1:
+                    y[n0:n1] = yg.reshape(O, n, L).transpose(1, 0, 2)                 # (n, O, L)
+                if bias is not None:
+                    y[n0:n1] += bias[:, None]                 # while the chunk is in cache
+
+        split_run(samples, N)
         y = y.reshape((N, O) + out)
     else:
         b = bias if bias is not None else np.zeros(O, dtype=x.dtype)
@@ -242,18 +251,27 @@ def _conv_backward(dy, cache):
     dbias = dy.sum(axis=(0,) + tuple(range(2, 2 + nd))) if has_bias else None      # (O,)
     if method == "im2col":
         wg = weight.reshape(groups, O // groups, -1)                                # (G, Og, Cg*K)
-        dweight = np.zeros_like(wg)
         dx = np.empty(x_shape, dtype=dy.dtype)
         inner = tuple(slice(lo, lo + n) for n, (lo, _) in zip(x_shape[2:], pads))
-        for n0, n1 in _chunks(N, C * math.prod(kernel) * L):
-            n = n1 - n0
-            cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)                # recomputed
-            dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))  # n = 1: a view
-            dyc = dyc.reshape(groups, -1, n * L)                                    # (G, Og, n*L)
-            dweight += dyc @ cols.reshape(groups, -1, n * L).transpose(0, 2, 1)     # (G, Og, Cg*K)
-            dcols = (wg.transpose(0, 2, 1) @ dyc).reshape(-1, n * L)                # (C*K, n*L)
-            dxp = _col2im(dcols, n, C, xp.shape[2:], kernel, stride, dilation, out)  # (n, C, *padded)
-            dx[n0:n1] = dxp[(slice(None), slice(None)) + inner]
+
+        def samples(lo, hi):            # one thread's samples: dx[lo:hi] and its share of dW
+            dweight = np.zeros_like(wg)
+            for n0, n1 in _chunks(lo, hi, C * math.prod(kernel) * L):
+                n = n1 - n0
+                cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)            # recomputed
+                cols = cols.reshape(groups, -1, n * L)                              # (G, Cg*K, n*L)
+                dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))  # n = 1: a view
+                dyc = dyc.reshape(groups, -1, n * L)                                # (G, Og, n*L)
+                dcols = np.empty_like(cols)
+                for g in range(groups):
+                    matmul(dyc[g], cols[g].T, dweight[g], True)      # dW_g += dy_g cols_g^T
+                    matmul(wg[g].T, dyc[g], dcols[g], False)         # dcols_g = W_g^T dy_g
+                dxp = _col2im(dcols.reshape(-1, n * L), n, C, xp.shape[2:], kernel, stride,
+                              dilation, out)                                        # (n, C, *padded)
+                dx[n0:n1] = dxp[(slice(None), slice(None)) + inner]
+            return dweight
+
+        dweight = sum(split_run(samples, N))
         dweight = dweight.reshape(weight.shape)
     else:
         lift = (lambda a: a[:, :, None]) if nd == 1 else (lambda a: a)               # 1-D: H = 1

@@ -20,6 +20,7 @@ The route is chosen by, in order of precedence:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -85,3 +86,63 @@ def dispatch(numba_fn, numpy_fn):
     kernel.numba = numba_fn
     kernel.numpy = numpy_fn
     return kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# threads
+# ------------------------------------------------------------------------------------------------
+def _threads_from_env() -> int:
+    value = os.environ.get("SCRATCHLM_NUM_THREADS", "").strip()
+    if not value:
+        return max(1, min(os.cpu_count() or 1, 8))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"SCRATCHLM_NUM_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+_num_threads = _threads_from_env()
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def get_num_threads() -> int:
+    """How many threads a splittable kernel call uses (``SCRATCHLM_NUM_THREADS``, default: the
+    CPU count, at most 8)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the thread count for splittable work (1: everything runs in the calling thread)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    _num_threads = n
+
+
+def split_run(fn, n: int) -> list:
+    """Run ``fn(lo, hi)`` over contiguous parts of ``range(n)``, one per thread, and return the
+    results in order. On the ``numba`` route with more than one thread the parts run
+    concurrently: ``fn`` must spend its time in ``nogil`` Numba kernels and touch only its own
+    part of any shared output. On the ``numpy`` route (or with one thread) ``fn(0, n)`` runs
+    alone: NumPy's BLAS already uses every core.
+
+    These are plain Python threads (a ``concurrent.futures`` pool), not Numba's parallel
+    runtime, whose OpenMP/TBB pool fights torch's in one process (see the README).
+    """
+    parts = min(_num_threads, n) if get_backend() == "numba" else 1
+    if parts <= 1:
+        return [fn(0, n)]
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < parts - 1:
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1,
+                                                          thread_name_prefix="scratchlm")
+    bounds = [n * i // parts for i in range(parts + 1)]
+
+    def in_worker(lo, hi):                    # the route is thread-local: carry it over
+        with use_backend("numba"):
+            return fn(lo, hi)
+
+    futures = [_pool.submit(in_worker, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    first = fn(bounds[0], bounds[1])
+    return [first] + [f.result() for f in futures]
