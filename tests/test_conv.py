@@ -347,7 +347,7 @@ def test_im2col_chunks_do_not_change_the_result(monkeypatch):
 
 
 def test_auto_rule():
-    assert FC.choose_method(32, 1, (1, 1)) == "im2col"       # 3x3 16 -> 32: BLAS wins
+    assert FC.choose_method(32, 1, (1, 1)) == "im2col"       # 3x3 16 -> 32: the matmul wins
     assert FC.choose_method(128, 1, (1,)) == "im2col"        # the 1-D language-model layer
     assert FC.choose_method(8, 1, (1, 1)) == "direct"        # few filters
     assert FC.choose_method(32, 32, (1, 1)) == "direct"      # depthwise

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -167,15 +168,19 @@ def _operand(shape, layout, dtype):
         return RNG.standard_normal(shape).astype(dtype)
     if layout == "F":
         return RNG.standard_normal((cols, rows)).astype(dtype).T
+    if layout == "R":                                               # reversed: negative strides
+        return RNG.standard_normal(shape).astype(dtype)[::-1, ::-1]
     return RNG.standard_normal((rows + 3, 2 * cols + 1)).astype(dtype)[1:rows + 1, 1::2]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("layouts", ["CC", "CF", "FC", "AA"])
+@pytest.mark.parametrize("layouts", ["CC", "CF", "FC", "AR"])
 def test_matmul_routes_agree(dtype, layouts):
-    from scratchlm.kernels.gemm import KC, MR, matmul
-    # edges of every blocking size: one entry, tiles that do not fill, K across two KC slabs
+    from scratchlm.kernels.gemm import KC, MC, MR, NR_F32, matmul
+    # edges of every blocking size: one entry, tiles that do not fill, K across two KC slabs,
+    # M across two MC blocks, a single row or column
     for M, K, N in [(1, 1, 1), (MR + 1, KC + 3, 33), (2 * MR, 7, 64), (37, 2 * KC + 5, 70),
+                    (2 * MC + MR + 3, KC + 1, 3 * NR_F32 + 5), (1, 40, 70), (70, 40, 1),
                     (5, 0, 4), (0, 3, 4)]:
         a, b = _operand((M, K), layouts[0], dtype), _operand((K, N), layouts[1], dtype)
         base = RNG.standard_normal((M, N)).astype(dtype)
@@ -191,10 +196,15 @@ def test_matmul_writes_only_its_out_view_and_checks_shapes():
     from scratchlm.kernels.gemm import matmul_numba
     a = RNG.standard_normal((9, 20)).astype(np.float32)
     b = RNG.standard_normal((20, 40)).astype(np.float32)
-    big = np.zeros((9, 100), np.float32)
-    matmul_numba(a, b, big[:, 30:70], False)                     # out with a row stride of 100
-    np.testing.assert_allclose(big[:, 30:70], a @ b, rtol=1e-5, atol=1e-5)
-    assert not big[:, :30].any() and not big[:, 70:].any()
+    for dtype in (np.float32, np.float64):
+        a, b = a.astype(dtype), b.astype(dtype)
+        big = np.zeros((9, 100), dtype)
+        matmul_numba(a, b, big[:, 30:70], False)                 # out with a row stride of 100
+        np.testing.assert_allclose(big[:, 30:70], a @ b, rtol=1e-5, atol=1e-5)
+        matmul_numba(a, b, big[:, 30:70], True)
+        np.testing.assert_allclose(big[:, 30:70], 2 * (a @ b), rtol=1e-5, atol=1e-5)
+        assert not big[:, :30].any() and not big[:, 70:].any()
+    a, b = a.astype(np.float32), b.astype(np.float32)
     with pytest.raises(ValueError, match="a \\(9, 20\\)"):
         matmul_numba(a, b[:19], np.zeros((9, 40), np.float32), False)
     with pytest.raises(ValueError, match="out \\(M, N\\)"):
@@ -225,6 +235,19 @@ def test_split_run_parts_threads_and_route():
             assert kernels.split_run(part, 2) == [1, 1]        # never more parts than items
         with pytest.raises(ValueError, match="positive int"):
             kernels.set_num_threads(0)
+        finished = []
+
+        def failing(lo, hi):
+            if lo == 0:
+                raise RuntimeError("part 0 failed")
+            time.sleep(0.05)
+            finished.append(lo)
+            return hi - lo
+
+        with kernels.use_backend("numba"):
+            with pytest.raises(RuntimeError, match="part 0 failed"):
+                kernels.split_run(failing, 9)
+        assert sorted(finished) == [3, 6]            # the error waited for the other parts
     finally:
         kernels.set_num_threads(old)
 

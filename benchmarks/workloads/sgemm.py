@@ -20,7 +20,8 @@ class Sgemm(Workload):
         self.flops = 2.0 * self.n ** 3
         self.description = (
             f"float32 ({self.n}x{self.n}) @ ({self.n}x{self.n}); flops 2N^3. scratchlm does its "
-            "matmuls with numpy's `@` (BLAS) under either kernel route, so one impl, numpy-blas "
+            "matmuls with numpy's `@` (BLAS) under either kernel route (except the im2col "
+            "convolutions, which use our own GEMM on the Numba route), so one impl, numpy-blas "
             "(`np.matmul`, out= preallocated), stands for both; torch: `torch.mm` (out= preallocated). "
             "The best GFLOP/s here is the peak for '% of sgemm peak'."
         )

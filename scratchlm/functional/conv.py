@@ -37,11 +37,15 @@ The backward pass, with :math:`\delta = \partial L/\partial y`:
 Two ways to compute it (``method=``):
 
 * ``'im2col'``: unroll the padded input into ``cols`` ``(C*K, n*L)`` (``K`` kernel taps, ``L``
-  output pixels, ``n`` samples), then one BLAS matmul per group: ``y_g = W_g cols_g``.
+  output pixels, ``n`` samples), then one matmul per group: ``y_g = W_g cols_g``.
   Backward: ``dW_g = dy_g cols_g^T`` and ``dcols_g = W_g^T dy_g``, folded back by col2im (its
   adjoint). The batch goes through in chunks of a few samples (:data:`IM2COL_CHUNK`), so the
   ``K``-times-larger column matrix stays cache-sized, and the backward rebuilds it rather than
-  keeping it: the cache holds only the padded input.
+  keeping it: the cache holds only the padded input. The matmuls are
+  :func:`scratchlm.kernels.gemm.matmul` (our Numba GEMM, or ``np.matmul`` on the NumPy route),
+  and on the Numba route the batch is split over threads (:func:`scratchlm.kernels.split_run`):
+  each thread owns its samples' outputs and input gradients and sums its own ``dW``, added up
+  at the end.
 * ``'direct'``: the sums above as Numba loops (``scratchlm/kernels/conv.py``); no column matrix.
 * ``'auto'`` (default): :func:`choose_method`.
 """
@@ -68,7 +72,8 @@ def choose_method(out_channels, groups, stride) -> str:
     memory-bound on the column matrix, which im2col writes, the product reads and col2im reads
     back, so its cost per multiply-add grows like ``groups / out_channels``; the direct loops
     run at 30-60 GFLOP/s on one core whatever the shape. Measured forward + backward, float32,
-    on the benchmarks' 2-core AMD EPYC (AVX-512, OpenBLAS) VM:
+    on the benchmarks' 2-core AMD EPYC (AVX-512, OpenBLAS) VM, with im2col's matmuls in NumPy's
+    BLAS (before the Numba GEMM, which moves the crossover somewhat towards im2col):
 
     * direct wins by 1.3-4.7x at ``O/G`` = 1, 2, 4, 6 (depthwise 3x3 on (32, 32, 16, 16):
       0.93 vs 4.4 ms; LeNet's 1 -> 6, 5x5: 1.3 vs 1.7 ms);

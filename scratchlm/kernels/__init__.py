@@ -94,7 +94,8 @@ def dispatch(numba_fn, numpy_fn):
 def _threads_from_env() -> int:
     value = os.environ.get("SCRATCHLM_NUM_THREADS", "").strip()
     if not value:
-        return max(1, min(os.cpu_count() or 1, 8))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, min(cpus or 1, 8))
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"SCRATCHLM_NUM_THREADS must be a positive integer, got {value!r}")
     return int(value)
@@ -135,14 +136,30 @@ def split_run(fn, n: int) -> list:
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < parts - 1:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
             _pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1,
                                                           thread_name_prefix="scratchlm")
+        pool = _pool
     bounds = [n * i // parts for i in range(parts + 1)]
 
     def in_worker(lo, hi):                    # the route is thread-local: carry it over
         with use_backend("numba"):
             return fn(lo, hi)
 
-    futures = [_pool.submit(in_worker, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    first = fn(bounds[0], bounds[1])
+    futures = [pool.submit(in_worker, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        first = fn(bounds[0], bounds[1])
+    finally:                          # never return (or raise) while a worker still writes
+        concurrent.futures.wait(futures)
     return [first] + [f.result() for f in futures]
+
+
+def _forget_pool_after_fork():
+    """A forked child inherits the pool object but not its threads: start afresh."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)

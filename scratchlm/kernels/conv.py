@@ -29,7 +29,7 @@ The pooling kernels take the unpadded input and clip each window to it, as torch
 
 Kernels validate nothing (Numba does no bounds checking): ``scratchlm.functional.conv`` checks
 every shape, stride, padding and index in Python first, and passes C-contiguous arrays (the 2-D
-im2col/col2im and max-pool kernels read them flat; another layout fails to compile). The kernels are serial (no ``prange``).
+im2col/col2im and max-pool kernels read them flat; another layout fails to compile). The kernels are serial (no ``prange``); the caller splits a batch over threads, and they release the GIL (``nogil``).
 
 A note on speed: Numba wraps negative indices, and for a signed index whose sign LLVM cannot
 prove (``xp[n, c, h, j*dW + ow]``) the test stays in the inner loop and blocks vectorisation
