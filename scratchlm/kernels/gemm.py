@@ -166,25 +166,8 @@ def _pack_b(b, pc, kc, nr, bp):
 @njit(cache=True, nogil=True, inline="always")
 def _pack_a(a, ic, mc, pc, kc, ap):
     """a[ic:ic+mc, pc:pc+kc] -> ap: sliver ``r`` holds rows ``ic + r*MR ...`` column by column,
-    zero-padded. Reads run along a's unit-stride axis, as in :func:`_pack_b`."""
-    M = a.shape[0]
-    by_rows = a.strides[1] == a.itemsize or a.strides[0] != a.itemsize
-    for r in range((mc + MR - 1) // MR):
-        i0 = ic + r * MR
-        height = min(MR, M - i0)
-        src = a[i0:i0 + height, pc:pc + kc]
-        base = _u(r * kc * MR)
-        if by_rows:
-            for ii in range(height):
-                for p in range(kc):
-                    ap[base + _u(p * MR + ii)] = src[ii, p]
-        else:
-            for p in range(kc):
-                for ii in range(height):
-                    ap[base + _u(p * MR + ii)] = src[ii, p]
-        for p in range(kc):
-            for ii in range(height, MR):
-                ap[base + _u(p * MR + ii)] = 0.0
+    zero-padded -- exactly :func:`_pack_b` of the transposed block, with slivers MR wide."""
+    _pack_b(a[ic:ic + mc, :].T, pc, kc, MR, ap)
 
 
 @njit(cache=True, nogil=True)
