@@ -122,13 +122,17 @@ def test_switch_api():
         scratchlm.set_backend(old)
 
 
+def _in_subprocess(code, **env):
+    """Run ``code`` in a fresh interpreter with extra environment variables set."""
+    return subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                          capture_output=True, text=True)
+
+
 def test_environment_variable_selects_route():
     code = "import scratchlm; print(scratchlm.get_backend())"
-    env = dict(os.environ, SCRATCHLM_BACKEND="numpy")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "numpy"
-    env["SCRATCHLM_BACKEND"] = "gpu"
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = _in_subprocess(code, SCRATCHLM_BACKEND="numpy")
+    assert out.returncode == 0 and out.stdout.strip() == "numpy"
+    bad = _in_subprocess(code, SCRATCHLM_BACKEND="gpu")
     assert bad.returncode != 0 and "SCRATCHLM_BACKEND must be one of" in bad.stderr
 
 
@@ -276,9 +280,7 @@ def test_conv_same_result_on_one_or_two_threads(nd):
 
 def test_thread_count_environment_variable():
     code = "import scratchlm.kernels as k; print(k.get_num_threads())"
-    env = dict(os.environ, SCRATCHLM_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
-    env["SCRATCHLM_NUM_THREADS"] = "two"
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = _in_subprocess(code, SCRATCHLM_NUM_THREADS="1")
+    assert out.returncode == 0 and out.stdout.strip() == "1"
+    bad = _in_subprocess(code, SCRATCHLM_NUM_THREADS="two")
     assert bad.returncode != 0 and "SCRATCHLM_NUM_THREADS must be a positive integer" in bad.stderr

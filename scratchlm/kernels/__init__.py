@@ -102,7 +102,8 @@ def _threads_from_env() -> int:
 
 
 _num_threads = _threads_from_env()
-_pool = None
+_pool = None                  # the worker threads (the caller's thread runs one part itself)
+_pool_workers = 0
 _pool_lock = threading.Lock()
 
 
@@ -133,13 +134,14 @@ def split_run(fn, n: int) -> list:
     parts = min(_num_threads, n) if get_backend() == "numba" else 1
     if parts <= 1:
         return [fn(0, n)]
-    global _pool
+    global _pool, _pool_workers
     with _pool_lock:
-        if _pool is None or _pool._max_workers < parts - 1:
+        if _pool is None or _pool_workers < parts - 1:
             if _pool is not None:
                 _pool.shutdown(wait=False)
             _pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1,
                                                           thread_name_prefix="scratchlm")
+            _pool_workers = parts - 1
         pool = _pool
     bounds = [n * i // parts for i in range(parts + 1)]
 
@@ -157,8 +159,8 @@ def split_run(fn, n: int) -> list:
 
 def _forget_pool_after_fork():
     """A forked child inherits the pool object but not its threads: start afresh."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
+    global _pool, _pool_workers, _pool_lock
+    _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
