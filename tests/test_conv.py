@@ -333,31 +333,64 @@ def test_im2col_and_direct_agree(dtype):
             np.testing.assert_allclose(u, v, **tol)
 
 
+def test_patch_offsets_are_im2col():
+    """cols[t, q] = xp.flat[taps[t] + pixels[q]] is the textbook column matrix, written out here
+    loop by loop from its definition (2-D and 1-D, strides, dilations, odd sizes)."""
+    r = np.random.default_rng(12)
+    for N, C, Hp, Wp, kH, kW, sH, sW, dH, dW in [(2, 3, 7, 9, 3, 2, 1, 2, 2, 1), (1, 2, 5, 5, 1, 1, 1, 1, 1, 1),
+                                                (3, 1, 8, 6, 2, 3, 3, 1, 1, 2)]:
+        Ho, Wo = (Hp - dH * (kH - 1) - 1) // sH + 1, (Wp - dW * (kW - 1) - 1) // sW + 1
+        xp = r.standard_normal((N, C, Hp, Wp))
+        taps, pixels = FC._patch_offsets(C, (Hp, Wp), (kH, kW), (sH, sW), (dH, dW), (Ho, Wo))
+        cols = xp.reshape(-1)[np.add.outer(taps, FC._batch(pixels, 0, N, xp[0].size))]
+        expected = np.empty((C * kH * kW, N * Ho * Wo))
+        for c in range(C):
+            for i in range(kH):
+                for j in range(kW):
+                    for n in range(N):
+                        for oh in range(Ho):
+                            for ow in range(Wo):
+                                expected[(c * kH + i) * kW + j, (n * Ho + oh) * Wo + ow] = \
+                                    xp[n, c, oh * sH + i * dH, ow * sW + j * dW]
+        np.testing.assert_array_equal(cols, expected)
+        x1 = xp[:, :, 0].copy()                                                  # 1-D: (N, C, Wp)
+        taps, pixels = FC._patch_offsets(C, (Wp,), (kW,), (sW,), (dW,), (Wo,))
+        cols = x1.reshape(-1)[np.add.outer(taps, FC._batch(pixels, 0, N, x1[0].size))]
+        first_row = expected.reshape(C, kH, kW, N, Ho, Wo)[:, 0, :, :, 0]        # i = 0, oh = 0
+        np.testing.assert_array_equal(cols, first_row.reshape(C * kW, N * Wo))
+
+
 def test_im2col_chunks_do_not_change_the_result(monkeypatch):
+    """The NumPy route goes a few samples per GEMM call, the Numba route a thread's samples."""
     r = np.random.default_rng(8)
     x, w, b = r.standard_normal((5, 3, 6, 5)), r.standard_normal((4, 3, 2, 2)), r.standard_normal(4)
     dy = r.standard_normal((5, 4, 5, 4))
-    whole = F.conv2d_forward(x, w, b, method="im2col")
+    whole = F.conv2d_forward(x, w, b, method="im2col")                        # the Numba route
     grads = F.conv2d_backward(dy, whole[1])
     monkeypatch.setattr(FC, "IM2COL_CHUNK", 1)                        # one sample per chunk
-    y, cache = F.conv2d_forward(x, w, b, method="im2col")
+    with scratchlm.use_backend("numpy"):
+        assert FC._chunks(0, 5, 30) == [(i, i + 1) for i in range(5)]
+        y, cache = F.conv2d_forward(x, w, b, method="im2col")
+        back = F.conv2d_backward(dy, cache)
     np.testing.assert_allclose(y, whole[0], rtol=1e-13, atol=1e-13)
-    for u, v in zip(F.conv2d_backward(dy, cache), grads):
+    for u, v in zip(back, grads):
         np.testing.assert_allclose(u, v, rtol=1e-13, atol=1e-13)
 
 
 def test_auto_rule():
-    assert FC.choose_method(32, 1, (1, 1)) == "im2col"       # 3x3 16 -> 32: the matmul wins
-    assert FC.choose_method(128, 1, (1,)) == "im2col"        # the 1-D language-model layer
-    assert FC.choose_method(8, 1, (1, 1)) == "direct"        # few filters
-    assert FC.choose_method(32, 32, (1, 1)) == "direct"      # depthwise
-    assert FC.choose_method(32, 32, (2, 2)) == "im2col"      # strided: im2col
+    assert FC.choose_method((32, 16, 3, 3), 1, (1, 1)) == "im2col"   # 3x3 16 -> 32: the GEMM wins
+    assert FC.choose_method((128, 128, 5), 1, (1,)) == "im2col"      # the 1-D language-model layer
+    assert FC.choose_method((8, 8, 3, 3), 1, (1, 1)) == "im2col"     # a block of 576
+    assert FC.choose_method((16, 1, 3, 3), 1, (1, 1)) == "direct"    # a thin first layer: 144
+    assert FC.choose_method((8, 8, 3), 1, (1,)) == "direct"          # 192
+    assert FC.choose_method((32, 1, 3, 3), 32, (1, 1)) == "direct"   # depthwise: 9
+    assert FC.choose_method((32, 1, 3, 3), 32, (2, 2)) == "im2col"   # strided: im2col
     r = np.random.default_rng(9)
     x = r.standard_normal((2, 4, 6, 6))
     for groups in (1, 4):
         w = r.standard_normal((8, 4 // groups, 3, 3))
         y, cache = F.conv2d_forward(x, w, padding=1, groups=groups)
-        assert cache[0] == FC.choose_method(8, groups, (1, 1))
+        assert cache[0] == FC.choose_method(w.shape, groups, (1, 1))
         np.testing.assert_allclose(y, F.conv2d_forward(x, w, padding=1, groups=groups, method="im2col")[0],
                                    rtol=1e-12, atol=1e-12)
 
@@ -388,14 +421,7 @@ def test_kernel_routes_agree(dtype):
         w = r.standard_normal((O, C // G, kH, kW)).astype(dtype)
         b = r.standard_normal(O).astype(dtype)
         dy = r.standard_normal((N, O, Ho, Wo)).astype(dtype)
-        cols = K.im2col2d(xp, kH, kW, sH, sW, dH, dW, Ho, Wo)
-        x1 = np.ascontiguousarray(xp[:, :, 0])
-        cols1 = K.im2col1d(x1, kW, sW, dW, Wo)
         for kernel, args in [
-                (K.im2col2d, (xp, kH, kW, sH, sW, dH, dW, Ho, Wo)),
-                (K.col2im2d, (cols, N, C, Hp, Wp, kH, kW, sH, sW, dH, dW, Ho, Wo)),
-                (K.im2col1d, (x1, kW, sW, dW, Wo)),
-                (K.col2im1d, (cols1, N, C, Wp, kW, sW, dW, Wo)),
                 (K.conv2d_direct_forward, (xp, w, b, G, sH, sW, dH, dW, Ho, Wo)),
                 (K.conv2d_direct_backward_input, (dy, w, G, Hp, Wp, sH, sW, dH, dW)),
                 (K.conv2d_direct_backward_weight, (dy, xp, G, kH, kW, sH, sW, dH, dW))]:

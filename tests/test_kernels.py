@@ -215,8 +215,67 @@ def test_matmul_writes_only_its_out_view_and_checks_shapes():
         matmul_numba(a, b, np.zeros((9, 41), np.float32), False)
     with pytest.raises(TypeError, match="one float dtype"):
         matmul_numba(a, b.astype(np.float64), np.zeros((9, 40), np.float32), False)
-    with pytest.raises(ValueError, match="unit column stride"):
-        matmul_numba(a, b, np.zeros((40, 9), np.float32).T, False)
+    out = np.zeros((40, 9), np.float32).T                         # a transposed out works too
+    np.testing.assert_allclose(matmul_numba(a, b, out, False), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def _runs_of(rng, n, run, gap):
+    """n offsets in runs of ``run`` consecutive values with ``gap`` between runs (the pixels of a
+    convolution: output rows of ``run`` pixels in a padded plane), from a random start."""
+    q = np.arange(n)
+    return (rng.integers(0, 5) + q + (q // run) * gap).astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_on_gathered_operands_and_scatter_add(dtype):
+    """The offset GEMM on both routes against np.add.at, the plain statement of a scatter-add:
+    operands whose columns run (copied run by run), whose K axis runs (packed by 8 x 8
+    transposes), or neither (gathered), and an ``out`` whose rows overlap, as col2im's do."""
+    from scratchlm.kernels.gemm import KC, MR, NR_F32, gemm_numba, gemm_numpy
+    rng = np.random.default_rng(3)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=3e-5, atol=3e-4)
+    for M, K, N, run in [(2 * MR + 3, KC + 9, 2 * NR_F32 + 5, 28), (1, 1, 1, 1), (9, 20, 64, 14),
+                         (MR, 16, NR_F32, 32)]:
+        a = rng.standard_normal(4000).astype(dtype)
+        a_rows = rng.integers(0, 50, M)                             # unsorted, repeated: gathered
+        a_cols = _runs_of(rng, K, max(run // 2, 1), 3)              # the K axis runs: transposed
+        b = rng.standard_normal(4000).astype(dtype)
+        b_rows = np.sort(rng.choice(300, K, replace=K > 300)).astype(np.int64)
+        b_cols = _runs_of(rng, N, run, 2) * 3 if run == 1 else _runs_of(rng, N, run, 2)
+        A, B = a[np.add.outer(a_rows, a_cols)], b[np.add.outer(b_rows, b_cols)]
+        # out rows 0..5 apart over columns that run: neighbouring rows share addresses
+        out_rows, out_cols = rng.integers(0, 6, M), _runs_of(rng, N, run, 4)
+        base = rng.standard_normal(8000).astype(dtype)
+        expected = base.copy()
+        np.add.at(expected, np.add.outer(out_rows, out_cols), A @ B)
+        for route in (gemm_numba, gemm_numpy):
+            got = route(a, a_rows, a_cols, b, b_rows, b_cols, base.copy(), out_rows, out_cols, True)
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, expected, **tol)
+        # overwrite: distinct entries, rows N + 7 apart
+        rows = np.arange(M, dtype=np.int64) * (int(out_cols.max()) + 7)
+        for route in (gemm_numba, gemm_numpy):
+            got = route(a, a_rows, a_cols, b, b_rows, b_cols, np.zeros(rows[-1] + out_cols.max() + 1, dtype),
+                        rows, out_cols, False)
+            np.testing.assert_allclose(got[np.add.outer(rows, out_cols)], A @ B, **tol)
+
+
+def test_gemm_checks_its_operands():
+    from scratchlm.kernels.gemm import gemm
+    f = np.zeros(10, np.float32)
+    r, c = np.arange(2, dtype=np.int64), np.arange(3, dtype=np.int64)
+    ok = (f, r, c, f, c, r, np.zeros(10, np.float32), r, r, False)
+    gemm(*ok)
+    with pytest.raises(ValueError, match="a's offsets reach \\[8, 11\\] but its buffer has 10 entries"):
+        gemm(f, r + 8, c, *ok[3:])
+    with pytest.raises(ValueError, match="a \\(2, 3\\), b \\(2, 2\\)"):
+        gemm(*ok[:4], c[:2], *ok[5:])                          # b has 2 rows, a 3 columns
+    with pytest.raises(TypeError, match="out_cols must be a 1-D int64 array, got float64"):
+        gemm(*ok[:8], r.astype(float), False)
+    with pytest.raises(TypeError, match="b must be a contiguous 1-D float32 array"):
+        gemm(*ok[:3], f.astype(np.float64), *ok[4:])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gemm(*ok[:6], np.zeros(10, np.int32), *ok[7:])
 
 
 def test_split_run_parts_threads_and_route():

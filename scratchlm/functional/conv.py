@@ -36,16 +36,18 @@ The backward pass, with :math:`\delta = \partial L/\partial y`:
 
 Two ways to compute it (``method=``):
 
-* ``'im2col'``: unroll the padded input into ``cols`` ``(C*K, n*L)`` (``K`` kernel taps, ``L``
-  output pixels, ``n`` samples), then one matmul per group: ``y_g = W_g cols_g``.
-  Backward: ``dW_g = dy_g cols_g^T`` and ``dcols_g = W_g^T dy_g``, folded back by col2im (its
-  adjoint). The batch goes through in chunks of a few samples (:data:`IM2COL_CHUNK`), so the
-  ``K``-times-larger column matrix stays cache-sized, and the backward rebuilds it rather than
-  keeping it: the cache holds only the padded input. The matmuls are
-  :func:`scratchlm.kernels.gemm.matmul` (our Numba GEMM, or ``np.matmul`` on the NumPy route),
-  and on the Numba route the batch is split over threads (:func:`scratchlm.kernels.split_run`):
-  each thread owns its samples' outputs and input gradients and sums its own ``dW``, added up
-  at the end.
+* ``'im2col'``: one matrix product per group over the unrolled patches ``cols`` ``(C*K, n*L)``
+  (``K`` kernel taps, ``L`` output pixels, ``n`` samples): ``y_g = W_g cols_g``; backward
+  ``dW_g = dy_g cols_g^T`` and ``dcols_g = W_g^T dy_g``, folded back onto the input by col2im
+  (im2col's adjoint, which adds where windows overlap). The column matrix is never built:
+  ``cols[t, q] = xp.flat[taps[t] + pixels[q]]`` (:func:`_patch_offsets`), so it is *described*
+  to :func:`scratchlm.kernels.gemm.gemm` by those offsets, and the GEMM packs its blocks straight
+  from the padded input (an implicit GEMM); col2im is the same GEMM writing through the same
+  offsets with ``accumulate=True`` (a scatter-add). The NumPy twin of the GEMM does build the
+  matrix (a fancy-index gather, which *is* im2col) a few samples at a time
+  (:data:`IM2COL_CHUNK`); on the Numba route the batch is split over threads
+  (:func:`scratchlm.kernels.split_run`): each thread owns its samples' outputs and input
+  gradients and sums its own ``dW``, added up at the end. The cache holds only the padded input.
 * ``'direct'``: the sums above as Numba loops (``scratchlm/kernels/conv.py``); no column matrix.
 * ``'auto'`` (default): :func:`choose_method`.
 """
@@ -58,33 +60,45 @@ import numpy as np
 
 from .._checks import boolean, choice, float_array, integer, positive_int, upstream
 from ..kernels import conv as K
-from ..kernels import split_run
-from ..kernels.gemm import matmul
+from ..kernels import get_backend, split_run
+from ..kernels.gemm import gemm
 
 METHODS = ("auto", "im2col", "direct")
 
 
-def choose_method(out_channels, groups, stride) -> str:
-    """The rule behind ``method='auto'``: ``'direct'`` when every stride is 1 and each group has
-    at most 8 output channels (``out_channels / groups <= 8``), else ``'im2col'``.
+#: ``method='auto'`` picks ``'direct'`` below this many entries in one group's weight block
+DIRECT_BELOW = 384
 
-    Why: im2col's matrix product has ``out_channels / groups`` rows. With few rows BLAS is
-    memory-bound on the column matrix, which im2col writes, the product reads and col2im reads
-    back, so its cost per multiply-add grows like ``groups / out_channels``; the direct loops
-    run at 30-60 GFLOP/s on one core whatever the shape. Measured forward + backward, float32,
-    on the benchmarks' 2-core AMD EPYC (AVX-512, OpenBLAS) VM, with im2col's matmuls in NumPy's
-    BLAS (before the Numba GEMM, which moves the crossover somewhat towards im2col):
 
-    * direct wins by 1.3-4.7x at ``O/G`` = 1, 2, 4, 6 (depthwise 3x3 on (32, 32, 16, 16):
-      0.93 vs 4.4 ms; LeNet's 1 -> 6, 5x5: 1.3 vs 1.7 ms);
-    * at ``O/G`` = 8 or 16 with a thin reduction the two are within 10% either way (the one
-      20% miss: 1-D 1 -> 16, k=5, 0.44 vs 0.54 ms);
-    * im2col wins by 2-5x at ``O/G >= 32`` (3x3 16 -> 32 on (32, 16, 32, 32): 8.4 vs 17.6 ms;
-      the 1-D 128 -> 128, k=5 language-model layer: 11 vs 40-54 ms), and 4x for strided
-      convolutions, which the direct loops can only gather row by row; hence stride 1.
+def choose_method(weight_shape, groups, stride) -> str:
+    """The rule behind ``method='auto'``: ``'direct'`` when every stride is 1 and one group's
+    weight block ``(O/G) x (C/G * K)`` has fewer than :data:`DIRECT_BELOW` entries (K: kernel
+    taps), else ``'im2col'``.
+
+    Why: per output pixel the GEMM multiplies that block by one column; its fixed costs
+    (packing the column data, edge tiles, writing back) are spread over the block's
+    multiply-adds, so a small block leaves it overhead-bound, while the direct loops run at
+    30-60 GFLOP/s on one core whatever the shape. Strided convolutions always take im2col: the
+    direct loops can only gather them row by row (4x slower). Measured forward + backward,
+    float32, on the benchmarks' 2-core AMD EPYC (AVX-512) VM, Numba route, both threads
+    (im2col vs direct, ms; the block size in brackets):
+
+    * direct wins below the line: depthwise 3x3 on (32, 32, 16, 16) [9]: 7.2 vs 0.77; 1-D
+      1 -> 16, k=5 on (32, 1, 256) [80]: 0.46 vs 0.16; 1 -> 16 3x3 on (64, 1, 28, 28) [144]:
+      1.51 vs 1.29; 4 -> 4 3x3 on (32, 4, 32, 32) [144]: 2.6 vs 0.83; LeNet's 1 -> 6 5x5 [150]:
+      1.48 vs 0.76; 1-D 8 -> 8, k=3 [192]: 0.65 vs 0.30;
+    * im2col wins above it: 2 -> 32 3x3 on (64, 2, 28, 28) [576]: 3.9 vs 4.7; 8 -> 8 3x3 on
+      (32, 8, 32, 32) [576]: 1.7 vs 2.1; 64 -> 64 3x3 in 8 groups [576]: 4.8 vs 7.4; 3 -> 32
+      3x3 [864]: 2.0 vs 3.9; 16 -> 32 3x3 on (32, 16, 32, 32) [4608]: 4.2 vs 19.4; the 1-D
+      128 -> 128, k=5 language-model layer [81920]: 6.5 vs 54.
+
+    Args:
+        weight_shape: ``(out_channels, in_channels / groups, *kernel_size)``.
+        groups: the channel groups.
+        stride: the stride tuple.
     """
-    per_group = out_channels // groups
-    return "direct" if all(s == 1 for s in stride) and per_group <= 8 else "im2col"
+    block = weight_shape[0] // groups * math.prod(weight_shape[1:])
+    return "direct" if all(s == 1 for s in stride) and block < DIRECT_BELOW else "im2col"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,30 +151,46 @@ def _crop(dxp, pads, spatial):
     return np.ascontiguousarray(dxp[index])
 
 
-#: target size (entries) of one chunk's column matrix (1 MB in float32). The batch is unrolled a
-#: few samples at a time, so the columns stay cache-sized and no big temporary is allocated: the
-#: fresh pages of one cost page faults, which made forward + backward of a (32, 16, 32, 32) 3x3
-#: conv 2-3x slower with its 19 MB column matrix (measured; the exact cost depends on malloc).
+def _patch_offsets(C, padded, kernel, stride, dilation, out):
+    """im2col's column matrix as offsets, never built: for a C-contiguous padded input ``xp``
+    ``(N, C, *padded)``,
+
+        cols[t, q] = xp.flat[taps[t] + pixels[q]]        (sample n: pixels[q] + n * xp[0].size)
+
+    ``taps`` ``(C*K,)``: where tap ``t = (c, i_1, ..., i_nd)`` of output pixel 0 reads,
+    ``c*P + sum_a i_a d_a step_a``; ``pixels`` ``(L,)``: where output pixel ``(o_1, ..., o_nd)``'s
+    window starts, ``sum_a o_a s_a step_a`` (``step_a``: the element stride of spatial axis ``a``,
+    ``P``: the size of one padded plane). Both are in C order, matching ``weight``'s flattening
+    ``(c, i_1, ..., i_nd)`` and ``y``'s ``(o_1, ..., o_nd)``."""
+    steps = np.cumprod((1,) + tuple(padded[:0:-1]))[::-1]                 # spatial element strides
+    taps = np.arange(C, dtype=np.int64) * math.prod(padded)
+    pixels = np.zeros(1, dtype=np.int64)
+    for k, s, d, o, step in zip(kernel, stride, dilation, out, steps):
+        taps = np.add.outer(taps, np.arange(k) * (d * step)).ravel()        # (C * k_1 * ... ,)
+        pixels = np.add.outer(pixels, np.arange(o) * (s * step)).ravel()    # (o_1 * ... ,)
+    return taps, pixels
+
+
+def _batch(offsets, n0, n1, per_sample):
+    """Per-sample offsets (L,) -> those of samples n0..n1-1 of arrays with ``per_sample`` entries
+    each, concatenated ((n1 - n0) * L,)."""
+    return np.add.outer(np.arange(n0, n1, dtype=np.int64) * per_sample, offsets).ravel()
+
+
+#: samples per GEMM call on the NumPy route, as column-matrix entries (1 MB in float32). The
+#: NumPy twin of the GEMM gathers its operands into real matrices (that is im2col), so it goes a
+#: few samples at a time and each matrix stays cache-sized; fresh pages for a whole batch's
+#: column matrix (19 MB for a (32, 16, 32, 32) 3x3 conv) made it 2-3x slower. The Numba GEMM
+#: packs block by block and takes a thread's samples in one call.
 IM2COL_CHUNK = 1 << 18
 
 
 def _chunks(lo, hi, per_sample):
-    """Split ``range(lo, hi)`` into runs of samples whose column matrix holds ~IM2COL_CHUNK
-    entries."""
+    """Split ``range(lo, hi)`` into the runs of samples of one GEMM call (see IM2COL_CHUNK)."""
+    if get_backend() == "numba":
+        return [(lo, hi)]
     step = max(1, IM2COL_CHUNK // max(per_sample, 1))
     return [(n0, min(n0 + step, hi)) for n0 in range(lo, hi, step)]
-
-
-def _im2col(xp, kernel, stride, dilation, out):
-    if len(kernel) == 1:
-        return K.im2col1d(xp, kernel[0], stride[0], dilation[0], out[0])              # (C*k, N*L)
-    return K.im2col2d(xp, *kernel, *stride, *dilation, *out)                          # (C*kH*kW, N*L)
-
-
-def _col2im(cols, N, C, padded, kernel, stride, dilation, out):
-    if len(kernel) == 1:
-        return K.col2im1d(cols, N, C, padded[0], kernel[0], stride[0], dilation[0], out[0])
-    return K.col2im2d(cols, N, C, *padded, *kernel, *stride, *dilation, *out)
 
 
 def _batched(x, nd, name="x"):
@@ -207,26 +237,27 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
             raise ValueError(f"bias must have shape ({O},) and dtype {weight.dtype}, "
                              f"got {bias.shape} {bias.dtype}")
     if method == "auto":
-        method = choose_method(O, groups, stride)
+        method = choose_method(weight.shape, groups, stride)
 
     weight = np.ascontiguousarray(weight)
     xp = _pad(x, pads)                                                     # (N, C, *padded)
     L = math.prod(out)
     if method == "im2col":
-        wg = weight.reshape(groups, O // groups, -1)                                  # (G, Og, Cg*K)
+        Og, CgK = O // groups, Cg * math.prod(kernel)
+        taps, pixels = _patch_offsets(C, xp.shape[2:], kernel, stride, dilation, out)
         y = np.empty((N, O, L), dtype=x.dtype)
+        xf, wf, yf = xp.reshape(-1), weight.reshape(-1), y.reshape(-1)        # flat buffers
+        w_rows, w_cols = np.arange(O) * CgK, np.arange(CgK)                     # W: (O, Cg*K)
+        y_rows = np.arange(O) * L                                               # y[n]: (O, L)
 
         def samples(lo, hi):                              # one thread's samples: y[lo:hi]
             for n0, n1 in _chunks(lo, hi, C * math.prod(kernel) * L):
-                n = n1 - n0
-                cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)              # (C*K, n*L)
-                cols = cols.reshape(groups, -1, n * L)                                # (G, Cg*K, n*L)
-                yg = y[n0] if n == 1 else np.empty((O, n * L), dtype=x.dtype)    # (O, n*L)
-                yg = yg.reshape(groups, -1, n * L)                                    # (G, Og, n*L)
+                x_cols = _batch(pixels, n0, n1, xp[0].size)                     # cols: (C*K, n*L)
+                y_cols = _batch(np.arange(L), n0, n1, O * L)
                 for g in range(groups):
-                    matmul(wg[g], cols[g], yg[g], False)                            # (Og, n*L)
-                if n > 1:
-                    y[n0:n1] = yg.reshape(O, n, L).transpose(1, 0, 2)                 # (n, O, L)
+                    o, t = slice(g * Og, (g + 1) * Og), slice(g * CgK, (g + 1) * CgK)
+                    gemm(wf, w_rows[o], w_cols, xf, taps[t], x_cols,      # y_g = W_g cols_g
+                         yf, y_rows[o], y_cols, False)
                 if bias is not None:
                     y[n0:n1] += bias[:, None]                 # while the chunk is in cache
 
@@ -255,29 +286,32 @@ def _conv_backward(dy, cache):
     L = math.prod(out)
     dbias = dy.sum(axis=(0,) + tuple(range(2, 2 + nd))) if has_bias else None      # (O,)
     if method == "im2col":
-        wg = weight.reshape(groups, O // groups, -1)                                # (G, Og, Cg*K)
+        Og, CgK = O // groups, weight[0].size
+        taps, pixels = _patch_offsets(C, xp.shape[2:], kernel, stride, dilation, out)
         dx = np.empty(x_shape, dtype=dy.dtype)
         inner = tuple(slice(lo, lo + n) for n, (lo, _) in zip(x_shape[2:], pads))
+        xf, wf, dyf = xp.reshape(-1), weight.reshape(-1), dy.reshape(-1)
+        w_rows, w_cols = np.arange(O) * CgK, np.arange(CgK)                     # W: (O, Cg*K)
+        dy_rows = np.arange(O) * L                                              # dy[n]: (O, L)
+        dwt_rows, dwt_cols = np.arange(CgK) * O, np.arange(O)                   # dW^T: (Cg*K, O)
 
-        def samples(lo, hi):            # one thread's samples: dx[lo:hi] and its share of dW
-            dweight = np.zeros_like(wg)
+        def samples(lo, hi):            # one thread's samples: dx[lo:hi] and its share of dW^T
+            dwt = np.zeros(CgK * O, dtype=dy.dtype)
             for n0, n1 in _chunks(lo, hi, C * math.prod(kernel) * L):
-                n = n1 - n0
-                cols = _im2col(xp[n0:n1], kernel, stride, dilation, out)            # recomputed
-                cols = cols.reshape(groups, -1, n * L)                              # (G, Cg*K, n*L)
-                dyc = np.ascontiguousarray(dy[n0:n1].reshape(n, O, L).transpose(1, 0, 2))  # n = 1: a view
-                dyc = dyc.reshape(groups, -1, n * L)                                # (G, Og, n*L)
-                dcols = np.empty_like(cols)
+                x_cols = _batch(pixels, n0, n1, xp[0].size)                     # cols: (C*K, n*L)
+                dxp_cols = _batch(pixels, 0, n1 - n0, xp[0].size)               # in this chunk's dxp
+                dy_cols = _batch(np.arange(L), n0, n1, O * L)
+                dxp = np.zeros((n1 - n0,) + xp.shape[1:], dtype=dy.dtype)
                 for g in range(groups):
-                    matmul(dyc[g], cols[g].T, dweight[g], True)      # dW_g += dy_g cols_g^T
-                    matmul(wg[g].T, dyc[g], dcols[g], False)         # dcols_g = W_g^T dy_g
-                dxp = _col2im(dcols.reshape(-1, n * L), n, C, xp.shape[2:], kernel, stride,
-                              dilation, out)                                        # (n, C, *padded)
+                    o, t = slice(g * Og, (g + 1) * Og), slice(g * CgK, (g + 1) * CgK)
+                    gemm(xf, taps[t], x_cols, dyf, dy_cols, dy_rows[o],   # dW_g^T += cols_g dy_g^T
+                         dwt, dwt_rows, dwt_cols[o], True)
+                    gemm(wf, w_cols, w_rows[o], dyf, dy_rows[o], dy_cols,  # dxp += col2im(W_g^T dy_g)
+                         dxp.reshape(-1), taps[t], dxp_cols, True)
                 dx[n0:n1] = dxp[(slice(None), slice(None)) + inner]
-            return dweight
+            return dwt
 
-        dweight = sum(split_run(samples, N))
-        dweight = dweight.reshape(weight.shape)
+        dweight = sum(split_run(samples, N)).reshape(CgK, O).T.reshape(weight.shape)
     else:
         lift = (lambda a: a[:, :, None]) if nd == 1 else (lambda a: a)               # 1-D: H = 1
         s2, d2 = (1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation

@@ -1,4 +1,4 @@
-r"""Convolution and pooling: im2col/col2im, direct convolution loops, max and average pooling.
+r"""Convolution and pooling: direct convolution loops, max and average pooling.
 
 Shapes: N batch, C input channels, O output channels, G groups (``Cg = C/G`` input and
 ``Og = O/G`` output channels per group), kernel ``kH x kW``, stride ``sH, sW``, dilation
@@ -6,13 +6,9 @@ Shapes: N batch, C input channels, O output channels, G groups (``Cg = C/G`` inp
 (``xp``, ``(N, C, Hp, Wp)``; the caller pads and crops), so their loops never test a bound.
 The pooling kernels take the unpadded input and clip each window to it, as torch does.
 
-* **im2col** (Chellapilla et al. 2006) copies every receptive field into a column, so the
-  convolution becomes one matrix product per group::
-
-      cols[(c*kH + i)*kW + j, n*Ho*Wo + oh*Wo + ow] = xp[n, c, oh*sH + i*dH, ow*sW + j*dW]
-
-  **col2im** is its adjoint: it scatter-*adds* the columns back (overlapping windows add).
-  Both exist for 1-D (``(N, C, Lp)``) and 2-D inputs.
+* **im2col** convolution is not here: it is a matrix product whose operand is *described* by
+  offsets into the padded input, computed by :func:`scratchlm.kernels.gemm.gemm` without a column
+  matrix (see ``scratchlm.functional.conv``).
 * **direct** convolution: the same sum as explicit loops, no column matrix. With unit stride
   each (channel, tap) pair is one contiguous multiply-add run over a whole "full-width" plane
   (output rows computed ``Wp`` wide; see the forward kernel), so the loops vectorise; strided
@@ -28,16 +24,18 @@ The pooling kernels take the unpadded input and clip each window to it, as torch
   rules all become a divisor.
 
 Kernels validate nothing (Numba does no bounds checking): ``scratchlm.functional.conv`` checks
-every shape, stride, padding and index in Python first, and passes C-contiguous arrays (the 2-D
-im2col/col2im and max-pool kernels read them flat; another layout fails to compile). The kernels are serial (no ``prange``); the caller splits a batch over threads, and they release the GIL (``nogil``).
+every shape, stride, padding and index in Python first, and passes C-contiguous arrays (the
+max-pool kernels read them flat; another layout fails to compile). The kernels are serial (no
+``prange``); the caller splits a batch over threads, and they release the GIL (``nogil``).
 
 A note on speed: Numba wraps negative indices, and for a signed index whose sign LLVM cannot
 prove (``xp[n, c, h, j*dW + ow]``) the test stays in the inner loop and blocks vectorisation
 (measured 4-8x slower). Two ways around it are used here: 1-D row views that start at 0
 (``src = xp[n, c, h, j*dW:]``, then ``src[ow]``), made outside the innermost loops because each
-view costs a reference count; and, in im2col/col2im 2-D, flat arrays indexed by unsigned
-offsets (``_u``, ``np.uint64``), which have no sign to test and need no views (im2col of
-(32, 16, 34, 34), 3x3: 0.35 ms, against 0.47 ms with row views).
+view costs a reference count; and, in max pooling, flat arrays indexed by unsigned offsets
+(``_u``, ``np.uint64``), which have no sign to test and need no views (the GEMM in
+``gemm.py`` does the same; an im2col copy of (32, 16, 34, 34), 3x3, took 0.35 ms so, against
+0.47 ms with row views).
 """
 
 import numpy as np
@@ -51,7 +49,7 @@ _u = np.uint64   # an unsigned index: Numba skips the negative-index wrap test (
 
 
 # ------------------------------------------------------------------------------------------------
-# im2col / col2im, 2-D
+# direct convolution, 2-D (1-D runs with H = kH = 1)
 # ------------------------------------------------------------------------------------------------
 def _windows2d(xp, kH, kW, sH, sW, dH, dW):
     """(N, C, Hp, Wp) -> a strided view (N, C, Ho, Wo, kH, kW) of every (dilated) receptive field."""
@@ -59,140 +57,6 @@ def _windows2d(xp, kH, kW, sH, sW, dH, dW):
     return win[:, :, ::sH, ::sW, ::dH, ::dW]
 
 
-def im2col2d_numpy(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
-    """xp: (N, C, Hp, Wp) zero-padded -> cols: (C*kH*kW, N*Ho*Wo)."""
-    N, C = xp.shape[:2]
-    win = _windows2d(xp, kH, kW, sH, sW, dH, dW)                       # (N, C, Ho, Wo, kH, kW)
-    return win.transpose(1, 4, 5, 0, 2, 3).reshape(C * kH * kW, N * Ho * Wo)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _tap_offsets(n, c, i, j, N, C, Hp, Wp, kH, kW, dH, dW, L):
-    # tap (c, i, j) of sample n -> (flat offset of its run in cols (C*kH*kW, N*L),
-    #                               flat offset in xp (N, C, Hp, Wp) of what output (0, 0) reads)
-    return (_u(((c * kH + i) * kW + j) * N * L + n * L),
-            _u(((n * C + c) * Hp + i * dH) * Wp + j * dW))
-
-
-@njit(cache=True, nogil=True)
-def im2col2d_numba(xp, kH, kW, sH, sW, dH, dW, Ho, Wo):
-    # xp: (N, C, Hp, Wp) zero-padded -> cols: (C*kH*kW, N*Ho*Wo)
-    N, C, Hp, Wp = xp.shape
-    L = Ho * Wo
-    cols = np.empty((C * kH * kW, N * L), dtype=xp.dtype)
-    xf, cf = xp.reshape(-1), cols.reshape(-1)          # flat, indexed by unsigned offsets
-    for n in range(N):
-        for c in range(C):
-            for i in range(kH):
-                for j in range(kW):
-                    # cols[(c*kH + i)*kW + j, n*L + oh*Wo + ow] = xp[n, c, oh*sH + i*dH, ow*sW + j*dW]
-                    dst, src = _tap_offsets(n, c, i, j, N, C, Hp, Wp, kH, kW, dH, dW, L)
-                    for oh in range(Ho):
-                        d, s = dst + _u(oh * Wo), src + _u(oh * sH * Wp)
-                        if sW == 1:
-                            for ow in range(Wo):
-                                cf[d + _u(ow)] = xf[s + _u(ow)]
-                        else:
-                            for ow in range(Wo):
-                                cf[d + _u(ow)] = xf[s + _u(ow * sW)]
-    return cols
-
-
-def col2im2d_numpy(cols, N, C, Hp, Wp, kH, kW, sH, sW, dH, dW, Ho, Wo):
-    """cols: (C*kH*kW, N*Ho*Wo) -> dxp: (N, C, Hp, Wp), overlapping windows summed."""
-    c6 = cols.reshape(C, kH, kW, N, Ho, Wo)
-    dxp = np.zeros((N, C, Hp, Wp), dtype=cols.dtype)
-    for i in range(kH):                                                  # one strided add per tap
-        for j in range(kW):
-            dxp[:, :, i * dH:i * dH + sH * (Ho - 1) + 1:sH,
-                j * dW:j * dW + sW * (Wo - 1) + 1:sW] += c6[:, i, j].transpose(1, 0, 2, 3)
-    return dxp
-
-
-@njit(cache=True, nogil=True)
-def col2im2d_numba(cols, N, C, Hp, Wp, kH, kW, sH, sW, dH, dW, Ho, Wo):
-    # cols: (C*kH*kW, N*Ho*Wo) -> dxp: (N, C, Hp, Wp)
-    L = Ho * Wo
-    dxp = np.zeros((N, C, Hp, Wp), dtype=cols.dtype)
-    xf, cf = dxp.reshape(-1), cols.reshape(-1)
-    for n in range(N):
-        for c in range(C):
-            for i in range(kH):
-                for j in range(kW):
-                    # the adjoint of im2col2d_numba: the same offsets, the copy turned into +=
-                    src, dst = _tap_offsets(n, c, i, j, N, C, Hp, Wp, kH, kW, dH, dW, L)
-                    for oh in range(Ho):
-                        s, d = src + _u(oh * Wo), dst + _u(oh * sH * Wp)
-                        if sW == 1:
-                            for ow in range(Wo):
-                                xf[d + _u(ow)] += cf[s + _u(ow)]
-                        else:
-                            for ow in range(Wo):
-                                xf[d + _u(ow * sW)] += cf[s + _u(ow)]
-    return dxp
-
-
-# ------------------------------------------------------------------------------------------------
-# im2col / col2im, 1-D
-# ------------------------------------------------------------------------------------------------
-def im2col1d_numpy(xp, k, s, d, Lo):
-    """xp: (N, C, Lp) zero-padded -> cols: (C*k, N*Lo)."""
-    N, C = xp.shape[:2]
-    win = sliding_window_view(xp, d * (k - 1) + 1, axis=2)[:, :, ::s, ::d]   # (N, C, Lo, k)
-    return win.transpose(1, 3, 0, 2).reshape(C * k, N * Lo)
-
-
-@njit(cache=True, nogil=True)
-def im2col1d_numba(xp, k, s, d, Lo):
-    # xp: (N, C, Lp) zero-padded -> cols: (C*k, N*Lo)
-    N, C = xp.shape[0], xp.shape[1]
-    cols = np.empty((C * k, N * Lo), dtype=xp.dtype)
-    for c in range(C):
-        for j in range(k):
-            row = cols[c * k + j]
-            for n in range(N):
-                src = xp[n, c, j * d:]
-                dst = row[n * Lo:]
-                if s == 1:
-                    for t in range(Lo):
-                        dst[t] = src[t]
-                else:
-                    for t in range(Lo):
-                        dst[t] = src[t * s]
-    return cols
-
-
-def col2im1d_numpy(cols, N, C, Lp, k, s, d, Lo):
-    """cols: (C*k, N*Lo) -> dxp: (N, C, Lp), overlapping windows summed."""
-    c4 = cols.reshape(C, k, N, Lo)
-    dxp = np.zeros((N, C, Lp), dtype=cols.dtype)
-    for j in range(k):
-        dxp[:, :, j * d:j * d + s * (Lo - 1) + 1:s] += c4[:, j].transpose(1, 0, 2)
-    return dxp
-
-
-@njit(cache=True, nogil=True)
-def col2im1d_numba(cols, N, C, Lp, k, s, d, Lo):
-    # cols: (C*k, N*Lo) -> dxp: (N, C, Lp)
-    dxp = np.zeros((N, C, Lp), dtype=cols.dtype)
-    for c in range(C):
-        for j in range(k):
-            row = cols[c * k + j]
-            for n in range(N):
-                dst = dxp[n, c, j * d:]
-                src = row[n * Lo:]
-                if s == 1:
-                    for t in range(Lo):
-                        dst[t] += src[t]
-                else:
-                    for t in range(Lo):
-                        dst[t * s] += src[t]
-    return dxp
-
-
-# ------------------------------------------------------------------------------------------------
-# direct convolution, 2-D (1-D runs with H = kH = 1)
-# ------------------------------------------------------------------------------------------------
 def conv2d_direct_forward_numpy(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
     """xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo).
 
@@ -574,10 +438,6 @@ def avg_pool2d_backward_numba(dy, H, W, kH, kW, sH, sW, pH, pW, div):
     return dx
 
 
-im2col2d = dispatch(im2col2d_numba, im2col2d_numpy)
-col2im2d = dispatch(col2im2d_numba, col2im2d_numpy)
-im2col1d = dispatch(im2col1d_numba, im2col1d_numpy)
-col2im1d = dispatch(col2im1d_numba, col2im1d_numpy)
 conv2d_direct_forward = dispatch(conv2d_direct_forward_numba, conv2d_direct_forward_numpy)
 conv2d_direct_backward_input = dispatch(conv2d_direct_backward_input_numba,
                                         conv2d_direct_backward_input_numpy)

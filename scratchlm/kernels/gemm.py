@@ -1,43 +1,61 @@
-r"""Matrix multiplication: ``out (+)= a @ b``, a BLIS-style GEMM in Numba with a SIMD micro-kernel.
+r"""Matrix multiplication ``out (+)= a @ b``: a BLIS-style GEMM in Numba with a SIMD micro-kernel,
+whose operands may be *gathered* -- which makes it a convolution without an im2col matrix.
 
     a (M, K) @ b (K, N) -> out (M, N)        out[i, j] = sum_p a[i, p] b[p, j]
 
-The NumPy twin is ``np.matmul`` (BLAS). The Numba route exists because NumPy's OpenBLAS is the
-speed limit of every convolution here, and on this project's machines it runs a Haswell (AVX2)
-kernel while the CPU has AVX-512: a register-tiled kernel written for the host's vector width
-does more multiply-adds per cycle. The structure is Goto & van de Geijn (2008), "Anatomy of
-High-Performance Matrix Multiplication", as laid out by BLIS (Van Zee & van de Geijn 2015):
+**Operands as offsets.** Every matrix here is a flat buffer plus one offset per row and one per
+column: element ``(i, j)`` is ``flat[rows[i] + cols[j]]``. A strided array is the special case
+``rows = i * stride_0``, ``cols = j * stride_1`` (:func:`matmul` takes ordinary arrays and builds
+those). The im2col matrix of a convolution is another: with ``rows`` the offsets of the kernel
+taps in the padded input and ``cols`` those of the output pixels, ``xp.flat[tap + pixel]`` is the
+input value that tap reads for that pixel, so the GEMM packs its operand straight from the input
+and no column matrix is ever written (an "implicit GEMM"). An ``out`` whose offsets overlap --
+col2im's, where neighbouring windows share input pixels -- is a scatter-*add*: the products are
+added in turn, so overlapping entries sum (``accumulate=True``).
+
+:func:`gemm_numpy`, the NumPy twin, says exactly that: gather ``a`` and ``b`` by fancy indexing,
+``np.matmul``, then set ``out``'s entries or add to them (``np.bincount`` sums duplicates).
+
+**The Numba route** is Goto & van de Geijn (2008), "Anatomy of High-Performance Matrix
+Multiplication", as laid out by BLIS (Van Zee & van de Geijn 2015):
 
 .. code-block:: text
 
-    for pc in 0..K step KC:                      # a K-slab: rank-KC update of all of out
-        pack b[pc:pc+KC, :]     -> bp  (slivers of NR columns, row by row: bp[s][p][0:NR])
-        for ic in 0..M step MC:
-            pack a[ic:ic+MC, pc:pc+KC] -> ap  (slivers of MR rows, column by column: ap[r][p][0:MR])
-            for s in slivers of bp:              # bp[s] (KC x NR) stays in L1/L2
-                for r in slivers of ap:
-                    out[MR x NR tile] (+)= sum_p outer(ap[r][p], bp[s][p])     # the micro-kernel
+    for jc in 0..N step NC:                          # a block of NC columns of b and out
+        for pc in 0..K step KC:                      # a K-slab: rank-KC update of out[:, jc block]
+            pack b[pc:pc+KC, jc:jc+NC] -> bp  (slivers of NR columns, row by row: bp[s][p][0:NR])
+            for ic in 0..M step MC:
+                pack a[ic:ic+MC, pc:pc+KC] -> ap  (slivers of MR rows, column by column: ap[r][p][0:MR])
+                for s in slivers of bp:              # bp[s] (KC x NR) stays in L1/L2
+                    for r in slivers of ap:
+                        out[MR x NR tile] (+)= sum_p outer(ap[r][p], bp[s][p])     # the micro-kernel
+
+Packing copies a block into the order the micro-kernel reads, so whatever the operand's layout
+(strided, transposed, gathered) the inner loop streams contiguous memory. A sliver whose
+columns run consecutively (a convolution's pixels along an output row) is copied row by row,
+run by run; otherwise the K axis is the one in runs and the sliver is transposed 8 x 8 in
+registers (:func:`_transpose8`), or, where nothing runs, gathered entry by entry.
 
 The micro-kernel keeps the whole ``MR x NR`` tile of ``out`` in vector registers for the K loop
 (``MR * NR / W`` accumulators of ``W`` lanes; float32: 8 x 32 = 16 registers of 16 lanes,
-float64: 8 x 16 = 16 registers of 8 lanes) and per
-step ``p`` loads ``NR / W`` vectors of ``bp``, broadcasts ``MR`` scalars of ``ap`` and issues
-``MR * NR / W`` fused multiply-adds. LLVM does not find this schedule in plain loops (it spills
-the tile to memory: about 7 GFLOP/s measured), so the kernel is written as LLVM IR vector
-operations through a Numba ``@intrinsic``; everything around it (packing, edges, blocking) is
-ordinary Numba. On the benchmark VM (AMD EPYC, Zen 5) the micro-kernel alone runs at about
-245 GFLOP/s on one core in float32, and a whole (128, 640) @ (640, 256) product including the
-packing at about 180 -- as fast as NumPy's OpenBLAS on *both* cores (about 205). The vectors are
-LLVM's: on a machine without AVX-512 they are split into the registers it has (correct, slower).
+float64: 8 x 16 = 16 registers of 8 lanes) and per step ``p`` loads ``NR / W`` vectors of ``bp``,
+broadcasts ``MR`` scalars of ``ap`` and issues ``MR * NR / W`` fused multiply-adds. LLVM does not
+find this schedule in plain loops (it spills the tile to memory: about 7 GFLOP/s measured), so
+the kernel is written as LLVM IR vector operations through a Numba ``@intrinsic``; everything
+around it (packing, edges, blocking) is ordinary Numba. On the benchmark VM (AMD EPYC, Zen 5) the
+micro-kernel alone runs at about 245 GFLOP/s on one core in float32. The vectors are LLVM's: on a
+machine without AVX-512 they are split into the registers it has (correct, slower).
 
-Edge tiles (``M`` or ``N`` not a multiple of ``MR``/``NR``) are computed into a scratch tile whose
-valid corner is then copied out; the packed slivers are zero-padded, so the kernel never reads
-past an operand.
+The micro-kernel writes each tile row straight into ``out`` when the tile's columns are
+consecutive in memory (row ``i`` at ``out[rows[i] + cols[j0]:][:NR]``); edge tiles and tiles
+whose columns come in several runs go through a scratch tile and are copied (or added) run by
+run.
 
 The kernel is serial; callers that want both cores split their work (the convolution splits its
-batch, see ``scratchlm.functional.conv``). :func:`matmul_numba` checks shapes, dtypes and
-``out``'s unit column stride before the kernel. ``out`` must not overlap ``a`` or ``b`` (a
-later K-slab would read what an earlier one wrote; ``np.matmul`` copies, this does not).
+batch, see ``scratchlm.functional.conv``). :func:`gemm` checks every length and that every offset
+stays inside its buffer before a kernel runs (Numba does no bounds checking). ``out`` must not
+overlap ``a`` or ``b`` (a later K-slab would read what an earlier one wrote), and with
+``accumulate=False`` its entries must be distinct.
 """
 
 import numpy as np
@@ -45,6 +63,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numpy.lib.stride_tricks import as_strided
 
 from . import dispatch
 
@@ -56,23 +75,41 @@ MR = 8
 #: 8 x 32 and 6 x 64 tiles ran equally fast alone (~250 GFLOP/s); 8 x 32 wastes less on the
 #: thin products of convolutions (32 or 144 columns) and keeps a KC x NR sliver of ``b`` in L1.
 NR_F32, NR_F64 = 32, 16
-#: K-slab depth and M-block height (a KC x MC block of ``a`` packed is ~100-200 KB: L2-sized)
-KC, MC = 256, 96
+#: K-slab depth, M-block height (a KC x MC block of ``a`` packed is ~100-200 KB: L2-sized) and
+#: N-block width (a KC x NC block of ``b`` packed: 1 MB in float32)
+KC, MC, NC = 256, 96, 1024
+
+
+def _ir_helpers(context, builder, signature, args):
+    """For an intrinsic's code generator: ``c64(v)`` an int64 constant, ``as_i64(k)`` argument
+    ``k`` as an int64, ``data(k)`` the data pointer of array argument ``k``."""
+    i64 = ir.IntType(64)
+
+    def c64(v):
+        return ir.Constant(i64, v)
+
+    def as_i64(k):
+        return context.cast(builder, args[k], signature.args[k], types.int64)
+
+    def data(k):
+        return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+    return c64, as_i64, data
 
 
 def _micro_kernel(accumulate):
-    """Build the intrinsic ``micro(ap, a_off, bp, b_off, out, i0, j0, kc)``:
+    """Build the intrinsic ``micro(ap, a_off, bp, b_off, out, out_rows, i0, col0, kc)``:
 
-    ``out[i0:i0+MR, j0:j0+NR] (+)= sum_{p<kc} outer(ap[a_off + p*MR : +MR], bp[b_off + p*NR : +NR])``
+    ``out[out_rows[i0 + i] + col0 + j] (+)= sum_{p<kc} ap[a_off + p*MR + i] * bp[b_off + p*NR + j]``
 
-    ``ap``/``bp`` are the flat packed buffers, ``out`` a 2-D array with a unit column stride (its
-    row stride is read from the array). ``accumulate`` adds to ``out``; otherwise it is
-    overwritten.
+    for ``i < MR``, ``j < NR``: ``ap``/``bp`` are the flat packed buffers, ``out`` a flat buffer
+    whose tile rows start at ``out_rows[i0 + i] + col0``. ``accumulate`` adds to ``out``;
+    otherwise it is overwritten. Rows are written in order, so rows that overlap add up.
     """
 
     @intrinsic
-    def micro(typingctx, ap, a_off, bp, b_off, out, i0, j0, kc):
-        sig = types.void(ap, a_off, bp, b_off, out, i0, j0, kc)
+    def micro(typingctx, ap, a_off, bp, b_off, out, out_rows, i0, col0, kc):
+        sig = types.void(ap, a_off, bp, b_off, out, out_rows, i0, col0, kc)
         dtype = ap.dtype
 
         def codegen(context, builder, signature, args):
@@ -81,22 +118,11 @@ def _micro_kernel(accumulate):
             nr = NR_F32 if dtype == types.float32 else NR_F64
             nv = nr // lanes                                          # vectors per tile row
             vec = ir.VectorType(scalar, lanes)
-            i64 = ir.IntType(64)
-
-            def c64(v):
-                return ir.Constant(i64, v)
-
-            def as_i64(k):
-                return context.cast(builder, args[k], signature.args[k], types.int64)
-
-            a_ptr = builder.gep(context.make_array(signature.args[0])(context, builder, args[0]).data,
-                                [as_i64(1)])
-            b_ptr = builder.gep(context.make_array(signature.args[2])(context, builder, args[2]).data,
-                                [as_i64(3)])
-            out_arr = context.make_array(signature.args[4])(context, builder, args[4])
-            itemsize = c64(context.get_abi_sizeof(scalar))
-            ld_out = builder.sdiv(builder.extract_value(out_arr.strides, 0), itemsize)   # row stride
-            c_ptr = builder.gep(out_arr.data, [builder.add(builder.mul(as_i64(5), ld_out), as_i64(6))])
+            c64, as_i64, data = _ir_helpers(context, builder, signature, args)
+            a_ptr = builder.gep(data(0), [as_i64(1)])
+            b_ptr = builder.gep(data(2), [as_i64(3)])
+            out_ptr = builder.gep(data(4), [as_i64(7)])                       # + col0
+            row_ptr = builder.gep(data(5), [as_i64(6)])                       # &out_rows[i0]
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec] * 3),
                 f"llvm.fma.v{lanes}{'f32' if dtype == types.float32 else 'f64'}")
@@ -105,7 +131,7 @@ def _micro_kernel(accumulate):
             for a in acc:
                 builder.store(ir.Constant(vec, [0.0] * lanes), a)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-            with cgutils.for_range(builder, as_i64(7)) as loop:           # for p in range(kc):
+            with cgutils.for_range(builder, as_i64(8)) as loop:           # for p in range(kc):
                 b_row = builder.gep(b_ptr, [builder.mul(loop.index, c64(nr))])
                 b = [builder.load(builder.bitcast(builder.gep(b_row, [c64(v * lanes)]),
                                                   vec.as_pointer()), align=4)
@@ -121,7 +147,7 @@ def _micro_kernel(accumulate):
                         cell = acc[i * nv + v]
                         builder.store(builder.call(fma, [a, b[v], builder.load(cell)]), cell)
             for i in range(MR):                                               # write the tile
-                c_row = builder.gep(c_ptr, [builder.mul(c64(i), ld_out)])
+                c_row = builder.gep(out_ptr, [builder.load(builder.gep(row_ptr, [c64(i)]))])
                 for v in range(nv):
                     ptr = builder.bitcast(builder.gep(c_row, [c64(v * lanes)]), vec.as_pointer())
                     value = builder.load(acc[i * nv + v])
@@ -139,78 +165,251 @@ _micro_set = _micro_kernel(accumulate=False)
 _micro_add = _micro_kernel(accumulate=True)
 
 
+@intrinsic
+def _transpose8(typingctx, flat, cols, q0, start, dst, d_off, width):
+    """``dst[d_off + p*width + j] = flat[start + cols[q0 + j] + p]`` for ``j, p < 8``: an 8 x 8
+    block, eight rows of eight adjacent entries written as eight runs of eight.
+
+    Packing is a transpose whenever the K axis is the one that runs in memory (``a`` = the
+    im2col matrix in a convolution's weight gradient, whose pixels are the K axis; a transposed
+    ``b``). Entry by entry that is a scattered store per entry (about 45 us for one sample of a
+    (16, 32, 32) 3x3 im2col matrix); here the eight rows are loaded as vectors and interleaved in
+    registers, three rounds of shuffles (pairs, quads, octets): 12 us. Eight lanes, not
+    AVX-512's sixteen: the 16-lane version measured twice as slow (its 128-entry shuffles)."""
+    sig = types.void(flat, cols, q0, start, dst, d_off, width)
+    dtype = flat.dtype
+
+    def codegen(context, builder, signature, args):
+        lanes = 8
+        vec, i32 = ir.VectorType(context.get_value_type(dtype), lanes), ir.IntType(32)
+        c64, as_i64, data = _ir_helpers(context, builder, signature, args)
+
+        def shuffle(x, y, mask):
+            return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, len(mask)), mask))
+
+        col_ptr = builder.gep(data(1), [as_i64(2)])
+        level = []                                       # row j: flat[start + cols[q0 + j]:][:L]
+        for j in range(8):
+            at = builder.add(builder.load(builder.gep(col_ptr, [c64(j)])), as_i64(3))
+            level.append(builder.load(builder.bitcast(builder.gep(data(0), [at]),
+                                                      vec.as_pointer()), align=4))
+        g = 1                       # each vector holds, p by p, the entries of g consecutive rows
+        while len(level) > 1:
+            n = g * lanes
+            mask = [k for p in range(lanes) for k in [p * g + i for i in range(g)]
+                    + [n + p * g + i for i in range(g)]]
+            level = [shuffle(x, y, mask) for x, y in zip(level[0::2], level[1::2])]
+            g *= 2
+        rows = level[0]                                  # the 8 x 8 block, p-major
+        dst_ptr = builder.gep(data(4), [as_i64(5)])
+        for p in range(lanes):
+            values = shuffle(rows, ir.Constant(rows.type, ir.Undefined), list(range(8 * p, 8 * p + 8)))
+            ptr = builder.gep(dst_ptr, [builder.mul(c64(p), as_i64(6))])
+            builder.store(values, builder.bitcast(ptr, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _pack_b(b, pc, kc, nr, bp):
-    """b[pc:pc+kc, :] -> bp: sliver ``s`` holds columns ``s*nr ...`` row by row, zero-padded.
-    Reads run along b's unit-stride axis (rows of a C-ordered b, columns of a transposed one)."""
-    N = b.shape[1]
-    by_rows = b.strides[1] == b.itemsize or b.strides[0] != b.itemsize
-    for s in range((N + nr - 1) // nr):
-        j0 = s * nr
-        width = min(nr, N - j0)
-        src = b[pc:pc + kc, j0:j0 + width]               # one view per sliver, not per row
-        base = _u(s * kc * nr)
-        if by_rows:
-            for p in range(kc):
-                for j in range(width):
-                    bp[base + _u(p * nr + j)] = src[p, j]
-        else:
-            for j in range(width):
-                for p in range(kc):
-                    bp[base + _u(p * nr + j)] = src[p, j]
+def _is_run(offsets, start, n):
+    """offsets[start:start+n] are consecutive (each one more than the last)."""
+    first = offsets[start]
+    for j in range(1, n):
+        if offsets[start + j] != first + j:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _runs(offsets, start, n, ends):
+    """Split offsets[start:start+n] into runs of consecutive offsets; ``ends[k]`` is where run
+    ``k`` stops (relative to ``start``). Returns the number of runs. (A convolution's pixels run
+    along each output row: a sliver of 32 pixels over rows 28 wide is two or three runs.)"""
+    count = 0
+    for j in range(1, n):
+        if offsets[start + j] != offsets[start + j - 1] + 1:
+            ends[count] = j
+            count += 1
+    ends[count] = n
+    return count + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pack(flat, rows, r0, kc, cols, c0, nc, width, dst, ends):
+    """Pack the block ``flat[rows[r0 + p] + cols[c0 + q]]`` (p < kc, q < nc) into slivers of
+    ``width`` columns: ``dst[s*kc*width + p*width + j] = block[p, s*width + j]``, zero-padded past
+    ``nc``. For ``b`` the block's rows are b's rows (the K axis); ``a`` is packed as its
+    transpose (rows: a's columns, the K axis; columns: a's rows), slivers MR wide. ``ends``:
+    scratch for :func:`_runs` (``width`` entries)."""
+    for s in range((nc + width - 1) // width):
+        q0 = c0 + s * width
+        w = min(width, nc - s * width)
+        base = s * kc * width
+        n_runs = _runs(cols, q0, w, ends)
+        if 4 * n_runs <= w:                        # the columns run (4 or more on average):
+            for p in range(kc):                    # copy row by row, run by run
+                row = rows[r0 + p]
+                j0 = 0
+                for k in range(n_runs):
+                    src, at = _u(row + cols[q0 + j0]), _u(base + p * width + j0)
+                    for j in range(ends[k] - j0):
+                        dst[at + _u(j)] = flat[src + _u(j)]
+                    j0 = ends[k]
+        else:                     # a transpose: by vectors where the rows run, else one by one
+            p = 0
+            while p < kc:
+                if w == width and p + 8 <= kc and _is_run(rows, r0 + p, 8):
+                    for j in range(0, width, 8):
+                        _transpose8(flat, cols, q0 + j, rows[r0 + p], dst, base + p * width + j,
+                                    width)
+                    p += 8
+                else:
+                    for j in range(w):
+                        dst[_u(base + p * width + j)] = flat[_u(rows[r0 + p] + cols[q0 + j])]
+                    p += 1
         for p in range(kc):
-            for j in range(width, nr):
-                bp[base + _u(p * nr + j)] = 0.0
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _pack_a(a, ic, mc, pc, kc, ap):
-    """a[ic:ic+mc, pc:pc+kc] -> ap: sliver ``r`` holds rows ``ic + r*MR ...`` column by column,
-    zero-padded -- exactly :func:`_pack_b` of the transposed block, with slivers MR wide."""
-    _pack_b(a[ic:ic + mc, :].T, pc, kc, MR, ap)
+            for j in range(w, width):
+                dst[_u(base + p * width + j)] = 0.0
 
 
 @njit(cache=True, nogil=True)
-def _gemm(a, b, out, accumulate):
-    # a (M, K) any strides, b (K, N) any strides, out (M, N) unit column stride
-    M, K = a.shape
-    N = b.shape[1]
+def _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
+    # a, b, out: flat buffers; a[a_rows[i] + a_cols[p]] is a (M, K), b (K, N) and out (M, N) alike
+    M, K, N = a_rows.shape[0], a_cols.shape[0], b_cols.shape[0]
     nr = NR_F32 if out.itemsize == 4 else NR_F64
-    n_slivers = (N + nr - 1) // nr
-    bp = np.empty(n_slivers * nr * KC, out.dtype)
+    bp = np.empty(((min(NC, N) + nr - 1) // nr) * nr * KC, out.dtype)
     ap = np.empty(((MC + MR - 1) // MR) * MR * KC, out.dtype)
-    tile = np.empty((MR, nr), out.dtype)
+    tile = np.empty(MR * nr, out.dtype)
+    tile_rows = np.arange(MR) * nr
+    ends = np.empty(max(nr, MR), np.int64)
     if K == 0 and not accumulate:
-        out[:, :] = 0.0
-    for pc in range(0, K, KC):
-        kc = min(KC, K - pc)
-        _pack_b(b, pc, kc, nr, bp)
-        overwrite = pc == 0 and not accumulate       # the first slab writes, the others add
-        for ic in range(0, M, MC):
-            mc = min(MC, M - ic)
-            _pack_a(a, ic, mc, pc, kc, ap)
-            for s in range(n_slivers):
-                j0 = s * nr
-                for r in range((mc + MR - 1) // MR):
-                    i0 = ic + r * MR
-                    if i0 + MR <= M and j0 + nr <= N:                       # a full tile
-                        if overwrite:
-                            _micro_set(ap, r * kc * MR, bp, s * kc * nr, out, i0, j0, kc)
-                        else:
-                            _micro_add(ap, r * kc * MR, bp, s * kc * nr, out, i0, j0, kc)
-                    else:                                   # an edge tile: via the scratch tile
-                        _micro_set(ap, r * kc * MR, bp, s * kc * nr, tile, 0, 0, kc)
+        for i in range(M):
+            for j in range(N):
+                out[_u(out_rows[i] + out_cols[j])] = 0.0
+    for jc in range(0, N, NC):
+        nc = min(NC, N - jc)
+        for pc in range(0, K, KC):
+            kc = min(KC, K - pc)
+            _pack(b, b_rows, pc, kc, b_cols, jc, nc, nr, bp, ends)
+            overwrite = pc == 0 and not accumulate       # the first slab writes, the others add
+            for ic in range(0, M, MC):
+                mc = min(MC, M - ic)
+                _pack(a, a_cols, pc, kc, a_rows, ic, mc, MR, ap, ends)
+                for s in range((nc + nr - 1) // nr):
+                    j0 = jc + s * nr
+                    w = min(nr, N - j0)
+                    n_runs = _runs(out_cols, j0, w, ends)        # 1 and w == nr: written in place
+                    for r in range((mc + MR - 1) // MR):
+                        i0 = ic + r * MR
+                        if n_runs == 1 and w == nr and i0 + MR <= M:
+                            if overwrite:
+                                _micro_set(ap, r * kc * MR, bp, s * kc * nr, out, out_rows, i0,
+                                           out_cols[j0], kc)
+                            else:
+                                _micro_add(ap, r * kc * MR, bp, s * kc * nr, out, out_rows, i0,
+                                           out_cols[j0], kc)
+                            continue
+                        # an edge tile or scattered columns: via the scratch tile, run by run
+                        _micro_set(ap, r * kc * MR, bp, s * kc * nr, tile, tile_rows, 0, 0, kc)
                         for ii in range(min(MR, M - i0)):
-                            for jj in range(min(nr, N - j0)):
-                                if overwrite:
-                                    out[i0 + ii, j0 + jj] = tile[ii, jj]
-                                else:
-                                    out[i0 + ii, j0 + jj] += tile[ii, jj]
+                            row = out_rows[i0 + ii]
+                            jj0 = 0
+                            for k in range(n_runs):
+                                at, t0 = _u(row + out_cols[j0 + jj0]), ii * nr + jj0
+                                for jj in range(ends[k] - jj0):
+                                    if overwrite:
+                                        out[at + _u(jj)] = tile[t0 + jj]
+                                    else:
+                                        out[at + _u(jj)] += tile[t0 + jj]
+                                jj0 = ends[k]
+
+
+def gemm_numpy(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
+    """``out (+)= a @ b`` on operands given as offsets: ``a``, ``b``, ``out`` are 1-D buffers and
+    entry ``(i, j)`` of the matrix ``a`` is ``a[a_rows[i] + a_cols[j]]`` (``b``, ``out`` alike;
+    every offsets array is 1-D int64). ``accumulate=True`` adds, and entries of ``out`` that
+    share an address all add there (a scatter-add: col2im); ``accumulate=False`` overwrites
+    (``out``'s entries must then be distinct). Returns ``out``."""
+    A = a[np.add.outer(a_rows, a_cols)]                          # (M, K) gathered (im2col's)
+    B = b[np.add.outer(b_rows, b_cols)]                          # (K, N)
+    where = np.add.outer(out_rows, out_cols)                     # (M, N) addresses in out
+    if where.size == 0:
+        return out
+    if not accumulate:
+        out[where] = A @ B
+        return out
+    lo = where.min()                    # out[where] += A @ B, with repeated addresses summed
+    sums = np.bincount((where - lo).ravel(), weights=(A @ B).ravel())          # (in float64)
+    out[lo:lo + sums.size] += sums.astype(out.dtype)
+    return out
+
+
+def gemm_numba(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
+    """The Numba route of :func:`gemm_numpy` (same arguments)."""
+    _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, bool(accumulate))
+    return out
+
+
+_gemm_routes = dispatch(gemm_numba, gemm_numpy)
+
+
+def _check_operand(name, flat, rows, cols, dtype):
+    if not (isinstance(flat, np.ndarray) and flat.ndim == 1 and flat.dtype == dtype
+            and flat.strides[0] == flat.itemsize):
+        raise TypeError(f"{name} must be a contiguous 1-D {dtype} array, got "
+                        f"{getattr(flat, 'dtype', type(flat))} with shape {np.shape(flat)}")
+    for what, off in (("rows", rows), ("cols", cols)):
+        if not (isinstance(off, np.ndarray) and off.ndim == 1 and off.dtype == np.int64):
+            raise TypeError(f"{name}_{what} must be a 1-D int64 array, got "
+                            f"{getattr(off, 'dtype', type(off))} with shape {np.shape(off)}")
+    if rows.size and cols.size:
+        lo, hi = rows.min() + cols.min(), rows.max() + cols.max()
+        if lo < 0 or hi >= flat.size:
+            raise ValueError(f"{name}'s offsets reach [{lo}, {hi}] but its buffer has {flat.size} "
+                             f"entries")
+
+
+def gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
+    """``out (+)= a @ b`` on operands given as offsets (see :func:`gemm_numpy` and the module
+    docstring), on the active route. Checks the buffers' dtypes, the offsets' types and lengths,
+    and that every offset stays inside its buffer, before either route runs."""
+    if out.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm needs float32 or float64, got out dtype {out.dtype}")
+    for name, flat, rows, cols in (("a", a, a_rows, a_cols), ("b", b, b_rows, b_cols),
+                                   ("out", out, out_rows, out_cols)):
+        _check_operand(name, flat, rows, cols, out.dtype)
+    if not (a_cols.size == b_rows.size and out_rows.size == a_rows.size
+            and out_cols.size == b_cols.size):
+        raise ValueError(f"gemm needs a (M, K), b (K, N) and out (M, N), got a "
+                         f"({a_rows.size}, {a_cols.size}), b ({b_rows.size}, {b_cols.size}), "
+                         f"out ({out_rows.size}, {out_cols.size})")
+    return _gemm_routes(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate)
+
+
+# ------------------------------------------------------------------------------------------------
+# ordinary arrays
+# ------------------------------------------------------------------------------------------------
+def as_operand(m):
+    """A non-empty 2-D array as a GEMM operand ``(flat, rows, cols)``, ``m[i, j] == flat[rows[i] +
+    cols[j]]``: ``flat`` is a 1-D view (no copy) of the memory ``m`` spans, from its lowest
+    address, so any strides work, negative ones included."""
+    item = m.itemsize
+    if m.strides[0] % item or m.strides[1] % item:
+        raise ValueError(f"strides must be multiples of the item size, got {m.strides}")
+    rows = np.arange(m.shape[0], dtype=np.int64) * (m.strides[0] // item)
+    cols = np.arange(m.shape[1], dtype=np.int64) * (m.strides[1] // item)
+    i, j = rows.argmin(), cols.argmin()                  # the entry at the lowest address
+    rows -= rows[i]
+    cols -= cols[j]
+    flat = as_strided(m[i:i + 1, j:j + 1], shape=(int(rows.max() + cols.max()) + 1,),
+                      strides=(item,))
+    return flat, rows, cols
 
 
 def matmul_numpy(a, b, out, accumulate):
     """``out = a @ b`` (``accumulate=False``) or ``out += a @ b``: a ``(M, K)``, b ``(K, N)``,
-    out ``(M, N)``, one float dtype. Returns ``out``."""
+    out ``(M, N)``, one float dtype, any strides. Returns ``out``."""
     if accumulate:
         out += a @ b
     else:
@@ -219,18 +418,21 @@ def matmul_numpy(a, b, out, accumulate):
 
 
 def matmul_numba(a, b, out, accumulate):
-    """The Numba route of :func:`matmul_numpy` (same arguments; ``a`` and ``b`` may be any
-    strided views, ``out`` needs a unit column stride). The shapes are checked here, before the
-    kernel, which would read past the arrays otherwise."""
+    """The Numba route of :func:`matmul_numpy` (same arguments): :func:`gemm` on the arrays'
+    strides. The shapes are checked here, before the kernel."""
     if not (a.ndim == b.ndim == out.ndim == 2 and a.shape[1] == b.shape[0]
             and out.shape == (a.shape[0], b.shape[1])):
         raise ValueError(f"matmul needs a (M, K), b (K, N) and out (M, N), got a {a.shape}, "
                          f"b {b.shape}, out {out.shape}")
     if not (a.dtype == b.dtype == out.dtype and out.dtype in (np.float32, np.float64)):
         raise TypeError(f"matmul needs one float dtype, got {a.dtype}, {b.dtype}, {out.dtype}")
-    if out.size and out.shape[1] > 1 and out.strides[1] != out.itemsize:
-        raise ValueError(f"out must have a unit column stride, got strides {out.strides}")
-    _gemm(a, b, out, bool(accumulate))
+    if out.size == 0:
+        return out
+    if a.shape[1] == 0:                                       # an empty sum
+        if not accumulate:
+            out[...] = 0.0
+        return out
+    gemm_numba(*as_operand(a), *as_operand(b), *as_operand(out), accumulate)
     return out
 
 
