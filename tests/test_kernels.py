@@ -231,11 +231,13 @@ def test_gemm_on_gathered_operands_and_scatter_add(dtype):
     """The offset GEMM on both routes against np.add.at, the plain statement of a scatter-add:
     operands whose columns run (copied run by run), whose K axis runs (packed by 8 x 8
     transposes), or neither (gathered), and an ``out`` whose rows overlap, as col2im's do."""
-    from scratchlm.kernels.gemm import KC, MR, NR_F32, gemm_numba, gemm_numpy
+    from scratchlm.kernels.gemm import KC, MR, NC, NR_F32, gemm_numba, gemm_numpy
     rng = np.random.default_rng(3)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=3e-5, atol=3e-4)
+    # edges of every blocking size (M, K and N not multiples of the tile; K over two KC slabs; N
+    # over two NC blocks), a single entry, an empty sum (K = 0), tiles written in place (run 32)
     for M, K, N, run in [(2 * MR + 3, KC + 9, 2 * NR_F32 + 5, 28), (1, 1, 1, 1), (9, 20, 64, 14),
-                         (MR, 16, NR_F32, 32)]:
+                         (MR, 16, NR_F32, 32), (MR + 1, 12, NC + NR_F32 + 5, 32), (5, 0, 40, 16)]:
         a = rng.standard_normal(4000).astype(dtype)
         a_rows = rng.integers(0, 50, M)                             # unsorted, repeated: gathered
         a_cols = _runs_of(rng, K, max(run // 2, 1), 3)              # the K axis runs: transposed
@@ -246,18 +248,26 @@ def test_gemm_on_gathered_operands_and_scatter_add(dtype):
         # out rows 0..5 apart over columns that run: neighbouring rows share addresses
         out_rows, out_cols = rng.integers(0, 6, M), _runs_of(rng, N, run, 4)
         base = rng.standard_normal(8000).astype(dtype)
+        others = np.ones(base.size, bool)
+        others[np.add.outer(out_rows, out_cols)] = False
+        base[others] = -0.0                                  # an add of 0.0 would flip its sign
         expected = base.copy()
         np.add.at(expected, np.add.outer(out_rows, out_cols), A @ B)
         for route in (gemm_numba, gemm_numpy):
             got = route(a, a_rows, a_cols, b, b_rows, b_cols, base.copy(), out_rows, out_cols, True)
             assert got.dtype == dtype
             np.testing.assert_allclose(got, expected, **tol)
-        # overwrite: distinct entries, rows N + 7 apart
+            assert np.signbit(got[others]).all()                         # nothing else touched
+        # overwrite: distinct entries, rows N + 7 apart; nothing else may change
         rows = np.arange(M, dtype=np.int64) * (int(out_cols.max()) + 7)
+        where = np.add.outer(rows, out_cols)
         for route in (gemm_numba, gemm_numpy):
-            got = route(a, a_rows, a_cols, b, b_rows, b_cols, np.zeros(rows[-1] + out_cols.max() + 1, dtype),
+            got = route(a, a_rows, a_cols, b, b_rows, b_cols, np.full(where.max() + 3, 5.0, dtype),
                         rows, out_cols, False)
-            np.testing.assert_allclose(got[np.add.outer(rows, out_cols)], A @ B, **tol)
+            np.testing.assert_allclose(got[where], A @ B, **tol)
+            untouched = np.ones(got.size, bool)
+            untouched[where] = False
+            assert (got[untouched] == 5.0).all()
 
 
 def test_gemm_checks_its_operands():
@@ -270,8 +280,12 @@ def test_gemm_checks_its_operands():
         gemm(f, r + 8, c, *ok[3:])
     with pytest.raises(ValueError, match="a \\(2, 3\\), b \\(2, 2\\)"):
         gemm(*ok[:4], c[:2], *ok[5:])                          # b has 2 rows, a 3 columns
-    with pytest.raises(TypeError, match="out_cols must be a 1-D int64 array, got float64"):
+    with pytest.raises(TypeError, match="out_cols must be a contiguous 1-D int64 array, got float64"):
         gemm(*ok[:8], r.astype(float), False)
+    with pytest.raises(TypeError, match="a_cols must be a contiguous"):       # the kernel reads
+        gemm(f, r, np.arange(6, dtype=np.int64)[::2], *ok[3:])            # offsets unstrided
+    with pytest.raises(ValueError, match="a's offsets reach"):                # no int64 wrap-around
+        gemm(f, np.array([0, 2 ** 63 - 1]), np.array([0, 0, 1]), *ok[3:])
     with pytest.raises(TypeError, match="b must be a contiguous 1-D float32 array"):
         gemm(*ok[:3], f.astype(np.float64), *ok[4:])
     with pytest.raises(TypeError, match="float32 or float64"):

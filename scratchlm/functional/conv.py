@@ -151,6 +151,11 @@ def _crop(dxp, pads, spatial):
     return np.ascontiguousarray(dxp[index])
 
 
+def _steps(n, step=1):
+    """``0, step, ..., (n-1)*step`` as int64: the offsets of a strided axis, for the GEMM."""
+    return np.arange(n, dtype=np.int64) * step
+
+
 def _patch_offsets(C, padded, kernel, stride, dilation, out):
     """im2col's column matrix as offsets, never built: for a C-contiguous padded input ``xp``
     ``(N, C, *padded)``,
@@ -163,11 +168,11 @@ def _patch_offsets(C, padded, kernel, stride, dilation, out):
     ``P``: the size of one padded plane). Both are in C order, matching ``weight``'s flattening
     ``(c, i_1, ..., i_nd)`` and ``y``'s ``(o_1, ..., o_nd)``."""
     steps = np.cumprod((1,) + tuple(padded[:0:-1]))[::-1]                 # spatial element strides
-    taps = np.arange(C, dtype=np.int64) * math.prod(padded)
+    taps = _steps(C, math.prod(padded))
     pixels = np.zeros(1, dtype=np.int64)
     for k, s, d, o, step in zip(kernel, stride, dilation, out, steps):
-        taps = np.add.outer(taps, np.arange(k) * (d * step)).ravel()        # (C * k_1 * ... ,)
-        pixels = np.add.outer(pixels, np.arange(o) * (s * step)).ravel()    # (o_1 * ... ,)
+        taps = np.add.outer(taps, _steps(k, d * step)).ravel()              # (C * k_1 * ...,)
+        pixels = np.add.outer(pixels, _steps(o, s * step)).ravel()          # (o_1 * ...,)
     return taps, pixels
 
 
@@ -247,13 +252,13 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
         taps, pixels = _patch_offsets(C, xp.shape[2:], kernel, stride, dilation, out)
         y = np.empty((N, O, L), dtype=x.dtype)
         xf, wf, yf = xp.reshape(-1), weight.reshape(-1), y.reshape(-1)        # flat buffers
-        w_rows, w_cols = np.arange(O) * CgK, np.arange(CgK)                     # W: (O, Cg*K)
-        y_rows = np.arange(O) * L                                               # y[n]: (O, L)
+        w_rows, w_cols = _steps(O, CgK), _steps(CgK)                          # W: (O, Cg*K)
+        y_rows = _steps(O, L)                                                   # y[n]: (O, L)
 
         def samples(lo, hi):                              # one thread's samples: y[lo:hi]
             for n0, n1 in _chunks(lo, hi, C * math.prod(kernel) * L):
                 x_cols = _batch(pixels, n0, n1, xp[0].size)                     # cols: (C*K, n*L)
-                y_cols = _batch(np.arange(L), n0, n1, O * L)
+                y_cols = _batch(_steps(L), n0, n1, O * L)
                 for g in range(groups):
                     o, t = slice(g * Og, (g + 1) * Og), slice(g * CgK, (g + 1) * CgK)
                     gemm(wf, w_rows[o], w_cols, xf, taps[t], x_cols,      # y_g = W_g cols_g
@@ -291,23 +296,23 @@ def _conv_backward(dy, cache):
         dx = np.empty(x_shape, dtype=dy.dtype)
         inner = tuple(slice(lo, lo + n) for n, (lo, _) in zip(x_shape[2:], pads))
         xf, wf, dyf = xp.reshape(-1), weight.reshape(-1), dy.reshape(-1)
-        w_rows, w_cols = np.arange(O) * CgK, np.arange(CgK)                     # W: (O, Cg*K)
-        dy_rows = np.arange(O) * L                                              # dy[n]: (O, L)
-        dwt_rows, dwt_cols = np.arange(CgK) * O, np.arange(O)                   # dW^T: (Cg*K, O)
+        w_rows, w_cols = _steps(O, CgK), _steps(CgK)                          # W: (O, Cg*K)
+        dy_rows = _steps(O, L)                                                  # dy[n]: (O, L)
+        dwt_rows, dwt_cols = _steps(CgK, O), _steps(O)                        # dW^T: (Cg*K, O)
 
         def samples(lo, hi):            # one thread's samples: dx[lo:hi] and its share of dW^T
             dwt = np.zeros(CgK * O, dtype=dy.dtype)
             for n0, n1 in _chunks(lo, hi, C * math.prod(kernel) * L):
                 x_cols = _batch(pixels, n0, n1, xp[0].size)                     # cols: (C*K, n*L)
-                dxp_cols = _batch(pixels, 0, n1 - n0, xp[0].size)               # in this chunk's dxp
-                dy_cols = _batch(np.arange(L), n0, n1, O * L)
-                dxp = np.zeros((n1 - n0,) + xp.shape[1:], dtype=dy.dtype)
+                dxp_cols = _batch(pixels, 0, n1 - n0, xp[0].size)          # in the chunk's dxp
+                dy_cols = _batch(_steps(L), n0, n1, O * L)
+                dxp = np.zeros((n1 - n0,) + xp.shape[1:], dtype=dy.dtype)  # (Numba: a thread's)
                 for g in range(groups):
                     o, t = slice(g * Og, (g + 1) * Og), slice(g * CgK, (g + 1) * CgK)
                     gemm(xf, taps[t], x_cols, dyf, dy_cols, dy_rows[o],   # dW_g^T += cols_g dy_g^T
                          dwt, dwt_rows, dwt_cols[o], True)
-                    gemm(wf, w_cols, w_rows[o], dyf, dy_rows[o], dy_cols,  # dxp += col2im(W_g^T dy_g)
-                         dxp.reshape(-1), taps[t], dxp_cols, True)
+                    gemm(wf, w_cols, w_rows[o], dyf, dy_rows[o], dy_cols,   # dxp += col2im(
+                         dxp.reshape(-1), taps[t], dxp_cols, True)         #   W_g^T dy_g)
                 dx[n0:n1] = dxp[(slice(None), slice(None)) + inner]
             return dwt
 

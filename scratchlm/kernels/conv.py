@@ -33,8 +33,8 @@ prove (``xp[n, c, h, j*dW + ow]``) the test stays in the inner loop and blocks v
 (measured 4-8x slower). Two ways around it are used here: 1-D row views that start at 0
 (``src = xp[n, c, h, j*dW:]``, then ``src[ow]``), made outside the innermost loops because each
 view costs a reference count; and, in max pooling, flat arrays indexed by unsigned offsets
-(``_u``, ``np.uint64``), which have no sign to test and need no views (the GEMM in
-``gemm.py`` does the same; an im2col copy of (32, 16, 34, 34), 3x3, took 0.35 ms so, against
+(``_u``, ``np.uint64``), which have no sign to test and need no views (the GEMM in ``gemm.py``
+packs the same way; measured on an im2col copy of (32, 16, 34, 34), 3x3: 0.35 ms, against
 0.47 ms with row views).
 """
 

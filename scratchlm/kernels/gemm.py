@@ -298,7 +298,7 @@ def _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumul
                 _pack(a, a_cols, pc, kc, a_rows, ic, mc, MR, ap, ends)
                 for s in range((nc + nr - 1) // nr):
                     j0 = jc + s * nr
-                    w = min(nr, N - j0)
+                    w = min(nr, nc - s * nr)
                     n_runs = _runs(out_cols, j0, w, ends)        # 1 and w == nr: written in place
                     for r in range((mc + MR - 1) // MR):
                         i0 = ic + r * MR
@@ -340,13 +340,16 @@ def gemm_numpy(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, ac
         out[where] = A @ B
         return out
     lo = where.min()                    # out[where] += A @ B, with repeated addresses summed
-    sums = np.bincount((where - lo).ravel(), weights=(A @ B).ravel())          # (in float64)
-    out[lo:lo + sums.size] += sums.astype(out.dtype)
+    at = (where - lo).ravel()
+    sums = np.bincount(at, weights=(A @ B).ravel())                            # (in float64)
+    hit = np.flatnonzero(np.bincount(at))                        # only the addresses in where
+    out[lo + hit] += sums[hit].astype(out.dtype)
     return out
 
 
 def gemm_numba(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
-    """The Numba route of :func:`gemm_numpy` (same arguments)."""
+    """The Numba route of :func:`gemm_numpy` (same arguments). Unchecked: call :func:`gemm`,
+    which checks every offset first."""
     _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, bool(accumulate))
     return out
 
@@ -359,12 +362,13 @@ def _check_operand(name, flat, rows, cols, dtype):
             and flat.strides[0] == flat.itemsize):
         raise TypeError(f"{name} must be a contiguous 1-D {dtype} array, got "
                         f"{getattr(flat, 'dtype', type(flat))} with shape {np.shape(flat)}")
-    for what, off in (("rows", rows), ("cols", cols)):
-        if not (isinstance(off, np.ndarray) and off.ndim == 1 and off.dtype == np.int64):
-            raise TypeError(f"{name}_{what} must be a 1-D int64 array, got "
+    for what, off in (("rows", rows), ("cols", cols)):     # the intrinsics read them unstrided
+        if not (isinstance(off, np.ndarray) and off.ndim == 1 and off.dtype == np.int64
+                and off.strides[0] == 8):
+            raise TypeError(f"{name}_{what} must be a contiguous 1-D int64 array, got "
                             f"{getattr(off, 'dtype', type(off))} with shape {np.shape(off)}")
-    if rows.size and cols.size:
-        lo, hi = rows.min() + cols.min(), rows.max() + cols.max()
+    if rows.size and cols.size:               # Python ints: an int64 sum could wrap around
+        lo, hi = int(rows.min()) + int(cols.min()), int(rows.max()) + int(cols.max())
         if lo < 0 or hi >= flat.size:
             raise ValueError(f"{name}'s offsets reach [{lo}, {hi}] but its buffer has {flat.size} "
                              f"entries")
