@@ -342,8 +342,9 @@ def gemm_numpy(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, ac
     lo = where.min()                    # out[where] += A @ B, with repeated addresses summed
     at = (where - lo).ravel()
     sums = np.bincount(at, weights=(A @ B).ravel())                            # (in float64)
-    hit = np.flatnonzero(np.bincount(at))                        # only the addresses in where
-    out[lo + hit] += sums[hit].astype(out.dtype)
+    hit = np.zeros(sums.size, dtype=bool)
+    hit[at] = True                                               # only the addresses in where
+    out[lo:lo + sums.size][hit] += sums[hit].astype(out.dtype)
     return out
 
 
