@@ -31,7 +31,6 @@ In float32 that tanh is accurate to about one ulp of 1.0 (6e-8 absolute), not re
 outputs; float64 takes libm's exp and is exact to round-off.
 """
 
-import math
 
 import numpy as np
 from numba import njit

@@ -205,7 +205,7 @@ class RNNBase(Module):
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
         if self.mode == "rnn_relu":
             s += ", nonlinearity='relu'"
-        return s + (f", batch_first=True" if self.batch_first else "") + \
+        return s + (", batch_first=True" if self.batch_first else "") + \
             (f", dropout={self.dropout}" if self.dropout else "") + \
             (", bidirectional=True" if self.bidirectional else "")
 
