@@ -419,6 +419,9 @@ def test_counting_kernels_match_their_twins(dense):
     key = key if dense else rng.integers(0, n_prefix, key.size) * base + key % base
     for u, v in zip(K.unique_pairs.numba(key, n_prefix, base), K.unique_pairs.numpy(key, n_prefix, base)):
         np.testing.assert_array_equal(u, v)
+    big = rng.integers(0, 10**8, 500) * 53 + rng.integers(0, 53, 500)    # past 2^32: three digits
+    for u, v in zip(K.unique_pairs.numba(big, 10**8, 53), K.unique_pairs.numpy(big, 10**8, 53)):
+        np.testing.assert_array_equal(u, v)
     keys, inv, _ = K.unique_pairs.numpy(key, n_prefix, base)
     for u, v in zip(K.link_level.numba(inv, starts, pos, s1, keys.size, s1.size - 1),
                     K.link_level.numpy(inv, starts, pos, s1, keys.size, s1.size - 1)):

@@ -98,12 +98,11 @@ def window_keys_numba(pos_ids, stream, sid, k, base):
     starts = np.empty(n, np.int64)
     keys = np.empty(n, np.int64)
     m = 0
-    for i in range(n):
-        if sid[i] == sid[i + k - 1]:
-            starts[m] = i
-            keys[m] = pos_ids[i] * base + stream[i + k - 1]
-            m += 1
-    return starts[:m].copy(), keys[:m].copy()
+    for i in range(n):          # branch-free compaction: always write, keep it if in-sentence
+        starts[m] = i
+        keys[m] = pos_ids[i] * base + stream[i + k - 1]
+        m += sid[i] == sid[i + k - 1]
+    return starts[:m], keys[:m]             # views: all but the (k-1) per sentence are kept
 
 
 def link_level_numpy(inverse, starts, pos_ids, stream, n_keys, n_positions):
@@ -225,50 +224,44 @@ def unique_pairs_numpy(key, n_prefix, base):
     return keys, inverse.reshape(-1), counts.astype(np.int64)
 
 
-@njit(cache=True, nogil=True)
-def _stable_counting_sort(order, digit, n_buckets):
-    # order: (m,) indices, digit: (m,) values in [0, n_buckets) -> order re-sorted stably by digit
-    start = np.zeros(n_buckets + 1, np.int64)
-    for i in range(order.shape[0]):
-        start[digit[order[i]] + 1] += 1
-    for b in range(n_buckets):
-        start[b + 1] += start[b]
-    out = np.empty_like(order)
-    for j in range(order.shape[0]):
-        i = order[j]
-        out[start[digit[i]]] = i
-        start[digit[i]] += 1
-    return out
+#: bits per radix-sort digit: 2^16 buckets, a 512 KB count array that stays in L2
+_DIGIT = 16
 
 
 @njit(cache=True, nogil=True)
 def unique_pairs_numba(key, n_prefix, base):
-    # key: (m,) -> keys (u,), inverse (m,), counts (u,): an LSD radix sort in two counting passes
-    # (by token, then stably by prefix) instead of a comparison sort: O(m + n_prefix + base)
+    # key: (m,) in [0, n_prefix*base) -> keys (u,), inverse (m,), counts (u,): an LSD radix sort
+    # by 16-bit digits (two passes for keys below 2^32), each pass a stable counting sort that
+    # carries the keys and their positions along, so every pass reads sequentially
     m = key.shape[0]
-    prefix = np.empty(m, np.int64)
-    token = np.empty(m, np.int64)
-    for i in range(m):
-        p = key[i] // base
-        prefix[i] = p
-        token[i] = key[i] - p * base
-    by_token = _stable_counting_sort(np.arange(m), token, base)       # pass 1: by token
-    order = _stable_counting_sort(by_token, prefix, n_prefix)         # pass 2: stably by prefix
-    keys = np.empty(m, np.int64)                        # walk the sorted order
+    k, at = key.copy(), np.arange(m)
+    k2, at2 = np.empty(m, np.int64), np.empty(m, np.int64)
+    n_buckets = 1 << _DIGIT
+    shift = 0
+    while shift < 63 and (n_prefix * base - 1) >> shift > 0:
+        start = np.zeros(n_buckets + 1, np.int64)          # where each digit's run begins
+        for i in range(m):
+            start[((k[i] >> shift) & (n_buckets - 1)) + 1] += 1
+        for d in range(n_buckets):
+            start[d + 1] += start[d]
+        for i in range(m):
+            d = (k[i] >> shift) & (n_buckets - 1)
+            j = start[d]
+            k2[j], at2[j] = k[i], at[i]
+            start[d] = j + 1
+        k, k2, at, at2 = k2, k, at2, at
+        shift += _DIGIT
+    keys = np.empty(m, np.int64)                         # walk the sorted keys
     counts = np.empty(m, np.int64)
     inverse = np.empty(m, np.int64)
     u = -1
-    last = -1
     for j in range(m):
-        i = order[j]
-        k = key[i]
-        if k != last:
+        if u < 0 or k[j] != keys[u]:
             u += 1
-            keys[u] = k
+            keys[u] = k[j]
             counts[u] = 0
-            last = k
         counts[u] += 1
-        inverse[i] = u
+        inverse[at[j]] = u
     return keys[:u + 1].copy(), inverse, counts[:u + 1].copy()
 
 
