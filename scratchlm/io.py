@@ -10,7 +10,9 @@ A checkpoint is one ``.npz`` (or ``.safetensors``) file holding
   (dropout), so a resumed run continues bit-identically.
 
 Files are read with ``allow_pickle=False`` and written to a temporary file in the same folder that
-is ``os.replace``-d over the target only once complete, so a crash mid-save keeps the old file.
+is ``os.replace``-d over the target only once complete, so a crash mid-save keeps the old file. The
+folder is created when it does not exist, and a failed write names the target, not the
+temporary file.
 
 ``save_safetensors`` / ``load_safetensors`` read and write the safetensors format (an 8-byte
 little-endian header length, a JSON header of ``{name: {dtype, shape, data_offsets}}``, then the
@@ -19,6 +21,7 @@ raw little-endian bytes) with NumPy alone; ``bfloat16`` tensors load as float32.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -39,11 +42,20 @@ VERSION = 1
 # ------------------------------------------------------------------------------------------------
 def atomic_write(path, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then ``os.replace`` it over
-    ``path``. On any error the temporary file is removed and ``path`` is left as it was."""
+    ``path``. The folder is created if it does not exist yet. On any error the temporary file is
+    removed and ``path`` is left as it was; an ``OSError`` names ``path``, never the hidden
+    temporary file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    tmp = None
     try:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except FileExistsError as exc:          # a file stands where a folder should be
+            raise NotADirectoryError(errno.ENOTDIR, f"Not a directory, so {path} cannot be "
+                                     f"written", exc.filename) from None
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                   suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -52,13 +64,36 @@ def atomic_write(path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+        tmp = None
         _fsync_dir(folder)
+    except OSError as exc:
+        _discard(tmp)
+        prefix = os.path.join(folder, "." + os.path.basename(path) + ".")
+        names = [n for n in (exc.filename, exc.filename2) if n is not None]
+        names_tmp = any(isinstance(n, str) and n.startswith(prefix) for n in names)
+        if exc.errno is not None and (names_tmp or not names):
+            raise _renamed(exc, path) from exc     # it named the temp file, or nothing at all
+        raise              # it names something else (the folder), or is not a system error
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(tmp)
         raise
+
+
+def _renamed(exc: OSError, path: str) -> OSError:
+    """``exc`` again, naming ``path`` as its file: ``[Errno 13] Permission denied: 'run/a.npz'``."""
+    try:
+        return type(exc)(exc.errno, exc.strerror, path)
+    except TypeError:                  # a subclass with its own constructor
+        return OSError(exc.errno, exc.strerror, path)
+
+
+def _discard(tmp) -> None:
+    if tmp is None:
+        return
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(folder) -> None:

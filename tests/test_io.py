@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from scratchlm import nn
-from scratchlm.io import (load_checkpoint, load_safetensors, read_checkpoint, save_checkpoint,
-                          save_safetensors)
+from scratchlm.io import (atomic_write, load_checkpoint, load_safetensors, read_checkpoint,
+                          save_checkpoint, save_safetensors)
 
 
 def model(seed=0):
@@ -48,6 +48,47 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["ck.npz"]       # no temp file left behind
     assert load_checkpoint(path, model(3)) == {"step": 1}
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_save_creates_the_folder(tmp_path, suffix, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = os.path.join("run", "deeper", f"model{suffix}")       # relative, two levels missing
+    save_checkpoint(path, model(0), step=1000, config={"d": 64})
+    assert load_checkpoint(path, model(1)) == {"step": 1000, "config": {"d": 64}}
+    assert os.listdir(os.path.join("run", "deeper")) == [f"model{suffix}"]
+    save_safetensors(tmp_path / "st" / "t.safetensors", {"a": np.arange(3.0)})
+    assert np.array_equal(load_safetensors(tmp_path / "st" / "t.safetensors")[0]["a"], np.arange(3.0))
+    atomic_write(tmp_path / "raw" / "bytes.bin", lambda f: f.write(b"ok"))
+    assert (tmp_path / "raw" / "bytes.bin").read_bytes() == b"ok"
+
+
+def test_write_errors_name_the_target_not_the_temp_file(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+    path = tmp_path / "ck.npz"
+
+    def full(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")    # no file name of its own
+    with monkeypatch.context() as m:
+        m.setattr(np, "savez", full)
+        with pytest.raises(OSError, match="No space left") as info:
+            save_checkpoint(path, model(0))
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)
+
+    def read_only(dir, prefix, suffix):                          # what a read-only folder does
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix + "x1" + suffix))
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(PermissionError) as info:
+            save_checkpoint(path, model(0))
+    assert info.value.filename == str(path) and ".tmp" not in str(info.value)
+    assert str(path) in str(info.value)
+
+    (tmp_path / "afile").write_text("in the way")
+    with pytest.raises(NotADirectoryError, match="afile"):
+        save_checkpoint(tmp_path / "afile" / "ck.npz", model(0))
+    assert sorted(os.listdir(tmp_path)) == ["afile"]             # nothing written, nothing left
 
 
 def test_checkpoint_has_ordinary_file_mode(tmp_path):
