@@ -64,7 +64,7 @@ def test_causal_with_fewer_queries_sees_the_past_only():
     q = rng.standard_normal((1, 1, 2, 3))
     k = v = rng.standard_normal((1, 1, 5, 3))
     _, cache = F.attention_forward(q, k, v, is_causal=True)          # queries = positions 3 and 4
-    w = cache["weights"][0, 0]
+    w = cache.weights[0, 0]
     assert np.all(w[0, 4:] == 0) and np.all(w[0, :4] > 0) and np.all(w[1] > 0)
     full = np.zeros((1, 1, 2, 5), bool)
     y, c = F.attention_forward(q, k, v, attn_mask=full)             # nothing allowed: zeros, not NaN

@@ -279,7 +279,7 @@ def test_max_pool_ties_route_like_torch(torch, nd):
             with scratchlm.use_backend(backend):
                 fwd = getattr(F, f"max_pool{nd}d_forward")
                 y, cache = fwd(x, k, s, p)
-                np.testing.assert_array_equal(cache[0].reshape(tidx.shape), tidx.numpy())
+                np.testing.assert_array_equal(cache.idx.reshape(tidx.shape), tidx.numpy())
                 assert_close(y, ty)
                 assert_close(getattr(F, f"max_pool{nd}d_backward")(dy, cache), tx.grad)
 
@@ -390,7 +390,7 @@ def test_auto_rule():
     for groups in (1, 4):
         w = r.standard_normal((8, 4 // groups, 3, 3))
         y, cache = F.conv2d_forward(x, w, padding=1, groups=groups)
-        assert cache[0] == FC.choose_method(w.shape, groups, (1, 1))
+        assert cache.method == FC.choose_method(w.shape, groups, (1, 1))
         np.testing.assert_allclose(y, F.conv2d_forward(x, w, padding=1, groups=groups, method="im2col")[0],
                                    rtol=1e-12, atol=1e-12)
 

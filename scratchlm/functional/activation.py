@@ -1,8 +1,10 @@
 """Element-wise activations: ReLU, tanh, sigmoid, GELU (exact and tanh approximation).
 
 Each forward keeps what its backward needs: ReLU its input sign, tanh and sigmoid their output,
-GELU its input. Shapes never change.
+GELU its derivative. Shapes never change. Each cache is a named tuple with one field.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -10,29 +12,37 @@ from .._checks import choice, float_array, upstream
 from ..kernels import gelu as K
 
 
+class ReluCache(NamedTuple):
+    x: np.ndarray            # (...) the input: its sign is the derivative
+
+
 def relu_forward(x):
     r""":math:`y = \max(x, 0)`.  x: any shape -> y: same shape.  (Nair & Hinton, 2010)"""
     x = float_array(x, "x")
-    return np.maximum(x, 0), x
+    return np.maximum(x, 0), ReluCache(x)
 
 
-def relu_backward(dy, cache):
+def relu_backward(dy, cache: ReluCache):
     r"""From ``y = max(x, 0)``: :math:`\partial y/\partial x = [x > 0]` (0 at the kink, as torch)."""
-    x = cache
+    x = cache.x
     upstream(dy, x.shape, x.dtype)
     return dy * (x > 0)
+
+
+class TanhCache(NamedTuple):
+    y: np.ndarray            # (...) the output tanh(x)
 
 
 def tanh_forward(x):
     r""":math:`y = \tanh x`."""
     x = float_array(x, "x")
     y = np.tanh(x)
-    return y, y
+    return y, TanhCache(y)
 
 
-def tanh_backward(dy, cache):
+def tanh_backward(dy, cache: TanhCache):
     r"""From ``y = tanh(x)``: :math:`\partial y/\partial x = 1 - y^2`."""
-    y = cache
+    y = cache.y
     upstream(dy, y.shape, y.dtype)
     return dy * (1 - y * y)
 
@@ -44,18 +54,26 @@ def stable_sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
+class SigmoidCache(NamedTuple):
+    y: np.ndarray            # (...) the output sigmoid(x)
+
+
 def sigmoid_forward(x):
     r""":math:`y = \sigma(x) = 1 / (1 + e^{-x})`, evaluated without overflow for any finite x."""
     x = float_array(x, "x")
     y = stable_sigmoid(x)
-    return y, y
+    return y, SigmoidCache(y)
 
 
-def sigmoid_backward(dy, cache):
+def sigmoid_backward(dy, cache: SigmoidCache):
     r"""From ``y = sigmoid(x)``: :math:`\partial y/\partial x = y (1 - y)`."""
-    y = cache
+    y = cache.y
     upstream(dy, y.shape, y.dtype)
     return dy * y * (1 - y)
+
+
+class GeluCache(NamedTuple):
+    dydx: np.ndarray         # (...) dy/dx at every x, computed by the forward's kernel
 
 
 def gelu_forward(x, approximate: str = "none"):
@@ -73,12 +91,12 @@ def gelu_forward(x, approximate: str = "none"):
     tanh = approximate == "tanh"
     flat = np.ascontiguousarray(x).reshape(-1)                # (n,)
     y, dydx = K.gelu_forward(flat, tanh)                      # (n,), (n,): y and its derivative
-    return y.reshape(x.shape), dydx.reshape(x.shape)
+    return y.reshape(x.shape), GeluCache(dydx.reshape(x.shape))
 
 
-def gelu_backward(dy, cache):
+def gelu_backward(dy, cache: GeluCache):
     r"""From ``y = x Phi(x)``: :math:`\partial y/\partial x = \Phi(x) + x\,\varphi(x)`
-    (tanh form: see ``scratchlm.kernels.gelu``), computed by the forward and kept as the cache."""
-    dydx = cache
+    (tanh form: see ``scratchlm.kernels.gelu``), computed by the forward and kept in the cache."""
+    dydx = cache.dydx
     upstream(dy, dydx.shape, dydx.dtype)
     return dy * dydx

@@ -1,11 +1,24 @@
 """Scaled dot-product attention (Vaswani et al., 2017, "Attention Is All You Need", eq. 1)."""
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from .._checks import float_array, probability, upstream
 from ..kernels import attention as K
+
+
+class AttentionCache(NamedTuple):
+    q: np.ndarray                  # (..., Tq, d) queries
+    k: np.ndarray                  # (..., Tk, d) keys
+    v: np.ndarray                  # (..., Tk, dv) values
+    probs: np.ndarray              # (..., Tq, Tk) P = softmax(S), before dropout
+    drop: np.ndarray | None        # (..., Tq, Tk) dropout mask scaled by 1/(1-p); None without
+    weights: np.ndarray            # (..., Tq, Tk) P * drop: the weights applied to V
+    scale: float                   # s, the factor of Q K^T
+    has_mask: bool                 # an attn_mask was given
+    causal: bool                   # is_causal
 
 
 def attention_forward(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, training=True,
@@ -29,8 +42,8 @@ def attention_forward(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, t
     (``kernels/attention.py``).
 
     Returns:
-        ``y`` ``(..., Tq, dv)`` and the cache; ``cache["weights"]`` holds the attention
-        probabilities after dropout, ``(..., Tq, Tk)``.
+        ``y`` ``(..., Tq, dv)`` and an :class:`AttentionCache`; ``cache.weights`` holds the
+        attention probabilities after dropout, ``(..., Tq, Tk)``.
     """
     q = float_array(q, "q", min_ndim=2)
     k = float_array(k, "k", min_ndim=2)
@@ -75,12 +88,12 @@ def attention_forward(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0, t
         drop = (rng.random(probs.shape, dtype=probs.dtype) >= p).astype(probs.dtype) / probs.dtype.type(1 - p)
     weights = probs if drop is None else probs * drop
     y = weights @ v                                                           # (..., Tq, dv)
-    cache = {"q": q, "k": k, "v": v, "probs": probs, "drop": drop, "weights": weights,
-             "scale": scale, "has_mask": attn_mask is not None, "causal": bool(is_causal)}
+    cache = AttentionCache(q, k, v, probs, drop, weights, scale, attn_mask is not None,
+                           bool(is_causal))
     return y, cache
 
 
-def attention_backward(dy, cache, dweights=None):
+def attention_backward(dy, cache: AttentionCache, dweights=None):
     r"""From :math:`Y = \tilde P V`, :math:`\tilde P = P \odot D` (dropout), :math:`P =
     \mathrm{softmax}(S)`, :math:`S = s\,QK^\top (+M)`:
 
@@ -88,20 +101,20 @@ def attention_backward(dy, cache, dweights=None):
                \quad dS = P \odot (dP - \textstyle\sum_j dP \odot P),\quad
                dQ = s\,dS\,K,\quad dK = s\,dS^\top Q
 
-    ``dweights`` (``(..., Tq, Tk)``, optional) is an upstream gradient for ``cache["weights"]``.
+    ``dweights`` (``(..., Tq, Tk)``, optional) is an upstream gradient for ``cache.weights``.
     Returns ``(dq, dk, dv, None)`` -- none for the mask.
     """
-    q, k, v, probs, drop, w = (cache[n] for n in ("q", "k", "v", "probs", "drop", "weights"))
+    q, k, v, probs, drop, w = cache.q, cache.k, cache.v, cache.probs, cache.drop, cache.weights
     upstream(dy, q.shape[:-1] + (v.shape[-1],), q.dtype)
-    dv = np.swapaxes(w, -1, -2) @ dy                                          # (..., Tk, dv)
+    dv = np.swapaxes(w, -1, -2) @ dy                         # (..., Tk, dv): from y = weights @ v
     dw = dy @ np.swapaxes(v, -1, -2)                                          # (..., Tq, Tk)
     if dweights is not None:
         dw = dw + upstream(dweights, w.shape, w.dtype, name="dweights")
-    dprobs = dw if drop is None else dw * drop
+    dprobs = dw if drop is None else dw * drop                     # from weights = probs * drop
     Tq, Tk = probs.shape[-2:]
     ds = K.attention_softmax_backward(                                        # through P = softmax(sS)
         np.ascontiguousarray(dprobs).reshape(-1, Tq, Tk), probs.reshape(-1, Tq, Tk),
-        cache["scale"], cache["causal"], Tk - Tq).reshape(probs.shape)        # (..., Tq, Tk)
-    dq = ds @ k                                                               # (..., Tq, d)
+        cache.scale, cache.causal, Tk - Tq).reshape(probs.shape)              # (..., Tq, Tk)
+    dq = ds @ k                                              # (..., Tq, d): from scores = q @ k^T
     dk = np.swapaxes(ds, -1, -2) @ q                                          # (..., Tk, d)
     return dq, dk, dv, None

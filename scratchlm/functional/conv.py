@@ -55,6 +55,7 @@ Two ways to compute it (``method=``):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -207,6 +208,22 @@ def _batched(x, nd, name="x"):
 # ------------------------------------------------------------------------------------------------
 # convolution
 # ------------------------------------------------------------------------------------------------
+class ConvCache(NamedTuple):
+    """What :func:`conv1d_backward` / :func:`conv2d_backward` need (``nd`` spatial axes)."""
+    method: str                         # 'im2col' or 'direct' (resolved from 'auto')
+    nd: int                             # 1 or 2 spatial axes
+    xp: np.ndarray                      # (N, C, *padded) the zero-padded input, C-contiguous
+    weight: np.ndarray                  # (O, C/G, *kernel) C-contiguous
+    x_shape: tuple                      # (N, C, *spatial) of the batched input
+    unbatched: bool                     # the input had no batch axis (N = 1 was added)
+    pads: tuple                         # ((lo, hi),) * nd zero padding per spatial axis
+    stride: tuple                       # (nd,)
+    dilation: tuple                     # (nd,)
+    groups: int                         # G
+    out: tuple                          # (nd,) output spatial shape
+    has_bias: bool                      # a bias was added
+
+
 def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd):
     x, unbatched = _batched(x, nd)
     weight = float_array(weight, "weight", ndim=nd + 2, finite=False)
@@ -274,14 +291,15 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
         s2, d2, o2 = ((1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation, (1,) * (2 - nd) + out)
         y = K.conv2d_direct_forward(xp4, w4, np.ascontiguousarray(b), groups, *s2, *d2, *o2)
         y = y.reshape((N, O) + out)
-    cache = (method, nd, xp, weight, x.shape, unbatched, pads, stride, dilation, groups, out,
-             bias is not None)
+    cache = ConvCache(method, nd, xp, weight, x.shape, unbatched, pads, stride, dilation, groups,
+                      out, bias is not None)
     return (y[0] if unbatched else y), cache
 
 
-def _conv_backward(dy, cache):
-    (method, nd, xp, weight, x_shape, unbatched, pads, stride, dilation, groups, out,
-     has_bias) = cache
+def _conv_backward(dy, cache: ConvCache):
+    method, nd, xp, weight = cache.method, cache.nd, cache.xp, cache.weight
+    x_shape, unbatched, pads, out = cache.x_shape, cache.unbatched, cache.pads, cache.out
+    stride, dilation, groups, has_bias = cache.stride, cache.dilation, cache.groups, cache.has_bias
     N, C = x_shape[:2]
     O = weight.shape[0]
     kernel = weight.shape[2:]
@@ -343,7 +361,7 @@ _CONV_ARGS = """
         method: ``'auto'`` (default, :func:`choose_method`), ``'im2col'`` or ``'direct'``.
 
     Returns:
-        ``y`` ``{y}`` and the cache for the backward.
+        ``y`` ``{y}`` and a :class:`ConvCache` for the backward.
 """
 
 
@@ -455,6 +473,7 @@ def _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
 
 
 def _pool_doc(kind, nd):
+    cache = ":class:`MaxPoolCache`" if kind == "-inf" else ":class:`AvgPoolCache`"
     dims = "(N, C, L)" if nd == 1 else "(N, C, H, W)"
     unb = "(C, L)" if nd == 1 else "(C, H, W)"
     extra = ("dilation: int or tuple; tap ``i`` of a window reads ``start + i*dilation``.\n        "
@@ -472,8 +491,17 @@ def _pool_doc(kind, nd):
     pooling; the ceiling with ``ceil_mode``).
 
     Returns:
-        ``y`` with the pooled axes shrunk, and the cache.
+        ``y`` with the pooled axes shrunk, and the cache ({cache}).
     """
+
+
+class MaxPoolCache(NamedTuple):
+    """What :func:`max_pool1d_backward` / :func:`max_pool2d_backward` need (1-D lifted: H = 1)."""
+    idx: np.ndarray                     # (P, Ho, Wo) int64 argmax of each window, flat h*W + w
+    plane: tuple                        # (H, W) of one input plane
+    x_shape: tuple                      # the input's shape
+    y_shape: tuple                      # the output's shape
+    dtype: np.dtype                     # the input's dtype
 
 
 def _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
@@ -481,22 +509,21 @@ def _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
                                                      ceil_mode, nd)
     out2 = (1,) * (2 - nd) + out
     y, idx = K.max_pool2d_forward(planes, *k, *s, *p, *d, *out2)               # (P, Ho, Wo) x2
-    cache = (idx, planes.shape[1:], x_shape, x_shape[:-nd] + out, planes.dtype)
+    cache = MaxPoolCache(idx, planes.shape[1:], x_shape, x_shape[:-nd] + out, planes.dtype)
     return y.reshape(x_shape[:-nd] + out), cache
 
 
-def max_pool_indices(cache) -> np.ndarray:
+def max_pool_indices(cache: MaxPoolCache) -> np.ndarray:
     """The argmax of every window from a max-pool cache, shaped like the output: the flat index
     ``h*W + w`` (1-D: ``t``) into the input plane, int64 -- torch's ``return_indices``."""
-    idx, _, _, y_shape, _ = cache
-    return idx.reshape(y_shape)
+    return cache.idx.reshape(cache.y_shape)
 
 
-def _max_pool_backward(dy, cache):
-    idx, (H, W), x_shape, y_shape, dtype = cache
-    upstream(dy, y_shape, dtype)
+def _max_pool_backward(dy, cache: MaxPoolCache):
+    idx, (H, W) = cache.idx, cache.plane
+    upstream(dy, cache.y_shape, cache.dtype)
     dx = K.max_pool2d_backward(np.ascontiguousarray(dy).reshape(idx.shape), idx, H, W)
-    return dx.reshape(x_shape)
+    return dx.reshape(cache.x_shape)
 
 
 def max_pool1d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
@@ -552,6 +579,19 @@ def _avg_divisor(spatial, out, k, s, p, count_include_pad, divisor_override, dty
     return np.outer(*sizes).astype(dtype)                       # (Ho, Wo); 1-D: Ho = 1
 
 
+class AvgPoolCache(NamedTuple):
+    """What :func:`avg_pool1d_backward` / :func:`avg_pool2d_backward` need (1-D lifted: H = 1)."""
+    planes_out: tuple                   # (P, Ho, Wo) the kernel's output shape
+    plane: tuple                        # (H, W) of one input plane
+    kernel: tuple                       # (kH, kW)
+    stride: tuple                       # (sH, sW)
+    padding: tuple                      # (pH, pW)
+    div: np.ndarray                     # (Ho, Wo) the divisor of each window
+    x_shape: tuple                      # the input's shape
+    y_shape: tuple                      # the output's shape
+    dtype: np.dtype                     # the input's dtype
+
+
 def _avg_pool_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                       divisor_override, nd):
     planes, (k, s, p, _), out, x_shape = _pool_setup(x, kernel_size, stride, padding, 1,
@@ -563,15 +603,17 @@ def _avg_pool_forward(x, kernel_size, stride, padding, ceil_mode, count_include_
     div = _avg_divisor(planes.shape[1:], out2, k, s, p, count_include_pad, divisor_override,
                        planes.dtype)                                           # (Ho, Wo)
     y = K.avg_pool2d_forward(planes, *k, *s, *p, *out2, div)                   # (P, Ho, Wo)
-    cache = (y.shape, planes.shape[1:], (k, s, p), div, x_shape, x_shape[:-nd] + out, planes.dtype)
+    cache = AvgPoolCache(y.shape, planes.shape[1:], k, s, p, div, x_shape, x_shape[:-nd] + out,
+                         planes.dtype)
     return y.reshape(x_shape[:-nd] + out), cache
 
 
-def _avg_pool_backward(dy, cache):
-    planes_out, (H, W), (k, s, p), div, x_shape, y_shape, dtype = cache
-    upstream(dy, y_shape, dtype)
-    dx = K.avg_pool2d_backward(np.ascontiguousarray(dy).reshape(planes_out), H, W, *k, *s, *p, div)
-    return dx.reshape(x_shape)
+def _avg_pool_backward(dy, cache: AvgPoolCache):
+    H, W = cache.plane
+    upstream(dy, cache.y_shape, cache.dtype)
+    dx = K.avg_pool2d_backward(np.ascontiguousarray(dy).reshape(cache.planes_out), H, W,
+                               *cache.kernel, *cache.stride, *cache.padding, cache.div)
+    return dx.reshape(cache.x_shape)
 
 
 def avg_pool1d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,

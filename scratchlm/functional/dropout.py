@@ -1,8 +1,16 @@
 """Inverted dropout (Srivastava et al., 2014): zero each unit with probability p, scale the rest."""
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._checks import float_array, probability, upstream
+
+
+class DropoutCache(NamedTuple):
+    mask: np.ndarray | None      # (...) like x: m / (1 - p), or None for the identity
+    shape: tuple                 # x.shape
+    dtype: np.dtype              # x.dtype
 
 
 def dropout_forward(x, p: float = 0.5, training: bool = True, rng=None):
@@ -14,23 +22,23 @@ def dropout_forward(x, p: float = 0.5, training: bool = True, rng=None):
         rng: ``np.random.Generator`` drawing the mask (required when a mask is drawn).
 
     Returns:
-        ``y`` and the cache: the scaled mask (``None`` for the identity), shape and dtype.
+        ``y`` and a :class:`DropoutCache`: the scaled mask (``None`` for the identity), shape
+        and dtype.
     """
     x = float_array(x, "x")
     p = probability(p, "p")
     if not training or p == 0.0:
-        return x, (None, x.shape, x.dtype)
+        return x, DropoutCache(None, x.shape, x.dtype)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator when dropout is active, got {type(rng).__name__}")
     if p == 1.0:
         mask = np.zeros_like(x)
     else:
         mask = (rng.random(x.shape, dtype=x.dtype) >= p).astype(x.dtype) / x.dtype.type(1.0 - p)
-    return x * mask, (mask, x.shape, x.dtype)
+    return x * mask, DropoutCache(mask, x.shape, x.dtype)
 
 
-def dropout_backward(dy, cache):
+def dropout_backward(dy, cache: DropoutCache):
     r"""From ``y = x * mask``: :math:`dx = dy \odot \mathrm{mask}`."""
-    mask, shape, dtype = cache
-    upstream(dy, shape, dtype)
-    return dy if mask is None else dy * mask
+    upstream(dy, cache.shape, cache.dtype)
+    return dy if cache.mask is None else dy * cache.mask

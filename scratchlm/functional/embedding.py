@@ -1,9 +1,18 @@
 """Token embedding: a table lookup forward, a scatter-add backward."""
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._checks import float_array, index_array, upstream
 from ..kernels import embedding as K
+
+
+class EmbeddingCache(NamedTuple):
+    ids: np.ndarray              # (...) integer, the looked-up rows
+    weight_shape: tuple          # (num_embeddings, embedding_dim)
+    dtype: np.dtype              # the table's dtype
+    padding_idx: int | None      # the row that gets no gradient, or None
 
 
 def embedding_forward(ids, weight, padding_idx=None):
@@ -15,15 +24,15 @@ def embedding_forward(ids, weight, padding_idx=None):
         padding_idx: a row that receives no gradient (as ``torch.nn.Embedding``), or ``None``.
 
     Returns:
-        ``y``: ``ids.shape + (embedding_dim,)`` and the cache.
+        ``y``: ``ids.shape + (embedding_dim,)`` and an :class:`EmbeddingCache`.
     """
     weight = float_array(weight, "weight", ndim=2, finite=False)
     ids = index_array(ids, "ids", weight.shape[0], allow_empty=False)
     y = weight[ids]                                             # ids.shape -> ids.shape + (D,)
-    return y, (ids, weight.shape, weight.dtype, padding_idx)
+    return y, EmbeddingCache(ids, weight.shape, weight.dtype, padding_idx)
 
 
-def embedding_backward(dy, cache, dweight_out=None):
+def embedding_backward(dy, cache: EmbeddingCache, dweight_out=None):
     r"""From ``y = W[ids]``: :math:`dW_v = \sum_{i:\,\mathrm{ids}_i = v} dy_i` (scatter-add),
     and no gradient for the padding row.
 
@@ -33,13 +42,17 @@ def embedding_backward(dy, cache, dweight_out=None):
 
     Args:
         dy: ``ids.shape + (embedding_dim,)``.
-        dweight_out: optional ``(num_embeddings, embedding_dim)`` array to accumulate into
-            in place (the module passes ``weight.grad``, sparing a dense temporary).
+        dweight_out: an explicit, optional accumulation target, as torch's ``out=``: a
+            ``(num_embeddings, embedding_dim)`` array the caller passes on purpose, to which
+            the gradient is *added* in place (``nn.Embedding`` passes ``weight.grad``, sparing
+            a dense ``(V, D)`` temporary). It is the only argument any backward here writes
+            to; without it nothing is mutated and a fresh array is returned.
 
     Returns:
-        ``(None, dweight)`` -- ids are not differentiable.
+        ``(None, dweight)`` -- ids are not differentiable; ``dweight`` is ``dweight_out``
+        itself (after the addition) when one was passed.
     """
-    ids, shape, dtype, padding_idx = cache
+    ids, shape, dtype, padding_idx = cache.ids, cache.weight_shape, cache.dtype, cache.padding_idx
     flat_ids = ids.reshape(-1)                                              # (N,)
     upstream(dy, ids.shape + (shape[1],), dtype)
     flat_dy = np.ascontiguousarray(dy).reshape(-1, shape[1])                # (N, D)

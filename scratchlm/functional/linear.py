@@ -1,6 +1,16 @@
 """Affine map: the fully connected layer."""
 
+from typing import NamedTuple
+
+import numpy as np
+
 from .._checks import float_array, last_dim, upstream
+
+
+class LinearCache(NamedTuple):
+    x: np.ndarray                # (..., in_features) the input
+    weight: np.ndarray           # (out_features, in_features)
+    has_bias: bool               # a bias was added
 
 
 def linear_forward(x, weight, bias=None):
@@ -12,7 +22,7 @@ def linear_forward(x, weight, bias=None):
         bias: ``(out_features,)`` or ``None``.
 
     Returns:
-        ``y``: ``(..., out_features)`` and the cache ``(x, weight, has_bias)``.
+        ``y``: ``(..., out_features)`` and a :class:`LinearCache` ``(x, weight, has_bias)``.
     """
     x = float_array(x, "x", min_ndim=1)
     weight = float_array(weight, "weight", ndim=2, finite=False)
@@ -27,10 +37,10 @@ def linear_forward(x, weight, bias=None):
             raise ValueError(f"bias must have shape ({weight.shape[0]},) and dtype {weight.dtype}, "
                              f"got {bias.shape} {bias.dtype}")
         y += bias
-    return y, (x, weight, bias is not None)
+    return y, LinearCache(x, weight, bias is not None)
 
 
-def linear_backward(dy, cache):
+def linear_backward(dy, cache: LinearCache):
     r"""Gradients of :math:`y = x W^\top + b`.
 
     From ``y = x @ W.T + b``:  ``dx = dy @ W``,  ``dW = dy^T x`` (summed over every leading axis),
@@ -43,11 +53,11 @@ def linear_backward(dy, cache):
         ``(dx, dweight, dbias)`` with the shapes of ``x``, ``weight``, ``bias`` (``dbias`` is
         ``None`` without a bias).
     """
-    x, weight, has_bias = cache
+    x, weight = cache.x, cache.weight
     upstream(dy, x.shape[:-1] + (weight.shape[0],), x.dtype)
     dy2 = dy.reshape(-1, dy.shape[-1])                          # (N, out)
     x2 = x.reshape(-1, x.shape[-1])                             # (N, in)
     dx = (dy2 @ weight).reshape(x.shape)                        # (N, out) @ (out, in) -> (..., in)
     dweight = dy2.T @ x2                                        # (out, N) @ (N, in) -> (out, in)
-    dbias = dy2.sum(axis=0) if has_bias else None               # (out,)
+    dbias = dy2.sum(axis=0) if cache.has_bias else None         # (out,)
     return dx, dweight, dbias

@@ -5,6 +5,8 @@
 losses, an array of the loss's shape for ``'none'`` -- and returns one gradient per input.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._checks import (choice, float_array, index_array, probability, same_shape_and_dtype, scalar,
@@ -63,6 +65,18 @@ def _unrows(drows, x_shape):
 
 
 # --------------------------------------------------------------------------------------------
+class CrossEntropyCache(NamedTuple):
+    rows: np.ndarray             # (R, C) the logits, class axis last (R = N * d1 * ...)
+    target: np.ndarray           # (R,) class indices or ignore_index
+    lse: np.ndarray              # (R,) log-sum-exp of each row
+    x_shape: tuple               # the input's shape
+    out_shape: tuple             # the per-item loss's shape: (N, d1, ...), or () unbatched
+    ignore_index: int
+    reduction: str
+    label_smoothing: float       # epsilon
+    count: int                   # rows not ignored: the mean's divisor
+
+
 def cross_entropy_forward(input, target, ignore_index: int = -100, reduction: str = "mean",
                           label_smoothing: float = 0.0):
     r"""Cross-entropy from logits, fused with log-softmax (one Numba pass per row).
@@ -89,23 +103,36 @@ def cross_entropy_forward(input, target, ignore_index: int = -100, reduction: st
     per_row, lse = K.cross_entropy_forward(rows, t, int(ignore_index), eps)     # (R,), (R,)
     count = int((t != ignore_index).sum())
     loss = _reduce(per_row.reshape(out_shape), reduction, count)
-    return loss, (rows, t, lse, x.shape, out_shape, ignore_index, reduction, eps, count)
+    return loss, CrossEntropyCache(rows, t, lse, x.shape, out_shape, ignore_index, reduction,
+                                   eps, count)
 
 
-def cross_entropy_backward(dloss, cache):
+def cross_entropy_backward(dloss, cache: CrossEntropyCache):
     r"""From :math:`\ell = \mathrm{lse}(x) - (1-\varepsilon)x_t - \tfrac{\varepsilon}{C}\sum_c x_c`:
 
     .. math:: \partial\ell/\partial x_c = \mathrm{softmax}(x)_c - (1-\varepsilon)[c=t] - \varepsilon/C
 
     Returns ``(dinput, None)``.
     """
-    rows, t, lse, x_shape, out_shape, ignore_index, reduction, eps, count = cache
-    g = _upstream(dloss, reduction, out_shape, rows.dtype, count).reshape(-1)          # (R,)
-    drows = K.cross_entropy_backward(np.ascontiguousarray(g), rows, t, lse, int(ignore_index), eps)
-    return _unrows(drows, x_shape), None
+    c = cache
+    g = _upstream(dloss, c.reduction, c.out_shape, c.rows.dtype, c.count).reshape(-1)  # (R,)
+    drows = K.cross_entropy_backward(np.ascontiguousarray(g), c.rows, c.target, c.lse,
+                                     int(c.ignore_index), c.label_smoothing)          # (R, C)
+    return _unrows(drows, c.x_shape), None
 
 
 # --------------------------------------------------------------------------------------------
+class NLLCache(NamedTuple):
+    rows_shape: tuple            # (R, C) the input with its class axis last
+    dtype: np.dtype              # the input's dtype
+    safe_target: np.ndarray      # (R,) the targets, ignored ones replaced by 0
+    keep: np.ndarray             # (R,) bool: target != ignore_index
+    x_shape: tuple               # the input's shape
+    out_shape: tuple             # the per-item loss's shape
+    reduction: str
+    count: int                   # rows not ignored: the mean's divisor
+
+
 def nll_forward(input, target, ignore_index: int = -100, reduction: str = "mean"):
     r"""Negative log-likelihood of log-probabilities: :math:`\ell_n = -x_{n, t_n}`.
 
@@ -124,21 +151,27 @@ def nll_forward(input, target, ignore_index: int = -100, reduction: str = "mean"
     per_row = np.where(keep, -rows[np.arange(rows.shape[0]), safe_t], 0).astype(x.dtype)   # (R,)
     count = int(keep.sum())
     loss = _reduce(per_row.reshape(out_shape), reduction, count)
-    return loss, (rows.shape, x.dtype, safe_t, keep, x.shape, out_shape, reduction, count)
+    return loss, NLLCache(rows.shape, x.dtype, safe_t, keep, x.shape, out_shape, reduction, count)
 
 
-def nll_backward(dloss, cache):
+def nll_backward(dloss, cache: NLLCache):
     r"""From :math:`\ell_n = -x_{n,t_n}`: :math:`\partial\ell_n/\partial x_{n,c} = -[c = t_n]`.
     Returns ``(dinput, None)``."""
-    rows_shape, dtype, safe_t, keep, x_shape, out_shape, reduction, count = cache
-    g = _upstream(dloss, reduction, out_shape, dtype, count).reshape(-1)            # (R,)
-    drows = np.zeros(rows_shape, dtype=dtype)                                       # (R, C)
-    r = np.nonzero(keep)[0]
-    drows[r, safe_t[r]] = -g[r]
-    return _unrows(drows, x_shape), None
+    c = cache
+    g = _upstream(dloss, c.reduction, c.out_shape, c.dtype, c.count).reshape(-1)    # (R,)
+    drows = np.zeros(c.rows_shape, dtype=c.dtype)                                   # (R, C)
+    r = np.nonzero(c.keep)[0]
+    drows[r, c.safe_target[r]] = -g[r]                     # from per_row = -rows[r, t]
+    return _unrows(drows, c.x_shape), None
 
 
 # --------------------------------------------------------------------------------------------
+class BCEWithLogitsCache(NamedTuple):
+    x: np.ndarray                # (...) the logits
+    y: np.ndarray                # (...) the target
+    reduction: str
+
+
 def bce_with_logits_forward(input, target, reduction: str = "mean"):
     r"""Binary cross-entropy on logits, in the form that never overflows:
 
@@ -153,19 +186,24 @@ def bce_with_logits_forward(input, target, reduction: str = "mean"):
     choice(reduction, "reduction", REDUCTIONS)
     same_shape_and_dtype(y, "target", x, "input")
     per = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))             # (...,)
-    return _reduce(per, reduction), (x, y, reduction)
+    return _reduce(per, reduction), BCEWithLogitsCache(x, y, reduction)
 
 
-def bce_with_logits_backward(dloss, cache):
+def bce_with_logits_backward(dloss, cache: BCEWithLogitsCache):
     r"""From :math:`\ell = \max(x,0) - xy + \log(1+e^{-|x|})`:
     :math:`\partial\ell/\partial x = \sigma(x) - y`, :math:`\partial\ell/\partial y = -x`.
     Returns ``(dinput, dtarget)``."""
-    x, y, reduction = cache
-    g = _upstream(dloss, reduction, x.shape, x.dtype)
+    x, y = cache.x, cache.y
+    g = _upstream(dloss, cache.reduction, x.shape, x.dtype)
     return (g * (stable_sigmoid(x) - y)).astype(x.dtype), (-g * x).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
+class MSECache(NamedTuple):
+    diff: np.ndarray             # (...) input - target
+    reduction: str
+
+
 def mse_forward(input, target, reduction: str = "mean"):
     r"""Mean squared error, :math:`\ell = (x - y)^2` element-wise, then reduced."""
     x = float_array(input, "input")
@@ -173,19 +211,25 @@ def mse_forward(input, target, reduction: str = "mean"):
     choice(reduction, "reduction", REDUCTIONS)
     same_shape_and_dtype(y, "target", x, "input")
     diff = x - y
-    return _reduce(diff * diff, reduction), (diff, reduction)
+    return _reduce(diff * diff, reduction), MSECache(diff, reduction)
 
 
-def mse_backward(dloss, cache):
+def mse_backward(dloss, cache: MSECache):
     r"""From :math:`\ell = (x-y)^2`: :math:`\partial\ell/\partial x = 2(x-y) = -\partial\ell/\partial y`.
     Returns ``(dinput, dtarget)``."""
-    diff, reduction = cache
-    g = _upstream(dloss, reduction, diff.shape, diff.dtype)
+    diff = cache.diff
+    g = _upstream(dloss, cache.reduction, diff.shape, diff.dtype)
     d = 2 * g * diff
     return d, -d
 
 
 # --------------------------------------------------------------------------------------------
+class GaussianKLCache(NamedTuple):
+    mu: np.ndarray               # (..., latent_dim)
+    var: np.ndarray              # (..., latent_dim) exp(logvar)
+    reduction: str
+
+
 def gaussian_kl_forward(mu, logvar, reduction: str = "mean"):
     r"""KL divergence of a diagonal Gaussian from the standard normal (Kingma & Welling, 2014,
     appendix B), summed over the last (latent) axis:
@@ -206,12 +250,12 @@ def gaussian_kl_forward(mu, logvar, reduction: str = "mean"):
     same_shape_and_dtype(logvar, "logvar", mu, "mu")
     var = np.exp(logvar)
     per = -0.5 * (1 + logvar - mu * mu - var).sum(axis=-1)                   # (...,)
-    return _reduce(per, reduction), (mu, var, reduction)
+    return _reduce(per, reduction), GaussianKLCache(mu, var, reduction)
 
 
-def gaussian_kl_backward(dloss, cache):
+def gaussian_kl_backward(dloss, cache: GaussianKLCache):
     r"""From the KL above: :math:`\partial/\partial\mu_j = \mu_j`,
     :math:`\partial/\partial\lambda_j = \tfrac12(e^{\lambda_j} - 1)`. Returns ``(dmu, dlogvar)``."""
-    mu, var, reduction = cache
-    g = _upstream(dloss, reduction, mu.shape[:-1], mu.dtype)[..., None]      # (..., 1)
+    mu, var = cache.mu, cache.var
+    g = _upstream(dloss, cache.reduction, mu.shape[:-1], mu.dtype)[..., None]    # (..., 1)
     return (g * mu).astype(mu.dtype), (g * 0.5 * (var - 1)).astype(mu.dtype)

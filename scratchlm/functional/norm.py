@@ -1,9 +1,22 @@
 """Layer normalisation (Ba, Kiros & Hinton, 2016, "Layer Normalization")."""
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._checks import float_array, upstream
 from ..kernels import layernorm as K
+
+
+class LayerNormCache(NamedTuple):
+    rows: np.ndarray             # (R, C) the input, C = prod(normalized_shape), contiguous
+    weight: np.ndarray           # (C,) gamma as a row (ones without a weight)
+    mean: np.ndarray             # (R,) mu of each row
+    rstd: np.ndarray             # (R,) 1 / sqrt(sigma^2 + eps) of each row
+    x_shape: tuple               # the input's shape
+    normalized_shape: tuple
+    has_weight: bool
+    has_bias: bool
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
@@ -21,7 +34,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float =
         eps: added to the variance.
 
     Returns:
-        ``y`` (shape of ``x``) and the cache ``(x_rows, weight_row, mean, rstd, ...)``.
+        ``y`` (shape of ``x``) and a :class:`LayerNormCache` ``(rows, weight, mean, rstd, ...)``.
     """
     x = float_array(x, "x", min_ndim=1)
     shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
@@ -33,11 +46,12 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float =
     w = ones if weight is None else _param(weight, "weight", shape, x.dtype).reshape(C)
     b = np.zeros(C, dtype=x.dtype) if bias is None else _param(bias, "bias", shape, x.dtype).reshape(C)
     y, mean, rstd = K.layernorm_forward(rows, w, b, float(eps))         # (R, C), (R,), (R,)
-    cache = (rows, w, mean, rstd, x.shape, shape, weight is not None, bias is not None)
+    cache = LayerNormCache(rows, w, mean, rstd, x.shape, shape, weight is not None,
+                           bias is not None)
     return y.reshape(x.shape), cache
 
 
-def layer_norm_backward(dy, cache):
+def layer_norm_backward(dy, cache: LayerNormCache):
     r"""From ``y = xhat * gamma + beta``, ``xhat = (x - mu) * rstd``:
 
     .. math::  \hat g = dy\,\gamma,\qquad
@@ -49,13 +63,14 @@ def layer_norm_backward(dy, cache):
     Returns ``(dx, None, dweight, dbias)`` -- ``None`` for ``normalized_shape``, and for an
     absent weight or bias.
     """
-    rows, w, mean, rstd, x_shape, shape, has_w, has_b = cache
-    upstream(dy, x_shape, rows.dtype)
+    rows, shape = cache.rows, cache.normalized_shape
+    upstream(dy, cache.x_shape, rows.dtype)
     drows = np.ascontiguousarray(dy).reshape(rows.shape)                     # (R, C)
-    dx, dw, db = K.layernorm_backward(drows, rows, w, mean, rstd)            # (R, C), (C,), (C,)
-    return (dx.reshape(x_shape), None,
-            dw.reshape(shape) if has_w else None,
-            db.reshape(shape) if has_b else None)
+    dx, dw, db = K.layernorm_backward(drows, rows, cache.weight, cache.mean,
+                                      cache.rstd)                            # (R, C), (C,), (C,)
+    return (dx.reshape(cache.x_shape), None,
+            dw.reshape(shape) if cache.has_weight else None,
+            db.reshape(shape) if cache.has_bias else None)
 
 
 def _param(p, name, shape, dtype):

@@ -22,11 +22,13 @@ How the work is split:
 * backward walks the steps in reverse (BPTT). Per step: the gate kernel, then
   ``dh_{t-1} = dpre_t @ W_hh``. The weight gradients are **one** matmul each after the loop:
   :math:`dW_{hh} = \sum_t dpre_t^\top h_{t-1}`, :math:`dW_{ih} = \sum_t dpre_t^\top x_t`, and
-  ``dx`` likewise.
+  ``dx`` likewise. It also returns the norm of the gradient reaching each :math:`h_t`.
 
 ``reverse=True`` runs the same recurrence from the last step to the first (the backward half of a
 bidirectional layer); outputs stay indexed by time.
 """
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +37,23 @@ from ..kernels import rnn as K
 
 #: gate blocks per mode: weight_ih is (GATES[mode] * hidden, input)
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+class RecurrentCache(NamedTuple):
+    """What :func:`recurrent_backward` needs (G gate blocks, H hidden units); the last four
+    fields are ``None`` where the mode has no use for them."""
+    x: np.ndarray                      # (T, B, I) the inputs, time first
+    h_prev: np.ndarray                 # (T, B, H) h_{t-1} of step t
+    out: np.ndarray                    # (T, B, H) h_t of step t
+    weight_ih: np.ndarray              # (G*H, I)
+    weight_hh: np.ndarray              # (G*H, H)
+    has_bias: bool                     # bias_ih and bias_hh were given
+    mode: str                          # 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru'
+    reverse: bool                      # the steps ran from T-1 down to 0
+    c_prev: np.ndarray | None = None   # (T, B, H) LSTM: c_{t-1} of step t
+    act: np.ndarray | None = None      # (T, B, G*H) LSTM, GRU: the gates after their nonlinearity
+    tanh_c: np.ndarray | None = None   # (T, B, H) LSTM: tanh(c_t)
+    gh: np.ndarray | None = None       # (T, B, 3H) GRU: W_hh h_{t-1} + b_hh
 
 
 def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, reverse=False):
@@ -51,7 +70,7 @@ def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, r
 
     Returns:
         ``out`` ``(T, B, H)`` (h_t for every t), ``h_n`` ``(B, H)``, ``c_n`` ``(B, H)`` or None,
-        and the cache.
+        and a :class:`RecurrentCache`.
     """
     T, B, I = x.shape
     GH, H = weight_hh.shape
@@ -84,27 +103,29 @@ def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, r
         else:
             h = K.rnn_cell_forward(xp[t] + rec, mode == "rnn_relu")
         out[t] = h
-    cache = dict(x=x, h_prev=h_prev, out=out, weight_ih=weight_ih, weight_hh=weight_hh,
-                 has_bias=bias_ih is not None, mode=mode, reverse=reverse, **extra)
+    cache = RecurrentCache(x, h_prev, out, weight_ih, weight_hh, bias_ih is not None, mode,
+                           reverse, **extra)
     return out, h, (c if mode == "lstm" else None), cache
 
 
-def recurrent_backward(dout, dh_n, dc_n, cache, step_norms=None):
+def recurrent_backward(dout, dh_n, dc_n, cache: RecurrentCache):
     """Backprop through time for :func:`recurrent_forward`: one upstream gradient per output.
+    Mutates none of its arguments.
 
     Args:
         dout: ``(T, B, H)`` gradient of the loss w.r.t. every output h_t (None: zeros).
         dh_n, dc_n: ``(B, H)`` gradients w.r.t. the final states, or None.
-        step_norms: optional ``(T,)`` float array, filled with
-            :math:`\\lVert \\partial L / \\partial h_t \\rVert` (over batch and units) of the total
-            gradient reaching each h_t -- vanishing and exploding gradients made visible.
 
     Returns:
-        one gradient per forward input: ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih,
-        dbias_hh)`` -- ``dc0`` None unless LSTM, the bias gradients None without biases.
+        one gradient per differentiable forward input, then the step norms: ``(dx, dh0, dc0,
+        dweight_ih, dweight_hh, dbias_ih, dbias_hh, step_norms)`` -- ``dc0`` None unless LSTM,
+        the bias gradients None without biases; ``step_norms`` ``(T,)`` float64 holds
+        :math:`\\lVert \\partial L / \\partial h_t \\rVert` (over batch and units) of the total
+        gradient reaching each h_t, indexed by time -- vanishing and exploding gradients made
+        visible.
     """
-    x, h_prev, out, mode = cache["x"], cache["h_prev"], cache["out"], cache["mode"]
-    w_ih, w_hh = cache["weight_ih"], cache["weight_hh"]
+    x, h_prev, out, mode = cache.x, cache.h_prev, cache.out, cache.mode
+    w_ih, w_hh = cache.weight_ih, cache.weight_hh
     T, B, I = x.shape
     GH, H = w_hh.shape
     dt = x.dtype
@@ -116,28 +137,28 @@ def recurrent_backward(dout, dh_n, dc_n, cache, step_norms=None):
         dc = np.zeros((B, H), dt) if dc_n is None else upstream(dc_n, (B, H), dt, name="dc_n")
     dpre = np.empty((T, B, GH), dt)                                      # d(input projection)
     dgh = np.empty((T, B, GH), dt) if mode == "gru" else dpre            # d(W_hh h + b_hh)
-    norms = np.empty(T) if step_norms is None else step_norms
-    for t in (range(T) if cache["reverse"] else range(T - 1, -1, -1)):
+    norms = np.empty(T)                                                  # (T,) float64
+    for t in (range(T) if cache.reverse else range(T - 1, -1, -1)):
         if dout is not None:
             dh = dh + dout[t]                                            # all that reaches h_t
         norms[t] = np.sqrt(np.dot(dh.ravel(), dh.ravel()))
         if mode == "lstm":
-            dpre[t], dc = K.lstm_cell_backward(dh, dc, cache["c_prev"][t], cache["act"][t],
-                                               cache["tanh_c"][t])
+            dpre[t], dc = K.lstm_cell_backward(dh, dc, cache.c_prev[t], cache.act[t],
+                                               cache.tanh_c[t])
             dh = dpre[t] @ w_hh                                          # from rec = h @ W_hh^T
         elif mode == "gru":
-            dpre[t], dgh[t], dh_direct = K.gru_cell_backward(dh, h_prev[t], cache["act"][t],
-                                                             cache["gh"][t])
+            dpre[t], dgh[t], dh_direct = K.gru_cell_backward(dh, h_prev[t], cache.act[t],
+                                                             cache.gh[t])
             dh = dh_direct + dgh[t] @ w_hh
         else:
             dpre[t] = K.rnn_cell_backward(dh, out[t], mode == "rnn_relu")
             dh = dpre[t] @ w_hh
     dpre2 = dpre.reshape(T * B, GH)                                       # (T*B, G*H)
     dgh2 = dgh.reshape(T * B, GH)
-    has_bias = cache["has_bias"]
+    has_bias = cache.has_bias
     dx = (dpre2 @ w_ih).reshape(T, B, I)                                 # from xp = x @ W_ih^T
     dweight_ih = dpre2.T @ x.reshape(T * B, I)                           # (G*H, I)
     dweight_hh = dgh2.T @ h_prev.reshape(T * B, H)                       # (G*H, H)
     dbias_ih = dpre2.sum(axis=0) if has_bias else None                   # (G*H,)
     dbias_hh = dgh2.sum(axis=0) if has_bias else None
-    return dx, dh, dc, dweight_ih, dweight_hh, dbias_ih, dbias_hh
+    return dx, dh, dc, dweight_ih, dweight_hh, dbias_ih, dbias_hh, norms

@@ -97,10 +97,10 @@ def _masked_softmax_backward(dprobs, probs):
 
 def _additive_forward(q, k, v, memory, keep):
     """Bahdanau scores from projected queries ``q`` (B, T, A) and keys ``k`` (B, S, A):
-    context (B, T, H), weights (B, T, S) and what the backward needs."""
-    z, _ = F.tanh_forward(q[:, :, None, :] + k[:, None, :, :])                 # (B, T, S, A)
+    context (B, T, H), weights (B, T, S) and the tanh's cache (``.y``: z (B, T, S, A))."""
+    z, tanh_cache = F.tanh_forward(q[:, :, None, :] + k[:, None, :, :])        # (B, T, S, A)
     probs = _masked_softmax(z @ v, keep)                                        # (B, T, S)
-    return probs @ memory, probs, z                                             # (B, T, H)
+    return probs @ memory, probs, tanh_cache                                    # (B, T, H)
 
 
 class GlobalAttention(nn.Module):
@@ -175,12 +175,12 @@ class GlobalAttention(nn.Module):
         if self.score == "dot":
             context, cache = F.attention_forward(query, memory, memory, attn_mask=keep[:, None, :],
                                                  scale=1.0)                          # (B, T, H)
-            weights = cache["weights"]                                               # (B, T, S)
+            weights = cache.weights                                                  # (B, T, S)
         else:
             q = self.query(query)                                                    # (B, T, A)
             k = self.key(memory)                                                     # (B, S, A)
-            context, weights, z = _additive_forward(q, k, self.v.data, memory, keep)
-            cache = (memory, weights, z)
+            context, weights, tanh_cache = _additive_forward(q, k, self.v.data, memory, keep)
+            cache = (memory, weights, tanh_cache)
         self._cache = (cache, context.shape, weights.shape)
         return context, weights
 
@@ -193,14 +193,15 @@ class GlobalAttention(nn.Module):
         if self.score == "dot":
             dq, dk, dv, _ = F.attention_backward(dcontext, cache, dweights)
             return dq, dk + dv                                      # memory is key and value
-        memory, probs, z = cache
+        memory, probs, tanh_cache = cache
         dprobs = dcontext @ memory.transpose(0, 2, 1)                # (B, T, S)
         if dweights is not None:
             dprobs = dprobs + dweights
         dmemory = probs.transpose(0, 2, 1) @ dcontext                # (B, S, H): through c = a m
         de = _masked_softmax_backward(dprobs, probs)                 # (B, T, S)
+        z = tanh_cache.y                                             # (B, T, S, A)
         self.v.grad += np.tensordot(de, z, axes=([0, 1, 2], [0, 1, 2]))   # (A,): e = z . v
-        dpre = F.tanh_backward(de[..., None] * self.v.data, z)      # (B, T, S, A)
+        dpre = F.tanh_backward(de[..., None] * self.v.data, tanh_cache)   # (B, T, S, A)
         dquery = self.query.backward(dpre.sum(axis=2))              # (B, T, A) -> (B, T, H)
         dmemory += self.key.backward(dpre.sum(axis=1))              # (B, S, A) -> (B, S, H)
         return dquery, dmemory
@@ -317,7 +318,8 @@ class Seq2Seq(EncoderDecoder):
             for k in range(L):
                 mask = None
                 if k > 0 and drop:                                             # between layers
-                    inp, (mask, _, _) = F.dropout_forward(inp, enc.dropout, True, enc.rng)
+                    inp, drop = F.dropout_forward(inp, enc.dropout, True, enc.rng)
+                    mask = drop.mask                                           # (n, b, H)
                 inp, h, c, cache = F.recurrent_forward(inp, zeros, zeros if lstm else None,
                                                        *enc._weights(k, ""), enc.mode)   # (n, b, H)
                 h_n[k, rows] = h
@@ -343,7 +345,7 @@ class Seq2Seq(EncoderDecoder):
         for rows, n, caches, masks in groups:
             d = None if dmem is None else np.ascontiguousarray(dmem[:n, rows])  # (n, b, H)
             for k in reversed(range(enc.num_layers)):
-                d, _, _, *grads = F.recurrent_backward(
+                d, _, _, *grads, _ = F.recurrent_backward(
                     d, dh_n[k, rows], None if dc_n is None else dc_n[k, rows], caches[k])
                 for p, g in zip(enc._params(k, ""), grads):
                     if p is not None:

@@ -59,12 +59,13 @@ reparameterisation with :math:`\epsilon` held fixed gives
           \frac{\partial}{\partial\lambda} = \frac{\partial}{\partial z}\odot\epsilon\odot
           \tfrac12 e^{\lambda/2}
 
-to which the KL adds :math:`\beta\mu/B` and :math:`\beta(e^\lambda - 1)/(2B)` (times the free-bits
-mask); the clamp passes the log-variance gradient where
-:math:`-30 \le \lambda_{\text{pre}} \le 20` and stops it outside (the bounds count as inside, as
-``torch.clamp``); the encoder ``fc21``/``fc22 <- ReLU <- fc1`` does the rest. The clamp keeps
-:math:`e^{\lambda}` :math:`\le e^{20} \approx 4.9\cdot 10^8` and
-:math:`e^{\lambda/2} \ge e^{-15}`, so nothing overflows in float32.
+(both ops, the reparameterisation and the free-bits KL, are forward/backward pairs in
+:mod:`scratchlm.functional.latent`), to which the KL adds :math:`\beta\mu/B` and
+:math:`\beta(e^\lambda - 1)/(2B)` (times the free-bits mask); the clamp passes the
+log-variance gradient where :math:`-30 \le \lambda_{\text{pre}} \le 20` and stops it outside
+(the bounds count as inside, as ``torch.clamp``); the encoder ``fc21``/``fc22 <- ReLU <-
+fc1`` does the rest. The clamp keeps :math:`e^{\lambda}` :math:`\le e^{20} \approx 4.9\cdot
+10^8` and :math:`e^{\lambda/2} \ge e^{-15}`, so nothing overflows in float32.
 
 **Input.** ``x`` is ``(B, input_dim)``: flattened images with values in [0, 1] (binary for a
 proper Bernoulli likelihood: :func:`scratchlm.data.binarize`), or any reals for the Gaussian.
@@ -109,82 +110,17 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
+from ..functional.latent import (free_bits_kl_backward, free_bits_kl_forward,
+                                 reparameterize_backward, reparameterize_forward)
 from .._checks import (choice, float_array, make_rng, nonnegative, positive_int,
-                       resolve_dtype, same_dtype, same_shape_and_dtype, scalar, trusted, upstream)
+                       resolve_dtype, same_dtype, scalar, trusted, upstream)
 from ..nn.module import NO_CACHE
 from .fitting import LOOP_KEYS, EpochLoop, check_finite_loss, check_loop_options
 
-__all__ = ["VAE", "VAEConfig", "fit_vae", "elbo", "iwae_bound", "reparameterize_forward",
-           "reparameterize_backward", "free_bits_kl_forward", "free_bits_kl_backward"]
+__all__ = ["VAE", "VAEConfig", "fit_vae", "elbo", "iwae_bound"]
 
 LOGVAR_RANGE = (-30.0, 20.0)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-# ------------------------------------------------------------------------------------------------
-# the two ops of the VAE that are not layers: reparameterisation and the (free-bits) KL
-# ------------------------------------------------------------------------------------------------
-def reparameterize_forward(mu, logvar, eps):
-    r"""The reparameterisation trick (Kingma & Welling, 2014, section 2.4):
-    :math:`z = \mu + e^{\lambda/2} \odot \epsilon`.
-
-    mu, logvar, eps: ``(..., L)``, same shape and dtype -> z ``(..., L)``.
-    """
-    mu = float_array(mu, "mu", min_ndim=1)
-    logvar = float_array(logvar, "logvar", min_ndim=1)
-    eps = float_array(eps, "eps", min_ndim=1)
-    same_shape_and_dtype(logvar, "logvar", mu, "mu")
-    same_shape_and_dtype(eps, "eps", mu, "mu")
-    std = np.exp(0.5 * logvar)
-    return mu + std * eps, (std, eps)
-
-
-def reparameterize_backward(dz, cache):
-    r"""From :math:`z = \mu + e^{\lambda/2}\epsilon`: :math:`\partial z/\partial\mu = 1`,
-    :math:`\partial z/\partial\lambda = \tfrac12 e^{\lambda/2}\epsilon`,
-    :math:`\partial z/\partial\epsilon = e^{\lambda/2}`. Returns ``(dmu, dlogvar, deps)``
-    (the VAE holds ``eps`` fixed and ignores ``deps``)."""
-    std, eps = cache
-    upstream(dz, std.shape, std.dtype, "dz")
-    dstd = dz * std
-    return dz, 0.5 * dstd * eps, dstd
-
-
-def free_bits_kl_forward(mu, logvar, free_bits=0.0):
-    r"""The KL term of the training loss, with free bits (Kingma et al., 2016):
-
-    .. math:: \mathcal K_{\lambda_{fb}} = \sum_{j=1}^{L} \max\Big(\lambda_{fb},\
-              \frac1B \sum_{b=1}^{B} \mathrm{KL}_{bj}\Big),\qquad
-              \mathrm{KL}_{bj} = -\tfrac12\big(1 + \lambda_{bj} - \mu_{bj}^2 - e^{\lambda_{bj}}\big)
-
-    With ``free_bits=0`` it is the KL summed over the latent axis and averaged over the batch
-    (``GaussianKLLoss``'s mean). The per-element KL is :func:`scratchlm.functional
-    .gaussian_kl_forward` applied to one latent dimension at a time.
-
-    mu, logvar: ``(B, L)`` -> ``(value: float, cache)``; ``cache[1]`` holds the per-dimension
-    batch-mean KL ``(L,)`` (float64), i.e. the true KL of each dimension.
-    """
-    mu = float_array(mu, "mu", ndim=2)
-    logvar = float_array(logvar, "logvar", ndim=2)
-    same_shape_and_dtype(logvar, "logvar", mu, "mu")
-    lam = nonnegative(free_bits, "free_bits")
-    per, kl_cache = F.gaussian_kl_forward(mu[..., None], logvar[..., None], "none")      # (B, L)
-    kl_dim = per.mean(axis=0, dtype=np.float64)                                         # (L,)
-    active = kl_dim >= lam                               # torch.clamp(min=lam): ties pass
-    value = float(np.where(active, kl_dim, lam).sum())
-    return value, (kl_cache, kl_dim, active, mu.shape, mu.dtype)
-
-
-def free_bits_kl_backward(dloss, cache):
-    r"""From the forward: :math:`\partial\mathcal K/\partial\mu_{bj} = \mu_{bj}/B` and
-    :math:`\partial\mathcal K/\partial\lambda_{bj} = (e^{\lambda_{bj}} - 1)/(2B)` for an active
-    dimension :math:`j` (batch-mean KL :math:`\ge \lambda_{fb}`), 0 for one below the floor.
-    Returns ``(dmu, dlogvar)``."""
-    kl_cache, _, active, shape, dtype = cache
-    g = scalar(dloss, "dloss") / shape[0]
-    gl = np.broadcast_to((g * active).astype(dtype), shape)                            # (B, L)
-    dmu, dlogvar = F.gaussian_kl_backward(gl, kl_cache)                                # (B, L, 1)
-    return dmu[..., 0], dlogvar[..., 0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,8 +242,14 @@ class GaussianLatentModel(nn.Module):
         :math:`-\\log p(x \\mid z) + \\beta\\,\\mathrm{KL}` with free bits (see the module
         docstring); with ``kl_weight=1``, ``free_bits=0`` the negative ELBO per example.
         ``kl_weight`` overrides :attr:`kl_weight` for this call (KL warm-up). ``backward()``
-        then backpropagates it. ``self.last_stats`` holds the batch's ``recon`` (average
-        :math:`-\\log p(x\\mid z)`), true ``kl``, ``elbo`` and the per-dimension ``kl_per_dim``."""
+        then backpropagates it.
+
+        The loss's parts have no place in the return value (torch's modules return the loss
+        alone), so every call sets ``self.last_stats`` (``None`` before the first), a dict of
+        this batch's: ``recon`` (float, the average :math:`-\\log p(x\\mid z)`), ``kl`` (float,
+        the true KL averaged over the batch, without ``kl_weight`` or free bits), ``elbo``
+        (float, ``-(recon + kl)``) and ``kl_per_dim`` (a list of ``latent_dim`` floats, the
+        batch-mean KL of each latent dimension)."""
         beta = self.kl_weight if kl_weight is None else nonnegative(kl_weight, "kl_weight")
         x = self._check_input(x)
         return self._loss(x, self._check_eps(eps, len(x)), beta)
@@ -317,10 +259,10 @@ class GaussianLatentModel(nn.Module):
         out, mu, logvar = self._forward(x, eps)
         rec, rec_cache = self._nll_forward(out, x)
         kl_fb, kl_cache = free_bits_kl_forward(mu, logvar, self.free_bits)
-        kl = float(kl_cache[1].sum())
+        kl = float(kl_cache.kl_per_dim.sum())
         self._loss_cache = (rec_cache, kl_cache, beta)
         self.last_stats = {"recon": rec, "kl": kl, "elbo": -(rec + kl),
-                           "kl_per_dim": kl_cache[1].tolist()}
+                           "kl_per_dim": kl_cache.kl_per_dim.tolist()}
         return rec + beta * kl_fb
 
     def backward(self, dout=None, dmu=None, dlogvar=None, dloss=None):
@@ -382,7 +324,7 @@ class GaussianLatentModel(nn.Module):
         dh = self.fc21.backward(dmu) + self.fc22.backward(dpre)
         dh = self.relu1.backward(dh)
         # fc1's input is data: only its weight and bias gradients are needed (one gemm saved)
-        x = self.fc1._saved()[0]                                                  # (B, D)
+        x = self.fc1._saved().x                                                   # (B, D)
         self.fc1.weight.grad += dh.T @ x                                          # (H, D)
         self.fc1.bias.grad += dh.sum(axis=0)
 

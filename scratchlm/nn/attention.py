@@ -103,20 +103,20 @@ class MultiheadAttention(Module):
             out = np.swapaxes(out, 0, 1)                                        # (L, N, E)
         if not need_weights:
             return out, None
-        w = att["weights"]
+        w = att.weights                                                         # (N, H, L, S)
         return out, (w.mean(axis=1) if average_attn_weights else w)
 
     def backward(self, d_output, d_weights=None):
         lin_caches, att, need_weights, average = self._saved()
         dout = d_output if self.batch_first else np.swapaxes(d_output, 0, 1)    # (N, L, E)
-        N, H = att["q"].shape[:2]
+        N, H = att.q.shape[:2]
         dmerged = self.out_proj.backward(np.ascontiguousarray(dout))             # (N, L, E)
         L, E, Dh = dmerged.shape[1], self.embed_dim, self.head_dim
         dctx = dmerged.reshape(N, L, H, Dh).transpose(0, 2, 1, 3)               # (N, H, L, Dh)
         dw = None
         if d_weights is not None and need_weights:
-            dw = np.broadcast_to(d_weights[:, None] / H, att["weights"].shape) if average else d_weights
-            dw = np.ascontiguousarray(dw, dtype=att["weights"].dtype)
+            dw = np.broadcast_to(d_weights[:, None] / H, att.weights.shape) if average else d_weights
+            dw = np.ascontiguousarray(dw, dtype=att.weights.dtype)
         grads = F.attention_backward(np.ascontiguousarray(dctx), att, dweights=dw)[:3]
         dinputs, dW, db = [], [], []
         for g, c in zip(grads, lin_caches):

@@ -141,7 +141,8 @@ class RNNBase(Module):
             layer_in = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)   # (T, B, D*H)
             mask = None
             if k < self.num_layers - 1 and self.training and self.dropout > 0:
-                layer_in, (mask, _, _) = F.dropout_forward(layer_in, self.dropout, True, self.rng)
+                layer_in, drop = F.dropout_forward(layer_in, self.dropout, True, self.rng)
+                mask = drop.mask                                        # (T, B, D*H)
             masks.append(mask)
         self._cache = (caches, masks, T, B, unbatched, x.shape)
         output = layer_in
@@ -155,6 +156,22 @@ class RNNBase(Module):
         return (output, (h_n, c_n)) if lstm else (output, h_n)
 
     def backward(self, doutput, dh_n=None, dc_n=None):
+        """Backprop through time: one upstream gradient per output of :meth:`forward`
+        (``doutput`` shaped like ``output``; ``dh_n``, ``dc_n`` like ``h_n``, ``c_n``; any may be
+        ``None``). Adds every parameter's gradient to its ``.grad`` and returns ``dinput``,
+        shaped like ``input``.
+
+        torch's interface has no place for two more results, so each call sets them as
+        attributes (``None`` before the first backward):
+
+        * ``self.dhx`` -- the gradient of the initial state ``hx``: ``dh0`` shaped like ``h_0``,
+          ``(num_layers * D, B, H)`` (``(num_layers * D, H)`` unbatched), or ``(dh0, dc0)`` for
+          the LSTM; the gradient of the zeros used when no state was passed;
+        * ``self.step_grad_norms`` -- float64 ``(num_layers * D, T)``: for each layer and
+          direction (``l0, l0_reverse, l1, ...``) and each time step, the norm (over batch and
+          units) of the total gradient reaching :math:`h_t` (from
+          :func:`scratchlm.functional.recurrent_backward`).
+        """
         caches, masks, T, B, unbatched, x_shape = self._saved()
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         out_shape = (T, D * H) if unbatched else ((B, T, D * H) if self.batch_first else (T, B, D * H))
@@ -180,10 +197,11 @@ class RNNBase(Module):
             dx = None
             for dd, suffix in enumerate(self._suffixes):
                 idx = k * D + dd
-                gx, gh0, gc0, *gparams = F.recurrent_backward(
+                gx, gh0, gc0, *gparams, step_norms = F.recurrent_backward(
                     np.ascontiguousarray(d[..., dd * H:(dd + 1) * H]),
                     None if dh_n is None else dh_n[idx], None if dc_n is None else dc_n[idx],
-                    caches[idx], step_norms=norms[idx])
+                    caches[idx])
+                norms[idx] = step_norms                                  # (T,)
                 for p, grad in zip(self._params(k, suffix), gparams):
                     if p is not None:
                         p.grad += grad
@@ -301,11 +319,16 @@ class _CellBase(Module):
         return h1.reshape(shape), (None if c1 is None else c1.reshape(shape))
 
     def _backward(self, dh, dc):
+        """Backward of one step: adds the parameter gradients to ``.grad`` and returns ``dx``
+        shaped like the input. Sets ``self.dhx`` (torch's interface has no place for it): the
+        gradient of the state passed to the forward, ``dh`` shaped like ``hx`` (``(B, H)``, or
+        ``(H,)`` unbatched), or ``(dh, dc)`` for the LSTM -- the zeros' gradient when no state
+        was passed."""
         cache, unbatched, B = self._saved()
         shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
         dh = None if dh is None else upstream(dh, shape, self.dtype, name="dh").reshape(B, -1)
         dc = None if dc is None else upstream(dc, shape, self.dtype, name="dc").reshape(B, -1)
-        dx, dh0, dc0, *gparams = F.recurrent_backward(None, dh, dc, cache)
+        dx, dh0, dc0, *gparams, _ = F.recurrent_backward(None, dh, dc, cache)
         for p, grad in zip((self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh), gparams):
             if p is not None:
                 p.grad += grad
@@ -327,6 +350,7 @@ class RNNCell(_CellBase):
         return self._run(input, hx, None)[0]
 
     def backward(self, dh):
+        """``dh`` like ``h'`` -> ``dx``; sets ``self.dhx`` (see :meth:`_CellBase._backward`)."""
         return self._backward(dh, None)
 
 
@@ -344,6 +368,8 @@ class LSTMCell(_CellBase):
         return self._run(input, h, c)
 
     def backward(self, dh, dc=None):
+        """``dh``, ``dc`` like ``h'``, ``c'`` -> ``dx``; sets ``self.dhx = (dh, dc)`` (see
+        :meth:`_CellBase._backward`)."""
         return self._backward(dh, dc)
 
 
@@ -357,4 +383,5 @@ class GRUCell(_CellBase):
         return self._run(input, hx, None)[0]
 
     def backward(self, dh):
+        """``dh`` like ``h'`` -> ``dx``; sets ``self.dhx`` (see :meth:`_CellBase._backward`)."""
         return self._backward(dh, None)
