@@ -1,0 +1,347 @@
+"""Plots (PNG, through matplotlib: the ``plot`` extra). Each public function writes one figure to
+``path`` (creating its folder) and returns False when matplotlib is not installed, so callers can
+say how to get it; a private ``_*_figure`` helper builds the :class:`matplotlib.figure.Figure`
+(no pyplot state, no backend switch), which is what the tests inspect.
+
+* :func:`plot_history` -- a training run's loss curves (bits per token);
+* :func:`plot_attention` -- every layer's and head's attention map for a prompt;
+* :func:`plot_gradient_norms` -- how much gradient reaches each step of an RNN/LSTM/GRU;
+* :func:`plot_filters_and_maps` -- a CNN's first-layer filters and one image's feature maps;
+* :func:`plot_vae` -- a VAE's reconstructions, prior samples and 2-D latent space;
+* :func:`plot_samples` -- a grid of generated images.
+
+Every figure has a title and labelled axes; a colour bar where colour is a value, a legend where
+colour is a class, and a title that says so when only part of a layer is shown.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+__all__ = ["plot_history", "plot_attention", "plot_gradient_norms", "plot_filters_and_maps",
+           "plot_vae", "plot_samples"]
+
+
+# ------------------------------------------------------------------------------------------------
+# shared helpers
+# ------------------------------------------------------------------------------------------------
+def _have_matplotlib() -> bool:
+    """Whether matplotlib (the ``plot`` extra) can be imported."""
+    import importlib.util
+    return importlib.util.find_spec("matplotlib") is not None   # None too when sys.modules blocks it
+
+
+def _figure(**kwargs):
+    """A bare Figure (not registered with pyplot, so nothing to close and no backend to pick)."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
+
+
+def _save(fig, path, dpi) -> bool:
+    """Create the folder of ``path``, write ``fig`` there as a PNG and release it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        fig.savefig(path, dpi=dpi)
+    finally:
+        fig.clear()
+    return True
+
+
+def _count(shown, total, unit="channels") -> str:
+    """``"16 of 40 channels"`` when part is shown, else ``"40 channels"``."""
+    unit = unit if total != 1 else unit.rstrip("s")
+    return f"{shown} of {total} {unit}" if shown < total else f"{total} {unit}"
+
+
+# ------------------------------------------------------------------------------------------------
+# loss curves
+# ------------------------------------------------------------------------------------------------
+def _history_figure(history, title="", tokens_per_char=None):
+    """Training loss per step and validation loss per evaluation, in bits per token."""
+    fig = _figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    to_bits = 1 / math.log(2)
+    train = np.array(history["loss"]) * to_bits
+    val = np.array(history.get("val_loss", [])) * to_bits
+    ax.plot(history["step"], train, lw=0.8, alpha=0.8, label="training batch")
+    if val.size:
+        ax.plot(history["eval_step"], val, "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (bits per token)")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if tokens_per_char and abs(tokens_per_char - 1) > 1e-9:
+        sec = ax.secondary_yaxis("right", functions=(lambda b: b * tokens_per_char,
+                                                     lambda c: c / tokens_per_char))
+        sec.set_ylabel("bits per character")
+    if val.size and train.size:
+        recent = train[-max(1, len(train) // 10):].mean()
+        if val[-1] < recent:
+            fig.text(0.01, 0.01, "validation sits below training: the validation split is the "
+                     "corpus's tail, whose text is easier to predict than the average batch",
+                     fontsize=7, style="italic")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def plot_history(history, path, title="", tokens_per_char=None):
+    """Write a run's loss curves as a PNG: training loss per step and validation loss per
+    evaluation, in bits per token (and bits per character on a second axis when
+    ``tokens_per_char`` is given and not 1). When validation sits below training the caption says
+    why. Returns False when matplotlib (the ``plot`` extra) is not installed."""
+    if not _have_matplotlib():
+        return False
+    return _save(_history_figure(history, title, tokens_per_char), path, dpi=120)
+
+
+# ------------------------------------------------------------------------------------------------
+# attention
+# ------------------------------------------------------------------------------------------------
+def _attention_figure(maps, labels, title="", max_layers=8, max_heads=8):
+    """A grid of attention heat maps (rows: layers, columns: heads; at most ``max_layers`` x
+    ``max_heads``, the title says when fewer than all are shown) with one shared colour bar."""
+    L_all, H_all, T, _ = maps.shape
+    L, H = min(L_all, max_layers), min(H_all, max_heads)
+    fig = _figure(figsize=(2.4 * H + 1.6, 2.4 * L + 0.9), layout="constrained")
+    axes = fig.subplots(L, H, squeeze=False)
+    shown = [repr(s)[1:-1] for s in labels]
+    for i in range(L):
+        for j in range(H):
+            ax = axes[i][j]
+            im = ax.imshow(maps[i, j], cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"layer {i}, head {j}", fontsize=8)
+            if T <= 40:
+                ax.set_xticks(range(T), shown, fontsize=5, rotation=90)
+                ax.set_yticks(range(T), shown, fontsize=5)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if i == L - 1:
+                ax.set_xlabel("key (attended to)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("query", fontsize=8)
+    fig.colorbar(im, ax=axes, label="attention weight", shrink=min(1.0, 0.6 + 0.2 * L),
+                 aspect=15 + 10 * L, pad=0.02)
+    cut = ([f"layers 0-{L - 1} of {L_all}"] if L < L_all else []) + \
+          ([f"heads 0-{H - 1} of {H_all}"] if H < H_all else [])
+    head = (title or "attention") + ("\nshowing " + " and ".join(cut) if cut else
+                                     f" ({_count(L, L, 'layers')} x {_count(H, H, 'heads')})")
+    fig.suptitle(head, fontsize=10)
+    return fig
+
+
+def plot_attention(maps, labels, path, title="", max_layers=8, max_heads=8):
+    """Write the attention maps ``(n_layer, n_head, T, T)`` of a prompt whose tokens are
+    ``labels`` as a grid of heat maps (rows: layers, columns: heads, at most ``max_layers`` x
+    ``max_heads``). False without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_attention_figure(maps, labels, title, max_layers, max_heads), path, dpi=130)
+
+
+# ------------------------------------------------------------------------------------------------
+# gradient norms through time
+# ------------------------------------------------------------------------------------------------
+def _gradient_norms_figure(norms):
+    """One log-scale curve per cell: the norm of the gradient reaching each time step."""
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for cell, v in norms.items():
+        ax.semilogy(np.arange(v.size), np.maximum(v, 1e-300), label=cell.upper())
+    ax.set_xlabel("time step t (the loss is at the last step)")
+    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$")
+    ax.set_title("gradient reaching each step: backprop through time")
+    ax.grid(alpha=0.3, which="both")
+    if norms:
+        ax.legend(title="cell")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gradient_norms(norms, path) -> bool:
+    """Write :func:`gradient_norms_over_time`'s ``{cell: (T,) norms}`` as a log-scale plot.
+    False without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_gradient_norms_figure(norms), path, dpi=120)
+
+
+# ------------------------------------------------------------------------------------------------
+# CNN filters and feature maps
+# ------------------------------------------------------------------------------------------------
+def _montage(tiles, cols, gap=1):
+    """Lay ``tiles`` ``(n, h, w)`` out in rows of ``cols``, ``gap`` NaN pixels apart (drawn as
+    background): one image, so a whole row of tiles costs one Axes and shares one colour scale."""
+    n, h, w = tiles.shape
+    rows = max(1, -(-n // cols))
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tiles[k]
+    return out
+
+
+def _cmap(name, bad="white"):
+    """The colormap ``name`` with NaN (the gaps of a :func:`_montage`) drawn as ``bad``."""
+    import matplotlib
+    return matplotlib.colormaps[name].with_extremes(bad=bad)
+
+
+def _tile_row(fig, ax, tiles, cols, cmap, vmin, vmax, label):
+    """Draw up to ``cols`` of ``tiles`` side by side in ``ax`` on one colour scale, with the
+    channel index under each tile and a colour bar labelled ``label``."""
+    n, _, w = tiles.shape
+    ax.imshow(_montage(tiles[:cols], cols), cmap=_cmap(cmap), vmin=vmin, vmax=vmax,
+              interpolation="nearest")
+    ax.set_xticks([j * (w + 1) + (w - 1) / 2 for j in range(min(n, cols))],
+                  [str(j) for j in range(min(n, cols))], fontsize=6)
+    ax.tick_params(length=0)
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    bar = fig.colorbar(ax.images[0], ax=ax, fraction=0.03, pad=0.01, aspect=8)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
+def _filters_figure(model, image, max_cols=16):
+    """The first conv layer's filters (input channel 0; colour: weight, diverging around 0),
+    then the input image and every stage's feature maps for it (colour: activation), one row
+    each, at most ``max_cols`` channels per row (the row title says when fewer than all)."""
+    maps = model.feature_maps(image[None])                      # name -> (1, C, H, W) or (1, K)
+    convs = [m for m in model.modules() if type(m).__name__ == "Conv2d"]
+    weight = np.asarray(convs[0].weight.data)                    # (C_out, C_in, kH, kW)
+    filters = weight[:, 0]
+    stages = [(name, a[0]) for name, a in maps.items() if a.ndim == 4]
+    widest = max(a.shape[0] for _, a in stages[1:]) if len(stages) > 1 else 8
+    cols = min(max(8, widest, filters.shape[0]), max_cols)
+    rows = 1 + len(stages)
+    fig = _figure(figsize=(cols * 0.75 + 1.6, rows * 1.05 + 0.6), layout="constrained")
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+
+    n = min(cols, len(filters))
+    w_max = float(np.abs(filters[:n]).max()) or 1.0
+    _tile_row(fig, axes[0], filters, cols, "RdBu_r", -w_max, w_max, "weight")
+    axes[0].set_title(f"conv1 filters on input channel 0 of {weight.shape[1]}: "
+                      f"{_count(n, len(filters), 'output channels')}", loc="left", fontsize=8)
+    axes[0].set_ylabel("filters", fontsize=7)
+
+    for ax, (name, a) in zip(axes[1:], stages):
+        n = min(cols, a.shape[0])
+        part = a[:n]
+        if name == "input":
+            cmap, lo, hi, what = "gray", float(part.min()), float(part.max()), "pixel value"
+            head = f"input image: {_count(n, a.shape[0])}"
+        elif name.startswith("conv"):
+            m = float(np.abs(part).max()) or 1.0
+            cmap, lo, hi, what = "RdBu_r", -m, m, "activation\n(before ReLU)"
+            head = f"{name} feature maps: {_count(n, a.shape[0])}"
+        else:
+            cmap, lo, hi, what = "viridis", 0.0, float(part.max()) or 1.0, "activation"
+            head = f"{name} feature maps: {_count(n, a.shape[0])}"
+        if hi <= lo:
+            hi = lo + 1.0
+        _tile_row(fig, ax, part, cols, cmap, lo, hi, what)
+        ax.set_title(head, loc="left", fontsize=8)
+        ax.set_ylabel(name, fontsize=7)
+    axes[-1].set_xlabel("channel", fontsize=7)
+    fig.suptitle("a CNN's first-layer filters, then the feature maps of one image", fontsize=9)
+    return fig
+
+
+def plot_filters_and_maps(model, image, path) -> bool:
+    """One PNG: the first conv layer's filters (one tile per output channel, input channel 0),
+    then the input image and every stage's feature maps for it, at most 16 channels a row.
+    False without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_filters_figure(model, image), path, dpi=120)
+
+
+# ------------------------------------------------------------------------------------------------
+# VAE and generated images
+# ------------------------------------------------------------------------------------------------
+def _image_rows(ax, images, side, cols, title):
+    """Flattened grey ``side`` x ``side`` images in [0, 1], ``cols`` a row, in one Axes."""
+    ax.imshow(_montage(images.reshape(-1, side, side), cols), cmap=_cmap("gray"), vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, loc="left", fontsize=7)
+
+
+def _vae_figure(model, test, labels=None, seed=0, n=8, max_points=2000):
+    """Rows of test images, their reconstructions and samples from the prior; when
+    ``latent_dim == 2``, a scatter of the test images' posterior means (one colour and legend
+    entry per label when ``labels`` is given)."""
+    side = int(round(np.sqrt(model.input_dim)))
+    n = min(n, len(test))
+    recon = model.reconstruct(test[:n])
+    samples = model.sample(2 * n, rng=np.random.default_rng(seed))
+    two_d = model.latent_dim == 2
+    heights = [1, 1, 2] + ([4.5] if two_d else [])
+    fig = _figure(figsize=(n * 0.9 + 0.4, sum(heights) * 0.95 + 0.5), layout="constrained")
+    axes = fig.subplots(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
+    _image_rows(axes[0], np.asarray(test[:n]), side, n, "test images")
+    _image_rows(axes[1], recon, side, n, "reconstructions (decoder mean at the posterior mean)")
+    _image_rows(axes[2], samples, side, n, f"{2 * n} samples from the prior")
+    if two_d:
+        ax = axes[3]
+        x = test[:max_points]
+        mu, _ = model.encode(x)
+        if labels is None:
+            ax.scatter(mu[:, 0], mu[:, 1], s=3, alpha=0.6)
+        else:
+            y = np.asarray(labels)[:len(x)]
+            classes = np.unique(y)
+            import matplotlib
+            cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+            for k, value in enumerate(classes):
+                sel = y == value
+                ax.scatter(mu[sel, 0], mu[sel, 1], s=3, alpha=0.6, color=cmap(k % cmap.N),
+                           label=str(value))
+            ax.legend(title="digit", fontsize=6, title_fontsize=7, markerscale=3,
+                      loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax.set_xlabel("z1", fontsize=8)
+        ax.set_ylabel("z2", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"posterior means of {len(x)} test images (latent_dim = 2)", fontsize=8)
+    fig.suptitle("VAE: test images, reconstructions and samples from the prior", fontsize=9)
+    return fig
+
+
+def plot_vae(model, test, path, labels=None, seed=0) -> bool:
+    """A PNG for an image VAE: 8 test images over their reconstructions, 16 samples from the
+    prior, and, when ``latent_dim == 2``, the posterior means of the test images (coloured by
+    ``labels`` when given, with a legend). False without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_vae_figure(model, test, labels, seed), path, dpi=120)
+
+
+def _samples_figure(images, title="images drawn from the prior"):
+    """A titled grid of flattened square images ``(n, side * side)`` in [0, 1], 8 a row."""
+    n = len(images)
+    side = int(round(math.sqrt(images.shape[1])))
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig = _figure(figsize=(cols * 0.9, rows * 0.95 + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        axes[i // cols][i % cols].imshow(images[i].reshape(side, side), cmap="gray", vmin=0, vmax=1)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples(images, path, title="images drawn from the prior") -> bool:
+    """Write a titled grid of flattened square images ``(n, side * side)`` in [0, 1]; False
+    without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_samples_figure(images, title), path, dpi=120)
