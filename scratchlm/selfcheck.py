@@ -183,3 +183,58 @@ def run_case(name, seed=0, **kwargs):
     module, inputs = build_case(name, seed)
     kwargs.setdefault("eps", SMALL_STEP.get(name, 1e-4))
     return check_module(module, *inputs, name=name, **kwargs)
+
+
+def select(patterns=None) -> list:
+    """The case names ``patterns`` pick, in :data:`CASES` order: a pattern that is a case's exact
+    name picks that case; otherwise it picks every case whose name contains it (ignoring case).
+    ``ValueError`` names a pattern that picks nothing and lists the cases."""
+    if not patterns:
+        return list(CASES)
+    picked = set()
+    for pattern in patterns:
+        if pattern in CASES:
+            picked.add(pattern)
+            continue
+        hits = [n for n in CASES if pattern.lower() in n.lower()]
+        if not hits:
+            raise ValueError(f"no gradcheck case matches {pattern!r}; cases: {', '.join(CASES)}")
+        picked.update(hits)
+    return [n for n in CASES if n in picked]
+
+
+HEADER = ("op", "dtype", "max rel err", "properties (accumulate, float32, deterministic)", "ok")
+_WIDTHS = (max(len(n) for n in CASES), 7, 11, len(HEADER[3]), 4)
+
+
+def format_row(cells) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, _WIDTHS)).rstrip()
+
+
+def run_table(names, emit=print, **check_options):
+    """Check each case of ``names``, emitting the table's header, then one row as each case
+    finishes; returns the failed reports."""
+    emit(format_row(HEADER))
+    emit("  ".join("-" * w for w in _WIDTHS))
+    failed = []
+    for name in names:
+        report = run_case(name, **check_options)
+        props = "all ok" if all(p.ok for p in report.properties) else \
+            "; ".join(p.name for p in report.properties if not p.ok)
+        emit(format_row((name, "float64", f"{report.max_rel:.1e}", props,
+                         "ok" if report.ok else "FAIL")))
+        if not report.ok:
+            failed.append(report)
+    return failed
+
+
+def uncovered_models() -> list:
+    """The registered models (:mod:`scratchlm.registry`) with no gradient-check case here; the
+    count-based n-gram model has no gradient and is exempt."""
+    from . import registry
+    covered = set()
+    for name in CASES:
+        module, _ = build_case(name)
+        covered.update(type(m).__name__ for m in module.modules())
+    return sorted({e.name for e in registry.REGISTRY.values()
+                   if e.make_config is not None and e.model_class not in covered})

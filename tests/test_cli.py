@@ -49,6 +49,11 @@ def test_every_public_layer_has_a_selfcheck_case():
     assert not missing, f"no gradcheck case for: {missing}"
 
 
+def test_every_registered_model_has_a_selfcheck_case():
+    from scratchlm.selfcheck import uncovered_models
+    assert uncovered_models() == []
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_selfcheck_case_numpy_route(name):
     with scratchlm.use_backend("numpy"):

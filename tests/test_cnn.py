@@ -14,7 +14,8 @@ from scratchlm.data.images import (GLYPHS, ImageSplit, binarize, digit_images, l
                                    resize_images)
 from scratchlm.gradcheck import check_module
 from scratchlm.io import read_checkpoint
-from scratchlm.models.cnn import CNN, CNNConfig, accuracy, fit_classifier
+from scratchlm.models.cnn import CNN, CNNConfig, accuracy
+from scratchlm.training import fit_classifier
 
 F64 = np.float64
 
@@ -365,7 +366,7 @@ def test_fit_classifier_bad_input(tmp_path):
     with pytest.raises(ValueError, match="needs checkpoint="):
         fit_classifier(m, train, test, 1, resume=True)
     with pytest.raises(ValueError, match="meta must not use"):
-        fit_classifier(m, train, test, 1, meta={"step": 3})
+        fit_classifier(m, train, test, 1, meta={"loop": 3})
     with pytest.raises(ValueError, match="400 images but 399 labels"):
         fit_classifier(m, (train.images, train.labels[:-1]), test, 1)
     with pytest.raises(TypeError, match="pair"):
@@ -391,20 +392,20 @@ def test_fit_classifier_resumes_bit_identically(tmp_path, optimizer):
     class Stop(Exception):
         pass
 
-    def interrupt(step, loss):
-        if step == 6:                          # after the checkpoint of step 5 (written at step 4)
+    def interrupt(step, total, info):
+        if step == 7:                          # two steps after the checkpoint of step 5
             raise Stop
     with pytest.raises(Stop):
-        fit_classifier(make(), train, test, checkpoint=tmp_path / "b.npz", callback=interrupt, **kw)
+        fit_classifier(make(), train, test, checkpoint=tmp_path / "b.npz", progress=interrupt, **kw)
     resumed = make(rng=99)
     h2 = fit_classifier(resumed, train, test, checkpoint=tmp_path / "b.npz", resume=True, **kw)
-    assert h2 == h1 and h1["step"] == list(range(12)) and h1["eval_step"] == [4, 8, 12]
+    assert h2 == h1 and h1["step"] == list(range(1, 13)) and h1["eval_step"] == [4, 8, 12]
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=k)
     # the checkpoint rebuilds the model on its own
     arrays, doc = read_checkpoint(tmp_path / "b.npz")
-    assert doc["meta"]["step"] == 12 and doc["meta"]["optimizer_name"] == optimizer
-    rebuilt = CNN.from_config(doc["meta"]["config"], dtype=doc["meta"]["dtype"])
+    assert doc["meta"]["loop"]["step"] == 12 and doc["meta"]["train"]["optimizer"] == optimizer
+    rebuilt = CNN.from_config(doc["meta"]["config"], dtype=arrays["model/fc.weight"].dtype)
     rebuilt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
     np.testing.assert_array_equal(rebuilt.predict(test.images), straight.predict(test.images))
     # a finished run resumes as a no-op
@@ -456,8 +457,8 @@ def test_cli_train_eval_filters_cnn(tmp_path, capsys):
     ck = tmp_path / "cnn.npz"
     assert main(["train", "cnn", "--steps", "40", "--conv-channels", "4", "8", "--out", str(ck)]) == 0
     out = capsys.readouterr().out
-    assert "held-out accuracy on 2,000 images" in out and ck.exists()
-    acc = float(out.split("images: ")[1].split()[0])
+    assert "held-out accuracy" in out and ck.exists()
+    acc = float(out.split("held-out accuracy ")[1].split(";")[0])
     assert acc > 0.3                                   # 40 steps: far above chance (0.1)
     assert main(["eval", "--checkpoint", str(ck)]) == 0
     assert f"accuracy {acc:.4f}" in capsys.readouterr().out   # the same model, the same images

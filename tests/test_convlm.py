@@ -8,7 +8,7 @@ from conftest import assert_close, to_torch
 from scratchlm.cli import main
 from scratchlm.gradcheck import check_module
 from scratchlm.models import ConvLM
-from scratchlm.train import LoopConfig, train_lm
+from scratchlm.training import TrainConfig, fit_lm
 
 F64 = np.float64
 
@@ -75,10 +75,9 @@ def test_generation_reads_the_receptive_field_only():
 def test_convlm_learns_a_cycle():
     ids = np.tile(np.array([0, 1, 2, 3, 4, 2, 1]), 400)
     model = ConvLM(5, channels=16, kernel_size=3, dilations=(1, 2), rng=0)
-    hist = train_lm(model, ids, ids[:300], LoopConfig(steps=120, batch_size=8, lr=1e-2, eval_interval=60,
-                                                      eval_batches=2, warmup=10, block_size=32),
-                    log=lambda m: None)
-    assert hist["val_loss"][-1] < 0.1 < hist["train_loss"][0]
+    hist = fit_lm(model, ids, ids[:300], TrainConfig(steps=120, lr=1e-2, eval_interval=60, warmup=10),
+                  batch_size=8, eval_batches=2, block_size=32, log=lambda m: None)
+    assert hist["val_loss"][-1] < 0.1 < hist["loss"][0]
 
 
 def test_bad_input():
@@ -102,11 +101,11 @@ def test_cli_train_sample_eval_convlm(tmp_path, capsys):
     assert main(["train", "convlm", "--steps", "6", "--corpus", str(corpus), "--out", str(ck),
                  "--channels", "8", "--dilations", "1", "2", "--batch-size", "4", "--block-size", "32",
                  "--eval-interval", "3", "--sample-length", "20"]) == 0
-    assert "trained 6 steps" in capsys.readouterr().out
+    assert ": 6 steps in" in capsys.readouterr().out
     assert main(["sample", "--checkpoint", str(ck), "--prompt", "the ", "--length", "10", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("the ")
     assert main(["eval", "--checkpoint", str(ck)]) == 0
     assert "bits/char" in capsys.readouterr().out
     assert main(["train", "convlm", "--corpus", str(corpus), "--out", str(ck), "--batch-size", "4",
                  "--block-size", "32", "--eval-interval", "3", "--resume"]) == 0   # config from the file
-    assert "trained 6 steps" in capsys.readouterr().out
+    assert ": 6 steps in" in capsys.readouterr().out

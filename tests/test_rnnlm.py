@@ -8,7 +8,8 @@ from conftest import assert_close, to_torch
 from scratchlm.cli import main
 from scratchlm.gradcheck import check_module
 from scratchlm.models import RNNLM
-from scratchlm.train import LoopConfig, gradient_norms_over_time, train_lm
+from scratchlm.training import TrainConfig, fit_lm
+from scratchlm.training.evaluate import gradient_norms_over_time
 
 F64 = np.float64
 TEXT = "\n".join(["abcabcabcabc defdefdef", "the cat sat on the mat"] * 60) + "\n"
@@ -101,10 +102,11 @@ def _ids(n=3000, seed=0):
 
 
 def test_truncated_bptt_training_resumes_bit_identically(tmp_path):
-    loop = LoopConfig(steps=10, batch_size=4, eval_interval=4, eval_batches=2, warmup=3, block_size=6)
+    loop = TrainConfig(steps=10, eval_interval=4, warmup=3, weight_decay=0.1)
+    kw = dict(batch_size=4, eval_batches=2, block_size=6, log=lambda m: None)
     train_ids, val_ids = _ids()
     straight = RNNLM(11, 8, 8, "lstm", dropout=0.1, rng=0)
-    train_lm(straight, train_ids, val_ids, loop, out=tmp_path / "a.npz", log=lambda m: None)
+    fit_lm(straight, train_ids, val_ids, loop, checkpoint=tmp_path / "a.npz", **kw)
 
     class Stop(Exception):
         pass
@@ -114,11 +116,11 @@ def test_truncated_bptt_training_resumes_bit_identically(tmp_path):
             raise Stop
     first = RNNLM(11, 8, 8, "lstm", dropout=0.1, rng=0)
     with pytest.raises(Stop):
-        train_lm(first, train_ids, val_ids, loop, out=tmp_path / "b.npz", progress=interrupt,
-                 log=lambda m: None)
+        fit_lm(first, train_ids, val_ids, loop, checkpoint=tmp_path / "b.npz", progress=interrupt,
+               **kw)
     resumed = RNNLM(11, 8, 8, "lstm", dropout=0.1, rng=7)
-    hist = train_lm(resumed, train_ids, val_ids, loop, out=tmp_path / "b.npz", resume=True,
-                    log=lambda m: None)
+    hist = fit_lm(resumed, train_ids, val_ids, loop, checkpoint=tmp_path / "b.npz", resume=True,
+                  **kw)
     assert hist["step"] == list(range(1, 11))
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=k)
@@ -127,10 +129,9 @@ def test_truncated_bptt_training_resumes_bit_identically(tmp_path):
 def test_rnnlm_learns_a_cycle():
     ids = np.tile(np.array([0, 1, 2, 3, 4, 2, 1]), 400)
     model = RNNLM(5, 8, 32, "gru", rng=0)
-    hist = train_lm(model, ids, ids[:300], LoopConfig(steps=150, batch_size=8, lr=1e-2, eval_interval=50,
-                                                      eval_batches=2, warmup=10, block_size=16),
-                    log=lambda m: None)
-    assert hist["val_loss"][-1] < 0.1 < hist["train_loss"][0]           # from ln 5 = 1.6 to ~0
+    hist = fit_lm(model, ids, ids[:300], TrainConfig(steps=150, lr=1e-2, eval_interval=50, warmup=10),
+                  batch_size=8, eval_batches=2, block_size=16, log=lambda m: None)
+    assert hist["val_loss"][-1] < 0.1 < hist["loss"][0]           # from ln 5 = 1.6 to ~0
 
 
 def test_gradient_norms_show_the_plain_rnn_vanishing_fastest():
@@ -165,7 +166,7 @@ def test_cli_train_sample_eval_gradnorms(tmp_path, capsys):
                  "--hidden-size", "16", "--embed-dim", "8", "--batch-size", "4", "--block-size", "8",
                  "--eval-interval", "4", "--sample-length", "20"]) == 0
     out = capsys.readouterr().out
-    assert "trained 8 steps" in out and ck.exists()
+    assert "trained gru: 8 steps in" in out and ck.exists()
     assert main(["sample", "--checkpoint", str(ck), "--prompt", "the ", "--length", "10", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("the ")
     assert main(["eval", "--checkpoint", str(ck)]) == 0

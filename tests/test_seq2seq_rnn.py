@@ -11,7 +11,8 @@ from conftest import assert_close
 from scratchlm.data import TranslationTask
 from scratchlm.gradcheck import check_module
 from scratchlm.models.seq2seq_rnn import GlobalAttention, Seq2Seq
-from scratchlm.models import CharVocab, exact_match, fit_translation
+from scratchlm.models import CharVocab, exact_match
+from scratchlm.training import fit_translation
 from test_seq2seq_transformer import RealTargets, log_softmax
 
 ATTENTIONS = [None, "dot", "additive"]
@@ -373,17 +374,17 @@ def test_fit_translation_checkpoints_resume_bit_identically(tmp_path):
     class Stop(Exception):
         pass
 
-    def interrupt(step, loss):
-        if step == 6:                      # after the checkpoint of step 5 (written at step 4)
+    def interrupt(step, total, info):
+        if step == 7:                      # two steps after the checkpoint of step 5
             raise Stop
     with pytest.raises(Stop):
         fit_translation(make(), task, 12, batch_size=16, lr=3e-3, checkpoint=tmp_path / "b.npz",
-                        save_every=5, callback=interrupt)
+                        save_every=5, progress=interrupt)
     resumed = Seq2Seq(vocab.size, vocab.size, embed_dim=8, hidden_size=8, attention="dot",
                       dropout=0.1, rng=99)
     hist = fit_translation(resumed, task, 12, batch_size=16, lr=3e-3, checkpoint=tmp_path / "b.npz",
                            save_every=5, resume=True)
-    assert hist["step"] == list(range(12))
+    assert hist["step"] == list(range(1, 13))
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=k)
 
@@ -393,8 +394,8 @@ def test_cli_train_sample_eval_seq2seq(tmp_path, capsys):
     ck = tmp_path / "s2s.npz"
     assert main(["train", "seq2seq", "--steps", "300", "--out", str(ck)]) == 0
     out = capsys.readouterr().out
-    assert "held-out exact match on 500 pairs: greedy" in out and ck.exists()
-    greedy = float(out.split("greedy ")[1].split(",")[0])
+    assert "exact match (greedy)" in out and ck.exists()
+    greedy = float(out.split("exact match (greedy) ")[1].split(",")[0])
     assert greedy >= 0.95                                   # dot attention learns reversal fast
     assert main(["sample", "--checkpoint", str(ck), "--prompt", "abcdefg", "--beam", "4"]) == 0
     assert capsys.readouterr().out.strip() == "gfedcba"
@@ -415,7 +416,7 @@ def test_fit_translation_checks_its_loop_options():
         fit_translation(model, task, 2, batch_size=8, lr=0)
     with pytest.raises(ValueError, match="resume=True needs checkpoint"):
         fit_translation(model, task, 2, batch_size=8, resume=True)
-    with pytest.raises(TypeError, match="callback must be callable"):
-        fit_translation(model, task, 2, batch_size=8, callback=3)
-    with pytest.raises(ValueError, match=r"meta must not use the keys fit_translation writes: \['step'\]"):
-        fit_translation(model, task, 2, batch_size=8, meta={"step": 1})
+    with pytest.raises(TypeError, match="progress must be callable"):
+        fit_translation(model, task, 2, batch_size=8, progress=3)
+    with pytest.raises(ValueError, match=r"meta must not use the keys the training loop writes: \['loop'\]"):
+        fit_translation(model, task, 2, batch_size=8, meta={"loop": 1})

@@ -13,7 +13,8 @@ from scratchlm import nn
 from scratchlm.data import TranslationTask
 from scratchlm.decoding import beam_search, default_reorder, greedy_decode, length_penalty_gnmt
 from scratchlm.gradcheck import check_module
-from scratchlm.models import CharVocab, Seq2SeqTransformer, exact_match, fit_translation
+from scratchlm.models import CharVocab, Seq2SeqTransformer, exact_match
+from scratchlm.training import fit_translation
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pytest
 
 from scratchlm.cli import main
 from scratchlm.models import NGramLM
-from scratchlm.train import evaluate_ngram, load_model, train_ngram
+from scratchlm.training import load_model, train_model
+from scratchlm.training.evaluate import evaluate_ngram
 
 # char-level unigrams rarely allow estimated discounts: the documented fallback warning is expected
 pytestmark = pytest.mark.filterwarnings("ignore:NGramLM.*discounts:RuntimeWarning")
@@ -27,8 +28,8 @@ def test_train_sample_eval_roundtrip(tmp_path, corpus_file, capsys):
     assert main(["train", "markov", "--order", "3", "--corpus", str(corpus_file), "--out", str(ck),
                  "--sample-length", "40", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    ppl = float(re.search(r"validation: perplexity ([\d.]+)", out).group(1))
-    assert 1 < ppl < 5 and "bits/char" in out and "saved" in out and ck.exists()
+    ppl = float(re.search(r"perplexity ([\d.]+)", out).group(1))
+    assert 1 < ppl < 5 and "bits/char" in out and f"wrote {ck}" in out and ck.exists()
 
     assert main(["sample", "--checkpoint", str(ck), "--length", "60", "--seed", "3"]) == 0
     first = capsys.readouterr().out
@@ -44,17 +45,20 @@ def test_train_sample_eval_roundtrip(tmp_path, corpus_file, capsys):
 @pytest.mark.parametrize("tokenizer", ["char", "byte", "word", "bpe"])
 def test_every_tokenizer_trains_and_reloads(tmp_path, corpus_file, tokenizer):
     ck = tmp_path / f"{tokenizer}.npz"
-    r = train_ngram(order=2, corpus=corpus_file, tokenizer=tokenizer, vocab_size=280, out=ck)
-    model, tok, meta = load_model(ck)
-    assert isinstance(model, NGramLM) and meta["val_perplexity"] == pytest.approx(r.val_perplexity)
+    r = train_model("markov", dict(order=2, corpus=str(corpus_file), tokenizer=tokenizer,
+                                   vocab_size=280), out=ck, log=lambda m: None)
+    model, tok, meta, entry = load_model(ck)
+    assert isinstance(model, NGramLM) and entry.name == "markov"
+    assert meta["val_perplexity"] == pytest.approx(r.metrics["perplexity"])
     assert tok.encode("the cat").tolist() == r.tokenizer.encode("the cat").tolist()
     again = evaluate_ngram(model, tok, TEXT)
     assert again["perplexity"] < 10
 
 
 def test_builtin_corpus_is_the_default(tmp_path):
-    r = train_ngram(order=2, out=tmp_path / "b.npz")
-    assert r.train_tokens > 300_000 and 5 < r.val_perplexity < 30
+    r = train_model("markov", dict(order=2), out=tmp_path / "b.npz", log=lambda m: None)
+    assert 5 < r.metrics["perplexity"] < 30 and "counted" in r.notes[0]
+    assert int(r.notes[0].split()[1].replace(",", "")) > 300_000
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -67,7 +71,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     ok = tmp_path / "ok.txt"
     ok.write_text(TEXT)
     assert main(["train", "markov", "--order", "0", "--corpus", str(ok)]) == 2
-    assert "order must be >= 1" in capsys.readouterr().err
+    assert "argument --order: must be an integer in [1, 10], got 0" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
     assert main(["train", "markov", "--corpus", str(empty)]) == 2

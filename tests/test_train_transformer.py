@@ -6,7 +6,7 @@ import pytest
 
 from scratchlm.cli import main
 from scratchlm.models import GPT, GPTConfig
-from scratchlm.train import LoopConfig, load_model, train_lm
+from scratchlm.training import TrainConfig, fit_lm, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:NGramLM.*discounts:RuntimeWarning")
 
@@ -27,7 +27,8 @@ def test_train_sample_eval_attention(tmp_path, corpus_file, capsys):
     assert main(["train", "transformer", "--steps", "12", "--corpus", str(corpus_file), "--out", str(ck),
                  "--sample-length", "30", *TINY]) == 0
     out = capsys.readouterr().out
-    assert "trained 12 steps" in out and "bits/token" in out and ck.exists()
+    assert "trained transformer: 12 steps in" in out and "bits/token" in out and ck.exists()
+    assert f"wrote {ck}, {tmp_path / 'gpt-loss.png'}" in out
     pytest.importorskip("matplotlib")
     assert (tmp_path / "gpt-loss.png").stat().st_size > 1000
     assert main(["sample", "--checkpoint", str(ck), "--prompt", "the ", "--length", "20", "--seed", "1"]) == 0
@@ -49,10 +50,11 @@ def _data(n=3000, seed=0):
 
 def test_resume_is_bit_identical(tmp_path):
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.1)
-    loop = LoopConfig(steps=10, batch_size=4, eval_interval=4, eval_batches=2, warmup=3)
+    loop = TrainConfig(steps=10, eval_interval=4, warmup=3, weight_decay=0.1)
+    kw = dict(batch_size=4, eval_batches=2, log=lambda m: None)
     train_ids, val_ids = _data()
     straight = GPT(cfg, rng=0)
-    train_lm(straight, train_ids, val_ids, loop, out=tmp_path / "a.npz", log=lambda m: None)
+    fit_lm(straight, train_ids, val_ids, loop, checkpoint=tmp_path / "a.npz", **kw)
 
     class Stop(Exception):
         pass
@@ -62,11 +64,11 @@ def test_resume_is_bit_identical(tmp_path):
             raise Stop
     first = GPT(cfg, rng=0)
     with pytest.raises(Stop):
-        train_lm(first, train_ids, val_ids, loop, out=tmp_path / "b.npz", progress=interrupt,
-                 log=lambda m: None)
+        fit_lm(first, train_ids, val_ids, loop, checkpoint=tmp_path / "b.npz", progress=interrupt,
+               **kw)
     resumed = GPT(cfg, rng=99)                               # everything must come from the file
-    hist = train_lm(resumed, train_ids, val_ids, loop, out=tmp_path / "b.npz", resume=True,
-                    log=lambda m: None)
+    hist = fit_lm(resumed, train_ids, val_ids, loop, checkpoint=tmp_path / "b.npz", resume=True,
+                  **kw)
     assert hist["step"] == list(range(1, 11))
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=k)
@@ -76,8 +78,9 @@ def test_training_learns_a_simple_source():
     cfg = GPTConfig(vocab_size=5, block_size=12, n_layer=1, n_head=2, n_embd=16)
     ids = np.tile(np.array([0, 1, 2, 3, 4, 2, 1]), 400)          # a deterministic cycle
     model = GPT(cfg, rng=0)
-    hist = train_lm(model, ids, ids[:300], LoopConfig(steps=200, batch_size=8, lr=1e-2, eval_interval=100,
-                                                      eval_batches=2, warmup=10), log=lambda m: None)
+    hist = fit_lm(model, ids, ids[:300], TrainConfig(steps=200, lr=1e-2, min_lr=1e-4, eval_interval=100, warmup=10,
+                                                  weight_decay=0.1, betas=(0.9, 0.99)),
+                  batch_size=8, eval_batches=2, log=lambda m: None)
     assert hist["val_loss"][0] > hist["val_loss"][-1]
     assert hist["val_loss"][-1] < 0.3                           # nats per token: nearly certain
     model.eval()
@@ -94,14 +97,15 @@ def test_transformer_cli_errors(tmp_path, corpus_file, capsys):
     ngram = tmp_path / "ng.npz"
     assert main(["train", "markov", "--order", "2", "--corpus", str(corpus_file), "--out", str(ngram)]) == 0
     assert main(["attention", "--checkpoint", str(ngram), "--prompt", "x"]) == 2
-    assert "not a transformer checkpoint" in capsys.readouterr().err
+    assert "holds a markov model; attention maps are drawn for transformer" in capsys.readouterr().err
 
 
 def test_load_model_restores_a_gpt(tmp_path, corpus_file):
     ck = tmp_path / "g.npz"
     main(["train", "transformer", "--steps", "3", "--corpus", str(corpus_file), "--out", str(ck), *TINY])
-    model, tok, meta = load_model(ck)
-    assert isinstance(model, GPT) and meta["step"] == 3 and tok.vocab_size == model.config.vocab_size
+    model, tok, meta, entry = load_model(ck)
+    assert isinstance(model, GPT) and meta["loop"]["step"] == 3 and entry.name == "transformer"
+    assert tok.vocab_size == model.config.vocab_size
 
 
 def test_nonfinite_loss_stops_training_with_a_clear_error():
@@ -109,9 +113,9 @@ def test_nonfinite_loss_stops_training_with_a_clear_error():
     train_ids, val_ids = _data()
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), rng=0)
     model.transformer.h[0].mlp.c_fc.weight.data[0, 0] = np.nan
-    loop = LoopConfig(steps=3, batch_size=2, eval_interval=10, eval_batches=1, warmup=1)
+    loop = TrainConfig(steps=3, eval_interval=10, warmup=1)
     with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
-        train_lm(model, train_ids, val_ids, loop, log=lambda m: None)
+        fit_lm(model, train_ids, val_ids, loop, batch_size=2, eval_batches=1, log=lambda m: None)
 
 
 def test_layers_scan_alone_but_not_inside_a_trusted_model():

@@ -14,7 +14,8 @@ from scratchlm.functional import (free_bits_kl_backward, free_bits_kl_forward,
 from scratchlm.gradcheck import check_function, check_module
 from scratchlm.io import read_checkpoint
 from scratchlm.models.nvdm import DocumentVAE
-from scratchlm.models.vae import VAE, elbo, fit_vae, iwae_bound
+from scratchlm.models.vae import VAE, elbo, iwae_bound
+from scratchlm.training import fit_vae
 
 from conftest import assert_close, to_torch
 
@@ -513,11 +514,11 @@ def test_fit_vae_resumes_bit_identically(tmp_path):
     class Stop(Exception):
         pass
 
-    def interrupt(step, loss):
-        if step == 6:
+    def interrupt(step, total, info):
+        if step == 7:
             raise Stop
     with pytest.raises(Stop):
-        fit_vae(make(), x, checkpoint=tmp_path / "b.npz", callback=interrupt, **kw)
+        fit_vae(make(), x, checkpoint=tmp_path / "b.npz", progress=interrupt, **kw)
     resumed = make(rng=99)
     h2 = fit_vae(resumed, x, checkpoint=tmp_path / "b.npz", resume=True, **kw)
     assert h2 == h1 and h1["eval_step"] == [4, 8, 12]
@@ -525,8 +526,8 @@ def test_fit_vae_resumes_bit_identically(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=k)
     assert straight.rng.bit_generator.state == resumed.rng.bit_generator.state
     arrays, doc = read_checkpoint(tmp_path / "b.npz")
-    assert doc["meta"]["model_name"] == "VAE" and doc["meta"]["step"] == 12
-    rebuilt = VAE.from_config(doc["meta"]["config"], dtype=doc["meta"]["dtype"])
+    assert doc["module"] == "VAE" and doc["meta"]["loop"]["step"] == 12
+    rebuilt = VAE.from_config(doc["meta"]["config"], dtype=arrays["model/fc1.weight"].dtype)
     rebuilt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
     np.testing.assert_array_equal(rebuilt.reconstruct(xt), straight.reconstruct(xt))
     with pytest.raises(ValueError, match="holds a VAE, not a DocumentVAE"):
@@ -545,7 +546,7 @@ def test_fit_vae_bad_input(tmp_path):
     with pytest.raises(ValueError, match="needs checkpoint="):
         fit_vae(m, x, 1, batch_size=8, resume=True)
     with pytest.raises(ValueError, match="meta must not use"):
-        fit_vae(m, x, 1, batch_size=8, meta={"history": 1})
+        fit_vae(m, x, 1, batch_size=8, meta={"loop": 1})
     with pytest.raises(FileNotFoundError):
         fit_vae(m, x, 1, batch_size=8, checkpoint=tmp_path / "none.npz", resume=True)
     with pytest.raises(ValueError, match=r"\[0, 1\] for likelihood='bernoulli'"):
@@ -610,16 +611,16 @@ def test_cli_train_vae_and_docvae(tmp_path, capsys):
     assert main(["train", "vae", "--steps", "60", "--latent-dim", "2", "--hidden-size", "64",
                  "--out", str(ck)]) == 0
     out = capsys.readouterr().out
-    assert "held-out ELBO per example" in out and "importance-weighted bound (k=50" in out and ck.exists()
-    elbo_ = float(out.split("per example: ")[1].split()[0])
-    iwae = float(out.split("images): ")[1].split()[0])
+    assert "held-out ELBO (nats)" in out and "IWAE bound k=50" in out and ck.exists()
+    elbo_ = float(out.split("held-out ELBO (nats) ")[1].split(",")[0])
+    iwae = float(out.split("500 images (nats) ")[1].split(";")[0])
     assert np.isfinite(elbo_) and elbo_ < 0
     assert iwae >= elbo_ - 1.0                       # a bound at least as tight (different draws)
-    if "latent scatter" in out:                      # with matplotlib
+    if str(tmp_path / "vae.png") in out:             # with matplotlib
         assert (tmp_path / "vae.png").stat().st_size > 5000
     assert main(["train", "vae", "--out", str(ck), "--resume"]) == 0      # finished: nothing to add
     ck2 = tmp_path / "doc.npz"
     assert main(["train", "docvae", "--steps", "40", "--out", str(ck2)]) == 0
     out = capsys.readouterr().out
-    ppl = float(out.split("perplexity (ELBO bound): ")[1].split()[0])
+    ppl = float(out.split("held-out perplexity ")[1].split(";")[0])
     assert 1 < ppl < 1e5

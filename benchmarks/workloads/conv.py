@@ -155,11 +155,12 @@ class CNNTrainStep(Workload):
 
     def setup(self, impl):
         self.check_impl(impl)
-        from scratchlm.models import CNN
+        from scratchlm import registry
+        from scratchlm.models import CNNConfig
         rng = np.random.default_rng(0)
         x = rng.random((self.N, 1, self.S, self.S), dtype=np.float32)
         y = rng.integers(0, 10, self.N)
-        ours = CNN(channels=self.channels, image_size=self.S, rng=0)
+        ours = registry.get("cnn").build(CNNConfig(channels=self.channels, image_size=self.S), rng=0)
         if impl == TORCH:
             torch = self.require_torch()
             model = torch_cnn(torch, ours)
@@ -194,7 +195,8 @@ class ConvLMTrainStep(Workload):
 
     def setup(self, impl):
         self.check_impl(impl)
-        from scratchlm.models import ConvLM
+        from scratchlm import registry
+        from scratchlm.models import ConvLMConfig
         rng = np.random.default_rng(0)
         if impl == BLAS_ONLY:
             BT, C, V = self.B * self.T, self.C, self.V
@@ -202,7 +204,8 @@ class ConvLMTrainStep(Workload):
             return blas_only_im2col(rng, self.B * len(self.dilations), C, C * self.k, self.T, head)
         x = rng.integers(0, self.V, (self.B, self.T))
         y = rng.integers(0, self.V, (self.B, self.T))
-        ours = ConvLM(self.V, self.C, self.k, self.dilations, rng=0)
+        ours = registry.get("convlm").build(ConvLMConfig(self.V, self.C, self.k, list(self.dilations)),
+                                            rng=0)
         if impl == TORCH:
             torch = self.require_torch()
             model = torch_convlm(torch, ours)

@@ -73,8 +73,8 @@ def torch_gpt(torch, cfg):
 
 
 def _models(cfg, torch=None):
-    from scratchlm.models import GPT
-    ours = GPT(cfg, rng=0)
+    from scratchlm import registry
+    ours = registry.get("transformer").build(cfg, rng=0)      # the model `train transformer` builds
     if torch is None:
         return ours, None
     theirs = torch_gpt(torch, cfg)

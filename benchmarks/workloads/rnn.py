@@ -31,11 +31,12 @@ class _RecurrentTrainStep(Workload):
 
     def setup(self, impl):
         self.check_impl(impl)
-        from scratchlm.models import RNNLM
+        from scratchlm import registry
+        from scratchlm.models import RNNLMConfig
         rng = np.random.default_rng(0)
         x = rng.integers(0, self.V, (self.B, self.T))
         y = rng.integers(0, self.V, (self.B, self.T))
-        ours = RNNLM(self.V, self.E, self.H, self.cell, rng=0)
+        ours = registry.get(self.cell).build(RNNLMConfig(self.V, self.E, self.H, self.cell), rng=0)
         if impl == TORCH:
             torch = self.require_torch()
             tnn = torch.nn

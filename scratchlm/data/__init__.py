@@ -7,6 +7,8 @@
   :func:`load_corpus`, :func:`split_corpus`, :func:`corpus_lines`;
 * ``synthetic`` -- :class:`MarkovSource` (exact entropy rate), :class:`TranslationTask`;
 * ``batching`` -- :func:`random_windows`, :func:`sequential_batches`, :func:`pad_batch`;
+* ``sources`` -- the training loop's batch sources with resumable state: :class:`RandomWindows`,
+  :class:`StreamChunks` (truncated BPTT), :class:`ShuffledEpochs`;
 * ``representations`` -- :func:`one_hot`, :func:`bag_of_words`, :class:`TfidfTransformer`,
   :class:`CSRMatrix`;
 * ``documents`` -- :func:`load_documents_dataset` (bag-of-words paragraphs of the built-in
@@ -14,23 +16,26 @@
 """
 
 from .batching import pad_batch, random_windows, sequential_batches
-from .corpus import builtin_corpus, load_corpus, split_corpus
+from .corpus import builtin_corpus, load_corpus, read_corpus, split_corpus
 from .corpus import lines as corpus_lines
 from .documents import STOP_WORDS, DocumentSplit, document_words, load_documents_dataset
 from .gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode
 from .images import GLYPHS, ImageSplit, binarize, digit_images, load_digits_dataset, resize_images
 from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
 from .synthetic import MarkovSource, TranslationTask
-from .tokenizers import (BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer, WordTokenizer,
-                         load_tokenizer)
+from .sources import RandomWindows, ShuffledEpochs, StreamChunks
+from .tokenizers import (TOKENIZERS, BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,
+                         WordTokenizer, build_tokenizer, encode_lines, load_tokenizer)
 
 __all__ = [
     "GLYPHS", "ImageSplit", "binarize", "digit_images", "load_digits_dataset", "resize_images",
     "Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "load_tokenizer",
+    "TOKENIZERS", "build_tokenizer", "encode_lines",
     "GPT2Tokenizer", "bytes_to_unicode",
-    "builtin_corpus", "load_corpus", "split_corpus", "corpus_lines",
+    "builtin_corpus", "load_corpus", "read_corpus", "split_corpus", "corpus_lines",
     "MarkovSource", "TranslationTask",
     "random_windows", "sequential_batches", "pad_batch",
+    "RandomWindows", "StreamChunks", "ShuffledEpochs",
     "one_hot", "bag_of_words", "TfidfTransformer", "CSRMatrix",
     "load_documents_dataset", "DocumentSplit", "document_words", "STOP_WORDS",
 ]

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-__all__ = ["builtin_corpus", "load_corpus", "split_corpus", "lines"]
+__all__ = ["builtin_corpus", "load_corpus", "read_corpus", "split_corpus", "lines"]
 
 
 def _normalise_newlines(text: str) -> str:
@@ -85,6 +85,15 @@ def load_corpus(path) -> str:
         raise ValueError(f"corpus file {path!r} is empty or contains only whitespace "
                          f"({len(raw)} bytes)")
     return _normalise_newlines(text)
+
+
+def read_corpus(path=None) -> tuple[str, str]:
+    """The text and its name: the file at ``path`` (:func:`load_corpus`), or the built-in corpus
+    when ``path`` is None."""
+    if path is None:
+        return builtin_corpus(), "built-in (pydoc_data.topics)"
+    import os
+    return load_corpus(path), os.fspath(path)
 
 
 def _text(text, name: str = "text") -> str:

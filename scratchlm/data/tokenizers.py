@@ -49,7 +49,7 @@ from .._checks import index_array
 from ..io import atomic_write
 
 __all__ = ["Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer",
-           "load_tokenizer", "GPT2_SPLIT_PATTERN"]
+           "load_tokenizer", "build_tokenizer", "encode_lines", "TOKENIZERS", "GPT2_SPLIT_PATTERN"]
 
 FORMAT = "scratchlm-tokenizer"
 VERSION = 1
@@ -802,3 +802,27 @@ def _check_special_tokens(special_tokens) -> tuple:
         dup = next(s for s, k in Counter(specials).items() if k > 1)
         raise ValueError(f"special_tokens must be distinct, got {dup!r} more than once")
     return specials
+
+
+#: the tokenizers ``build_tokenizer`` (and ``scratchlm train --tokenizer``) trains
+TOKENIZERS = ("char", "byte", "word", "bpe")
+
+
+def build_tokenizer(kind: str, text: str, vocab_size: int = 1000) -> Tokenizer:
+    """A tokenizer of ``kind`` (one of :data:`TOKENIZERS`) trained on ``text``; ``vocab_size`` is
+    BPE's."""
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind == "word":
+        return WordTokenizer.train(text)
+    if kind == "bpe":
+        return BPETokenizer.train(text, vocab_size)
+    raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {kind!r}")
+
+
+def encode_lines(tokenizer: Tokenizer, text: str) -> list:
+    """One int64 id array per non-blank line (the sentences of an n-gram model)."""
+    from .corpus import lines
+    return [tokenizer.encode(line) for line in lines(text)]

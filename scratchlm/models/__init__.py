@@ -6,19 +6,21 @@ models, from NumPy directly).
   smoothing, perplexity, sampling and ARPA I/O (``ngram.py``);
 * :class:`GPT`, :class:`GPTConfig` -- the GPT-2 architecture with nanoGPT's names (``gpt.py``);
 * :class:`RNNLM`, :class:`RNNLMConfig` -- embedding -> RNN/LSTM/GRU -> linear (``rnnlm.py``);
-* :class:`CNN` -- conv -> ReLU -> pool stages -> linear image classifier, ``fit_classifier``
-  (``cnn.py``);
+* :class:`CNN` -- conv -> ReLU -> pool stages -> linear image classifier (``cnn.py``);
 * :class:`ConvLM`, :class:`ConvLMConfig` -- causal dilated convolutional LM (``convlm.py``);
 * :class:`VAE` (images) and :class:`DocumentVAE` (bag-of-words, NVDM) -- variational
-  autoencoders with the reparameterization trick, ``fit_vae``, ``elbo``, ``iwae_bound``
+  autoencoders with the reparameterization trick, ``elbo``, ``iwae_bound``
   (``vae.py``, ``nvdm.py``);
 * :class:`Seq2Seq` -- RNN encoder-decoder with optional dot/additive attention
   (``seq2seq_rnn.py``);
 * :class:`Seq2SeqTransformer` -- encoder-decoder Transformer (pre-LN, ``torch.nn.Transformer``'s
   names), greedy and beam decoding via :mod:`scratchlm.decoding` (``seq2seq_transformer.py``).
+
+Training any of them is the one loop's job: :mod:`scratchlm.training` (``fit_lm``,
+``fit_translation``, ``fit_classifier``, ``fit_vae``).
 """
 
-from .cnn import CNN, CNNConfig, fit_classifier
+from .cnn import CNN, CNNConfig
 from .cnn import accuracy as classifier_accuracy
 from .convlm import ConvLM, ConvLMConfig
 from .gpt import GPT, GPTConfig
@@ -28,10 +30,10 @@ from .nvdm import DocumentVAE, DocumentVAEConfig
 from .rnnlm import RNNLM, RNNLMConfig
 from .seq2seq_rnn import GlobalAttention, Seq2Seq
 from .seq2seq_transformer import Seq2SeqTransformer
-from .translation import CharVocab, exact_match, fit_translation, translate
-from .vae import VAE, VAEConfig, elbo, fit_vae, iwae_bound
+from .translation import CharVocab, exact_match, translate
+from .vae import VAE, VAEConfig, elbo, iwae_bound
 
 __all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "ConvLM",
-           "ConvLMConfig", "CNN", "CNNConfig", "fit_classifier", "classifier_accuracy",
-           "VAE", "VAEConfig", "DocumentVAE", "DocumentVAEConfig", "fit_vae", "elbo", "iwae_bound", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
-           "fit_translation", "exact_match", "translate"]
+           "ConvLMConfig", "CNN", "CNNConfig", "classifier_accuracy",
+           "VAE", "VAEConfig", "DocumentVAE", "DocumentVAEConfig", "elbo", "iwae_bound", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
+           "exact_match", "translate"]

@@ -14,7 +14,7 @@ the softmax lives in the loss (``CrossEntropyLoss``), so ``model(x)`` returns lo
 Parameter names are those of the equivalent ``torch.nn`` model -- ``features`` a
 ``Sequential(Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, MaxPool2d)`` and ``fc`` a ``Linear``
 (``features.0.weight``, ``features.3.weight``, ``fc.weight`` ...) -- so a state dict moves across
-unchanged. :func:`fit_classifier` trains it (SGD with momentum or Adam, cosine schedule,
+unchanged. :func:`scratchlm.training.fit_classifier` trains it (SGD with momentum or Adam, cosine schedule,
 checkpoints that resume bit-identically) and :func:`accuracy` scores it.
 """
 
@@ -25,12 +25,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import nn
-from .._checks import (choice, float_array, index_array, make_rng, nonnegative,
-                       positive_int, resolve_dtype, same_dtype, scalar, trusted, upstream)
+from .._checks import (float_array, index_array, make_rng, positive_int, resolve_dtype,
+                       same_dtype, scalar, trusted, upstream)
 from ..nn.module import NO_CACHE
-from .fitting import LOOP_KEYS, EpochLoop, check_finite_loss, check_loop_options
 
-__all__ = ["CNN", "CNNConfig", "fit_classifier", "accuracy"]
+__all__ = ["CNN", "CNNConfig", "accuracy"]
 
 
 @dataclass
@@ -257,103 +256,3 @@ def accuracy(model, images, labels, batch_size=512) -> float:
         raise TypeError(f"model must be a CNN, got {type(model).__name__}")
     x, y = _split((images, labels), "data", model)
     return float(np.mean(model.predict(x.astype(model.dtype, copy=False), batch_size) == y))
-
-
-_RESERVED = LOOP_KEYS + ("config", "dtype", "optimizer_name")
-
-
-def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, optimizer="sgd",
-                   momentum=0.9, *, weight_decay=0.0, schedule="cosine", warmup_steps=0,
-                   min_lr=0.0, clip=None, seed=0, eval_every=None, callback=None,
-                   checkpoint=None, save_every=100, resume=False, meta=None):
-    """Train a :class:`CNN` on ``train = (images, labels)`` (mean cross-entropy) for ``steps``
-    minibatches of ``batch_size`` images, reshuffled each epoch by a generator seeded with
-    ``seed`` (an epoch's leftover images shorter than a batch are skipped).
-
-    * ``optimizer='sgd'`` (``momentum``, default lr 0.05) or ``'adam'`` (default lr 1e-3);
-      ``weight_decay`` is L2 added to the gradient (torch's ``SGD``/``Adam`` semantics).
-    * ``schedule='cosine'``: linear warm-up for ``warmup_steps``, then cosine decay to ``min_lr``
-      at ``steps`` (:class:`~scratchlm.optim.WarmupCosineLR`); ``'constant'``: ``lr`` throughout.
-    * ``clip``: gradient-norm clipping (None: none).
-    * ``test = (images, labels)`` (optional): accuracy on it every ``eval_every`` steps (None:
-      only at the end).
-    * ``callback(step, loss)`` after every step (and after that step's checkpoint).
-    * ``checkpoint``: a path written every ``save_every`` steps and at the end, holding the model,
-      the optimizer, the schedule, the shuffling generator and epoch order, the step, the
-      history, ``config`` (:meth:`CNN.config_dict`) and ``meta``; ``resume=True`` continues from
-      it bit-identically (a finished run only re-evaluates).
-
-    A non-finite loss stops training with ``FloatingPointError`` naming the step and the rate.
-    Images of another float dtype than the model's are cast batch by batch.
-
-    Returns the history: ``{"step", "loss", "lr", "acc"}`` per step (``acc``: the batch's
-    training accuracy before the update), and ``{"eval_step", "test_acc"}`` per evaluation.
-    """
-    from ..optim import SGD, Adam, WarmupCosineLR, clip_grad_norm_
-    if not isinstance(model, CNN):
-        raise TypeError(f"model must be a CNN, got {type(model).__name__}")
-    images, labels = _split(train, "train", model)
-    test = None if test is None else _split(test, "test", model)
-    steps = positive_int(steps, "steps")
-    batch_size = positive_int(batch_size, "batch_size")
-    if batch_size > len(images):
-        raise ValueError(f"batch_size ({batch_size}) must be <= the number of training images "
-                         f"({len(images)})")
-    optimizer = choice(optimizer, "optimizer", ("sgd", "adam"))
-    schedule = choice(schedule, "schedule", ("cosine", "constant"))
-    lr = (0.05 if optimizer == "sgd" else 1e-3) if lr is None else lr
-    lr = nonnegative(lr, "lr")
-    if lr == 0:
-        raise ValueError("lr must be > 0")
-    momentum = nonnegative(momentum, "momentum")
-    weight_decay = nonnegative(weight_decay, "weight_decay")
-    warmup_steps = positive_int(warmup_steps, "warmup_steps", minimum=0)
-    min_lr = nonnegative(min_lr, "min_lr")
-    clip = None if clip is None else nonnegative(clip, "clip")
-    eval_every = None if eval_every is None else positive_int(eval_every, "eval_every")
-    save_every, resume, meta = check_loop_options(
-        "fit_classifier", save_every=save_every, resume=resume, checkpoint=checkpoint,
-        callback=callback, meta=meta, reserved=_RESERVED)
-
-    rng = make_rng(seed)
-    params = list(model.parameters())
-    if optimizer == "sgd":
-        opt = SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        opt = Adam(params, lr=lr, weight_decay=weight_decay)
-    sched = None
-    if schedule == "cosine":
-        if min_lr > lr:
-            raise ValueError(f"min_lr ({min_lr}) must be <= lr ({lr})")
-        sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
-    history = {"step": [], "loss": [], "lr": [], "acc": [], "eval_step": [], "test_acc": []}
-    loop = EpochLoop(model, opt, sched, rng, n=len(images), steps=steps, batch_size=batch_size,
-                     history=history, checkpoint=checkpoint, save_every=save_every,
-                     callback=callback, meta=dict(config=model.config_dict(),
-                                                  dtype=str(model.dtype),
-                                                  optimizer_name=optimizer, **meta))
-    if resume:
-        loop.resume("images")
-
-    def train_step(step, idx):
-        x = images[idx].astype(model.dtype, copy=False)
-        y = labels[idx]
-        opt.zero_grad()
-        logits, loss = model(x, y)
-        rate = opt.param_groups[0]["lr"]
-        check_finite_loss(loss, step, rate)   # the layers skip NaN scans: stop here, clearly
-        model.backward()
-        if clip is not None:
-            clip_grad_norm_(params, clip)
-        history["step"].append(step)
-        history["loss"].append(float(loss))
-        history["lr"].append(rate)
-        history["acc"].append(float(np.mean(np.argmax(logits, axis=1) == y)))
-        return loss
-
-    def evaluate(step):
-        if test is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
-            history["eval_step"].append(step)
-            history["test_acc"].append(accuracy(model, *test))
-
-    return loop.run(train_step, evaluate, eval_every)

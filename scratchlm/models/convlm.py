@@ -109,8 +109,10 @@ class ConvLM(LanguageModel):
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
 
     @classmethod
-    def from_config(cls, config: ConvLMConfig, dtype=np.float32, rng=None):
-        return cls(**asdict(config), dtype=dtype, rng=rng)
+    def from_config(cls, config, dtype=np.float32, rng=None):
+        """Build from a :class:`ConvLMConfig` or its :meth:`config_dict` (e.g. a checkpoint's)."""
+        return cls(**asdict(ConvLMConfig(**config) if isinstance(config, dict) else config),
+                   dtype=dtype, rng=rng)
 
     def config_dict(self) -> dict:
         return asdict(self.config)

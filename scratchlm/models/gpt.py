@@ -211,6 +211,11 @@ class GPT(LanguageModel):
         tr.wte.backward(dx)                                                   # into the tied weight
         tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B
 
+    @classmethod
+    def from_config(cls, config, dtype=np.float32, rng=None):
+        """Build from a :class:`GPTConfig` or its :meth:`config_dict` (e.g. a checkpoint's)."""
+        return cls(GPTConfig(**config) if isinstance(config, dict) else config, dtype=dtype, rng=rng)
+
     def config_dict(self) -> dict:
         return asdict(self.config)
 

@@ -86,8 +86,10 @@ class RNNLM(LanguageModel):
         self.state = None
 
     @classmethod
-    def from_config(cls, config: RNNLMConfig, dtype=np.float32, rng=None):
-        return cls(**asdict(config), dtype=dtype, rng=rng)
+    def from_config(cls, config, dtype=np.float32, rng=None):
+        """Build from an :class:`RNNLMConfig` or its :meth:`config_dict` (e.g. a checkpoint's)."""
+        return cls(**asdict(RNNLMConfig(**config) if isinstance(config, dict) else config),
+                   dtype=dtype, rng=rng)
 
     def config_dict(self) -> dict:
         return asdict(self.config)

@@ -57,7 +57,7 @@ gradient of the encoder's final state, which enters each length group's BPTT as 
 once; each step feeds only the newest token, the RNN state carrying the prefix.
 
 Training and evaluation on :class:`scratchlm.data.TranslationTask` use the same
-:func:`~scratchlm.models.seq2seq_transformer.fit_translation` and
+:func:`~scratchlm.training.fit_translation` and
 :func:`~scratchlm.models.seq2seq_transformer.exact_match` as :class:`Seq2SeqTransformer`.
 """
 
@@ -261,6 +261,11 @@ class Seq2Seq(EncoderDecoder):
         self.max_len = positive_int(max_len, "max_len")
         self._set_special_ids(pad_id, bos_id, eos_id)
         self.dtype = resolve_dtype(dtype)
+        self._config = dict(src_vocab_size=self.src_vocab_size, tgt_vocab_size=self.tgt_vocab_size,
+                            embed_dim=self.embed_dim, hidden_size=self.hidden_size, cell=self.cell,
+                            num_layers=self.num_layers, attention=self.attention_type,
+                            attention_size=attention_size, dropout=dropout, max_len=self.max_len,
+                            pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
         rng = make_rng(rng)
         E, H, L, rnn = self.embed_dim, self.hidden_size, self.num_layers, _CELLS[self.cell]
 
@@ -282,6 +287,16 @@ class Seq2Seq(EncoderDecoder):
         self._has_loss = False
 
     # -- input checks ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, dtype=np.float32, rng=None):
+        """Build from :meth:`config_dict`'s dict (e.g. a checkpoint's)."""
+        return cls(**dict(config), dtype=dtype, rng=rng)
+
+    def config_dict(self) -> dict:
+        """The constructor's arguments (without dtype and rng): ``Seq2Seq(**config_dict())``
+        rebuilds the architecture, as a checkpoint does."""
+        return dict(self._config)
+
     def _src(self, src):
         """``src`` as int64 (B, S), checked to be right-padded, and its lengths (B,)."""
         src = index_array(src, "src", self.src_vocab_size, ndim=2)

@@ -42,7 +42,7 @@ only the newest token and appends its self-attention keys and values to a per-la
 :meth:`scratchlm.models.GPT.generate` does; without it every step reruns the decoder on the whole
 prefix (same tokens, slower).
 
-Training on :class:`scratchlm.data.TranslationTask`: :class:`CharVocab`, :func:`fit_translation`
+Training on :class:`scratchlm.data.TranslationTask`: :class:`CharVocab`, :func:`scratchlm.training.fit_translation`
 (AdamW, warm-up + cosine, gradient clipping) and :func:`exact_match`.
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import nn
-from .._checks import choice, float_array, make_rng, positive_int, upstream
+from .._checks import choice, float_array, positive_int, upstream
 from ..decoding import beam_search, greedy_decode
 
 
@@ -132,73 +132,6 @@ class EncoderDecoder(nn.Module):
         state = self.init_state(src, **state_options)
         return beam_search(self.decode_step, state, self.bos_id, self.eos_id, beam_size, max_len,
                            length_penalty, n_best=n_best)[0]
-
-
-def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=None,
-                    min_lr=None, weight_decay=0.01, betas=(0.9, 0.98), clip=1.0, seed=0,
-                    callback=None, checkpoint=None, save_every=100, resume=False, meta=None):
-    """Train ``model`` on ``task.train`` (teacher forcing, mean cross-entropy over non-pad
-    targets) for ``steps`` steps of ``batch_size`` pairs, shuffled each epoch.
-
-    AdamW (weight decay on matrices only), linear warm-up for ``warmup_steps`` (default
-    ``steps // 10``) then cosine decay to ``min_lr`` (default ``lr / 10``), gradient-norm
-    clipping at ``clip``. The vocabulary is ``CharVocab(task.chars)``; it is stored as
-    ``model.vocab`` for :func:`exact_match`. ``callback(step, loss)`` is called after every step.
-
-    ``checkpoint``: a path written every ``save_every`` steps and at the end (model, optimizer,
-    schedule, shuffling state, history and ``meta``); ``resume=True`` continues from it
-    bit-identically.
-
-    Returns the history: ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...]}``.
-    """
-    from ..optim import AdamW, WarmupCosineLR, clip_grad_norm_
-    from .fitting import LOOP_KEYS, EpochLoop, check_loop_options
-    if not isinstance(model, EncoderDecoder):
-        raise TypeError(f"model must be a Seq2SeqTransformer or a Seq2Seq, got {type(model).__name__}")
-    vocab = CharVocab(task.chars)
-    if (model.pad_id, model.bos_id, model.eos_id) != (0, 1, 2):
-        raise ValueError("the model must use pad_id=0, bos_id=1, eos_id=2 (CharVocab's ids)")
-    if model.src_vocab_size < vocab.size or model.tgt_vocab_size < vocab.size:
-        raise ValueError(f"the task needs vocabularies of {vocab.size} ids (3 specials + "
-                         f"{len(task.chars)} characters), the model has {model.src_vocab_size} "
-                         f"and {model.tgt_vocab_size}")
-    steps = positive_int(steps, "steps")
-    batch_size = positive_int(batch_size, "batch_size")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    save_every, resume, meta = check_loop_options(
-        "fit_translation", save_every=save_every, resume=resume, checkpoint=checkpoint,
-        callback=callback, meta=meta, reserved=LOOP_KEYS)
-    warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
-    min_lr = lr / 10 if min_lr is None else min_lr
-    model.vocab = vocab
-    pairs = list(task.train)
-    rng = make_rng(seed)
-    decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for _, p in model.named_parameters() if p.ndim < 2]
-    opt = AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                lr=lr, betas=tuple(betas))
-    sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
-    history = {"step": [], "loss": [], "lr": [], "grad_norm": []}
-    loop = EpochLoop(model, opt, sched, rng, n=len(pairs), steps=steps, batch_size=batch_size,
-                     history=history, checkpoint=checkpoint, save_every=save_every,
-                     callback=callback, meta=meta)
-    if resume:
-        loop.resume("pairs")
-
-    def train_step(step, idx):
-        src, tgt_in, tgt_out = batch_pairs(vocab, [pairs[i] for i in idx])
-        opt.zero_grad()
-        _, loss = model(src, tgt_in, tgt_out)
-        model.backward()
-        norm = clip_grad_norm_(model.parameters(), clip)
-        history["step"].append(step)
-        history["loss"].append(float(loss))
-        history["lr"].append(opt.param_groups[0]["lr"])
-        history["grad_norm"].append(float(norm))
-        return loss
-
-    return loop.run(train_step)
 
 
 def translate(model, texts, vocab=None, decode="greedy", *, beam_size=4, length_penalty=0.6,

@@ -2,7 +2,7 @@ r"""VAE: the variational autoencoder (Kingma & Welling, 2014; Rezende, Mohamed &
 laid out as PyTorch's classic ``examples/vae``, with every backward written out; the
 importance-weighted bound (Burda, Grosse & Salakhutdinov, 2016); KL warm-up (Bowman et al.,
 2016) and free bits (Kingma et al., 2016). The document VAE (NVDM) that shares this machinery is
-in ``nvdm.py``; :func:`fit_vae` trains either.
+in ``nvdm.py``; :func:`scratchlm.training.fit_vae` trains either.
 
     x (B, D) -> fc1 -> ReLU -> h (B, H) -> fc21 -> mu (B, L)
                                         -> fc22 -> clamp[-30, 20] -> logvar (B, L)
@@ -38,7 +38,7 @@ objective (the reported ELBO is always the true one):
 
 * ``kl_weight`` :math:`\beta` multiplies it. Training from :math:`\beta = 0` up to 1 over the
   first steps ("KL annealing", Bowman et al., 2016) keeps the posterior from collapsing onto
-  the prior early on; :func:`fit_vae` does that with ``kl_warmup_steps``, passing
+  the prior early on; :func:`scratchlm.training.fit_vae` does that with ``kl_warmup_steps``, passing
   :math:`\beta_t` to :meth:`VAE.loss`.
 * ``free_bits`` :math:`\lambda_{fb}` (nats per latent dimension; Kingma et al., 2016, "Improved
   variational inference with inverse autoregressive flow"): the KL of each latent
@@ -115,9 +115,8 @@ from ..functional.latent import (free_bits_kl_backward, free_bits_kl_forward,
 from .._checks import (choice, float_array, make_rng, nonnegative, positive_int,
                        resolve_dtype, same_dtype, scalar, trusted, upstream)
 from ..nn.module import NO_CACHE
-from .fitting import LOOP_KEYS, EpochLoop, check_finite_loss, check_loop_options
 
-__all__ = ["VAE", "VAEConfig", "fit_vae", "elbo", "iwae_bound"]
+__all__ = ["VAE", "VAEConfig", "elbo", "iwae_bound"]
 
 LOGVAR_RANGE = (-30.0, 20.0)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -599,163 +598,3 @@ def _csr_rows(X, idx, dtype):
         pos = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)])
         np.add.at(out, (rows, X.indices[pos]), X.data[pos].astype(dtype))
     return out
-
-
-class _Data:
-    """Training/test data for :func:`fit_vae`: an array ``(N, ...)``, an ``ImageSplit`` (its
-    images) or a :class:`~scratchlm.data.CSRMatrix` of counts; batches come out dense, in the
-    model's dtype, checked by the model."""
-
-    def __init__(self, data, name, model):
-        from ..data.images import ImageSplit
-        from ..data.representations import CSRMatrix
-        if isinstance(data, ImageSplit):
-            data = data.images
-        if isinstance(data, CSRMatrix):
-            if data.shape[1] != model.input_dim:
-                raise ValueError(f"{name} must have {model.input_dim} columns (input_dim), got "
-                                 f"shape {data.shape}")
-            self.csr, self.n = data, data.shape[0]
-        else:
-            arr = float_array(data, name, min_ndim=2)
-            if math.prod(arr.shape[1:]) != model.input_dim:
-                raise ValueError(f"{name} must have shape (N, {model.input_dim}) (N, input_dim) "
-                                 f"or (N, ...) with {model.input_dim} values per example, got "
-                                 f"{arr.shape}")
-            self.csr, self.arr, self.n = None, arr.reshape(len(arr), model.input_dim), len(arr)
-        if self.n == 0:
-            raise ValueError(f"{name} holds no examples")
-        self.dtype = model.dtype
-
-    def rows(self, idx):
-        if self.csr is not None:
-            return _csr_rows(self.csr, idx, self.dtype)
-        return self.arr[idx].astype(self.dtype, copy=False)
-
-    def all(self):
-        if self.csr is not None:
-            return _csr_rows(self.csr, np.arange(self.n), self.dtype)
-        return self.arr.astype(self.dtype, copy=False)
-
-
-_RESERVED = LOOP_KEYS + ("config", "dtype", "model_name", "optimizer_name")
-
-
-def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval_every=None,
-            eval_samples=1, kl_warmup_steps=0, schedule="constant", warmup_steps=0, min_lr=0.0,
-            weight_decay=0.0, clip=None, seed=0, callback=None, checkpoint=None, save_every=100,
-            resume=False, meta=None):
-    """Train a :class:`VAE` or :class:`~scratchlm.models.nvdm.DocumentVAE` with Adam for
-    ``steps`` minibatches of ``batch_size`` examples, reshuffled each epoch by a generator
-    seeded with ``seed`` (an epoch's leftover shorter than a batch is skipped).
-
-    * ``data``: an array ``(N, input_dim)`` (or ``(N, ...)``, e.g. ``(N, 1, 28, 28)`` images),
-      an ``ImageSplit`` (its images; the labels are unused), or a ``CSRMatrix`` of word counts
-      for the document VAE. Batches are cast to the model's dtype.
-    * ``kl_warmup_steps`` :math:`W`: KL annealing (Bowman et al., 2016); step :math:`t`
-      (from 0) uses :math:`\\beta_t = \\beta \\min(1, (t + 1)/W)` with :math:`\\beta` the
-      model's ``kl_weight`` (which is not modified). 0: no warm-up.
-    * ``schedule='constant'`` (default) or ``'cosine'`` (linear warm-up for ``warmup_steps``,
-      cosine decay to ``min_lr``); ``weight_decay`` (Adam's L2); ``clip``: gradient-norm
-      clipping.
-    * ``test``: held-out data, like ``data``; its mean ELBO (``eval_samples`` draws of the
-      reconstruction term, noise from a generator seeded with ``seed`` afresh at each
-      evaluation, so evaluations are comparable and do not touch the training noise) every
-      ``eval_every`` steps (None: only at the end); for a DocumentVAE also its perplexity.
-    * ``callback(step, loss)`` after every step (and after that step's checkpoint).
-    * ``checkpoint``: a path written every ``save_every`` steps and at the end, holding the
-      model (and its noise generator), Adam's state, the schedule, the shuffling generator and
-      epoch order, the step, the history, ``config``, ``model_name`` and ``meta``;
-      ``resume=True`` continues from it bit-identically.
-
-    A non-finite loss stops training with ``FloatingPointError`` naming the step and the rate.
-
-    Returns the history: per step ``step``, ``loss`` (the training objective), ``elbo`` (the
-    batch's true ELBO per example), ``recon``, ``kl``, ``kl_weight``, ``lr``; per evaluation
-    ``eval_step``, ``test_elbo`` (and ``test_perplexity`` for a DocumentVAE).
-    """
-    from ..io import read_checkpoint
-    from ..optim import Adam, WarmupCosineLR, clip_grad_norm_
-    model = _latent_model(model)
-    train = _Data(data, "data", model)
-    test = None if test is None else _Data(test, "test", model)
-    steps = positive_int(steps, "steps")
-    batch_size = positive_int(batch_size, "batch_size")
-    if batch_size > train.n:
-        raise ValueError(f"batch_size ({batch_size}) must be <= the number of training examples "
-                         f"({train.n})")
-    lr = nonnegative(lr, "lr")
-    if lr == 0:
-        raise ValueError("lr must be > 0")
-    eval_samples = positive_int(eval_samples, "eval_samples")
-    kl_warmup_steps = positive_int(kl_warmup_steps, "kl_warmup_steps", minimum=0)
-    schedule = choice(schedule, "schedule", ("constant", "cosine"))
-    warmup_steps = positive_int(warmup_steps, "warmup_steps", minimum=0)
-    min_lr = nonnegative(min_lr, "min_lr")
-    weight_decay = nonnegative(weight_decay, "weight_decay")
-    clip = None if clip is None else nonnegative(clip, "clip")
-    eval_every = None if eval_every is None else positive_int(eval_every, "eval_every")
-    save_every, resume, meta = check_loop_options(
-        "fit_vae", save_every=save_every, resume=resume, checkpoint=checkpoint,
-        callback=callback, meta=meta, reserved=_RESERVED)
-
-    rng = make_rng(seed)
-    opt = Adam(list(model.parameters()), lr=lr, weight_decay=weight_decay)
-    sched = None
-    if schedule == "cosine":
-        if min_lr > lr:
-            raise ValueError(f"min_lr ({min_lr}) must be <= lr ({lr})")
-        sched = WarmupCosineLR(opt, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr)
-    is_doc = hasattr(model, "perplexity")
-    history = {"step": [], "loss": [], "elbo": [], "recon": [], "kl": [], "kl_weight": [],
-               "lr": [], "eval_step": [], "test_elbo": []}
-    if is_doc:
-        history["test_perplexity"] = []
-    loop = EpochLoop(model, opt, sched, rng, n=train.n, steps=steps, batch_size=batch_size,
-                     history=history, checkpoint=checkpoint, save_every=save_every,
-                     callback=callback, meta=dict(config=model.config_dict(),
-                                                  dtype=str(model.dtype),
-                                                  model_name=model.model_name,
-                                                  optimizer_name="adam", **meta))
-    if resume:
-        name = read_checkpoint(checkpoint)[1]["meta"].get("model_name")
-        if name != model.model_name:                   # before anything is loaded
-            raise ValueError(f"{checkpoint} holds a {name}, not a {model.model_name}")
-        loop.resume("examples")
-
-    target_beta = model.kl_weight
-
-    def train_step(step, idx):
-        x = train.rows(idx)
-        beta = target_beta
-        if kl_warmup_steps:
-            beta = target_beta * min(1.0, (step + 1) / kl_warmup_steps)
-        opt.zero_grad()
-        with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: reported below
-            loss = model.loss(x, kl_weight=beta)
-        rate = opt.param_groups[0]["lr"]
-        check_finite_loss(loss, step, rate)   # the layers skip NaN scans: stop here, clearly
-        model.backward()
-        if clip is not None:
-            clip_grad_norm_(opt.param_groups[0]["params"], clip)
-        stats = model.last_stats
-        history["step"].append(step)
-        history["loss"].append(float(loss))
-        history["elbo"].append(stats["elbo"])
-        history["recon"].append(stats["recon"])
-        history["kl"].append(stats["kl"])
-        history["kl_weight"].append(beta)
-        history["lr"].append(rate)
-        return loss
-
-    def evaluate(step):
-        if test is not None and (not history["eval_step"] or history["eval_step"][-1] != step):
-            x = test.all()
-            history["eval_step"].append(step)
-            per = model.elbo(x, eval_samples, rng=np.random.default_rng(seed), reduction="none")
-            history["test_elbo"].append(float(per.mean()))
-            if is_doc:
-                words = x.sum(dtype=np.float64)
-                history["test_perplexity"].append(float(np.exp(-per.sum() / words)))
-
-    return loop.run(train_step, evaluate, eval_every)

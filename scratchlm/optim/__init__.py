@@ -31,7 +31,7 @@ Optimization" (ICLR 2015); Loshchilov & Hutter, "Decoupled Weight Decay Regulari
 """
 
 from .adam import Adam, AdamW
-from .clip import clip_grad_norm_, clip_grad_value_
+from .clip import clip_grad_norm_, clip_grad_value_, grad_norm
 from .lr_scheduler import LambdaLR, LRScheduler, StepLR, WarmupCosineLR, cosine_with_warmup
 from .optimizer import Optimizer
 from .penalty import L1Penalty, L2Penalty
@@ -39,7 +39,7 @@ from .sgd import SGD
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW",
-    "clip_grad_norm_", "clip_grad_value_",
+    "clip_grad_norm_", "clip_grad_value_", "grad_norm",
     "L1Penalty", "L2Penalty",
     "LRScheduler", "StepLR", "LambdaLR", "WarmupCosineLR", "cosine_with_warmup",
 ]

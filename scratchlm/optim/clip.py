@@ -21,7 +21,7 @@ import numpy as np
 
 from ..nn.module import Module, Parameter
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_"]
+__all__ = ["clip_grad_norm_", "clip_grad_value_", "grad_norm"]
 
 
 def _grads(parameters) -> list:
@@ -52,6 +52,19 @@ def _vector_norm(x: np.ndarray, norm_type: float):
     return x.dtype.type(np.linalg.norm(flat, norm_type))
 
 
+def _total_norm(grads, norm_type):
+    dtype = np.result_type(*grads)
+    norms = np.array([_vector_norm(g, norm_type) for g in grads], dtype=dtype)
+    return _vector_norm(norms, norm_type)
+
+
+def grad_norm(parameters, norm_type=2.0) -> float:
+    """The joint ``norm_type``-norm of the gradients of ``parameters`` (what
+    :func:`clip_grad_norm_` returns), without changing them."""
+    grads = _grads(parameters)
+    return float(_total_norm(grads, float(norm_type))) if grads else 0.0
+
+
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False) -> float:
     r"""Scale the gradients of ``parameters`` in place so their joint ``norm_type``-norm is at
     most ``max_norm``; return that norm, measured *before* clipping, as a Python float.
@@ -62,12 +75,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     """
     grads = _grads(parameters)
     max_norm = float(max_norm)
-    norm_type = float(norm_type)
     if not grads:
         return 0.0
     dtype = np.result_type(*grads)
-    norms = np.array([_vector_norm(g, norm_type) for g in grads], dtype=dtype)
-    total = _vector_norm(norms, norm_type)
+    total = _total_norm(grads, float(norm_type))
     if error_if_nonfinite and not np.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {norm_type} for gradients from `parameters` is non-finite "

@@ -59,16 +59,25 @@ def _count(shown, total, unit="channels") -> str:
 # ------------------------------------------------------------------------------------------------
 # loss curves
 # ------------------------------------------------------------------------------------------------
-def _history_figure(history, title="", tokens_per_char=None):
-    """Training loss per step and validation loss per evaluation, in bits per token."""
-    fig = _figure(figsize=(7, 4.2))
-    ax = fig.subplots()
+def _history_figure(history, title="", tokens_per_char=None, baseline=None, sample=None):
+    """Training loss per step and validation loss per evaluation, in bits per token; optionally
+    a baseline's validation level (bits per token) as a dashed line, and a generated sample
+    printed under the plot."""
+    lines = [] if not sample else sample.replace("\t", "    ").splitlines()[:10]
+    fig = _figure(figsize=(7, 4.2 + 0.17 * (len(lines) + 2) if lines else 4.2))
+    if lines:
+        ax, text_ax = fig.subplots(2, 1, height_ratios=[4.2, 0.17 * (len(lines) + 2)])
+    else:
+        ax, text_ax = fig.subplots(), None
     to_bits = 1 / math.log(2)
     train = np.array(history["loss"]) * to_bits
     val = np.array(history.get("val_loss", [])) * to_bits
     ax.plot(history["step"], train, lw=0.8, alpha=0.8, label="training batch")
     if val.size:
         ax.plot(history["eval_step"], val, "o-", label="validation")
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="gray", lw=1,
+                   label=f"order-5 n-gram on the validation split ({baseline:.2f})")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (bits per token)")
     ax.set_title(title or "training loss")
@@ -78,6 +87,11 @@ def _history_figure(history, title="", tokens_per_char=None):
         sec = ax.secondary_yaxis("right", functions=(lambda b: b * tokens_per_char,
                                                      lambda c: c / tokens_per_char))
         sec.set_ylabel("bits per character")
+    if text_ax is not None:
+        text_ax.axis("off")
+        text_ax.set_title("a sample from the trained model", fontsize=8, loc="left")
+        text_ax.text(0, 1, "\n".join(line[:110] for line in lines), family="monospace",
+                     fontsize=6.5, va="top", transform=text_ax.transAxes)
     if val.size and train.size:
         recent = train[-max(1, len(train) // 10):].mean()
         if val[-1] < recent:
@@ -88,14 +102,15 @@ def _history_figure(history, title="", tokens_per_char=None):
     return fig
 
 
-def plot_history(history, path, title="", tokens_per_char=None):
+def plot_history(history, path, title="", tokens_per_char=None, baseline=None, sample=None):
     """Write a run's loss curves as a PNG: training loss per step and validation loss per
     evaluation, in bits per token (and bits per character on a second axis when
-    ``tokens_per_char`` is given and not 1). When validation sits below training the caption says
-    why. Returns False when matplotlib (the ``plot`` extra) is not installed."""
+    ``tokens_per_char`` is given and not 1), with an optional ``baseline`` level and ``sample``
+    text. When validation sits below training the caption says why. Returns False when
+    matplotlib (the ``plot`` extra) is not installed."""
     if not _have_matplotlib():
         return False
-    return _save(_history_figure(history, title, tokens_per_char), path, dpi=120)
+    return _save(_history_figure(history, title, tokens_per_char, baseline, sample), path, dpi=120)
 
 
 # ------------------------------------------------------------------------------------------------

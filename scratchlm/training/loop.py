@@ -1,0 +1,440 @@
+r"""The one training loop. Every ``scratchlm train <model>`` command and every ``fit_*`` function is
+a configuration of :func:`train`:
+
+    source --next()--> batch --forward(batch, step)--> loss --finite check--> model.backward()
+           --> clip --> optimizer step at the scheduled rate --> history
+            --> every eval_interval: evaluate() --> every save_interval: checkpoint --> progress
+
+What :func:`train` owns, so no model repeats it:
+
+* **the optimizer** (:class:`TrainConfig` ``optimizer``): ``'adamw'`` with nanoGPT's grouping
+  (weight decay on every matrix, none on biases and norms), or ``'adam'``/``'sgd'`` with torch's
+  L2 ``weight_decay`` on every parameter;
+* **the schedule**: linear warm-up for ``warmup`` steps then cosine decay to ``min_lr``
+  (:func:`scratchlm.optim.cosine_with_warmup`) over the run's length, or a constant rate. With
+  ``steps`` the length is fixed; with a deadline (``time_limit``) it is re-estimated at every step
+  from the measured time per step, so the rate reaches ``min_lr`` at the deadline;
+* **clipping** of the global gradient norm (``grad_clip``; None: none) and the check that the
+  loss is finite (a diverged run stops with ``FloatingPointError`` naming the step and the rate);
+* **evaluation** every ``eval_interval`` steps and at the end (``evaluate()`` returns a dict of
+  numbers, appended to the history);
+* **checkpoints** every ``save_interval`` steps and at the end: the model, the optimizer and,
+  under the meta key ``"loop"``, the step, the run's length, the training seconds used, the
+  history, the batch source's state and the step function's own state (a recurrent model's
+  carried hidden state), next to the caller's ``meta`` (config, tokenizer, data) -- one layout for
+  every model. ``resume=True`` continues from it bit-identically (a ``steps`` run);
+* **the backward**: ``forward(batch, step)`` computes the loss (the model's forward with its
+  targets); the loop checks it is finite and calls ``model.backward()``;
+* **the stop condition**: ``steps`` steps, or the deadline: training, evaluations and saves end
+  within ``time_limit`` seconds of the first step. Compilation is not training: before the clock
+  starts, :func:`warm_up` runs one step's forward and backward, the optimizer update and one
+  evaluation on throw-away state (saying "compiling kernels (first run only)..." when that takes
+  over a second and Numba's cache lacks a kernel), and measures them to plan the run;
+* **progress**: ``progress(step, total, info)`` after every step and its checkpoint (so an
+  interrupt there loses nothing); ``total`` is the (estimated) run length, ``info`` holds
+  ``loss`` (nats), ``lr``, ``elapsed`` and the last evaluation's numbers.
+
+The history (also what the checkpoint carries): ``step`` (1, 2, ...), ``loss``, ``lr``,
+``grad_norm`` per step, any extra numbers the step function returns (per step), and
+``eval_step`` with one list per number ``evaluate()`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .._checks import choice, nonnegative, positive_int
+
+__all__ = ["TrainConfig", "train", "warm_up", "make_optimizer", "scheduled_lr", "Deadline",
+           "kernels_cache_cold"]
+
+LOOP_META = ("train", "loop")          # the meta keys the loop writes itself
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the model's config and the data are separate).
+
+    Exactly one of ``steps`` (a reproducible run length) and ``time_limit`` (seconds: a deadline
+    the schedule ends at) must be set. ``min_lr`` None means ``lr / 10``. ``save_interval`` None
+    means ``eval_interval`` (or 100 without one).
+    """
+    steps: int | None = None
+    time_limit: float | None = None
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float | None = None
+    warmup: int = 0
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    momentum: float = 0.0
+    grad_clip: float | None = 1.0
+    eval_interval: int | None = None
+    save_interval: int | None = None
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.time_limit is None):
+            raise ValueError("give exactly one of steps (a fixed run length) and time_limit "
+                             f"(seconds), got steps={self.steps!r}, time_limit={self.time_limit!r}")
+        if self.steps is not None:
+            self.steps = positive_int(self.steps, "steps")
+        if self.time_limit is not None:
+            self.time_limit = nonnegative(self.time_limit, "time_limit")
+            if self.time_limit == 0:
+                raise ValueError("time_limit must be > 0 seconds, got 0")
+        self.optimizer = choice(self.optimizer, "optimizer", ("adamw", "adam", "sgd"))
+        self.schedule = choice(self.schedule, "schedule", ("cosine", "constant"))
+        self.lr = nonnegative(self.lr, "lr")
+        if self.lr == 0:
+            raise ValueError("lr must be > 0, got 0")
+        if self.min_lr is not None:
+            self.min_lr = nonnegative(self.min_lr, "min_lr")
+            if self.min_lr > self.lr:
+                raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
+        self.warmup = positive_int(self.warmup, "warmup", minimum=0)
+        self.weight_decay = nonnegative(self.weight_decay, "weight_decay")
+        self.momentum = nonnegative(self.momentum, "momentum")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = tuple(float(b) for b in betas)
+        if self.grad_clip is not None:
+            self.grad_clip = nonnegative(self.grad_clip, "grad_clip")
+        for name in ("eval_interval", "save_interval"):
+            if getattr(self, name) is not None:
+                setattr(self, name, positive_int(getattr(self, name), name))
+
+    @property
+    def floor_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.save_interval or self.eval_interval or 100
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"betas": list(self.betas)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the optimizer and the schedule
+# ------------------------------------------------------------------------------------------------
+def make_optimizer(params, config: TrainConfig):
+    """The optimizer :class:`TrainConfig` names over ``params`` (a list of ``(name, Parameter)``);
+    frozen parameters (``requires_grad`` False) are left out."""
+    from ..optim import SGD, Adam, AdamW
+    named = [(n, p) for n, p in params if getattr(p, "requires_grad", True)]
+    c = config
+    if c.optimizer == "adamw":          # nanoGPT: decay every matrix, not biases or norms
+        groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": c.weight_decay},
+                  {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
+        return AdamW([g for g in groups if g["params"]], lr=c.lr, betas=c.betas)
+    plain = [p for _, p in named]
+    if c.optimizer == "adam":
+        return Adam(plain, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+    return SGD(plain, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+def scheduled_lr(config: TrainConfig, step: int, total: int) -> float:
+    """The rate of step ``step`` (from 0) of a run of ``total`` steps: constant, or
+    :func:`~scratchlm.optim.cosine_with_warmup` (warm-up shortened to ``total - 1`` steps when
+    the run is shorter than it)."""
+    from ..optim import cosine_with_warmup
+    if config.schedule == "constant":
+        return config.lr
+    total = max(int(total), 1)
+    return cosine_with_warmup(step, config.lr, min(config.warmup, total - 1), total,
+                              config.floor_lr)
+
+
+# ------------------------------------------------------------------------------------------------
+# the deadline
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Deadline:
+    r"""Plans a run that must end within ``seconds`` of its first step.
+
+    It keeps running estimates (an exponential moving average) of the time of one step, one
+    evaluation and one checkpoint. Before a step it answers whether the step, the evaluation and
+    save that step would trigger, and the final evaluation and save still fit; and it estimates
+    the run's total length :math:`S = s + \lfloor R / (t_{step} + (t_{eval} + t_{save}) / k)
+    \rfloor` (:math:`R` the seconds left after the final evaluation and save, :math:`k` the
+    evaluation interval), which the schedule uses so that the rate reaches its floor at the
+    deadline.
+    """
+    seconds: float
+    step_time: float
+    eval_time: float = 0.0
+    save_time: float = 0.0
+    interval: int | None = None
+    smoothing: float = 0.3
+    _seen: dict = field(default_factory=dict)
+
+    def observe(self, what, seconds):
+        """Fold a measured duration of ``what`` ('step', 'eval', 'save') into its estimate."""
+        attr = f"{what}_time"
+        a = self.smoothing if self._seen.get(what) else 1.0   # the first measurement replaces
+        setattr(self, attr, (1 - a) * getattr(self, attr) + a * seconds)
+        self._seen[what] = True
+
+    def _periodic(self, step):
+        due = self.interval is not None and (step + 1) % self.interval == 0
+        return (self.eval_time + self.save_time) if due else 0.0
+
+    def fits(self, step, elapsed) -> bool:
+        """Whether step ``step`` (from 0) may start at ``elapsed`` seconds: the step, anything it
+        triggers, and the final evaluation and save all end by the deadline. Step 0 always may."""
+        final = self.eval_time + self.save_time
+        return step == 0 or elapsed + self.step_time + self._periodic(step) + final <= self.seconds
+
+    def total(self, step, elapsed) -> int:
+        """The estimated number of steps the run will have made at the deadline."""
+        left = self.seconds - elapsed - self.eval_time - self.save_time
+        per = self.step_time + ((self.eval_time + self.save_time) / self.interval
+                                if self.interval else 0.0)
+        return step + max(1, int(left / max(per, 1e-9)))
+
+
+# ------------------------------------------------------------------------------------------------
+# warming the kernels before the clock starts
+# ------------------------------------------------------------------------------------------------
+def kernels_cache_cold() -> bool:
+    """True when some Numba kernel of the package has no compiled version in Numba's on-disk
+    cache yet (the first run after installing, or after a change of Numba or of the CPU)."""
+    import sys
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("scratchlm.kernels") or mod is None:
+            continue
+        for obj in vars(mod).values():
+            cache = getattr(obj, "_cache", None)
+            impl = getattr(cache, "_cache_file", None)
+            index = getattr(impl, "_index_path", None)
+            if index is not None and not os.path.exists(index):
+                return True
+    return False
+
+
+def _clone_parameters(model):
+    from ..nn.module import Parameter
+    out = []
+    for name, p in model.named_parameters():
+        if not getattr(p, "requires_grad", True):
+            continue
+        q = Parameter(np.zeros_like(p.data))
+        q.grad = np.zeros_like(p.data)
+        out.append((name, q))
+    return out
+
+
+def warm_up(model, source, forward, evaluate, config, clock=time.perf_counter, log=print):
+    """Compile and time everything a step and an evaluation run, changing nothing: one batch
+    from ``source.peek()`` through ``forward`` and ``model.backward()`` twice (the first
+    compiles, the second is timed), the optimizer update and clipping on zeroed copies of the
+    parameters, and one ``evaluate()``; the model's random generators, its gradients and the
+    forward's state are restored afterwards. Returns ``(step seconds, evaluation seconds)``."""
+    import threading
+
+    from ..optim import clip_grad_norm_
+    # Numba compiles lazily, at a kernel's first call: say so when the warm-up takes long and
+    # some kernel has no cached version yet (a cached kernel loads in milliseconds).
+    notice = threading.Timer(1.0, lambda: kernels_cache_cold() and
+                             log("compiling kernels (first run only)..."))
+    notice.daemon = True
+    notice.start()
+    gens = {name: g.bit_generator.state for name, g in model.generators()}
+    step_state = forward.state_dict() if hasattr(forward, "state_dict") else None
+    was = model.training
+    try:
+        batch = source.peek()
+        model.train()
+        forward(batch, 0)
+        model.backward()
+        t0 = clock()
+        forward(batch, 0)
+        model.backward()
+        step_time = clock() - t0
+        clones = _clone_parameters(model)
+        if clones:
+            opt = make_optimizer(clones, config)
+            t0 = clock()
+            if config.grad_clip is not None:
+                clip_grad_norm_([p for _, p in clones], config.grad_clip)
+            opt.step()
+            step_time += clock() - t0
+        eval_time = 0.0
+        if evaluate is not None:
+            t0 = clock()
+            evaluate()
+            eval_time = clock() - t0
+    finally:
+        notice.cancel()
+        model.zero_grad()
+        model.train(was)
+        for name, g in model.generators():
+            if name in gens:
+                g.bit_generator.state = gens[name]
+        if step_state is not None:
+            forward.load_state_dict(step_state)
+    return step_time, eval_time
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------
+def check_finite_loss(loss, step, rate):
+    """Raise ``FloatingPointError`` naming the step (from 1) and the rate if ``loss`` is not
+    finite (the layers skip NaN scans for speed: the loop stops a diverged run here, clearly)."""
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"the training loss became {float(loss)} at step {step + 1}; "
+                                 f"lower the learning rate (now {rate:.3g}) or resume from the "
+                                 f"last checkpoint")
+
+
+def _step_result(out):
+    """``forward`` returns the loss, or ``(loss, {name: number})`` to log more per step."""
+    if isinstance(out, tuple):
+        loss, extra = out
+        return float(loss), dict(extra)
+    return float(out), {}
+
+
+def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpoint=None,
+          meta=None, resume=False, progress=None, log=print, clock=time.perf_counter,
+          optimizer=None):
+    """Train ``model`` and return the history (see the module docstring for what each part does).
+
+    Args:
+        model: a :class:`scratchlm.nn.Module`.
+        source: a batch source (:mod:`scratchlm.data.sources`): ``next(source)``, ``peek()``,
+            ``state_dict()``, ``load_state_dict()``.
+        forward: ``forward(batch, step) -> loss`` (or ``(loss, {name: number})``): the model's
+            forward with the batch's targets, computing the loss that ``model.backward()``
+            then backpropagates (``step`` counts from 0). May have ``state_dict()`` /
+            ``load_state_dict()`` for state carried between steps.
+        config: :class:`TrainConfig`.
+        evaluate: ``evaluate() -> {name: number}``, every ``eval_interval`` steps and at the end.
+        checkpoint: the path written every ``save_interval`` steps and at the end (None: none).
+        meta: the caller's JSON-able extras for the checkpoint (config, tokenizer, data, ...).
+        resume: continue from ``checkpoint``.
+        progress: ``progress(step, total, info)`` after every step.
+        log: where one-line messages go.
+        clock: the time source (tests inject one).
+        optimizer: an optimizer to use instead of the one ``config`` names.
+    """
+    from ..io import load_checkpoint, read_checkpoint, save_checkpoint
+    from ..optim import clip_grad_norm_, grad_norm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the path to continue from)")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, got {type(progress).__name__}")
+    meta = dict(meta or {})
+    clash = [k for k in meta if k in LOOP_META]
+    if clash:
+        raise ValueError(f"meta must not use the keys the training loop writes: {clash}")
+    if "config" not in meta and hasattr(model, "config_dict"):
+        meta["config"] = model.config_dict()          # what rebuilds the model from the file
+    opt = optimizer or make_optimizer(list(model.named_parameters()), config)
+    history = {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval_step": []}
+    step, total, used = 0, config.steps, 0.0          # used: training seconds before this process
+    if resume:
+        _, doc = read_checkpoint(checkpoint)
+        if doc.get("module") != type(model).__name__:            # before anything is loaded
+            raise ValueError(f"{checkpoint} holds a {doc.get('module')}, not a "
+                             f"{type(model).__name__}")
+        saved = load_checkpoint(checkpoint, model, opt)
+        loop = saved.get("loop")
+        if not isinstance(loop, dict):
+            raise ValueError(f"{checkpoint} was not written by the training loop (no 'loop' "
+                             f"state in its metadata)")
+        source.load_state_dict(loop["source"])
+        if loop.get("step_state") is not None and hasattr(forward, "load_state_dict"):
+            forward.load_state_dict(loop["step_state"])
+        step, used = int(loop["step"]), float(loop.get("elapsed", 0.0))
+        history = {k: list(v) for k, v in loop["history"].items()}
+        if config.steps is not None and loop.get("total_steps") not in (None, config.steps):
+            log(f"resuming {checkpoint} (a {loop['total_steps']}-step run) to {config.steps} steps")
+        log(f"resumed from {checkpoint} at step {step}")
+    if checkpoint is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(checkpoint)) or ".", exist_ok=True)
+    interval = config.checkpoint_interval
+    deadline = None
+    if config.time_limit is not None:
+        step_time, eval_time = warm_up(model, source, forward, evaluate, config, clock, log)
+        deadline = Deadline(config.time_limit, step_time, eval_time, interval=config.eval_interval)
+
+    t0 = clock() - used
+    last_eval = {}
+
+    def save():
+        if checkpoint is None:
+            return
+        s0 = clock()
+        loop_state = {"step": step, "total_steps": total, "elapsed": clock() - t0,
+                      "history": history, "source": source.state_dict(),
+                      "step_state": forward.state_dict() if hasattr(forward, "state_dict") else None}
+        save_checkpoint(checkpoint, model, opt, train=config.to_dict(), loop=loop_state, **meta)
+        if deadline is not None:
+            deadline.observe("save", clock() - s0)
+
+    def run_eval():
+        nonlocal last_eval
+        if evaluate is None or (history["eval_step"] and history["eval_step"][-1] == step):
+            return
+        e0 = clock()
+        result = evaluate()
+        if deadline is not None:
+            deadline.observe("eval", clock() - e0)
+        history["eval_step"].append(step)
+        for k, v in result.items():
+            history.setdefault(k, []).append(float(v))
+        last_eval = dict(result)
+
+    model.train()
+    while True:
+        elapsed = clock() - t0
+        if deadline is not None:
+            if not deadline.fits(step, elapsed):
+                break
+            total = max(deadline.total(step, elapsed), step + 1)
+        elif step >= total:
+            break
+        rate = scheduled_lr(config, step, total)
+        for g in opt.param_groups:
+            g["lr"] = rate
+        batch = next(source)
+        s0 = clock()
+        opt.zero_grad()
+        loss, extra = _step_result(forward(batch, step))
+        check_finite_loss(loss, step, rate)
+        model.backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        norm = (grad_norm(params) if config.grad_clip is None
+                else clip_grad_norm_(params, config.grad_clip))
+        opt.step()
+        step += 1
+        if deadline is not None:
+            deadline.observe("step", clock() - s0)
+        history["step"].append(step)
+        history["loss"].append(loss)
+        history["lr"].append(rate)
+        history["grad_norm"].append(float(norm))
+        for k, v in extra.items():
+            history.setdefault(k, []).append(float(v))
+        if config.eval_interval and step % config.eval_interval == 0:
+            run_eval()
+        if step % interval == 0 and (deadline is not None or step < total):
+            save()
+        if progress is not None:        # after the checkpoint: an interrupt here loses nothing
+            progress(step, total, {"loss": loss, "lr": rate, "elapsed": clock() - t0, **last_eval})
+    total = step
+    run_eval()
+    save()
+    return history
