@@ -324,6 +324,19 @@ _CNN = ModelEntry(
     tiny=dict(steps=6, batch_size=8, conv_channels=[4], n_train=64, n_test=16, save_interval=3),
 )
 
+def _vae_options(hidden, examples):
+    """The options both VAEs share, with their hidden width and what an example is."""
+    return (
+        positive("latent_dim", 20, "latent dimensions"),
+        positive("hidden_size", hidden, "hidden layer width"),
+        opt("kl_warmup", int, 0, "steps of linear KL annealing", low=0),
+        opt("free_bits", float, 0.0, "KL floor per latent dimension (nats)", low=0),
+        positive("steps", 2000, "training steps"),
+        positive("batch_size", 128, f"{examples} per batch"),
+        positive("lr", 1e-3, "learning rate", kind=float),
+    )
+
+
 _VAE = ModelEntry(
     name="vae", help="a VAE on the binarized digit images",
     model_class="VAE", pipeline="VAEPipeline",
@@ -333,14 +346,7 @@ _VAE = ModelEntry(
     batch_source="ShuffledEpochs", out="runs/vae.npz",
     evaluates="the held-out ELBO and the importance-weighted bound (k = 50)",
     samples="writes a PNG of images drawn from the prior",
-    options=(
-        positive("latent_dim", 20, "latent dimensions"),
-        positive("hidden_size", 400, "hidden layer width"),
-        opt("kl_warmup", int, 0, "steps of linear KL annealing", low=0),
-        opt("free_bits", float, 0.0, "KL floor per latent dimension (nats)", low=0),
-        positive("steps", 2000, "training steps"),
-        positive("batch_size", 128, "images per batch"),
-        positive("lr", 1e-3, "learning rate", kind=float),
+    options=_vae_options(400, "images") + (
         positive("n_train", 20000, "training images"),
         positive("n_test", 2000, "held-out images"),
         SAVE,
@@ -359,14 +365,7 @@ _DOCVAE = ModelEntry(
     batch_source="ShuffledEpochs", out="runs/docvae.npz",
     evaluates="the held-out ELBO and perplexity",
     samples="prints the top words of documents drawn from the prior",
-    options=(
-        positive("latent_dim", 20, "latent dimensions"),
-        positive("hidden_size", 256, "hidden layer width"),
-        opt("kl_warmup", int, 0, "steps of linear KL annealing", low=0),
-        opt("free_bits", float, 0.0, "KL floor per latent dimension (nats)", low=0),
-        positive("steps", 2000, "training steps"),
-        positive("batch_size", 128, "documents per batch"),
-        positive("lr", 1e-3, "learning rate", kind=float),
+    options=_vae_options(256, "documents") + (
         opt("vocab_size", int, 2000, "words kept (the most frequent)", low=2),
         SAVE,
         opt("seed", int, 0, "seeds the split, the initialisation and the batches", low=0),

@@ -31,8 +31,10 @@ What :func:`train` owns, so no model repeats it:
   evaluation on throw-away state (saying "compiling kernels (first run only)..." when that takes
   over a second and Numba's cache lacks a kernel), and measures them to plan the run;
 * **progress**: ``progress(step, total, info)`` after every step and its checkpoint (so an
-  interrupt there loses nothing); ``total`` is the (estimated) run length, ``info`` holds
-  ``loss`` (nats), ``lr``, ``elapsed`` and the last evaluation's numbers.
+  interrupt there loses nothing), and once more at the end with ``info["done"]`` True;
+  ``total`` is the (estimated) run length, ``info`` holds ``loss`` (nats), ``lr``, ``elapsed``
+  (seconds since the first step: compiling and warming up are not counted) and the last
+  evaluation's numbers.
 
 The history (also what the checkpoint carries): ``step`` (1, 2, ...), ``loss``, ``lr``,
 ``grad_norm`` per step, any extra numbers the step function returns (per step), and
@@ -210,7 +212,9 @@ def kernels_cache_cold() -> bool:
     for name, mod in list(sys.modules.items()):
         if not name.startswith("scratchlm.kernels") or mod is None:
             continue
-        for obj in vars(mod).values():
+        for attr, obj in vars(mod).items():
+            if attr.startswith("_"):       # helpers called only from other kernels: never cached
+                continue
             cache = getattr(obj, "_cache", None)
             impl = getattr(cache, "_cache_file", None)
             index = getattr(impl, "_index_path", None)
@@ -437,4 +441,8 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
     total = step
     run_eval()
     save()
+    if progress is not None:           # once more at the end: the run's whole time, "done"
+        progress(step, total, {"loss": history["loss"][-1] if history["loss"] else float("nan"),
+                               "lr": history["lr"][-1] if history["lr"] else config.lr,
+                               "elapsed": clock() - t0, "done": True, **last_eval})
     return history

@@ -73,6 +73,19 @@ def _resume_doc(path):
     return doc
 
 
+class _Timed:
+    """Wraps a progress callback to keep the training loop's own account of the run's seconds
+    (from the first step: compiling and warming the kernels are not training)."""
+
+    def __init__(self, progress):
+        self.progress, self.seconds = progress, None
+
+    def __call__(self, step, total, info):
+        self.seconds = info["elapsed"]
+        if self.progress is not None:
+            self.progress(step, total, info)
+
+
 def train_model(name, options=None, *, out=None, resume=False, progress=None, log=print,
                 clock=None) -> Run:
     """Train the registered model ``name`` with ``options`` (a dict of its registry options;
@@ -203,12 +216,12 @@ class LMPipeline(Pipeline):
         meta = cls.loop_meta(entry, opts, model, {
             "tokenizer": tok.to_dict(), "corpus": corpus_name,
             "corpus_path": None if opts["corpus"] is None else os.path.abspath(opts["corpus"])})
-        t0 = clock()
+        timed = _Timed(progress)
         history = fit_lm(model, train_ids, val_ids, cls.loop_config(opts),
                          batch_size=opts["batch_size"], block_size=opts["block_size"],
                          seed=opts["seed"], checkpoint=out, meta=meta, resume=resume,
-                         progress=progress, log=log, clock=clock)
-        seconds = clock() - t0
+                         progress=timed, log=log, clock=clock)
+        seconds = timed.seconds
         tokens_per_char = val_ids.size / max(len(val_text), 1)
         val = history["val_loss"][-1]
         metrics = {"bits/token": bits(val), "bits/char": bits(val) * tokens_per_char,
@@ -370,12 +383,12 @@ class Seq2SeqPipeline(Pipeline):
         log(f"Seq2Seq ({opts['cell']}, attention {opts['attention']}): "
             f"{model.num_parameters():,} parameters; task {opts['task']!r}, "
             f"{len(task.train)} training pairs")
-        t0 = clock()
+        timed = _Timed(progress)
         history = fit_translation(model, task, opts["steps"], opts["batch_size"], opts["lr"],
-                                  seed=opts["seed"], progress=progress, checkpoint=out,
+                                  seed=opts["seed"], progress=timed, checkpoint=out,
                                   save_every=opts["save_interval"], resume=resume, meta=cls.loop_meta(entry, opts, model,
                                                                     {"chars": task.chars}))
-        seconds = clock() - t0
+        seconds = timed.seconds
         greedy, beam = exact_match(model, task.test), exact_match(model, task.test, "beam")
         run = Run(model, None, history, {"exact match (greedy)": greedy, "exact match (beam-4)": beam},
                   seconds, history["step"][-1], files=[out])
@@ -438,13 +451,13 @@ class ImagePipeline(Pipeline):
         log(f"CNN: {model.num_parameters():,} parameters, channels {list(config.channels)}, "
             f"{config.image_size}x{config.image_size} images; {len(train.labels):,} training "
             f"and {len(test.labels):,} test images ({opts['images']})")
-        t0 = clock()
+        timed = _Timed(progress)
         history = fit_classifier(model, train, test, steps=opts["steps"],
                                  batch_size=opts["batch_size"], lr=opts["lr"],
-                                 optimizer=opts["optimizer"], seed=opts["seed"], progress=progress,
+                                 optimizer=opts["optimizer"], seed=opts["seed"], progress=timed,
                                  checkpoint=out, save_every=opts["save_interval"], resume=resume,
                                  meta=cls.loop_meta(entry, opts, model))
-        seconds = clock() - t0
+        seconds = timed.seconds
         acc = classifier_accuracy(model, test.images, test.labels)
         return Run(model, None, history, {"held-out accuracy": acc}, seconds,
                    history["step"][-1], files=[out], extra={"test": test})
@@ -488,12 +501,12 @@ class VAEPipeline(Pipeline):
         log(f"{type(model).__name__}: {model.num_parameters():,} parameters, latent "
             f"{opts['latent_dim']}; {train.shape[0]:,} training and {test.shape[0]:,} test "
             f"{'images' if entry.model_class == 'VAE' else 'documents'}")
-        t0 = clock()
+        timed = _Timed(progress)
         history = fit_vae(model, train, steps=opts["steps"], batch_size=opts["batch_size"],
                           lr=opts["lr"], test=test, kl_warmup_steps=opts["kl_warmup"],
-                          seed=opts["seed"], progress=progress, checkpoint=out, resume=resume,
+                          seed=opts["seed"], progress=timed, checkpoint=out, resume=resume,
                           save_every=opts["save_interval"], meta=cls.loop_meta(entry, opts, model, extra))
-        seconds = clock() - t0
+        seconds = timed.seconds
         metrics = {"held-out ELBO (nats)": history["test_elbo"][-1]}
         if entry.model_class == "VAE":
             metrics["IWAE bound k=50, 500 images (nats)"] = model.iwae_bound(
