@@ -49,3 +49,24 @@ def copy_weights_to_torch(torch, ours, theirs):
     state = {k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in ours.state_dict().items()}
     theirs.load_state_dict(state, strict=True)
     return theirs
+
+
+#: the reference implementations the parity tests compare against, and what installs them
+REFERENCES = ("torch", "kenlm", "transformers", "tokenizers", "safetensors")   # .ci/run installs these
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say in one line which parity tests were skipped because a reference is not installed, and
+    how to run them (``bash .ci/run`` installs the references), instead of leaving a newcomer
+    with an unexplained count of skips."""
+    missing = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+        for name in REFERENCES:
+            if f"could not import '{name}" in reason:
+                missing[name] = missing.get(name, 0) + 1
+    if missing:
+        parts = ", ".join(f"{n} ({k})" for n, k in sorted(missing.items()))
+        terminalreporter.write_line(
+            f"parity tests skipped because a reference is not installed: {parts}; "
+            f"`bash .ci/run` installs them (torch==2.13.0, kenlm, transformers) and runs everything")
