@@ -40,11 +40,76 @@ def trusted(method):
     return wrapper
 
 
+def float_errors_checked(function):
+    """Decorator for generation and evaluation: the function checks what it produces (logits,
+    log-probabilities, a loss) for NaN/inf itself and raises :class:`NonFiniteError`, so NumPy's
+    floating-point warnings on the way there (a diverged model's ``inf - inf``) are silenced --
+    the error says it once, clearly."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return function(*args, **kwargs)
+    return wrapper
+
+
 def _scan(x) -> bool:
     """Whether ``x`` must be scanned for NaN/inf here (not inside a ``@trusted`` model)."""
     return x.size and not _trust.depth
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+class NonFiniteError(ValueError, FloatingPointError):
+    """A model produced NaN or infinite numbers where a choice or a score was to be made -- its
+    parameters or activations are not finite (a diverged model, a corrupt checkpoint). A
+    ``ValueError`` (the model is a bad argument) and a ``FloatingPointError`` (what the training
+    loop raises for a diverged run), so either ``except`` catches it."""
+
+
+def as_int64(ids: np.ndarray, name: str) -> np.ndarray:
+    """Cast an integer array to int64 without wrapping: an unsigned id above 2**63 - 1 would become
+    a negative number, so it is refused naming the value the caller gave, not the cast's."""
+    if ids.dtype == np.int64:
+        return ids
+    if ids.dtype.kind == "u" and ids.dtype.itemsize == 8 and ids.size and ids.max() > _INT64_MAX:
+        where = tuple(int(i) for i in np.argwhere(ids > _INT64_MAX)[0])
+        raise ValueError(f"{name} must hold values below 2**63 (they become int64), got "
+                         f"{int(ids[where])} at index {where}")
+    return ids.astype(np.int64)
+
+
+def int_sequence_array(values, name: str, want: str = "must hold int64 values") -> np.ndarray:
+    """``np.asarray`` of a Python sequence, except that integers beyond int64 -- which NumPy
+    silently turns into float64 (or object) -- are refused naming the integer given, not
+    reported as a float array."""
+    arr = np.asarray(values)
+    if arr.size and arr.dtype.kind in "fO":
+        leaves = np.asarray(values, dtype=object).ravel()
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in leaves):
+            big = next(int(v) for v in leaves if not -2**63 <= v < 2**63)
+            raise ValueError(f"{name} {want}, got {big}")
+    return arr
+
+
+def shape_tuple(value, name: str) -> tuple:
+    """A shape as torch takes one (an int, or a non-empty tuple/list of ints, e.g. LayerNorm's
+    ``normalized_shape``) -> a tuple of positive ints, or raise naming ``name``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not value:
+        raise TypeError(f"{name} must be an int or a non-empty tuple of ints, got {value!r}")
+    return tuple(positive_int(v, name) for v in value)
+
+
+def dim_index(dim, ndim: int, name: str = "dim") -> int:
+    """torch's dimension argument: an int in ``[-ndim, ndim)``, negative counting from the end ->
+    the non-negative axis, or raise naming ``name`` and the input's rank."""
+    dim = integer(dim, name)
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{name} must be in [{-ndim}, {ndim}) for a {ndim}-D input, got {dim}")
+    return dim % ndim
 
 
 def float_array(x, name: str, *, ndim=None, min_ndim=None, finite: bool = True,
@@ -89,7 +154,7 @@ def index_array(ids, name: str, num: int, *, ndim=None, allow_empty: bool = Fals
     """
     if not isinstance(ids, np.ndarray):
         if isinstance(ids, (list, tuple, int, np.integer)) and not isinstance(ids, bool):
-            ids = np.asarray(ids)
+            ids = int_sequence_array(ids, name, f"must lie in [0, {num})")
             if ids.size == 0:
                 ids = ids.astype(np.int64)
         else:
@@ -115,7 +180,7 @@ def index_array(ids, name: str, num: int, *, ndim=None, allow_empty: bool = Fals
             raise ValueError(
                 f"{name} must lie in [0, {num}){extra}, got {bad} at index {where}"
             )
-    return ids.astype(np.int64, copy=False)
+    return as_int64(ids, name)
 
 
 def same_dtype(x: np.ndarray, name: str, dtype, owner: str) -> None:

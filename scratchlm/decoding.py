@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import integer, positive_int
+from ._checks import (NonFiniteError, boolean, float_errors_checked, integer, make_rng,
+                      positive_int)
 
 __all__ = ["greedy_decode", "beam_search", "default_reorder", "length_penalty_gnmt"]
 
@@ -116,7 +117,11 @@ def _token_id(value, name):
 
 
 def _log_probs(out, rows: int, eos_id: int, step: int) -> np.ndarray:
-    """Check step_fn's log-probabilities; return them as float64 (R, V)."""
+    """Check step_fn's log-probabilities; return them as float64 (R, V).
+
+    Every row must be a distribution: no NaN, no +inf, and at least one token with a finite
+    log-probability (an all ``-inf`` row has no token to choose; its argmax would silently be
+    token 0). One maximum per row finds all three -- NaN propagates through it."""
     if not isinstance(out, np.ndarray) or out.dtype.kind != "f":
         raise TypeError(f"step_fn must return log_probs as a float numpy array, got "
                         f"{getattr(out, 'dtype', type(out).__name__)} at step {step}")
@@ -127,14 +132,23 @@ def _log_probs(out, rows: int, eos_id: int, step: int) -> np.ndarray:
         raise ValueError(f"step_fn returned {out.shape[1]} log-probabilities per row, so eos_id "
                          f"{eos_id} is out of range")
     lp = out.astype(np.float64)
-    if np.isnan(lp).any() or np.isposinf(lp).any():
-        raise ValueError(f"step_fn returned NaN or +inf log-probabilities at step {step}")
-    if lp.max() > 1e-4:
+    top = lp.max(axis=1)                                                      # (R,)
+    bad = ~np.isfinite(top)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        what = ("NaN" if np.isnan(top[r]) else "+inf" if top[r] > 0
+                else "-inf for every token (no token has a probability)")
+        raise NonFiniteError(
+            f"step_fn returned {what} log-probabilities in row {r} at step {step}: the model's "
+            f"parameters or activations are not finite (a diverged model or a corrupt "
+            f"checkpoint?) -- nothing can be decoded from them")
+    if top.max() > 1e-4:
         raise ValueError(f"step_fn must return log-probabilities (<= 0), got a maximum of "
-                         f"{lp.max():.4g} at step {step}: apply a log-softmax to the logits")
+                         f"{top.max():.4g} at step {step}: apply a log-softmax to the logits")
     return np.minimum(lp, 0.0)
 
 
+@float_errors_checked          # it checks its results; no NumPy warnings
 def greedy_decode(step_fn, state, bos_id, eos_id, max_len, *, batch_size=None,
                   reorder=default_reorder):
     """Greedy search for a batch of sources.
@@ -180,6 +194,7 @@ def greedy_decode(step_fn, state, bos_id, eos_id, max_len, *, batch_size=None,
     return sequences, scores
 
 
+@float_errors_checked          # it checks its results; no NumPy warnings
 def beam_search(step_fn, state, bos_id, eos_id, beam_size, max_len, length_penalty=0.6, *,
                 n_best=None, batch_size=None, reorder=default_reorder):
     r"""Beam search for a batch of sources (algorithm in the module docstring).
@@ -284,15 +299,47 @@ def beam_search(step_fn, state, bos_id, eos_id, beam_size, max_len, length_penal
     return sequences, (np.array(scores, dtype=np.float64) if n_best is None else scores)
 
 
+def _real(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_temperature(temperature) -> float:
+    """A sampling temperature: a finite number > 0 (``inf`` would silently sample uniformly)."""
+    t = _real(temperature, "temperature")
+    if not (t > 0 and np.isfinite(t)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    return t
+
+
 def check_sampling(temperature, top_k, top_p):
     """Validate ``generate``'s sampling arguments; returns ``(temperature, top_k, top_p)``."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    temperature = check_temperature(temperature)
     if top_k is not None:
         top_k = positive_int(top_k, "top_k")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    return float(temperature), top_k, top_p
+    if top_p is not None:
+        top_p = _real(top_p, "top_p")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    return temperature, top_k, top_p
+
+
+def check_logits(logits: np.ndarray, what: str = "token") -> None:
+    """Refuse logits from which no token can honestly be chosen: NaN or +inf anywhere in a row,
+    or a row that is ``-inf`` everywhere. NaN compares false with everything, so without this
+    check the argmax and the inverse-CDF draw both return token 0, forever. One maximum per row
+    (cheap next to the forward that produced the logits) catches all three."""
+    top = logits.max(axis=-1)                                                 # (B,)
+    bad = ~np.isfinite(top)
+    if bad.any():
+        b = int(np.flatnonzero(bad)[0])
+        bad_value = ("NaN" if np.isnan(top[b]) else "+inf" if top[b] > 0
+                     else f"-inf for every {what}")
+        raise NonFiniteError(
+            f"the logits of batch row {b} are {bad_value}: the model's parameters or activations "
+            f"are not finite (a diverged model or a corrupt checkpoint?) -- no {what} can be "
+            f"chosen")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None):
@@ -301,11 +348,17 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, r
     Samples from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens
     and/or the smallest set whose probability reaches ``top_p`` (nucleus sampling, Holtzman et
     al., 2020); ``greedy=True`` takes the argmax. Computed in float64 whatever the logits' dtype.
-    Shared by every model's ``generate`` (GPT, RNNLM, ConvLM); arguments are checked there.
+    Shared by every model's ``generate`` (GPT, RNNLM, ConvLM); the sampling arguments are
+    checked there (:func:`check_sampling`). Logits with NaN or +inf, or a row with no finite
+    logit, raise :class:`~scratchlm._checks.NonFiniteError` (see :func:`check_logits`).
     """
     logits = np.asarray(logits, dtype=np.float64)
-    if greedy:
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must be (B, V) with V >= 1, got shape {logits.shape}")
+    check_logits(logits)
+    if boolean(greedy, "greedy"):
         return logits.argmax(axis=-1)
+    rng = make_rng(rng)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]                 # as torch.topk + mask

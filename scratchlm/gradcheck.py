@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._checks import integer, positive_int, scalar
 from .nn.module import NO_CACHE
 
 __all__ = ["check_function", "check_module", "GradcheckReport", "GradcheckError", "TensorCheck",
@@ -97,8 +98,15 @@ class GradcheckReport:
     properties: list = field(default_factory=list)
 
     @property
+    def checked(self) -> int:
+        """Entries differentiated numerically, over every tensor."""
+        return sum(t.checked for t in self.tensors)
+
+    @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tensors) and all(p.ok for p in self.properties)
+        """PASS needs at least one entry checked: a report that checked nothing proves nothing."""
+        return (self.checked > 0 and all(t.ok for t in self.tensors)
+                and all(p.ok for p in self.properties))
 
     @property
     def max_rel(self) -> float:
@@ -124,6 +132,8 @@ class GradcheckReport:
         lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         if not self.tensors:
             lines.append("  (no differentiable tensor)")
+        if self.checked == 0:
+            lines.append("  FAIL no entry was checked")
         for p in self.properties:
             detail = f" ({p.detail})" if p.detail else ""
             lines.append(f"  {'ok  ' if p.ok else 'FAIL'} {p.name}{detail}")
@@ -214,6 +224,30 @@ def _compare(name, analytic, array, evaluate, eps, rtol, atol, max_entries, rng)
     return TensorCheck(name, array.shape, idx.size, array.size, max_abs, max_rel, ok)
 
 
+def _check_options(eps, rtol, atol, max_entries, seed):
+    """The checkers' numeric options; ``max_entries`` must let at least one entry be checked."""
+    if not scalar(eps, "eps") > 0:
+        raise ValueError(f"eps must be > 0 (the finite-difference step), got {eps}")
+    if not scalar(rtol, "rtol") > 0:
+        raise ValueError(f"rtol must be > 0, got {rtol}")
+    if not scalar(atol, "atol") >= 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    if max_entries is not None:
+        if isinstance(max_entries, (int, np.integer)) and not isinstance(max_entries, bool) \
+                and max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1 (or None for every entry), got "
+                             f"{max_entries}: a check of no entry would pass vacuously")
+        positive_int(max_entries, "max_entries")
+    integer(seed, "seed")
+
+
+def _nothing_checked(report, what):
+    """A check that differentiated no entry is an error, not a PASS."""
+    if report.checked == 0:
+        raise ValueError(f"gradcheck {report.title}: nothing to check -- {what}; a check of no "
+                         f"entry would pass vacuously")
+
+
 def _as_grads(grads, n):
     if not isinstance(grads, (tuple, list)):
         grads = (grads,)
@@ -243,9 +277,17 @@ def check_function(forward, backward, *inputs, eps: float = 1e-4, rtol: float = 
             ``None`` checks all.
         seed: seeds the upstream gradient and the sample.
         raise_on_failure: raise :class:`GradcheckError` instead of returning a failing report.
+
+    Raises ``ValueError`` when nothing would be checked (no non-empty float input, or
+    ``max_entries=0``): such a check would pass vacuously.
     """
+    _check_options(eps, rtol, atol, max_entries, seed)
     rng = np.random.default_rng(seed)
     xs = [np.array(x, dtype=np.float64) if _is_float_array(x) else x for x in inputs]
+    if not any(_is_float_array(x) and x.size for x in xs):
+        raise ValueError(f"gradcheck {name or getattr(forward, '__name__', 'function')}: nothing "
+                         f"to check -- no input is a non-empty float array (integer arrays and "
+                         f"other values are passed through, not differentiated)")
     out, cache = forward(*xs)
     parts, spec = _flatten(out)
     douts = [rng.standard_normal(np.shape(p)) for p in parts]
@@ -259,6 +301,7 @@ def check_function(forward, backward, *inputs, eps: float = 1e-4, rtol: float = 
         if _is_float_array(x):
             report.tensors.append(_compare(f"input[{i}]", grads[i], x, evaluate, eps, rtol, atol,
                                            max_entries, rng))
+    _nothing_checked(report, "no float input has an entry")
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -301,7 +344,11 @@ def check_module(module, *inputs, eps: float = 1e-4, rtol: float = 1e-6, atol: f
     numeric part). Arguments as :func:`check_function`. The module's ``backward`` must take one
     upstream gradient per output and return gradients for the inputs named by its
     ``differentiable_inputs`` (default: every float input) -- see :class:`~scratchlm.nn.Module`.
+
+    Raises ``ValueError`` when nothing would be checked (a module with no parameters and no
+    differentiable float input, or ``max_entries=0``): such a check would pass vacuously.
     """
+    _check_options(eps, rtol, atol, max_entries, seed)
     rng = np.random.default_rng(seed)
     title = name or type(module).__name__
     m = copy.deepcopy(module).to(np.float64)
@@ -315,6 +362,10 @@ def check_module(module, *inputs, eps: float = 1e-4, rtol: float = 1e-6, atol: f
     douts = [rng.standard_normal(np.shape(p)) for p in parts]
     dout_args = [float(d) if d.ndim == 0 else d for d in douts]
     positions = _grad_input_positions(m, xs)
+    if not any(xs[i].size for i in positions) and not any(p.size for p in m.parameters()):
+        raise ValueError(f"gradcheck {title}: nothing to check -- the module has no parameters "
+                         f"and no differentiable float input (differentiable_inputs="
+                         f"{m.differentiable_inputs}); a check of no entry would pass vacuously")
 
     m.zero_grad()
     dx = m.backward(*dout_args)
@@ -332,6 +383,7 @@ def check_module(module, *inputs, eps: float = 1e-4, rtol: float = 1e-6, atol: f
     for pname, p in m.named_parameters():
         report.tensors.append(_compare(pname, param_grads[pname], p.data, evaluate, eps, rtol,
                                        atol, max_entries, rng))
+    _nothing_checked(report, "no parameter or differentiable input has an entry")
 
     if properties:
         report.properties.extend([

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .._checks import integer, make_rng, positive_int
+from .._checks import as_int64, int_sequence_array, integer, make_rng, positive_int
 
 __all__ = ["random_windows", "sequential_batches", "pad_batch"]
 
@@ -25,7 +25,7 @@ def _ids(ids, name: str = "ids", *, ndim: int = 1, allow_empty: bool = False) ->
     """A 1-D array of non-negative integer token ids as int64 (lists accepted)."""
     if not isinstance(ids, np.ndarray):
         if isinstance(ids, (list, tuple, range)):
-            arr = np.asarray(ids)
+            arr = int_sequence_array(ids, name, "must be non-negative token ids below 2**63")
             ids = arr.astype(np.int64) if arr.size == 0 else arr
         else:
             raise TypeError(f"{name} must be an integer numpy array, got {type(ids).__name__}")
@@ -39,7 +39,7 @@ def _ids(ids, name: str = "ids", *, ndim: int = 1, allow_empty: bool = False) ->
         where = int(np.argmax(ids < 0))
         raise ValueError(f"{name} must be non-negative token ids, got {int(ids[where])} at "
                          f"index {where}")
-    return ids.astype(np.int64, copy=False)
+    return as_int64(ids, name)              # refuses a uint64 id >= 2**63 (it would wrap negative)
 
 
 def random_windows(ids, batch_size: int, block_size: int, rng) -> tuple[np.ndarray, np.ndarray]:

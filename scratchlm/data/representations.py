@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import boolean, index_array, positive_int
+from .._checks import as_int64, boolean, index_array, positive_int
 
 __all__ = ["CSRMatrix", "one_hot", "bag_of_words", "TfidfTransformer"]
 
@@ -62,6 +62,9 @@ class CSRMatrix:
         for name, arr in (("indices", indices), ("indptr", indptr)):
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{name} must have an integer dtype, got {arr.dtype}")
+        # as int64 before any check: an unsigned indptr's differences cannot go negative (a
+        # decrease would wrap to a huge step), and a uint64 value >= 2**63 is refused as given
+        indices, indptr = as_int64(indices, "indices"), as_int64(indptr, "indptr")
         if indices.size != data.size:
             raise ValueError(f"indices must have the length of data ({data.size}), got "
                              f"{indices.size}")

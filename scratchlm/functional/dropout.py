@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import float_array, probability, upstream
+from .._checks import boolean, float_array, probability, upstream
 
 
 class DropoutCache(NamedTuple):
@@ -27,7 +27,7 @@ def dropout_forward(x, p: float = 0.5, training: bool = True, rng=None):
     """
     x = float_array(x, "x")
     p = probability(p, "p")
-    if not training or p == 0.0:
+    if not boolean(training, "training") or p == 0.0:
         return x, DropoutCache(None, x.shape, x.dtype)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator when dropout is active, got {type(rng).__name__}")

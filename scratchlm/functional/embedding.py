@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import float_array, index_array, upstream
+from .._checks import float_array, index_array, integer, upstream
 from ..kernels import embedding as K
 
 
@@ -21,13 +21,21 @@ def embedding_forward(ids, weight, padding_idx=None):
     Args:
         ids: integer array of any shape, every entry in ``[0, num_embeddings)``.
         weight: ``(num_embeddings, embedding_dim)``.
-        padding_idx: a row that receives no gradient (as ``torch.nn.Embedding``), or ``None``.
+        padding_idx: a row that receives no gradient (as ``torch.nn.functional.embedding``),
+            or ``None``; negative counts from the end (``-1`` is the last row), as torch.
 
     Returns:
         ``y``: ``ids.shape + (embedding_dim,)`` and an :class:`EmbeddingCache`.
     """
     weight = float_array(weight, "weight", ndim=2, finite=False)
     ids = index_array(ids, "ids", weight.shape[0], allow_empty=False)
+    if padding_idx is not None:                  # torch's normalisation: -1 is the last row
+        V = weight.shape[0]
+        padding_idx = integer(padding_idx, "padding_idx")
+        if not -V <= padding_idx < V:
+            raise ValueError(f"padding_idx must be in [-{V}, {V}) (num_embeddings {V}), got "
+                             f"{padding_idx}")
+        padding_idx %= V
     y = weight[ids]                                             # ids.shape -> ids.shape + (D,)
     return y, EmbeddingCache(ids, weight.shape, weight.dtype, padding_idx)
 

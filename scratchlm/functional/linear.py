@@ -33,9 +33,11 @@ def linear_forward(x, weight, bias=None):
     y = y.reshape(x.shape[:-1] + (weight.shape[0],))            # (..., out)
     if bias is not None:
         bias = float_array(bias, "bias", ndim=1, finite=False)
-        if bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype:
-            raise ValueError(f"bias must have shape ({weight.shape[0]},) and dtype {weight.dtype}, "
-                             f"got {bias.shape} {bias.dtype}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},) (out_features), got "
+                             f"{bias.shape}")
+        if bias.dtype != weight.dtype:
+            raise TypeError(f"bias has dtype {bias.dtype} but weight has dtype {weight.dtype}")
         y += bias
     return y, LinearCache(x, weight, bias is not None)
 

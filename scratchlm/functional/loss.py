@@ -9,10 +9,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import (choice, float_array, index_array, probability, same_shape_and_dtype, scalar,
-                       upstream)
+from .._checks import (choice, float_array, index_array, integer, probability, same_shape_and_dtype,
+                       scalar, upstream)
 from .activation import stable_sigmoid
 from ..kernels import softmax as K
+from ..kernels.checks import all_finite
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -40,6 +41,18 @@ def _upstream(dloss, reduction, shape, dtype, count=None):
         n = int(np.prod(shape)) if count is None else count
         d = d / n if n else 0.0
     return np.full(shape, d, dtype=dtype)
+
+
+def _class_target(target, x, ignore_index, loss):
+    """Class-index targets for ``x`` (N, C, ...): ``ignore_index`` an int (as torch); a float
+    target the shape of ``x`` -- torch's class probabilities -- is refused by name."""
+    ignore_index = integer(ignore_index, "ignore_index")
+    if isinstance(target, np.ndarray) and target.dtype.kind == "f" and target.shape == x.shape:
+        raise TypeError(f"target must hold class indices (an integer array); {loss} with class "
+                        f"probabilities (a float target of the input's shape {x.shape}) is not "
+                        f"implemented")
+    C = x.shape[0] if x.ndim == 1 else x.shape[1]
+    return index_array(target, "target", C, ignore_index=ignore_index), ignore_index
 
 
 def _class_rows(x, target, name_x="input"):
@@ -90,6 +103,11 @@ def cross_entropy_forward(input, target, ignore_index: int = -100, reduction: st
     Rows whose target is ``ignore_index`` contribute 0 and are not counted by ``'mean'``; if every
     row is ignored the mean is NaN (as torch) and the gradient is zero.
 
+    Extreme logits: each row's loss is computed in float64 (``kernels/softmax.py``), so logits
+    anywhere in float32's range give a finite ``'mean'``/``'sum'``; ``'none'`` returns the rows
+    rounded to the input's dtype (``inf`` only for a row loss past its max, e.g. a target logit
+    of -3e38 beside a logit of 3e38).
+
     Args:
         input: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ...)`` logits.
         target: ``(N,)``, ``()`` or ``(N, d1, ...)`` class indices in ``[0, C)`` or ``ignore_index``.
@@ -97,12 +115,14 @@ def cross_entropy_forward(input, target, ignore_index: int = -100, reduction: st
     x = float_array(input, "input", min_ndim=1)
     choice(reduction, "reduction", REDUCTIONS)
     eps = probability(label_smoothing, "label_smoothing")
-    C = x.shape[0] if x.ndim == 1 else x.shape[1]
-    target = index_array(target, "target", C, ignore_index=ignore_index)
+    target, ignore_index = _class_target(target, x, ignore_index, "cross-entropy")
     rows, t, out_shape = _class_rows(x, target)                                  # (R, C), (R,)
-    per_row, lse = K.cross_entropy_forward(rows, t, int(ignore_index), eps)     # (R,), (R,)
+    per_row, lse = K.cross_entropy_forward(rows, t, int(ignore_index), eps)     # (R,) f64, (R,)
     count = int((t != ignore_index).sum())
-    loss = _reduce(per_row.reshape(out_shape), reduction, count)
+    if reduction == "none":              # the float64 row losses, rounded once (inf only past max)
+        with np.errstate(over="ignore"):
+            per_row = per_row.astype(x.dtype)
+    loss = _reduce(per_row.reshape(out_shape), reduction, count)   # sum/mean: of the float64 rows
     return loss, CrossEntropyCache(rows, t, lse, x.shape, out_shape, ignore_index, reduction,
                                    eps, count)
 
@@ -143,8 +163,7 @@ def nll_forward(input, target, ignore_index: int = -100, reduction: str = "mean"
     if np.isnan(x).any() or np.isposinf(x).any():
         raise ValueError("input must hold log-probabilities: no NaN or +inf (-inf, log 0, is allowed)")
     choice(reduction, "reduction", REDUCTIONS)
-    C = x.shape[0] if x.ndim == 1 else x.shape[1]
-    target = index_array(target, "target", C, ignore_index=ignore_index)
+    target, ignore_index = _class_target(target, x, ignore_index, "the NLL loss")
     rows, t, out_shape = _class_rows(x, target)                                   # (R, C), (R,)
     keep = t != ignore_index
     safe_t = np.where(keep, t, 0)
@@ -178,6 +197,11 @@ def bce_with_logits_forward(input, target, reduction: str = "mean"):
     .. math:: \ell = -[y \log\sigma(x) + (1-y)\log(1-\sigma(x))]
               = \max(x, 0) - x\,y + \log(1 + e^{-|x|})
 
+    For targets in [0, 1] no term exceeds ``|x| + log 2``, so every finite logit gives a finite
+    loss. Targets outside [0, 1] can make ``x y`` overflow the dtype: ``'none'`` then holds
+    ``inf`` (the value is past the max), while ``'mean'``/``'sum'`` of a float32 input are
+    recomputed in float64 (exact products) whenever the float32 items do not sum to a finite value.
+
     Args:
         input: logits, any shape.  target: same shape, same dtype (usually in [0, 1]).
     """
@@ -185,8 +209,13 @@ def bce_with_logits_forward(input, target, reduction: str = "mean"):
     y = float_array(target, "target")
     choice(reduction, "reduction", REDUCTIONS)
     same_shape_and_dtype(y, "target", x, "input")
-    per = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))             # (...,)
-    return _reduce(per, reduction), BCEWithLogitsCache(x, y, reduction)
+    with np.errstate(over="ignore"):                  # past the max only with targets outside [0, 1]
+        per = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))         # (...,)
+    loss = _reduce(per, reduction)
+    if reduction != "none" and not np.isfinite(loss) and x.dtype == np.float32:
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        loss = _reduce(np.maximum(x64, 0) - x64 * y64 + np.log1p(np.exp(-np.abs(x64))), reduction)
+    return loss, BCEWithLogitsCache(x, y, reduction)
 
 
 def bce_with_logits_backward(dloss, cache: BCEWithLogitsCache):
@@ -195,31 +224,48 @@ def bce_with_logits_backward(dloss, cache: BCEWithLogitsCache):
     Returns ``(dinput, dtarget)``."""
     x, y = cache.x, cache.y
     g = _upstream(dloss, cache.reduction, x.shape, x.dtype)
-    return (g * (stable_sigmoid(x) - y)).astype(x.dtype), (-g * x).astype(x.dtype)
+    with np.errstate(over="ignore"):                  # past the max only where the true value is
+        return (g * (stable_sigmoid(x) - y)).astype(x.dtype), (-g * x).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
 class MSECache(NamedTuple):
-    diff: np.ndarray             # (...) input - target
+    diff: np.ndarray             # (...) input - target (float64 if it overflows float32)
     reduction: str
+    dtype: np.dtype = None       # the inputs' dtype (that of diff unless diff was widened)
 
 
 def mse_forward(input, target, reduction: str = "mean"):
-    r"""Mean squared error, :math:`\ell = (x - y)^2` element-wise, then reduced."""
+    r"""Mean squared error, :math:`\ell = (x - y)^2` element-wise, then reduced.
+
+    Float32 values whose difference or square passes float32's max: ``'none'`` holds ``inf``
+    there (the value is past the max); ``'mean'``/``'sum'`` and the gradient use the difference in
+    float64 (exact), so they stay finite wherever they are representable."""
     x = float_array(input, "input")
     y = float_array(target, "target")
     choice(reduction, "reduction", REDUCTIONS)
     same_shape_and_dtype(y, "target", x, "input")
-    diff = x - y
-    return _reduce(diff * diff, reduction), MSECache(diff, reduction)
+    with np.errstate(over="ignore"):                  # past the max: inf, handled below
+        diff = x - y
+        sq = diff * diff
+    loss = _reduce(sq, reduction)
+    overflowed = (not all_finite(np.ascontiguousarray(diff).reshape(-1)) if reduction == "none"
+                  else not np.isfinite(loss))       # a finite reduced loss: every diff is finite
+    if overflowed and x.dtype == np.float32:
+        diff = x.astype(np.float64) - y                                       # exact
+        if reduction != "none":
+            loss = _reduce(diff * diff, reduction)
+    return loss, MSECache(diff, reduction, x.dtype)
 
 
 def mse_backward(dloss, cache: MSECache):
     r"""From :math:`\ell = (x-y)^2`: :math:`\partial\ell/\partial x = 2(x-y) = -\partial\ell/\partial y`.
     Returns ``(dinput, dtarget)``."""
     diff = cache.diff
-    g = _upstream(dloss, cache.reduction, diff.shape, diff.dtype)
-    d = 2 * g * diff
+    dtype = diff.dtype if cache.dtype is None else cache.dtype
+    g = _upstream(dloss, cache.reduction, diff.shape, dtype)
+    with np.errstate(over="ignore"):                  # past the max only where the true value is
+        d = (2 * g * diff).astype(dtype, copy=False)
     return d, -d
 
 

@@ -4,15 +4,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import float_array, upstream
+from .._checks import float_array, nonnegative, shape_tuple, upstream
 from ..kernels import layernorm as K
 
 
 class LayerNormCache(NamedTuple):
     rows: np.ndarray             # (R, C) the input, C = prod(normalized_shape), contiguous
     weight: np.ndarray           # (C,) gamma as a row (ones without a weight)
-    mean: np.ndarray             # (R,) mu of each row
-    rstd: np.ndarray             # (R,) 1 / sqrt(sigma^2 + eps) of each row
+    mean: np.ndarray             # (R,) float64: mu of each row
+    rstd: np.ndarray             # (R,) float64: 1 / sqrt(sigma^2 + eps) of each row
     x_shape: tuple               # the input's shape
     normalized_shape: tuple
     has_weight: bool
@@ -27,6 +27,11 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float =
 
     (biased variance, as ``torch.nn.functional.layer_norm``.)
 
+    Any finite input normalises to a finite output: the statistics are computed in float64 (a
+    float32 row such as ``[3e38, -3e38, ...]``, whose variance passes float32's max, gives the
+    exact answer where torch gives NaN; float64 rows that would overflow are pre-scaled by a power
+    of two). See ``scratchlm/kernels/layernorm.py`` for the rules.
+
     Args:
         x: ``(..., *normalized_shape)``.
         normalized_shape: int or tuple, the trailing shape normalised over (C = its product).
@@ -37,8 +42,9 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps: float =
         ``y`` (shape of ``x``) and a :class:`LayerNormCache` ``(rows, weight, mean, rstd, ...)``.
     """
     x = float_array(x, "x", min_ndim=1)
-    shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
-    if not shape or x.shape[x.ndim - len(shape):] != shape or len(shape) > x.ndim:
+    shape = shape_tuple(normalized_shape, "normalized_shape")
+    eps = nonnegative(eps, "eps")
+    if len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
         raise ValueError(f"x must end with normalized_shape {shape}, got shape {x.shape}")
     C = int(np.prod(shape))
     rows = np.ascontiguousarray(x).reshape(-1, C)                       # (R, C)

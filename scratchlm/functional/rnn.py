@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import upstream
+from .._checks import boolean, choice, float_array, upstream
 from ..kernels import rnn as K
 
 #: gate blocks per mode: weight_ih is (GATES[mode] * hidden, input)
@@ -56,6 +56,46 @@ class RecurrentCache(NamedTuple):
     gh: np.ndarray | None = None       # (T, B, 3H) GRU: W_hh h_{t-1} + b_hh
 
 
+def _check_recurrent(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, reverse):
+    """Argument checks of :func:`recurrent_forward` (shapes, dtypes, mode); returns
+    ``(x, h0, c0, reverse)``. The NaN scans of x and the states are skipped inside a model."""
+    choice(mode, "mode", tuple(GATES))
+    reverse = boolean(reverse, "reverse")
+    x = float_array(x, "x", ndim=3)
+    w_hh = float_array(weight_hh, "weight_hh", ndim=2, finite=False)
+    GH, H = w_hh.shape
+    if GH != GATES[mode] * H:
+        raise ValueError(f"weight_hh must be ({GATES[mode]} * H, H) for mode {mode!r}, got "
+                         f"{w_hh.shape}")
+    w_ih = float_array(weight_ih, "weight_ih", ndim=2, finite=False)
+    if w_ih.shape != (GH, x.shape[2]):
+        raise ValueError(f"weight_ih must be ({GH}, {x.shape[2]}) (gates * hidden, input size of "
+                         f"x {x.shape}), got {w_ih.shape}")
+    for name, a in (("weight_ih", w_ih), ("weight_hh", w_hh)):
+        if a.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but x has dtype {x.dtype}")
+    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if b is not None:
+            b = float_array(b, name, ndim=1, finite=False)
+            if b.shape != (GH,) or b.dtype != x.dtype:
+                raise ValueError(f"{name} must be ({GH},) {x.dtype}, got {b.shape} {b.dtype}")
+    if (bias_ih is None) != (bias_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    states = []
+    for name, st in (("h0", h0), ("c0", c0)):
+        if name == "c0" and mode != "lstm":
+            if st is not None:
+                raise ValueError(f"c0 is the LSTM's cell state; pass None for mode {mode!r}")
+            states.append(None)
+            continue
+        st = float_array(st, name, ndim=2)
+        if st.shape != (x.shape[1], H) or st.dtype != x.dtype:
+            raise ValueError(f"{name} must be ({x.shape[1]}, {H}) (batch, hidden) {x.dtype}, got "
+                             f"{st.shape} {st.dtype}")
+        states.append(st)
+    return x, states[0], states[1], reverse
+
+
 def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, reverse=False):
     """Run one layer over the sequence.
 
@@ -66,12 +106,14 @@ def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, r
         mode: ``'rnn_tanh'``, ``'rnn_relu'``, ``'lstm'`` or ``'gru'``.
         reverse: walk from t = T-1 down to 0.
 
-    Shapes and dtypes are checked by the caller (``scratchlm.nn.rnn``).
+    Every shape and dtype is checked (``_check_recurrent``): the kernels do no bounds checking.
 
     Returns:
         ``out`` ``(T, B, H)`` (h_t for every t), ``h_n`` ``(B, H)``, ``c_n`` ``(B, H)`` or None,
         and a :class:`RecurrentCache`.
     """
+    x, h0, c0, reverse = _check_recurrent(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode,
+                                          reverse)
     T, B, I = x.shape
     GH, H = weight_hh.shape
     xp = (x.reshape(T * B, I) @ weight_ih.T).reshape(T, B, GH)         # every step at once

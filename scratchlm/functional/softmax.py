@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import float_array, upstream
+from .._checks import dim_index, float_array, upstream
 from ..kernels import softmax as K
 
 
@@ -24,8 +24,7 @@ class LogSoftmaxCache(NamedTuple):
 
 def _as_rows(x, dim):
     """Move axis ``dim`` last and flatten the rest: x (..., C, ...) -> (R, C) contiguous."""
-    if not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"dim must be in [{-x.ndim}, {x.ndim}) for an input of shape {x.shape}, got {dim}")
+    dim_index(dim, x.ndim)                   # an int in [-ndim, ndim): negative from the end
     moved = np.moveaxis(x, dim, -1)
     return np.ascontiguousarray(moved).reshape(-1, moved.shape[-1]), moved.shape
 

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import nn
-from .._checks import (float_array, index_array, make_rng, positive_int, resolve_dtype,
-                       same_dtype, scalar, trusted, upstream)
+from .._checks import (float_array, float_errors_checked, index_array, make_rng, positive_int,
+                       resolve_dtype, same_dtype, scalar, trusted, upstream)
 from ..nn.module import NO_CACHE
 
 __all__ = ["CNN", "CNNConfig", "accuracy"]
@@ -178,10 +178,17 @@ class CNN(nn.Module):
         return self.features.backward(self.flatten.backward(self.fc.backward(dlogits)))
 
     # -- inference ----------------------------------------------------------------------------
+    @float_errors_checked          # it checks its logits; no NumPy warnings
     def predict(self, x, batch_size=512) -> np.ndarray:
         """Class ids ``(N,)`` int64: the argmax of the logits, in eval mode, ``batch_size``
-        images at a time. Leaves no cache behind (a ``backward`` next is refused)."""
-        return np.concatenate([np.argmax(z, axis=1) for z in self._logits(x, batch_size)])
+        images at a time. Leaves no cache behind (a ``backward`` next is refused). Logits with
+        NaN or +inf (a diverged model) raise ``NonFiniteError``: never class 0 for every image."""
+        from ..decoding import check_logits
+        out = []
+        for z in self._logits(x, batch_size):
+            check_logits(z, "class")
+            out.append(np.argmax(z, axis=1))
+        return np.concatenate(out)
 
     def _logits(self, x, batch_size):
         x = self._check_images(x)

@@ -28,7 +28,8 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import boolean, index_array, make_rng, positive_int, resolve_dtype, trusted
+from .._checks import (boolean, float_errors_checked, index_array, make_rng, positive_int,
+                       resolve_dtype, trusted)
 from ..decoding import check_sampling, sample_next
 from .lm import LanguageModel
 
@@ -136,6 +137,7 @@ class ConvLM(LanguageModel):
         self.embed.backward(np.ascontiguousarray(dx.transpose(0, 2, 1)))           # (B, T, C)
 
     @trusted
+    @float_errors_checked          # it checks its results; no NumPy warnings
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
                  seed=None):
         """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens; returns ``(B, T + new)``. Each
@@ -145,6 +147,7 @@ class ConvLM(LanguageModel):
         idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
         max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", minimum=0)
         temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+        greedy = boolean(greedy, "greedy")
         rng = make_rng(seed)
         R = self.config.receptive_field
         was = self.training

@@ -27,7 +27,8 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import index_array, make_rng, positive_int, probability, resolve_dtype, trusted
+from .._checks import (boolean, float_errors_checked, index_array, make_rng, positive_int,
+                       probability, resolve_dtype, trusted)
 from ..decoding import check_sampling, sample_next
 from .lm import LanguageModel
 
@@ -230,41 +231,127 @@ class GPT(LanguageModel):
         HF's GPT-2 stores its projections as ``Conv1D`` with weights ``(in, out)``: ``c_attn``,
         ``c_proj`` and ``c_fc`` are transposed into ``Linear``'s ``(out, in)``. The LM head is the
         token embedding (tied), whether or not the file lists ``lm_head.weight``.
+
+        Both files are hostile until checked. ``config.json`` (a regular file of at most 1 MiB,
+        JSON nested at most 64 deep) must give GPT-2's sizes as positive ints; the settings this
+        architecture cannot honour (``n_inner`` other than ``4 n_embd``, unscaled or
+        layer-scaled attention, cross-attention, another activation or epsilon) are refused, not
+        ignored. The parameters the config declares must fit in the weights file (2 bytes each
+        at least) before anything is allocated. Every tensor must be one GPT-2 has, of the shape
+        the config implies, floating point and finite in ``dtype``; none may be missing, and a
+        listed ``lm_head.weight`` must equal ``wte.weight``. Each failure is a ``ValueError``
+        naming the file and the field or tensor.
         """
-        import json
         import os
+        from .._files import loads_json, read_bytes, regular_file
         from ..io import load_safetensors
+        dtype = resolve_dtype(dtype)
+        path = os.fspath(path)
         cfg_path = os.path.join(path, "config.json")
         weights_path = os.path.join(path, "model.safetensors")
         for f in (cfg_path, weights_path):
-            if not os.path.isfile(f):
+            if not os.path.exists(f):
                 raise FileNotFoundError(f"from_pretrained needs {os.path.basename(f)} in {path}: "
                                         f"{f} does not exist")
-        with open(cfg_path, encoding="utf-8") as f:
-            hf = json.load(f)
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"{cfg_path}: activation_function {act!r} is not GPT-2's tanh GELU")
-        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"{cfg_path}: layer_norm_epsilon {hf['layer_norm_epsilon']} is not 1e-5")
+        hf = loads_json(read_bytes(cfg_path, "config.json", limit=1 << 20), cfg_path)
+
+        def field(key, default, ok, want):
+            value = hf.get(key, default)
+            if not ok(value):
+                text = repr(value)
+                raise ValueError(f"{cfg_path}: {key} must be {want}, got "
+                                 f"{text if len(text) <= 60 else text[:60] + '...'}")
+            return value
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        field("model_type", "gpt2", lambda v: v == "gpt2", "'gpt2'")
+        field("activation_function", "gelu_new", lambda v: v in ("gelu_new", "gelu_pytorch_tanh"),
+              "GPT-2's tanh GELU ('gelu_new' or 'gelu_pytorch_tanh')")
+        field("layer_norm_epsilon", 1e-5, lambda v: is_num(v) and abs(v - 1e-5) <= 1e-12, "1e-5")
+        sizes = {}
+        for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
+            if key not in hf:
+                raise ValueError(f"{cfg_path} lacks the GPT-2 field {key!r}")
+            sizes[key] = field(key, None, lambda v: is_int(v) and v >= 1, "an int >= 1")
+        V, P, L, C = (sizes[k] for k in ("vocab_size", "n_positions", "n_layer", "n_embd"))
+        field("n_inner", None, lambda v: v is None or v == 4 * C, f"null or 4 * n_embd = {4 * C}")
+        field("scale_attn_weights", True, lambda v: v is True, "true (attention scaled by 1/sqrt(d))")
+        field("scale_attn_by_inverse_layer_idx", False, lambda v: v is False, "false")
+        field("add_cross_attention", False, lambda v: v is False, "false")
+        tied = field("tie_word_embeddings", True, lambda v: isinstance(v, bool), "true or false")
         try:
-            config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
-                               n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                               dropout=0.0, bias=True)
-        except KeyError as exc:
-            raise ValueError(f"{cfg_path} lacks the GPT-2 field {exc}") from exc
+            config = GPTConfig(vocab_size=V, block_size=P, n_layer=L, n_head=sizes["n_head"],
+                               n_embd=C, dropout=0.0, bias=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{cfg_path}: {exc}") from None
+        # the declared model must fit in the weights file before anything of its size exists
+        n_params = (V + P + 2) * C + L * (12 * C * C + 13 * C)
+        _, weights_size = regular_file(weights_path, "safetensors weights file")
+        if 2 * n_params > weights_size:
+            raise ValueError(f"{cfg_path} declares {n_params:,} parameters (vocab_size {V}, "
+                             f"n_positions {P}, n_layer {L}, n_embd {C}), at least "
+                             f"{2 * n_params:,} bytes; {weights_path} has {weights_size:,}")
+        shapes = {"wte.weight": (V, C), "wpe.weight": (P, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+        for i in range(L):
+            for name, shape in (("ln_1.weight", (C,)), ("ln_1.bias", (C,)),
+                                ("attn.c_attn.weight", (C, 3 * C)), ("attn.c_attn.bias", (3 * C,)),
+                                ("attn.c_proj.weight", (C, C)), ("attn.c_proj.bias", (C,)),
+                                ("ln_2.weight", (C,)), ("ln_2.bias", (C,)),
+                                ("mlp.c_fc.weight", (C, 4 * C)), ("mlp.c_fc.bias", (4 * C,)),
+                                ("mlp.c_proj.weight", (4 * C, C)), ("mlp.c_proj.bias", (C,))):
+                shapes[f"h.{i}.{name}"] = shape
+        shapes["lm_head.weight"] = (V, C)
         tensors, _ = load_safetensors(weights_path)
+        limit = np.finfo(dtype).max
+        found = {}
+        for name, value in tensors.items():
+            short = name[len("transformer."):] if name.startswith("transformer.") else name
+            parts = short.split(".")
+            if (len(parts) == 4 and parts[0] == "h" and parts[1].isdigit() and parts[2] == "attn"
+                    and parts[3] in ("bias", "masked_bias")):
+                continue                                                      # old causal-mask buffers
+            if short not in shapes:
+                raise ValueError(f"{weights_path}: tensor {name[:80]!r} is not a GPT-2 parameter")
+            if short in found:
+                raise ValueError(f"{weights_path}: tensors {found[short]!r} and {name!r} are the same "
+                                 f"parameter")
+            if tuple(value.shape) != shapes[short]:
+                raise ValueError(f"{weights_path}: tensor {name!r} has shape {tuple(value.shape)}, "
+                                 f"expected {shapes[short]} for the sizes in {cfg_path}")
+            if value.dtype.kind != "f":
+                raise ValueError(f"{weights_path}: tensor {name!r} has dtype {value.dtype}; weights "
+                                 f"must be floating point")
+            if value.size and not (np.isfinite(value).all() and (
+                    value.dtype.itemsize <= dtype.itemsize or np.abs(value).max() <= limit)):
+                raise ValueError(f"{weights_path}: tensor {name!r} holds NaN, inf or values beyond "
+                                 f"{dtype.name}'s range")
+            found[short] = name
+        missing = [k for k in shapes if k not in found and k != "lm_head.weight"]
+        if missing:
+            raise ValueError(f"{weights_path} lacks {len(missing)} GPT-2 tensor(s): "
+                             f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+        wte = tensors[found["wte.weight"]]
+        if "lm_head.weight" in found:
+            if not np.array_equal(tensors[found["lm_head.weight"]], wte):
+                raise ValueError(f"{weights_path}: lm_head.weight differs from wte.weight; this GPT "
+                                 f"ties its LM head to the token embedding")
+        elif not tied:
+            raise ValueError(f"{cfg_path}: tie_word_embeddings is false, but {weights_path} has no "
+                             f"lm_head.weight")
         model = cls(config, dtype=dtype, rng=0)
         state = {}
-        for name, value in tensors.items():
-            key = name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
-            if key.endswith((".attn.bias", ".attn.masked_bias")):              # old causal-mask buffers
-                continue
-            if key.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                             "mlp.c_proj.weight")):
+        for short, name in found.items():
+            value = tensors[name]
+            if short.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                               "mlp.c_proj.weight")):
                 value = value.T                                               # Conv1D (in, out) -> (out, in)
-            state[key] = value
-        state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+            state[short if short == "lm_head.weight" else "transformer." + short] = value
+        state["lm_head.weight"] = wte
         model.load_state_dict(state, strict=True)
         return model
 
@@ -284,6 +371,7 @@ class GPT(LanguageModel):
         x = tr.ln_f(x[:, -1:])                                                # (B, 1, C)
         return (x @ tr.wte.weight.data.T)[:, 0], new_past                    # (B, V)
 
+    @float_errors_checked          # it checks its results; no NumPy warnings
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
                  seed=None, use_cache=True):
         """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens; returns ``(B, T + new)`` (the
@@ -296,12 +384,15 @@ class GPT(LanguageModel):
         and values; once the sequence outgrows ``block_size`` the context is cropped to the last
         ``block_size`` tokens as nanoGPT does, and the cache is rebuilt from that window, so the
         tokens are the same with and without the cache. Runs in ``eval`` mode (no dropout)
-        and restores the previous mode.
+        and restores the previous mode. Logits with NaN or +inf (a diverged model) raise
+        :class:`~scratchlm._checks.NonFiniteError` -- never a stream of token 0.
         """
         c = self.config
         idx = index_array(idx, "idx", c.vocab_size, ndim=2)
         max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", minimum=0)
         temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+        greedy = boolean(greedy, "greedy")
+        use_cache = boolean(use_cache, "use_cache")
         rng = make_rng(seed)
         was_training = self.training
         self.eval()

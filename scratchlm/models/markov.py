@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .._checks import index_array, make_rng, nonnegative, positive_int
+from .._checks import NonFiniteError, index_array, make_rng, nonnegative, positive_int
 from ..kernels.ngram import count_transitions
 
 
@@ -54,7 +54,13 @@ class MarkovChain:
         start = int(index_array(np.array([start_state]), "start_state", self.n_states)[0])
         length = positive_int(length, "length")
         rng = make_rng(rng)
-        cdf = np.cumsum(self.transition_matrix, axis=1)                  # (n, n)
+        p = np.asarray(self.transition_matrix, dtype=np.float64)
+        if p.shape != (self.n_states, self.n_states) or not np.isfinite(p).all() \
+                or (p < 0).any() or (p.sum(axis=1) <= 0).any():
+            raise NonFiniteError(f"transition_matrix must be a finite, non-negative "
+                                 f"({self.n_states}, {self.n_states}) matrix with no all-zero row "
+                                 f"to sample from, got shape {p.shape}")
+        cdf = np.cumsum(p, axis=1)                                       # (n, n)
         u = rng.random(length - 1)
         out = np.empty(length, dtype=np.int64)
         out[0] = start

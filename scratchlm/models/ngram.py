@@ -60,12 +60,16 @@ weight per context, queried as
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 
 import numpy as np
 
-from .._checks import choice, index_array, make_rng, nonnegative, positive_int
+from .._checks import (NonFiniteError, as_int64, choice, float_errors_checked, index_array,
+                       int_sequence_array, make_rng, nonnegative, positive_int)
+from ..decoding import check_temperature
+from .._files import read_bytes
 from ..kernels import get_backend
 from ..kernels import ngram as K
 
@@ -74,6 +78,9 @@ __all__ = ["NGramLM"]
 SMOOTHINGS = ("kneser_ney", "witten_bell", "add_k", "mle")
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 ARPA_LOG_ZERO = -99.0  # how ARPA files spell log10(0) (KenLM writes <s>'s probability so)
+#: the largest ARPA file :meth:`NGramLM.from_arpa` reads by default (1 GiB; parsing holds every
+#: line as Python objects, several times the file's size): ``max_bytes=`` raises it
+MAX_ARPA_BYTES = 1 << 30
 
 
 class NGramLM:
@@ -185,7 +192,8 @@ class NGramLM:
             raise TypeError(f"{name} must hold token ids, got text; encode it with a tokenizer first")
         out = []
         for i, q in enumerate(sequences):
-            arr = q if isinstance(q, np.ndarray) else np.asarray(q)
+            arr = q if isinstance(q, np.ndarray) else int_sequence_array(
+                q, f"{name}[{i}]", "must hold token ids below 2**63")
             if arr.size == 0:
                 out.append(np.zeros(0, np.int64))
                 continue
@@ -193,7 +201,7 @@ class NGramLM:
                 raise ValueError(f"{name}[{i}] must be 1-D, got shape {arr.shape}")
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{name}[{i}] must hold integer token ids, got dtype {arr.dtype}")
-            out.append(arr.astype(np.int64, copy=False))
+            out.append(as_int64(arr, f"{name}[{i}]"))   # a uint64 id >= 2**63 is refused as given
         flat, _ = _concat(out)
         if flat.size and flat.min() < 0:
             i = next(j for j, q in enumerate(out) if q.size and q.min() < 0)
@@ -533,6 +541,7 @@ class NGramLM:
     # ------------------------------------------------------------------------------------------
     # sampling
     # ------------------------------------------------------------------------------------------
+    @float_errors_checked          # it checks its results; no NumPy warnings
     def generate(self, n: int, temperature: float = 1.0, top_k=None, seed=None, context=()):
         """Sample ``n`` outcomes, starting a sentence after ``context``. A sampled ``</s>``
         appears as ``NGramLM.EOS`` (-1) and starts a new sentence; ``<unk>`` is never sampled.
@@ -542,8 +551,7 @@ class NGramLM:
         """
         self._require_fit()
         n = positive_int(n, "n")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        temperature = check_temperature(temperature)
         if top_k is not None:
             top_k = positive_int(top_k, "top_k")
         rng = make_rng(seed)
@@ -560,7 +568,13 @@ class NGramLM:
                 keep = np.zeros(p.size, bool)
                 keep[np.argsort(-p, kind="stable")[:top_k]] = True   # exactly k; ties: lower index
                 p = np.where(keep, p, 0.0)
-            p = p / p.sum()
+            total = p.sum()
+            if not (np.isfinite(total) and total > 0) or p.min() < 0:
+                raise NonFiniteError(
+                    f"NGramLM.generate: the next-token distribution after {history} is not a "
+                    f"distribution (sum {total}, min {p.min()}): the model's probabilities are not "
+                    f"finite or negative (a corrupt model file?) -- nothing can be sampled")
+            p = p / total
             i = int(rng.choice(p.size, p=p))
             if i == self.eos_index:
                 out[t] = self.EOS
@@ -597,28 +611,68 @@ class NGramLM:
 
     @classmethod
     def load(cls, path):
-        """Load a model saved by :meth:`save`; returns ``(model, meta)``."""
+        """Load a model saved by :meth:`save`; returns ``(model, meta)``.
+
+        The file is hostile until checked: the configuration (types and ranges), the set of
+        arrays (exactly the vocabulary and four tables per order, nothing missing or extra), the
+        vocabulary (sorted distinct non-negative int64 ids) and every table (see
+        :func:`_check_tables`) are validated before the model is built; each failure is a
+        ``ValueError`` naming the file and the element."""
         from ..io import read_checkpoint
         arrays, doc = read_checkpoint(path)
+        path = os.fspath(path)
         if doc.get("module") != cls.__name__:
-            raise ValueError(f"{path} holds a {doc.get('module')}, not an {cls.__name__}")
-        meta = doc["meta"]
-        cfg = meta["config"]
-        if cfg.get("smoothing") not in SMOOTHINGS + ("arpa",):
-            raise ValueError(f"{path}: unknown smoothing {cfg.get('smoothing')!r} in the config")
-        model = cls(cfg["order"], "kneser_ney", k=cfg["k"] or 1.0, discounts=cfg["discounts"])
-        model.smoothing = cfg["smoothing"]
-        model.vocab = arrays["model/vocab"]
-        levels = []
-        for k in range(1, cfg["order"] + 1):
-            try:
-                levels.append({name: arrays[f"model/order{k}.{name}"]
-                               for name in ("keys", "counts", "logp", "logb")})
-            except KeyError as exc:
-                raise ValueError(f"{path} is missing n-gram table {exc} for order {k}") from exc
-        _check_tables(levels, model._base, path)
+            raise ValueError(f"{path} holds a {doc.get('module')!r}, not an {cls.__name__}")
+        meta = _meta_field(doc, "meta", dict, "an object", path, "the checkpoint")
+        cfg = _meta_field(meta, "config", dict, "an object", path, "meta")
+        smoothing = _meta_field(cfg, "smoothing", str, "a str", path, "meta.config")
+        if smoothing not in SMOOTHINGS + ("arpa",):
+            raise ValueError(f"{path}: meta.config.smoothing must be one of "
+                             f"{SMOOTHINGS + ('arpa',)}, got {smoothing!r}")
+        order = _meta_field(cfg, "order", int, "an int >= 1", path, "meta.config")
+        model_keys = [name for name in arrays if name.startswith("model/")]
+        if not 1 <= order or 4 * order + 1 != len(model_keys):
+            raise ValueError(f"{path}: meta.config.order is {order}, which needs {4 * max(order, 0) + 1} "
+                             f"model arrays (the vocabulary and 4 tables per order); the file "
+                             f"holds {len(model_keys)}")
+        k = cfg.get("k")
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k >= 0 or math.isinf(k):
+            raise ValueError(f"{path}: meta.config.k must be a finite number >= 0, got {k!r}")
+        if smoothing == "add_k" and k == 0:
+            raise ValueError(f"{path}: meta.config.k must be > 0 for add_k smoothing, got 0")
+        discounts = cfg.get("discounts")
+        if discounts is not None:
+            discounts = _meta_discounts(discounts, path, "meta.config.discounts")
+        expected = ["model/vocab"] + [f"model/order{j}.{name}" for j in range(1, order + 1)
+                                      for name in ("keys", "counts", "logp", "logb")]
+        missing = [name for name in expected if name not in arrays]
+        if missing:
+            raise ValueError(f"{path} lacks the array(s) {', '.join(missing[:4])} of an order-{order} "
+                             f"NGramLM (the file holds {', '.join(sorted(model_keys)[:4])}...)")
+        vocab = arrays["model/vocab"]
+        if (vocab.dtype != np.int64 or vocab.ndim != 1 or (vocab.size and vocab[0] < 0)
+                or (vocab.size > 1 and not (np.diff(vocab) > 0).all())):
+            raise ValueError(f"{path}: model/vocab must be a sorted vector of distinct non-negative "
+                             f"int64 token ids, got dtype {vocab.dtype} shape {vocab.shape}")
+        saved_discounts = meta.get("discounts", {})
+        if not isinstance(saved_discounts, dict):
+            raise ValueError(f"{path}: meta.discounts must be an object (order -> [D1, D2, D3+]), "
+                             f"got {type(saved_discounts).__name__}")
+        estimated = {}
+        for key, value in saved_discounts.items():
+            if not re.fullmatch(r"[1-9]\d{0,8}", key) or int(key) > order:
+                raise ValueError(f"{path}: meta.discounts has the key {key[:40]!r}; keys are the "
+                                 f"orders 1..{order}")
+            estimated[int(key)] = _meta_discounts(value, path, f"meta.discounts[{key!r}]",
+                                                  fixed=False)
+        model = cls(order, "kneser_ney", k=k or 1.0, discounts=discounts)
+        model.smoothing = smoothing
+        model.vocab = vocab
+        levels = [{name: arrays[f"model/order{j}.{name}"] for name in ("keys", "counts", "logp", "logb")}
+                  for j in range(1, order + 1)]
+        _check_tables(levels, model._base, path, model.unk_index)
         model._levels = levels
-        model.discounts = {int(k): tuple(v) for k, v in meta.get("discounts", {}).items()}
+        model.discounts = estimated
         return model, meta
 
     def _word(self, index, words):
@@ -680,54 +734,81 @@ class NGramLM:
                                (lv["keys"] % self._base)[:, None]], axis=1)
 
     @classmethod
-    def from_arpa(cls, path, word_to_id=None):
-        """Read an ARPA file. Words must be decimal token ids (as :meth:`to_arpa` writes them) or
-        be mapped by ``word_to_id``. The model scores and samples; its counts are unknown."""
-        with open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-        sections, order_counts = _parse_arpa(text, path)
-        N = max(order_counts)
-        tokens = []
-        for fields in sections[1]:
-            w = fields[1]
-            if w in ("<s>", "</s>", "<unk>"):
+    def from_arpa(cls, path, word_to_id=None, *, max_bytes=MAX_ARPA_BYTES):
+        """Read an ARPA file. Words must be decimal token ids below 2**63 (as :meth:`to_arpa`
+        writes them) or be mapped by ``word_to_id`` (word -> int id in ``[0, 2**63)``). The model
+        scores and samples; its counts are unknown.
+
+        The file is hostile until checked: it must be a regular file of at most ``max_bytes``
+        bytes (:data:`MAX_ARPA_BYTES`, 1 GiB, by default) and UTF-8; the counts its ``\\data\\``
+        section announces must fit in its size (every n-gram line of order k takes at least
+        2k + 1 bytes) and match the lines it holds. Every failure is a ``ValueError`` naming the
+        file and, where there is one, the line."""
+        data = read_bytes(path, "ARPA file", limit=max_bytes)
+        path = os.fspath(path)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not UTF-8 text: invalid byte 0x{data[exc.start]:02x} at "
+                             f"byte offset {exc.start}") from None
+        size = len(data)
+        del data
+        sections, order_counts = _parse_arpa(text, path, size)
+        del text
+        N = len(order_counts)
+        special = ("<s>", "</s>", "<unk>")
+        tokens, spelled = [], []
+        for line_no, _, (w,), _ in sections[1]:
+            if w in special:
                 continue
             if word_to_id is not None:
                 if w not in word_to_id:
-                    raise ValueError(f"{path}: word {w!r} is not in word_to_id")
-                tokens.append(int(word_to_id[w]))
-            elif re.fullmatch(r"\d+", w):
+                    raise ValueError(f"{path}:{line_no}: word {_excerpt(w)} is not in word_to_id")
+                tok = word_to_id[w]
+                if (isinstance(tok, bool) or not isinstance(tok, (int, np.integer))
+                        or not 0 <= tok < 2**63):
+                    raise ValueError(f"word_to_id[{_excerpt(w)}] must be an int in [0, 2**63), got "
+                                     f"{_excerpt(tok)}")
+                tokens.append(int(tok))
+            elif re.fullmatch(r"[0-9]+", w):
+                if len(w) > 19 or int(w) >= 2**63:
+                    raise ValueError(f"{path}:{line_no}: token id {_excerpt(w)} does not fit in int64 "
+                                     f"(ids must be < 2**63)")
                 tokens.append(int(w))
             else:
-                raise ValueError(f"{path}: word {w!r} is not a decimal token id; pass word_to_id")
+                raise ValueError(f"{path}:{line_no}: word {_excerpt(w)} is not a decimal token id; "
+                                 f"pass word_to_id")
+            spelled.append((w, line_no))
         model = cls(N)
         model.smoothing = "arpa"
         model.vocab = np.unique(np.array(tokens, np.int64))
         if model.vocab.size != len(tokens):
-            raise ValueError(f"{path}: a word appears twice among the unigrams")
-        special = {"</s>": model.eos_index, "<unk>": model.unk_index, "<s>": model._bos_index}
-
-        unigram_words = {f[1] for f in sections[1]}
-
-        def index(word):
-            if word in special:
-                return special[word]
-            if word not in unigram_words:
-                raise ValueError(f"{path}: the word {word!r} appears in an n-gram but not among "
-                                 f"the unigrams")
-            tok = int(word_to_id[word]) if word_to_id is not None else int(word)
-            return int(np.searchsorted(model.vocab, tok))
+            first = {}
+            for (w, line_no), tok in zip(spelled, tokens):
+                if tok in first:
+                    raise ValueError(f"{path}:{line_no}: the unigram {_excerpt(w)} is token id {tok}, "
+                                     f"as is the unigram on line {first[tok]}")
+                first[tok] = line_no
+        # word -> outcome index (the unigrams' words and the three markers)
+        index = {"</s>": model.eos_index, "<unk>": model.unk_index, "<s>": model._bos_index}
+        positions = np.searchsorted(model.vocab, np.array(tokens, np.int64))
+        index.update((w, int(i)) for (w, _), i in zip(spelled, positions))
+        del tokens, spelled, positions
 
         ln10 = math.log(10)
         model._levels = []
         for k in range(1, N + 1):
-            rows = sections.get(k, [])
-            words = [r[1].split() for r in rows]
-            if any(len(w) != k for w in words):
-                raise ValueError(f"{path}: a line in the \\{k}-grams section does not hold {k} words")
-            idx = np.array([[index(w) for w in ws] for ws in words], np.int64).reshape(len(rows), k)
-            logp = np.array([float(r[0]) for r in rows]) * ln10
-            logb = np.array([float(r[2]) if len(r) > 2 else 0.0 for r in rows]) * ln10
+            rows = sections.pop(k, [])
+            idx = np.empty((len(rows), k), np.int64)
+            for r, (line_no, _, words, _) in enumerate(rows):
+                for j, w in enumerate(words):
+                    i = index.get(w)
+                    if i is None:
+                        raise ValueError(f"{path}:{line_no}: the word {_excerpt(w)} appears in a "
+                                         f"{k}-gram but not among the unigrams")
+                    idx[r, j] = i
+            logp = np.array([row[1] for row in rows], np.float64).reshape(len(rows)) * ln10
+            logb = np.array([row[3] for row in rows], np.float64).reshape(len(rows)) * ln10
             logp[logp <= ARPA_LOG_ZERO * ln10] = -np.inf
             logb[logb <= ARPA_LOG_ZERO * ln10] = -np.inf
             if k == 1:
@@ -738,16 +819,19 @@ class NGramLM:
                     prefix = np.where(prefix >= 0, model._lookup(m, np.maximum(prefix, 0) * model._base
                                                                  + idx[:, m - 1]), -1)
                 if (prefix < 0).any():
-                    bad = words[int(np.argmax(prefix < 0))]
-                    raise ValueError(f"{path}: the context of the {k}-gram {' '.join(bad)!r} is not "
-                                     f"among the {k - 1}-grams")
+                    line_no, _, bad, _ = rows[int(np.argmax(prefix < 0))]
+                    raise ValueError(f"{path}:{line_no}: the context of the {k}-gram "
+                                     f"{_excerpt(' '.join(bad))} is not among the {k - 1}-grams")
                 keys = prefix * model._base + idx[:, -1]
             order = np.argsort(keys, kind="stable")
             if keys.size > 1 and (np.diff(keys[order]) == 0).any():
-                dup = words[int(order[int(np.argmax(np.diff(keys[order]) == 0))])]
-                raise ValueError(f"{path}: the {k}-gram {' '.join(dup)!r} appears twice")
+                at = int(np.argmax(np.diff(keys[order]) == 0))
+                first, second = rows[int(order[at])], rows[int(order[at + 1])]
+                raise ValueError(f"{path}:{second[0]}: the {k}-gram {_excerpt(' '.join(second[2]))} "
+                                 f"appears twice (first on line {first[0]})")
             model._levels.append(dict(keys=keys[order], counts=np.zeros(len(rows), np.int64),
                                       logp=logp[order], logb=logb[order]))
+            del rows, idx
         if model.unk_index not in model._levels[0]["keys"]:
             raise ValueError(f"{path}: the unigrams lack <unk>")
         return model
@@ -792,21 +876,69 @@ def _check_discounts(d):
     return d
 
 
-def _check_tables(levels, base, path):
-    """A loaded model's tables must be what fit() builds: sorted distinct int64 keys, one finite
-    or -inf log-probability and log-backoff per key, prefixes inside the order below."""
+def _check_tables(levels, base, path, unk_index):
+    """A loaded model's tables must be what fit() builds: sorted distinct int64 keys (unigram keys
+    outcome indices in ``[0, base)``, ``<unk>`` among them), non-negative integer counts, one
+    float log-probability (finite or -inf, <= 0) and log-backoff (not NaN) per key, and
+    prefixes inside the order below."""
     for k, lv in enumerate(levels, start=1):
         keys = lv["keys"]
         n = keys.size
         if keys.dtype != np.int64 or keys.ndim != 1 or (n > 1 and not (np.diff(keys) > 0).all()):
             raise ValueError(f"{path}: order-{k} keys must be a sorted, distinct int64 vector")
-        for name in ("counts", "logp", "logb"):
+        for name, kinds, what in (("counts", "iu", "integer"), ("logp", "f", "float"),
+                                  ("logb", "f", "float")):
             if lv[name].shape != (n,):
                 raise ValueError(f"{path}: order-{k} {name} has shape {lv[name].shape}, expected ({n},)")
+            if lv[name].dtype.kind not in kinds:
+                raise ValueError(f"{path}: order-{k} {name} must be {what}, got dtype {lv[name].dtype}")
+        if n and lv["counts"].min() < 0:
+            raise ValueError(f"{path}: order-{k} counts must be >= 0, got {lv['counts'].min()}")
         if np.isnan(lv["logp"]).any() or np.isnan(lv["logb"]).any() or (lv["logp"] > 1e-9).any():
             raise ValueError(f"{path}: order-{k} log-probabilities must be <= 0 and not NaN")
+        if k == 1 and n and (keys[0] < 0 or keys[-1] >= base):
+            raise ValueError(f"{path}: order-1 keys must be outcome indices in [0, {base}), got "
+                             f"{keys[0] if keys[0] < 0 else keys[-1]}")
+        if k == 1 and not (np.searchsorted(keys, unk_index) < n and keys[np.searchsorted(keys, unk_index)]
+                           == unk_index):
+            raise ValueError(f"{path}: the unigrams lack <unk> (outcome index {unk_index})")
         if n and k > 1 and (keys.min() < 0 or keys.max() // base >= levels[k - 2]["keys"].size):
             raise ValueError(f"{path}: order-{k} keys point outside the order-{k - 1} table")
+
+
+def _meta_field(d, key, kind, what, path, where):
+    """``d[key]``, which must be a ``kind`` (an int never a bool): else a ``ValueError`` naming the
+    file and the element."""
+    if key not in d:
+        raise ValueError(f"{path}: {where} lacks the field {key!r}")
+    value = d[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{path}: {where}.{key} must be {what}, got {type(value).__name__} "
+                         f"{_excerpt(value)}")
+    return value
+
+
+def _meta_discounts(value, path, where, fixed=True):
+    """Three numbers ``(D1, D2, D3+)`` read from a checkpoint; fixed discounts must satisfy
+    :func:`_check_discounts`, estimated ones be finite and >= 0."""
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+        raise ValueError(f"{path}: {where} must be a list of three numbers [D1, D2, D3+], got "
+                         f"{_excerpt(value)}")
+    if fixed:
+        try:
+            return _check_discounts(value)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {where}: {exc}") from None
+    if not all(math.isfinite(x) and x >= 0 for x in value):
+        raise ValueError(f"{path}: {where} must hold finite numbers >= 0, got {value}")
+    return tuple(float(x) for x in value)
+
+
+def _excerpt(value, limit=60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (error messages stay one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _discount_of(a, D):
@@ -818,7 +950,21 @@ def _discount_mass(a, D):
     return float(_discount_of(a, D).sum())
 
 
-def _parse_arpa(text, path):
+_ARPA_COUNT = re.compile(r"ngram\s+([0-9]{1,19})\s*=\s*([0-9]{1,19})")
+_ARPA_SECTION = re.compile(r"\\([0-9]{1,19})-grams:")
+
+
+def _parse_arpa(text, path, size):
+    """The n-gram lines of an ARPA file and the counts its header announces:
+    ``({k: [(line number, log10 p, (w1, ..., wk), log10 backoff)]}, {k: count})``.
+
+    Checks, each a ``ValueError`` naming ``path`` and the line: a ``\\data\\`` header whose
+    counts are for orders 1..K, each given once, and fit in the file's ``size`` bytes (an
+    order-k line takes at least 2k + 1: a number and k words, each one character, k + 1
+    separators less one, a newline) -- checked before any n-gram line is read; sections only for
+    announced orders, each once; every line ``logprob w1..wk [backoff]`` with a finite log10
+    probability <= 0 and a finite back-off; the ``\\end\\`` marker; as many lines per order as
+    announced."""
     lines = text.splitlines()
     i = 0
     while i < len(lines) and lines[i].strip() != "\\data\\":
@@ -828,44 +974,66 @@ def _parse_arpa(text, path):
     counts = {}
     i += 1
     while i < len(lines) and lines[i].strip().startswith("ngram "):
-        m = re.fullmatch(r"ngram\s+(\d+)\s*=\s*(\d+)", lines[i].strip())
+        m = _ARPA_COUNT.fullmatch(lines[i].strip())
         if not m:
-            raise ValueError(f"{path}:{i + 1}: malformed count line {lines[i]!r}")
-        counts[int(m.group(1))] = int(m.group(2))
+            raise ValueError(f"{path}:{i + 1}: malformed count line {_excerpt(lines[i])} (expected "
+                             f"'ngram K=COUNT', numbers of at most 19 digits)")
+        k, n = int(m.group(1)), int(m.group(2))
+        if k in counts:
+            raise ValueError(f"{path}:{i + 1}: the number of {k}-grams is announced twice")
+        counts[k] = n
         i += 1
-    if not counts or sorted(counts) != list(range(1, max(counts) + 1)):
-        raise ValueError(f"{path}: the \\data\\ section must list ngram 1=..., 2=..., in order")
+    if not counts or sorted(counts) != list(range(1, len(counts) + 1)):
+        raise ValueError(f"{path}: the \\data\\ section must list ngram 1=..., 2=..., in order, got "
+                         f"the orders {_excerpt(sorted(counts))}")
+    need = sum(n * (2 * k + 1) for k, n in counts.items())
+    if need > size:
+        announced = ", ".join(f"{n:,} {k}-grams" for k, n in counts.items())
+        raise ValueError(f"{path}: \\data\\ announces {announced}, which need at least {need:,} "
+                         f"bytes; the file has {size:,} (truncated, or the counts are wrong)")
     sections, current = {}, None
     for j in range(i, len(lines)):
         line = lines[j].strip()
         if not line:
             continue
-        m = re.fullmatch(r"\\(\d+)-grams:", line)
-        if m:
-            current = int(m.group(1))
+        if line.startswith("\\") and line.endswith("-grams:"):
+            m = _ARPA_SECTION.fullmatch(line)
+            current = int(m.group(1)) if m else None
+            if current not in counts:
+                raise ValueError(f"{path}:{j + 1}: section {_excerpt(line)} is not one of the "
+                                 f"\\1-grams: .. \\{len(counts)}-grams: the header announces")
+            if current in sections:
+                raise ValueError(f"{path}:{j + 1}: a second \\{current}-grams: section")
             sections[current] = []
             continue
         if line == "\\end\\":
             current = "end"
             break
-        if current is None or current not in counts:
-            raise ValueError(f"{path}:{j + 1}: unexpected line {line!r}")
+        if current is None:
+            raise ValueError(f"{path}:{j + 1}: unexpected line {_excerpt(line)} before the first "
+                             f"\\k-grams: section")
+        k = current
         fields = line.split("\t") if "\t" in line else None
         if fields is None or len(fields) not in (2, 3):
             parts = line.split()
-            k = current
             if len(parts) not in (k + 1, k + 2):
-                raise ValueError(f"{path}:{j + 1}: expected 'logprob w1..w{k} [backoff]', got {line!r}")
-            fields = [parts[0], " ".join(parts[1:k + 1])] + parts[k + 1:]
+                raise ValueError(f"{path}:{j + 1}: expected 'logprob w1..w{k} [backoff]', got "
+                                 f"{_excerpt(line)}")
+            fields = [parts[0], parts[1:k + 1]] + parts[k + 1:]
+        else:
+            fields[1] = fields[1].split()
+            if len(fields[1]) != k:
+                raise ValueError(f"{path}:{j + 1}: a line of the \\{k}-grams section must hold {k} "
+                                 f"word(s), got {len(fields[1])}: {_excerpt(line)}")
         try:
             logp = float(fields[0])
             back = float(fields[2]) if len(fields) == 3 else 0.0
-        except ValueError as exc:
-            raise ValueError(f"{path}:{j + 1}: not a number in {line!r}") from exc
-        if not (np.isfinite(logp) and logp <= 1e-6 and np.isfinite(back)):   # 1e-6: rounding
+        except ValueError:
+            raise ValueError(f"{path}:{j + 1}: not a number in {_excerpt(line)}") from None
+        if not (math.isfinite(logp) and logp <= 1e-6 and math.isfinite(back)):   # 1e-6: rounding
             raise ValueError(f"{path}:{j + 1}: a log10 probability must be finite and <= 0 and a "
-                             f"back-off finite, got {line!r}")
-        sections[current].append(fields)
+                             f"back-off finite, got {_excerpt(line)}")
+        sections[k].append((j + 1, logp, tuple(fields[1]), back))
     if current != "end":
         raise ValueError(f"{path}: truncated ARPA file (no \\end\\)")
     for k, n in counts.items():

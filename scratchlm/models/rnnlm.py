@@ -13,7 +13,7 @@ The layout and names follow PyTorch's ``word_language_model`` example (``encoder
 
 Truncated backprop-through-time: ``model(x, y, state=...)`` starts from a carried state and leaves
 the final one in ``model.state`` (plain arrays, i.e. detached: the backward stops at the start of
-the batch). :func:`scratchlm.train.train_lm` carries it across consecutive chunks of a stream
+the batch). :func:`scratchlm.training.fit_lm` carries it across consecutive chunks of a stream
 (:func:`scratchlm.data.sequential_batches`' layout).
 """
 
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .. import nn
-from .._checks import (choice, float_array, index_array, make_rng, positive_int, probability,
-                       resolve_dtype, trusted)
+from .._checks import (boolean, choice, float_array, float_errors_checked, index_array, make_rng,
+                       positive_int, probability, resolve_dtype, trusted)
 from ..decoding import check_sampling, sample_next
 from .lm import LanguageModel
 
@@ -64,7 +64,7 @@ class RNNLM(LanguageModel):
       ``model.rnn.step_grad_norms`` then holds the per-step gradient norms.
     """
 
-    recurrent = True                     # train_lm carries model.state across consecutive chunks
+    recurrent = True                     # fit_lm carries model.state across consecutive chunks
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=256, cell="lstm", num_layers=1,
                  dropout=0.0, tie_weights=False, dtype=np.float32, rng=None):
@@ -77,7 +77,8 @@ class RNNLM(LanguageModel):
         self.encoder = nn.Embedding(c.vocab_size, c.embed_dim, dtype=dtype, rng=rng)
         self.drop = nn.Dropout(c.dropout, rng=rng)
         self.rnn = _CELLS[c.cell](c.embed_dim, c.hidden_size, num_layers=c.num_layers,
-                                  dropout=c.dropout, batch_first=True, dtype=dtype, rng=rng)
+                                  dropout=c.dropout if c.num_layers > 1 else 0.0,  # between layers
+                                  batch_first=True, dtype=dtype, rng=rng)
         self.drop_out = nn.Dropout(c.dropout, rng=rng)
         self.decoder = nn.Linear(c.hidden_size, c.vocab_size, dtype=dtype, rng=rng)
         if c.tie_weights:
@@ -127,6 +128,7 @@ class RNNLM(LanguageModel):
         self.encoder.backward(dx)                                             # into the embedding
 
     @trusted
+    @float_errors_checked          # it checks its results; no NumPy warnings
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
                  seed=None):
         """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens: read the prompt once, then feed
@@ -135,6 +137,7 @@ class RNNLM(LanguageModel):
         idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
         max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", minimum=0)
         temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
+        greedy = boolean(greedy, "greedy")
         rng = make_rng(seed)
         was = self.training
         self.eval()

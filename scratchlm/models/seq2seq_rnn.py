@@ -273,8 +273,9 @@ class Seq2Seq(EncoderDecoder):
         self.tgt_embed = nn.Embedding(self.tgt_vocab_size, E, padding_idx=self.pad_id, dtype=dtype, rng=rng)
         self.src_drop = nn.Dropout(dropout, rng=rng)
         self.tgt_drop = nn.Dropout(dropout, rng=rng)
-        self.encoder = rnn(E, H, L, batch_first=True, dropout=dropout, dtype=dtype, rng=rng)
-        self.decoder = rnn(E, H, L, batch_first=True, dropout=dropout, dtype=dtype, rng=rng)
+        between = dropout if L > 1 else 0.0                  # the RNNs' dropout is between layers
+        self.encoder = rnn(E, H, L, batch_first=True, dropout=between, dtype=dtype, rng=rng)
+        self.decoder = rnn(E, H, L, batch_first=True, dropout=between, dtype=dtype, rng=rng)
         if self.attention_type is None:
             self.attention = self.combine = None
         else:
@@ -424,6 +425,8 @@ class Seq2Seq(EncoderDecoder):
         self.src_embed.backward(self.src_drop.backward(np.ascontiguousarray(dx)))
 
     # -- inference -------------------------------------------------------------------------------
+    @trusted                        # ids checked here; a non-finite model is caught where
+                                    # its log-probabilities are turned into a choice
     def encode(self, src):
         """``(memory (B, S, H), state)`` of ``src`` (B, S) in eval mode (the mode is restored):
         ``state`` is the encoder's final ``h_n`` (L, B, H), or ``(h_n, c_n)`` for the LSTM."""
@@ -431,6 +434,7 @@ class Seq2Seq(EncoderDecoder):
             memory, state, _, _ = self._encode(src)
         return memory, state
 
+    @trusted
     def init_state(self, src):
         """The decoding state of ``src`` (B, S): the decoder state ``h`` (and ``c``) as
         (B, L, H), ``memory``, ``keys`` (:meth:`GlobalAttention.keys`) and ``keep`` (B, S) --
@@ -445,6 +449,7 @@ class Seq2Seq(EncoderDecoder):
             out.update(memory=memory, keys=self.attention.keys(memory), keep=keep)
         return out
 
+    @trusted
     def decode_step(self, tokens, state):
         """``(log_probs (N, V) float64, new_state)`` for the next token after ``tokens`` (N, t)
         (BOS first): the step function of :mod:`scratchlm.decoding`. Only ``tokens[:, -1]`` is

@@ -376,6 +376,8 @@ class Seq2SeqTransformer(EncoderDecoder):
         self._embed_backward(self.encoder.backward(dmemory), "src")
 
     # -- inference -------------------------------------------------------------------------------
+    @trusted                        # ids checked here; a non-finite model is caught where
+                                    # its log-probabilities are turned into a choice
     def encode(self, src):
         """The memory ``(B, S, d_model)`` of ``src`` ``(B, S)``, in eval mode (dropout off; the
         mode is restored)."""
@@ -383,6 +385,7 @@ class Seq2SeqTransformer(EncoderDecoder):
         with self._evaluating():
             return self.encoder(self._embed(src, "src"), src == self.pad_id)
 
+    @trusted
     def init_state(self, src, use_cache=True):
         """The decoding state of ``src``: ``memory``, ``src_keep`` (N, 1, 1, S) bool (True = a
         real source token) and, with ``use_cache``, each decoder layer's cross-attention keys and
@@ -400,6 +403,7 @@ class Seq2SeqTransformer(EncoderDecoder):
             state["self_kv"] = [(empty, empty) for _ in layers]
         return state
 
+    @trusted
     def decode_step(self, tokens, state):
         """``(log_probs (N, V) float64, new_state)`` for the next token after ``tokens`` (N, t)
         (BOS first): the step function of :mod:`scratchlm.decoding`. With a cache (see

@@ -134,23 +134,44 @@ class EncoderDecoder(nn.Module):
                            length_penalty, n_best=n_best)[0]
 
 
+def _strings(texts, name) -> list:
+    """A list of strings -- never a bare string, which would iterate as one-letter sources."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{name} must be a list of strings, got a single {type(texts).__name__} "
+                        f"{texts[:40]!r}; wrap it in a list: [{texts[:40]!r}]")
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}") from None
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__} {t!r:.40}")
+    return texts
+
+
 def translate(model, texts, vocab=None, decode="greedy", *, beam_size=4, length_penalty=0.6,
               max_len=None, batch_size=256) -> list:
-    """Decode each string of ``texts`` with ``model`` (greedy or beam); returns strings."""
+    """Decode each string of ``texts`` (a list of strings) with ``model`` (greedy or beam);
+    returns strings. ``max_len`` caps the generated length (default: ``2 * longest source + 10``
+    within the model's ``max_len``). A model whose parameters are not finite raises
+    :class:`~scratchlm._checks.NonFiniteError` instead of decoding garbage."""
     decode = choice(decode, "decode", ("greedy", "beam"))
+    texts = _strings(texts, "texts")
+    batch_size = positive_int(batch_size, "batch_size")
+    if max_len is not None:
+        max_len = positive_int(max_len, "max_len")
     vocab = getattr(model, "vocab", None) if vocab is None else vocab
     if isinstance(vocab, str):
         vocab = CharVocab(vocab)
     if not isinstance(vocab, CharVocab):
         raise ValueError("translate needs vocab= (a CharVocab or its characters) unless the "
                          "model was trained by fit_translation")
-    texts = list(texts)
     if not texts:
         raise ValueError("texts must not be empty")
     out = []
     for i in range(0, len(texts), batch_size):
         src, _, _ = batch_pairs(vocab, [(t, "") for t in texts[i:i + batch_size]])
-        cap = max_len or min(model.max_len, 2 * src.shape[1] + 10)
+        cap = max_len if max_len is not None else min(model.max_len, 2 * src.shape[1] + 10)
         if decode == "greedy":
             ids = model.greedy(src, max_len=cap)
         else:
@@ -168,9 +189,20 @@ def exact_match(model, pairs, decode="greedy", *, vocab=None, beam_size=4, lengt
     :func:`fit_translation`). ``max_len`` caps the generated length (default: ``2 * longest
     source + 10``, within the model's ``max_len``).
     """
-    pairs = list(pairs)
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError(f"pairs must be a list of (source, target) string pairs, got a single "
+                        f"{type(pairs).__name__} {pairs[:40]!r}")
+    try:
+        pairs = list(pairs)
+    except TypeError:
+        raise TypeError(f"pairs must be a list of (source, target) string pairs, got "
+                        f"{type(pairs).__name__}") from None
     if not pairs:
         raise ValueError("pairs must not be empty")
+    for i, pair in enumerate(pairs):
+        if (isinstance(pair, (str, bytes)) or not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(t, str) for t in pair)):
+            raise TypeError(f"pairs[{i}] must be a (source, target) pair of strings, got {pair!r:.60}")
     predictions = translate(model, [s for s, _ in pairs], vocab, decode, beam_size=beam_size,
                             length_penalty=length_penalty, max_len=max_len, batch_size=batch_size)
     from ..data import TranslationTask

@@ -112,8 +112,9 @@ from .. import functional as F
 from .. import nn
 from ..functional.latent import (free_bits_kl_backward, free_bits_kl_forward,
                                  reparameterize_backward, reparameterize_forward)
-from .._checks import (choice, float_array, make_rng, nonnegative, positive_int,
-                       resolve_dtype, same_dtype, scalar, trusted, upstream)
+from .._checks import (NonFiniteError, choice, float_array, float_errors_checked, make_rng,
+                       nonnegative, positive_int, resolve_dtype, same_dtype, scalar, trusted,
+                       upstream)
 from ..nn.module import NO_CACHE
 
 __all__ = ["VAE", "VAEConfig", "elbo", "iwae_bound"]
@@ -339,6 +340,7 @@ class GaussianLatentModel(nn.Module):
             yield x[i:i + batch_size]
 
     @trusted
+    @float_errors_checked          # it checks its results; no NumPy warnings
     def _bounds(self, x, n, rng, batch_size, kind):
         """Per-example ELBO (``kind='elbo'``, ``n`` samples of the reconstruction term, analytic
         KL) or IWAE bound (``'iwae'``, ``k = n``), float64 ``(B,)``."""
@@ -363,7 +365,13 @@ class GaussianLatentModel(nn.Module):
                     out.append(top + np.log(np.exp(logw - top).sum(axis=0)) - math.log(n))
         finally:
             self._forget()
-        return np.concatenate(out)
+        out = np.concatenate(out)
+        if not np.isfinite(out).all():         # one check per evaluation: never a NaN reported
+            b = int(np.flatnonzero(~np.isfinite(out))[0])
+            raise NonFiniteError(f"the {'ELBO' if kind == 'elbo' else 'IWAE bound'} of example "
+                                 f"{b} is {out[b]}: the model's parameters or activations are not "
+                                 f"finite (a diverged model or a corrupt checkpoint?)")
+        return out
 
     def elbo(self, x, n_samples=1, rng=None, batch_size=512, reduction="mean"):
         """The evidence lower bound :math:`\\mathbb E_q[\\log p(x\\mid z)] - \\mathrm{KL}` in nats
@@ -409,11 +417,17 @@ class GaussianLatentModel(nn.Module):
         return self._decode_mean(z)
 
     @trusted
+    @float_errors_checked          # it checks its results; no NumPy warnings
     def _decode_mean(self, z):
         try:
-            return self._output_mean(self._decode(z))
+            mean = self._output_mean(self._decode(z))
         finally:
             self._forget()
+        if not np.isfinite(mean).all():          # samples, reconstructions: never NaN pictures
+            raise NonFiniteError(f"the decoder of {type(self).__name__} gives non-finite outputs: "
+                                 f"its parameters or activations are not finite (a diverged model "
+                                 f"or a corrupt checkpoint?)")
+        return mean
 
     def sample(self, n, rng=None):
         """``n`` draws from the model: :math:`z \\sim \\mathcal N(0, I)` (from ``rng``, default

@@ -22,15 +22,22 @@ class MultiheadAttention(Module):
     ``forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
     average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights)`` with torch's
     conventions: inputs ``(L, N, E)`` (``(N, L, E)`` with ``batch_first=True``);
-    ``key_padding_mask`` ``(N, S)`` bool, True = padding (ignored); ``attn_mask`` ``(L, S)`` or
-    ``(N*num_heads, L, S)``, bool True = *not* allowed, or float added to the scores;
+    ``key_padding_mask`` ``(N, S)`` bool, True = padding (ignored), or float added to the
+    scores; ``attn_mask`` ``(L, S)`` or ``(N*num_heads, L, S)``, bool True = *not* allowed, or
+    float added to the scores (integer masks are refused, as torch does);
     ``attn_weights`` ``(N, L, S)`` averaged over heads (``(N, H, L, S)`` otherwise) or None.
 
     ``backward(d_output, d_weights=None)`` returns ``(dquery, dkey, dvalue)``; for
     self-attention (one tensor passed three times) add them.
+
+    The constructor takes torch's arguments in torch's order, so a positional call means what it
+    means in torch: ``add_bias_kv``, ``add_zero_attn`` (only ``False``) and ``kdim``, ``vdim``
+    (only ``None`` or ``embed_dim``: keys and values of the query's width) are not implemented
+    and refused otherwise; then ``dtype`` and ``rng``.
     """
 
-    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, batch_first=False,
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False,
                  dtype=np.float32, rng=None):
         super().__init__()
         self.embed_dim = positive_int(embed_dim, "embed_dim")
@@ -38,6 +45,13 @@ class MultiheadAttention(Module):
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         self.head_dim = self.embed_dim // self.num_heads
+        for name, value in (("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
+            if boolean(value, name):
+                raise ValueError(f"{name}=True is not implemented (only False), got {value}")
+        for name, value in (("kdim", kdim), ("vdim", vdim)):
+            if value is not None and positive_int(value, name) != self.embed_dim:
+                raise ValueError(f"{name} must be None or embed_dim ({self.embed_dim}): keys and "
+                                 f"values of another width are not implemented, got {value}")
         self.dropout = probability(dropout, "dropout", allow_one=False)
         self.batch_first = boolean(batch_first, "batch_first")
         self.dtype = resolve_dtype(dtype)
@@ -55,22 +69,26 @@ class MultiheadAttention(Module):
         H = self.num_heads
         add = None
         if attn_mask is not None:
-            m = np.asarray(attn_mask)
+            m = _bool_or_float_mask(attn_mask, "attn_mask")
             if m.shape not in ((L, S), (N * H, L, S)):
                 raise ValueError(f"attn_mask must have shape ({L}, {S}) or ({N * H}, {L}, {S}), got {m.shape}")
             m = np.where(m, -np.inf, 0.0) if m.dtype == bool else m.astype(np.float64)
             add = m.reshape(N, H, L, S) if m.ndim == 3 else np.broadcast_to(m, (N, H, L, S))
         if key_padding_mask is not None:
-            kp = np.asarray(key_padding_mask)
-            if kp.shape != (N, S) or kp.dtype != bool:
-                raise ValueError(f"key_padding_mask must be a bool array of shape ({N}, {S}), "
-                                 f"got {kp.dtype} {kp.shape}")
-            pad = np.where(kp, -np.inf, 0.0)[:, None, None, :]                # (N, 1, 1, S)
+            kp = _bool_or_float_mask(key_padding_mask, "key_padding_mask")
+            if kp.shape != (N, S):
+                raise ValueError(f"key_padding_mask must have shape ({N}, {S}) (batch, source "
+                                 f"length), got {kp.shape}")
+            kp = np.where(kp, -np.inf, 0.0) if kp.dtype == bool else kp.astype(np.float64)
+            pad = kp[:, None, None, :]                                        # (N, 1, 1, S)
             add = pad if add is None else add + pad
         return None if add is None else np.broadcast_to(add, (N, H, L, S)).astype(self.dtype)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        need_weights = boolean(need_weights, "need_weights")
+        average_attn_weights = boolean(average_attn_weights, "average_attn_weights")
+        is_causal = boolean(is_causal, "is_causal")
         q_in = float_array(query, "query", ndim=3)
         k_in = float_array(key, "key", ndim=3)
         v_in = float_array(value, "value", ndim=3)
@@ -134,6 +152,20 @@ class MultiheadAttention(Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
 
 
+def _bool_or_float_mask(mask, name):
+    """torch's mask types: bool or float (integer masks are refused, as torch refuses them --
+    an integer 0/1 mask added to the scores would mask nothing)."""
+    if not isinstance(mask, (np.ndarray, list, tuple)):
+        raise TypeError(f"{name} must be a bool or float numpy array, got {type(mask).__name__}")
+    m = np.asarray(mask)
+    if m.dtype != bool and m.dtype.kind != "f":
+        raise TypeError(f"{name} must be bool (True = masked out) or float (added to the "
+                        f"scores), got {m.dtype}: integer masks are refused, as torch does")
+    if m.dtype.kind == "f" and np.isnan(m).any():
+        raise ValueError(f"{name} must not contain NaN")
+    return m
+
+
 def sinusoidal_table(max_len, d_model, dtype=np.float32):
     r"""Vaswani et al. (2017, §3.5): :math:`PE_{p, 2i} = \sin(p / 10000^{2i/d})`,
     :math:`PE_{p, 2i+1} = \cos(p / 10000^{2i/d})` -> ``(max_len, d_model)``."""
@@ -157,6 +189,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def forward(self, x, offset=0):
         x = float_array(x, "x", min_ndim=2)
+        offset = positive_int(offset, "offset", minimum=0)
         T = x.shape[-2]
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must have last dimension {self.d_model} (d_model), got {x.shape}")

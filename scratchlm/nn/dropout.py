@@ -2,7 +2,7 @@
 
 
 from .. import functional as F
-from .._checks import float_array, integer, make_rng, probability, upstream
+from .._checks import dim_index, float_array, integer, make_rng, probability, upstream
 from .module import Module
 
 
@@ -41,10 +41,11 @@ class Flatten(Module):
     def forward(self, x):
         x = float_array(x, "x")
         nd = x.ndim
-        s = self.start_dim % nd if nd else 0
-        e = self.end_dim % nd if nd else 0
-        if not (-nd <= self.start_dim < nd and -nd <= self.end_dim < nd) or s > e:
-            raise ValueError(f"cannot flatten dims {self.start_dim}..{self.end_dim} of shape {x.shape}")
+        s = dim_index(self.start_dim, nd, "start_dim")           # negative from the end, as torch
+        e = dim_index(self.end_dim, nd, "end_dim")
+        if s > e:
+            raise ValueError(f"cannot flatten dims {self.start_dim}..{self.end_dim} of shape "
+                             f"{x.shape}: start_dim comes after end_dim")
         y = x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])    # (..., a, b, ...) -> (..., a*b, ...)
         self._cache = (x.shape, y.shape, x.dtype)
         return y

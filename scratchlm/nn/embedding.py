@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import integer, make_rng, positive_int, resolve_dtype
+from .._checks import boolean, integer, make_rng, positive_int, resolve_dtype, scalar
 from .module import Module, Parameter
 
 
@@ -14,6 +14,10 @@ class Embedding(Module):
         num_embeddings: vocabulary size V.  embedding_dim: D.
         padding_idx: a row kept at zero that receives no gradient (negative counts from the end,
             as torch).
+        max_norm, norm_type, scale_grad_by_freq, sparse: torch's, in torch's positions so that a
+            positional call means the same; not implemented, so only their defaults (``None``,
+            any ``norm_type``, ``False``, ``False``) are accepted -- anything else is refused,
+            never silently ignored.
         dtype, rng: as :class:`~scratchlm.nn.Linear`.
 
     Parameters: ``weight`` ``(V, D)`` drawn from N(0, 1) (torch's default), padding row zeroed.
@@ -23,8 +27,19 @@ class Embedding(Module):
 
     differentiable_inputs = ()
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32, rng=None):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None,
+                 norm_type=2.0, scale_grad_by_freq=False, sparse=False, dtype=np.float32,
+                 rng=None):
         super().__init__()
+        if max_norm is not None:
+            scalar(max_norm, "max_norm")
+            raise ValueError(f"max_norm is not implemented (torch renormalises the looked-up rows "
+                             f"in place); pass max_norm=None, got {max_norm}")
+        scalar(norm_type, "norm_type")                   # only used with max_norm
+        if boolean(scale_grad_by_freq, "scale_grad_by_freq"):
+            raise ValueError("scale_grad_by_freq=True is not implemented; pass False")
+        if boolean(sparse, "sparse"):
+            raise ValueError("sparse=True (sparse gradients) is not implemented; pass False")
         self.num_embeddings = positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = positive_int(embedding_dim, "embedding_dim")
         if padding_idx is not None:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .._checks import resolve_dtype
+from .._checks import boolean, resolve_dtype
 
 class _NoCache:
     """The value of ``module._cache`` before any forward (a cache may itself be ``None``)."""
@@ -180,8 +180,11 @@ class Module:
 
     # -- modes, gradients, dtype -------------------------------------------------------------------
     def train(self, mode: bool = True):
+        """Training mode (dropout on) for this module and every submodule; ``mode`` must be a
+        bool, as torch requires (``train("eval")`` would otherwise mean training)."""
+        mode = boolean(mode, "mode")
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self):
@@ -247,33 +250,87 @@ class Module:
 
         ``strict`` (the default) refuses missing keys, unexpected keys and mis-shaped arrays,
         naming every one; with ``strict=False`` only matching keys are loaded and the lists of
-        missing and unexpected keys are returned.
+        missing and unexpected keys are returned. In both modes, arrays of the wrong kind (text,
+        objects; floats into an integer buffer) and values a float32 parameter cannot hold (a
+        finite float64 beyond float32's range) are refused, and so, when ``strict``, are
+        different values under two names of one tied array (with ``strict=False`` the last
+        wins, as in PyTorch).
+
+        All or nothing: everything is checked before anything is written, so an error leaves
+        the module exactly as it was.
         """
+        writes, missing, unexpected = self._check_state_dict(state, strict)
+        self._apply_state_dict(writes)
+        return missing, unexpected
+
+    def _check_state_dict(self, state, strict: bool = True):
+        """Check ``state`` against this module without writing anything: ``(writes, missing,
+        unexpected)`` with ``writes`` the ``(target array, value)`` pairs that
+        :meth:`_apply_state_dict` copies (and that cannot fail). ``ValueError`` (``TypeError``
+        when only dtypes are wrong) names every problem."""
+        from collections.abc import Mapping
+        name = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{name}.load_state_dict: state must be a mapping of name -> array, "
+                            f"got {type(state).__name__}")
+        bad_keys = [k for k in state if not isinstance(k, str)]
+        if bad_keys:
+            raise TypeError(f"{name}.load_state_dict: keys must be strings, got "
+                            f"{', '.join(repr(k) for k in bad_keys[:5])}")
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
-        mis_shaped = [
-            f"{k}: expected {own[k].shape}, got {np.shape(state[k])}"
-            for k in own if k in state and np.shape(state[k]) != own[k].shape
-        ]
+        mis_shaped, mis_typed, other, writes = [], [], [], []
+        loaded = {}                                    # id(target) -> (first name, value)
+        for k, target in own.items():
+            if k not in state:
+                continue
+            value = state[k]
+            if not isinstance(value, np.ndarray):
+                try:
+                    value = np.asarray(value)
+                except Exception as exc:               # a foreign object numpy cannot convert
+                    mis_typed.append(f"{k}: {type(state[k]).__name__} is not an array ({exc})")
+                    continue
+            if value.shape != target.shape:
+                mis_shaped.append(f"{k}: expected {target.shape}, got {value.shape}")
+                continue
+            problem, value = _castable(value, target.dtype)
+            if problem:
+                (mis_typed if problem.startswith("dtype") else other).append(f"{k}: {problem}")
+                continue
+            if not target.flags.writeable:
+                other.append(f"{k}: this module's array is read-only")
+                continue
+            first = loaded.setdefault(id(target), (k, value))
+            if first[0] != k:                          # tied names: one array, one value
+                if strict and not np.array_equal(first[1], value,
+                                                 equal_nan=value.dtype.kind in "fc"):
+                    other.append(f"{k}: tied to {first[0]} (one shared array) but holds "
+                                 f"different values")
+                if strict:
+                    continue
+            writes.append((target, value))
         problems = []
         if mis_shaped:
             problems.append("mis-shaped keys: " + "; ".join(mis_shaped))
+        if mis_typed:
+            problems.append("mis-typed keys: " + "; ".join(mis_typed))
+        if other:
+            problems.append("; ".join(other))
         if strict and missing:
             problems.append("missing keys: " + ", ".join(missing))
         if strict and unexpected:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         if problems:
-            raise ValueError(
-                f"cannot load state_dict into {type(self).__name__}: " + " | ".join(problems)
-            )
-        for k, target in own.items():
-            if k in state:
-                value = np.asarray(state[k])
-                if target.dtype.kind == "f" and value.dtype.kind not in "fiu":
-                    raise TypeError(f"state_dict[{k!r}] has dtype {value.dtype}, expected numbers")
-                target[...] = value
-        return missing, unexpected
+            kind = TypeError if problems == ["mis-typed keys: " + "; ".join(mis_typed)] else ValueError
+            raise kind(f"cannot load state_dict into {name}: " + " | ".join(problems))
+        return writes, missing, unexpected
+
+    @staticmethod
+    def _apply_state_dict(writes) -> None:
+        for target, value in writes:
+            target[...] = value
 
     def clone(self):
         """A deep copy (parameters, gradients, random generators and all)."""
@@ -291,6 +348,38 @@ class Module:
                 lines.append(f"\n  ({name}): {child}")
             lines.append("\n")
         return "".join(lines) + ")"
+
+
+def _castable(value, dtype):
+    """``(problem or None, value ready to copy)``: may ``value`` go into an array of ``dtype``
+    without losing what it means? Numbers into floats (a finite value must stay finite); integers
+    or bools into integers (in range); bools into bools."""
+    kind = value.dtype.kind
+    if dtype.kind == "f":
+        if kind not in "fiu":
+            return f"dtype {value.dtype}, expected numbers", value
+        if kind == "f" and value.dtype.itemsize > dtype.itemsize and value.size:
+            with np.errstate(over="ignore"):
+                cast = value.astype(dtype)
+            if np.isinf(cast).any() and np.isfinite(value[np.isinf(cast)]).any():
+                return (f"values beyond the range of {dtype} (largest magnitude "
+                        f"{np.nanmax(np.abs(value[np.isfinite(value)])):.3g})"), value
+            return None, cast
+        return None, value
+    if dtype.kind in "iu":
+        if kind not in "iub":
+            return f"dtype {value.dtype}, expected integers", value
+        if value.size and kind != "b":
+            info = np.iinfo(dtype)
+            lo, hi = value.min(), value.max()
+            if int(lo) < info.min or int(hi) > info.max:
+                return f"values {int(lo)}..{int(hi)} beyond the range of {dtype}", value
+        return None, value
+    if dtype.kind == "b" and kind != "b":
+        return f"dtype {value.dtype}, expected bools", value
+    if dtype.kind != "b" and kind != dtype.kind:
+        return f"dtype {value.dtype}, expected {dtype}", value
+    return None, value
 
 
 class ModuleList(Module):

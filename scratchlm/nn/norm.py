@@ -3,7 +3,7 @@
 import numpy as np
 
 from .. import functional as F
-from .._checks import boolean, nonnegative, positive_int, resolve_dtype, same_dtype
+from .._checks import boolean, nonnegative, resolve_dtype, same_dtype, shape_tuple
 from .module import Module, Parameter
 
 
@@ -18,10 +18,7 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else normalized_shape
-        if not isinstance(shape, (tuple, list)) or not shape:
-            raise TypeError(f"normalized_shape must be an int or a non-empty tuple of ints, got {normalized_shape!r}")
-        self.normalized_shape = tuple(positive_int(s, "normalized_shape") for s in shape)
+        self.normalized_shape = shape_tuple(normalized_shape, "normalized_shape")  # int, tuple or list
         self.eps = nonnegative(eps, "eps")
         self.elementwise_affine = boolean(elementwise_affine, "elementwise_affine")
         bias = boolean(bias, "bias")

@@ -23,6 +23,7 @@ batch's ``hx``. The backward stops at the start of the batch; ``dhx`` is simply 
 """
 
 import math
+import warnings
 
 import numpy as np
 
@@ -52,6 +53,11 @@ class RNNBase(Module):
         self.bias = boolean(bias, "bias")
         self.batch_first = boolean(batch_first, "batch_first")
         self.dropout = probability(dropout, "dropout", allow_one=False)
+        if self.dropout > 0 and self.num_layers == 1:      # as torch: said, not silently ignored
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={self.dropout} and num_layers={self.num_layers}",
+                          UserWarning, stacklevel=3)
         self.bidirectional = boolean(bidirectional, "bidirectional")
         self.dtype = resolve_dtype(dtype)
         rng = make_rng(rng)
@@ -245,11 +251,15 @@ class RNN(RNNBase):
 class LSTM(RNNBase):
     r"""Long short-term memory (Hochreiter & Schmidhuber, 1997), gates i, f, g, o:
     :math:`c_t = f c_{t-1} + i g`, :math:`h_t = o \tanh c_t`. ``LSTM(input_size, hidden_size,
-    num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False)``;
+    num_layers=1, bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0)``
+    (``proj_size`` must be 0: projections are not implemented);
     ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``; ``backward(doutput, dh_n=None, dc_n=None)``."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, rng=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype=np.float32, rng=None):
+        if positive_int(proj_size, "proj_size", minimum=0):    # torch's positional slot
+            raise ValueError(f"proj_size > 0 (LSTM with projections) is not implemented; pass "
+                             f"proj_size=0, got {proj_size}")
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, dtype, rng)
 

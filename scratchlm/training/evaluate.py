@@ -8,12 +8,29 @@ import math
 
 import numpy as np
 
-from .._checks import positive_int
+from .._checks import NonFiniteError, float_errors_checked, positive_int
 from ..data import Tokenizer, WordTokenizer, build_tokenizer, corpus_lines, encode_lines, read_corpus
 from ..models import NGramLM
 
 __all__ = ["ngram_sample_text", "evaluate_ngram", "sample_text", "evaluate_text",
            "attention_maps", "gradient_norms_over_time"]
+
+
+def _finite_score(value, what: str, model) -> float:
+    """The one check at the end of an evaluation: a NaN score means the model is broken, and is
+    never reported as a number. (An n-gram model without smoothing may honestly score an unseen
+    event as impossible: its infinite perplexity comes with a warning.)"""
+    value = float(value)
+    if np.isnan(value):
+        raise NonFiniteError(f"the {what} of {type(model).__name__} on this text is NaN: its "
+                             f"parameters or probabilities are not finite (a diverged model or a "
+                             f"corrupt checkpoint?)")
+    return value
+
+
+def _perplexity(nats: float) -> float:
+    """``exp(nats)``, infinite (not an OverflowError) past the float64 range."""
+    return math.exp(nats) if nats < 709.0 else math.inf
 
 
 def ngram_sample_text(model: NGramLM, tokenizer: Tokenizer, length=300, temperature=1.0,
@@ -49,13 +66,13 @@ def evaluate_ngram(model: NGramLM, tokenizer: Tokenizer, text: str) -> dict:
                              f"token ids ({exc})") from exc
         if not seqs:
             raise ValueError("the text to evaluate has no non-blank line")
-        ppl = model.perplexity(seqs)
+        ppl = _finite_score(model.perplexity(seqs), "perplexity", model)
         n = sum(len(q) + 1 for q in seqs)
         return {"perplexity": ppl, "bits_per_token": math.log2(ppl), "tokens": n, "bits_per_char": None}
     seqs = encode_lines(tokenizer, text)
     if not seqs:
         raise ValueError("the text to evaluate has no non-blank line")
-    ppl = model.perplexity(seqs)
+    ppl = _finite_score(model.perplexity(seqs), "perplexity", model)
     n = sum(len(s) + 1 for s in seqs)
     chars = sum(len(line) + 1 for line in corpus_lines(text))
     return {"perplexity": ppl, "bits_per_token": math.log2(ppl), "tokens": n,
@@ -75,14 +92,19 @@ def sample_text(model, tokenizer, prompt="", length=300, temperature=1.0, top_k=
     return (prompt + text) if prompt else text
 
 
+@float_errors_checked          # it checks its results; no NumPy warnings
 def evaluate_text(model, tokenizer, text, block=None) -> dict:
     """Cross-entropy of ``text`` under a neural LM (GPT or RNNLM) in consecutive windows of
     ``block`` tokens (default the model's ``block_size``, 256 for a recurrent model), each window
     predicting its tokens after the first; a recurrent model carries its state from window to
-    window, so it sees the whole text. Returns perplexity, bits per token and per character."""
+    window, so it sees the whole text. Returns perplexity, bits per token and per character.
+    A model whose loss is not finite (NaN or infinite parameters) raises
+    :class:`~scratchlm._checks.NonFiniteError`: its perplexity is never reported as a number."""
     ids = tokenizer.encode(text)
     recurrent = getattr(model, "recurrent", False)
-    block = block or (256 if recurrent else getattr(model.config, "block_size", 256))
+    if block is None:
+        block = 256 if recurrent else getattr(model.config, "block_size", 256)
+    block = positive_int(block, "block")
     state = None
     if ids.size < 2:
         raise ValueError("the text to evaluate encodes to fewer than 2 tokens")
@@ -100,7 +122,11 @@ def evaluate_text(model, tokenizer, text, block=None) -> dict:
         total += loss * y.size
         count += y.size
     nats = total / count
-    return {"perplexity": math.exp(nats), "bits_per_token": nats / math.log(2), "tokens": count,
+    if not np.isfinite(nats):                  # finite parameters give a finite cross-entropy
+        raise NonFiniteError(f"the cross-entropy of {type(model).__name__} on this text is "
+                             f"{nats}: its parameters or activations are not finite (a diverged "
+                             f"model or a corrupt checkpoint?) -- there is no perplexity to report")
+    return {"perplexity": _perplexity(nats), "bits_per_token": nats / math.log(2), "tokens": count,
             "bits_per_char": nats / math.log(2) * count / max(len(text), 1)}
 
 

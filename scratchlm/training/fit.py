@@ -19,7 +19,8 @@ import math
 
 import numpy as np
 
-from .._checks import float_array, nonnegative, positive_int
+from .._checks import (NonFiniteError, float_array, float_errors_checked, nonnegative,
+                       positive_int)
 from ..data.sources import RandomWindows, ShuffledEpochs, StreamChunks
 from .loop import TrainConfig
 from .loop import train as run_loop
@@ -41,6 +42,7 @@ def _loop_config(steps, lr, save_every=100, eval_every=None, clip=None, warmup_s
 # ------------------------------------------------------------------------------------------------
 # language models
 # ------------------------------------------------------------------------------------------------
+@float_errors_checked          # it checks its results; no NumPy warnings
 def evaluate_lm(model, ids, block_size, batch_size=16, batches=20, seed=1234) -> float:
     """Mean cross-entropy (nats per token) over ``batches`` fixed random windows of ``ids``
     (the same windows at every call: evaluations are comparable)."""
@@ -53,7 +55,12 @@ def evaluate_lm(model, ids, block_size, batch_size=16, batches=20, seed=1234) ->
         for _ in range(batches):
             x, y = random_windows(ids, batch_size, block_size, rng)
             losses.append(model(x, y)[1])
-        return float(np.mean(losses))
+        loss = float(np.mean(losses))
+        if not np.isfinite(loss):            # never logged or checkpointed as a number
+            raise NonFiniteError(f"the validation loss of {type(model).__name__} is {loss}: its "
+                                 f"parameters or activations are not finite (the run diverged; "
+                                 f"lower the learning rate or resume from an earlier checkpoint)")
+        return loss
     finally:
         model.train(was)
 
@@ -90,7 +97,7 @@ class CarriedState:
 
 def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, block_size=None,
            seed=0, eval_batches=20, checkpoint=None, meta=None, resume=False, progress=None,
-           log=print, clock=None):
+           log=print, clock=None, source=None):
     """Train a language model (``logits, loss = model(x, y)``; ``model.backward()``) on the token
     ids ``train_ids``, evaluating the mean cross-entropy (``val_loss``, nats per token) on
     ``eval_batches`` fixed windows of ``val_ids``.
@@ -98,7 +105,9 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
     Batches: ``batch_size`` random windows of ``block_size`` tokens (default the model's
     ``config.block_size``) drawn by a generator seeded with ``seed`` -- or, for a recurrent model
     (``model.recurrent``), consecutive chunks of ``batch_size`` parallel streams with the hidden
-    state carried across chunks (truncated BPTT over ``block_size`` steps). Returns the history.
+    state carried across chunks (truncated BPTT over ``block_size`` steps). ``source``
+    (``'RandomWindows'`` or ``'StreamChunks'``, as the registry names it) overrides that choice.
+    Returns the history.
     """
     import time
     block = positive_int(block_size if block_size is not None else model.config.block_size,
@@ -109,7 +118,14 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
         if np.asarray(ids).size <= block:
             raise ValueError(f"the {part} text has {np.asarray(ids).size} tokens, too few for "
                              f"block_size {block}: use a larger corpus or a smaller block size")
-    if getattr(model, "recurrent", False):
+    recurrent = getattr(model, "recurrent", False)
+    kind = source or ("StreamChunks" if recurrent else "RandomWindows")
+    if kind not in ("StreamChunks", "RandomWindows"):
+        raise ValueError(f"source must be 'RandomWindows' or 'StreamChunks', got {source!r}")
+    if kind == "StreamChunks":
+        if not recurrent:
+            raise ValueError(f"StreamChunks carries a hidden state: {type(model).__name__} has "
+                             f"none (model.recurrent is False)")
         source, forward = StreamChunks(train_ids, batch_size, block), CarriedState(model)
     else:
         source = RandomWindows(train_ids, batch_size, block, seed)
@@ -121,8 +137,8 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
         return {"val_loss": evaluate_lm(model, val_ids, block, batch_size, eval_batches)}
 
     return run_loop(model, source, forward, config, evaluate=evaluate, checkpoint=checkpoint,
-                 meta=meta, resume=resume, progress=progress, log=log,
-                 clock=clock or time.perf_counter)
+                    meta=meta, resume=resume, progress=progress, log=log,
+                    clock=clock or time.perf_counter)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +146,8 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
 # ------------------------------------------------------------------------------------------------
 def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=None,
                     min_lr=None, weight_decay=0.01, betas=(0.9, 0.98), clip=1.0, seed=0,
-                    progress=None, checkpoint=None, save_every=100, resume=False, meta=None):
+                    progress=None, checkpoint=None, save_every=100, resume=False, meta=None,
+                    log=print):
     """Train ``model`` on ``task.train`` (teacher forcing, mean cross-entropy over non-pad
     targets) for ``steps`` steps of ``batch_size`` pairs, shuffled each epoch.
 
@@ -166,7 +183,7 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
         return model(src, tgt_in, tgt_out)[1]
 
     return run_loop(model, source, forward, config, checkpoint=checkpoint, meta=meta, resume=resume,
-                 progress=progress)
+                    progress=progress, log=log)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +192,7 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
 def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, optimizer="sgd",
                    momentum=0.9, *, weight_decay=0.0, schedule="cosine", warmup_steps=0,
                    min_lr=0.0, clip=None, seed=0, eval_every=None, progress=None,
-                   checkpoint=None, save_every=100, resume=False, meta=None):
+                   checkpoint=None, save_every=100, resume=False, meta=None, log=print):
     """Train a :class:`~scratchlm.models.CNN` on ``train = (images, labels)`` (mean
     cross-entropy) for ``steps`` minibatches of ``batch_size`` images, reshuffled each epoch.
 
@@ -210,7 +227,7 @@ def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, 
 
     evaluate = None if test is None else (lambda: {"test_acc": accuracy(model, *test)})
     return run_loop(model, source, forward, config, evaluate=evaluate, checkpoint=checkpoint,
-                 meta=meta, resume=resume, progress=progress)
+                    meta=meta, resume=resume, progress=progress, log=log)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +273,7 @@ class VAEData:
 def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval_every=None,
             eval_samples=1, kl_warmup_steps=0, schedule="constant", warmup_steps=0, min_lr=0.0,
             weight_decay=0.0, clip=None, seed=0, progress=None, checkpoint=None, save_every=100,
-            resume=False, meta=None):
+            resume=False, meta=None, log=print):
     r"""Train a :class:`~scratchlm.models.VAE` or :class:`~scratchlm.models.DocumentVAE` with
     Adam for ``steps`` minibatches of ``batch_size`` examples, reshuffled each epoch.
 
@@ -300,9 +317,15 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
         x = test.all()
         per = model.elbo(x, eval_samples, rng=np.random.default_rng(seed), reduction="none")
         out = {"test_elbo": float(per.mean())}
+        if not np.isfinite(out["test_elbo"]):        # never logged or checkpointed as a number
+            raise NonFiniteError(f"the test ELBO of {type(model).__name__} is {out['test_elbo']}: "
+                                 f"its parameters or activations are not finite (the run "
+                                 f"diverged; lower the learning rate or resume from an earlier "
+                                 f"checkpoint)")
         if is_doc:
-            out["test_perplexity"] = float(np.exp(-per.sum() / x.sum(dtype=np.float64)))
+            with np.errstate(over="ignore"):
+                out["test_perplexity"] = float(np.exp(-per.sum() / x.sum(dtype=np.float64)))
         return out
 
     return run_loop(model, source, forward, config, evaluate=None if test is None else evaluate,
-                 checkpoint=checkpoint, meta=meta, resume=resume, progress=progress)
+                    checkpoint=checkpoint, meta=meta, resume=resume, progress=progress, log=log)
