@@ -13,6 +13,7 @@ already holds the schedule's value at step 0. Call ``scheduler.step()`` once aft
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
@@ -55,6 +56,39 @@ def cosine_with_warmup(step, base_lr, warmup_steps, total_steps, min_lr=0.0) -> 
     ratio = (step - warmup_steps) / (total_steps - warmup_steps)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return min_lr + coeff * (base_lr - min_lr)
+
+
+def _check_like(current, new, where) -> None:
+    """``new`` (a loaded value) must have the type of ``current`` (the scheduler's own value):
+    bool, int, real (finite), str, or a list/dict of such of the same length/keys."""
+    if isinstance(current, bool):
+        ok = isinstance(new, bool)
+    elif isinstance(current, numbers.Integral):
+        ok = isinstance(new, numbers.Integral) and not isinstance(new, bool)
+    elif isinstance(current, numbers.Real):
+        ok = isinstance(new, numbers.Real) and not isinstance(new, bool) and math.isfinite(new)
+    elif isinstance(current, str):
+        ok = isinstance(new, str)
+    elif isinstance(current, (list, tuple)):
+        ok = isinstance(new, (list, tuple)) and len(new) == len(current)
+        if ok:
+            for i, (c, v) in enumerate(zip(current, new)):
+                _check_like(c, v, f"{where}[{i}]")
+    elif isinstance(current, dict):
+        ok = isinstance(new, dict) and set(new) == set(current)
+        if ok:
+            for k in current:
+                _check_like(current[k], new[k], f"{where}[{k!r}]")
+    elif current is None:
+        ok = new is None or isinstance(new, (bool, numbers.Real, str))
+    else:
+        ok = type(new) is type(current)
+    if not ok:
+        what = (f"{len(current)} entries" if isinstance(current, (list, tuple, dict))
+                else type(current).__name__)
+        raise (ValueError if isinstance(current, (list, tuple, dict)) and isinstance(
+            new, (list, tuple, dict)) or isinstance(new, numbers.Real) else TypeError)(
+            f"{where}: expected {what}, got {new!r}"[:300])
 
 
 class LRScheduler:
@@ -110,7 +144,41 @@ class LRScheduler:
                 for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.__dict__.update(state_dict)
+        """Restore what :meth:`state_dict` returned. All or nothing: the keys must be exactly
+        this scheduler's and every value of the type it holds (an int step, one rate per param
+        group, ...), checked before anything is written; otherwise ``ValueError`` (or
+        ``TypeError``) naming the key, and the scheduler is left as it was."""
+        self.__dict__.update(self._check_state_dict(state_dict))
+
+    def _check_state_dict(self, state_dict, own=None) -> dict:
+        """The checked copy of ``state_dict`` that :meth:`load_state_dict` writes; ``own`` is
+        the state it must look like (default this scheduler's ``state_dict()``)."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{owner}: state_dict must be a dict (what state_dict() returns), got "
+                            f"{type(state_dict).__name__}")
+        own = self.state_dict() if own is None else own
+        unknown = sorted(str(k) for k in state_dict if k not in own)
+        missing = sorted(k for k in own if k not in state_dict)
+        if unknown or missing:
+            raise ValueError(f"{owner}: the state does not fit this scheduler: " + "; ".join(
+                p for p in (unknown and f"unexpected keys {unknown}",
+                            missing and f"missing keys {missing}") if p))
+        for k, v in state_dict.items():
+            _check_like(own[k], v, f"{owner}: {k}")
+        n = len(self.optimizer.param_groups)
+        if state_dict["last_epoch"] < -1:
+            raise ValueError(f"{owner}: last_epoch must be >= -1, got {state_dict['last_epoch']}")
+        if state_dict["_step_count"] < 0:
+            raise ValueError(f"{owner}: _step_count must be >= 0, got {state_dict['_step_count']}")
+        for k in ("base_lrs", "_last_lr"):
+            if k in state_dict:
+                for lr in state_dict[k]:
+                    check_nonnegative(lr, k, owner)
+                if len(state_dict[k]) != n:
+                    raise ValueError(f"{owner}: {k} must hold one rate per param group ({n}), got "
+                                     f"{len(state_dict[k])}")
+        return copy.deepcopy(state_dict)
 
 
 class StepLR(LRScheduler):
@@ -122,6 +190,12 @@ class StepLR(LRScheduler):
         self.step_size = positive_int(step_size, "step_size")
         self.gamma = check_nonnegative(gamma, "gamma", "StepLR")
         super().__init__(optimizer, last_epoch)
+
+    def _check_state_dict(self, state_dict, own=None):
+        values = super()._check_state_dict(state_dict, own)
+        positive_int(values["step_size"], "step_size")
+        check_nonnegative(values["gamma"], "gamma", "StepLR.load_state_dict")
+        return values
 
     def get_lr(self):
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
@@ -163,12 +237,32 @@ class LambdaLR(LRScheduler):
         return sd
 
     def load_state_dict(self, state_dict):
+        """As :meth:`LRScheduler.load_state_dict`; ``lr_lambdas`` holds one entry per lambda
+        (``None``, or the ``__dict__`` of a callable object), restored into the lambdas."""
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{owner}: state_dict must be a dict (what state_dict() returns), got "
+                            f"{type(state_dict).__name__}")
         state_dict = dict(state_dict)
         saved = state_dict.pop("lr_lambdas", [None] * len(self.lr_lambdas))
-        super().load_state_dict(state_dict)
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(self.lr_lambdas):
+            raise ValueError(f"{owner}: lr_lambdas must hold one entry per lambda "
+                             f"({len(self.lr_lambdas)}), got {saved!r}"[:300])
+        for i, (fn, d) in enumerate(zip(self.lr_lambdas, saved)):
+            if d is None:
+                continue
+            if not (isinstance(d, dict) and all(isinstance(k, str) for k in d)):
+                raise ValueError(f"{owner}: lr_lambdas[{i}] must be None or a dict of attributes, "
+                                 f"got {type(d).__name__}")
+            if not hasattr(fn, "__dict__") or isinstance(fn, types.FunctionType):
+                raise ValueError(f"{owner}: lr_lambdas[{i}] holds attributes, but this "
+                                 f"scheduler's lambda {i} is a plain function")
+        own = {k: v for k, v in LRScheduler.state_dict(self).items() if k != "lr_lambdas"}
+        values = self._check_state_dict(state_dict, own)
+        self.__dict__.update(values)
         for fn, d in zip(self.lr_lambdas, saved):
             if d is not None:
-                fn.__dict__.update(d)
+                fn.__dict__.update(copy.deepcopy(d))
 
 
 class WarmupCosineLR(LambdaLR):
@@ -215,9 +309,12 @@ class WarmupCosineLR(LambdaLR):
                    for g in groups]
         super().__init__(optimizer, self._build_lambdas(initial), last_epoch)
 
-    def _build_lambdas(self, base_lrs):
+    def _build_lambdas(self, base_lrs, min_lrs=None, warmup_steps=None, total_steps=None):
+        min_lrs = self.min_lrs if min_lrs is None else min_lrs
+        warmup_steps = self.warmup_steps if warmup_steps is None else warmup_steps
+        total_steps = self.total_steps if total_steps is None else total_steps
         lambdas = []
-        for i, (base, floor) in enumerate(zip(base_lrs, self.min_lrs)):
+        for i, (base, floor) in enumerate(zip(base_lrs, min_lrs)):
             if base is None:  # resuming without 'initial_lr': the base class raises the KeyError
                 ratio = 0.0
             elif floor > base:
@@ -226,14 +323,30 @@ class WarmupCosineLR(LambdaLR):
             else:
                 ratio = floor / base if base > 0 else 0.0
             lambdas.append(functools.partial(cosine_with_warmup, base_lr=1.0,
-                                             warmup_steps=self.warmup_steps,
-                                             total_steps=self.total_steps, min_lr=ratio))
+                                             warmup_steps=warmup_steps,
+                                             total_steps=total_steps, min_lr=ratio))
         return lambdas
 
     def state_dict(self):
         return {k: v for k, v in LRScheduler.state_dict(self).items() if k != "lr_lambdas"}
 
     def load_state_dict(self, state_dict):
+        """As :meth:`LRScheduler.load_state_dict`; the lambdas are rebuilt from the loaded
+        ``warmup_steps``, ``total_steps``, ``min_lrs`` and ``base_lrs`` (checked first)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"WarmupCosineLR.load_state_dict: state_dict must be a dict (what "
+                            f"state_dict() returns), got {type(state_dict).__name__}")
         state_dict = {k: v for k, v in state_dict.items() if k != "lr_lambdas"}
-        LRScheduler.load_state_dict(self, state_dict)
-        self.lr_lambdas = self._build_lambdas(self.base_lrs)
+        values = LRScheduler._check_state_dict(self, state_dict, self.state_dict())
+        owner = "WarmupCosineLR.load_state_dict"
+        warmup = positive_int(values["warmup_steps"], "warmup_steps", minimum=0)
+        total = positive_int(values["total_steps"], "total_steps", minimum=1)
+        if total <= warmup:
+            raise ValueError(f"{owner}: total_steps must be > warmup_steps ({warmup}), got {total}")
+        if len(values["min_lrs"]) != len(self.optimizer.param_groups):
+            raise ValueError(f"{owner}: min_lrs must hold one rate per param group")
+        for m in values["min_lrs"]:
+            check_nonnegative(m, "min_lr", owner)
+        lambdas = self._build_lambdas(values["base_lrs"], values["min_lrs"], warmup, total)
+        self.__dict__.update(values)
+        self.lr_lambdas = lambdas

@@ -80,6 +80,39 @@ def _param_list(params, what: str) -> list:
         ) from None
 
 
+def _state_value(v, k, key, p):
+    """A copy of the loaded state entry ``k`` of parameter ``key``: an array of the parameter's
+    shape (floats cast to its dtype), the int ``step``, or a plain scalar."""
+    where = f"loaded state dict: state[{key}][{k!r}]"
+    if not isinstance(k, str):
+        raise ValueError(f"loaded state dict: state[{key}] has a key {k!r} that is not a string")
+    if isinstance(v, np.ndarray) and v.ndim > 0:
+        if v.shape != p.data.shape:
+            raise ValueError(f"{where} has shape {v.shape}, but parameter {key} has shape "
+                             f"{p.data.shape}")
+        if v.dtype.kind not in "fiu":
+            raise TypeError(f"{where} has dtype {v.dtype}, expected numbers")
+        dtype = p.data.dtype if v.dtype.kind == "f" else v.dtype
+        with np.errstate(over="ignore"):
+            out = np.array(v, dtype=dtype, order="C", copy=True)
+        if v.dtype.kind == "f" and np.isinf(out).any() and np.isfinite(v[np.isinf(out)]).any():
+            raise ValueError(f"{where} holds values beyond the range of {dtype}")
+        return out
+    if k == "step":
+        a = np.asarray(v)
+        if a.ndim != 0 or a.dtype.kind not in "iuf" or not np.isfinite(a) \
+                or a != np.floor(a) or a < 0:
+            raise ValueError(f"{where} must be a whole number >= 0, got {v!r}"[:300])
+        return int(a)
+    if isinstance(v, np.ndarray):                  # a 0-d array
+        if v.dtype.kind not in "biuf":
+            raise TypeError(f"{where} has dtype {v.dtype}, expected a number")
+        return v.copy()
+    if v is None or isinstance(v, (bool, numbers.Real, str)):
+        return v
+    raise TypeError(f"{where} is a {type(v).__name__}; state entries are arrays or numbers")
+
+
 class Optimizer:
     """Base class: subclasses implement ``step(closure=None)`` and ``_validate(group, owner)``.
 
@@ -205,14 +238,29 @@ class Optimizer:
         grouped the same way. Hyperparameters come from the checkpoint; state arrays are copied
         (cast to each parameter's dtype), so the checkpoint is never aliased.
 
-        Raises ``ValueError`` when the number of groups, the number of parameters in a group or
-        the shape of a state array differs from this optimizer's.
+        Raises ``ValueError`` (``TypeError`` for a value of the wrong type) when the layout
+        differs from this optimizer's (the number of groups, the parameters in a group, the
+        shape of a state array), when a state entry is not a number or an array, or when a
+        loaded hyperparameter is invalid. All or nothing: everything is checked before anything
+        is written, so an error leaves the optimizer exactly as it was.
         """
+        self._apply_state_dict(self._check_state_dict(state_dict))
+
+    def _check_state_dict(self, state_dict: dict):
+        """Check ``state_dict`` and build the new ``(state, param_groups)`` without touching this
+        optimizer (:meth:`_apply_state_dict` installs them)."""
         name = type(self).__name__
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(f"{name}.load_state_dict expects a dict with 'state' and "
                              "'param_groups' entries (what state_dict() returns)")
-        saved_groups = state_dict["param_groups"]
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(
+                isinstance(g, dict) and "params" in g for g in saved_groups):
+            raise ValueError(f"{name}.load_state_dict: 'param_groups' must be a list of dicts, "
+                             f"each with 'params'")
+        if not isinstance(saved_state, dict):
+            raise ValueError(f"{name}.load_state_dict: 'state' must be a dict of parameter "
+                             f"index -> dict, got {type(saved_state).__name__}")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"loaded state dict has {len(saved_groups)} parameter groups, but this {name} has "
@@ -220,34 +268,33 @@ class Optimizer:
             )
         id_map = {}
         for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
-            if len(saved["params"]) != len(group["params"]):
+            indices = saved["params"]
+            if not isinstance(indices, (list, tuple)) or not all(
+                    isinstance(j, numbers.Integral) and not isinstance(j, bool) for j in indices):
+                raise ValueError(f"param group {i}: loaded 'params' must be a list of parameter "
+                                 f"indices, got {indices!r}"[:300])
+            if len(indices) != len(group["params"]):
                 raise ValueError(
-                    f"param group {i}: loaded state dict has {len(saved['params'])} parameters, "
+                    f"param group {i}: loaded state dict has {len(indices)} parameters, "
                     f"but this {name}'s group has {len(group['params'])}"
                 )
-            id_map.update(zip(saved["params"], group["params"]))
+            for j, p in zip(indices, group["params"]):
+                if int(j) in id_map:
+                    raise ValueError(f"param group {i}: loaded state dict lists parameter index "
+                                     f"{int(j)} more than once")
+                id_map[int(j)] = p
 
         new_state: defaultdict = defaultdict(dict)
-        for key, pstate in state_dict["state"].items():
-            if key not in id_map:
+        for key, pstate in saved_state.items():
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral) \
+                    or int(key) not in id_map:
                 raise ValueError(f"loaded state dict has state for parameter index {key!r}, "
                                  "which no param group lists")
-            p = id_map[key]
-            entry = {}
-            for k, v in pstate.items():
-                if isinstance(v, np.ndarray) and v.ndim > 0:
-                    if v.shape != p.data.shape:
-                        raise ValueError(
-                            f"loaded state dict: state[{key}][{k!r}] has shape {v.shape}, but "
-                            f"parameter {key} has shape {p.data.shape}"
-                        )
-                    dtype = p.data.dtype if v.dtype.kind == "f" else v.dtype
-                    entry[k] = np.array(v, dtype=dtype, order="C", copy=True)
-                elif k == "step":
-                    entry[k] = int(np.asarray(v).item())
-                else:
-                    entry[k] = copy.deepcopy(v)
-            new_state[p] = entry
+            if not isinstance(pstate, dict):
+                raise ValueError(f"loaded state dict: state[{key}] must be a dict, got "
+                                 f"{type(pstate).__name__}")
+            p = id_map[int(key)]
+            new_state[p] = {k: _state_value(v, k, key, p) for k, v in pstate.items()}
 
         new_groups = []
         for i, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
@@ -258,9 +305,10 @@ class Optimizer:
             self._validate(new, f"{name} (loaded param group {i})")
             new["params"] = group["params"]
             new_groups.append(new)
+        return new_state, new_groups
 
-        self.state = new_state
-        self.param_groups = new_groups
+    def _apply_state_dict(self, plan) -> None:
+        self.state, self.param_groups = plan
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]

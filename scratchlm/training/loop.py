@@ -307,6 +307,43 @@ def _step_result(out):
     return float(out), {}
 
 
+def _restore_loop_state(saved, checkpoint, source, forward):
+    """Check the training loop's state in a checkpoint's ``meta`` and load the batch source's and
+    the step function's state from it: ``(step, elapsed, history, loop state)``. Either all of
+    it fits, or ``ValueError`` and neither ``source`` nor ``forward`` has changed (``train`` runs
+    this before the checkpoint writes anything into the model)."""
+    loop = saved.get("loop")
+    if not isinstance(loop, dict):
+        raise ValueError(f"{checkpoint} was not written by the training loop (no 'loop' "
+                         f"state in its metadata)")
+    step, used, history = loop.get("step"), loop.get("elapsed", 0.0), loop.get("history")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{checkpoint}: the saved step must be an integer >= 0, got {step!r}")
+    if isinstance(used, bool) or not isinstance(used, (int, float)) or not 0 <= used < float("inf"):
+        raise ValueError(f"{checkpoint}: the saved training seconds must be a number >= 0, got "
+                         f"{used!r}")
+    if not (isinstance(history, dict) and {"step", "loss", "lr", "grad_norm", "eval_step"} <= set(history)
+            and all(isinstance(v, list) for v in history.values())):
+        raise ValueError(f"{checkpoint}: the saved history must map step, loss, lr, grad_norm and "
+                         f"eval_step (and any other numbers) to lists")
+    if "source" not in loop:
+        raise ValueError(f"{checkpoint}: the training loop's state lacks the batch source's")
+    source_before = source.state_dict()
+    has_step_state = hasattr(forward, "state_dict") and hasattr(forward, "load_state_dict")
+    step_before = forward.state_dict() if has_step_state else None
+    try:
+        source.load_state_dict(loop["source"])
+        if loop.get("step_state") is not None and has_step_state:
+            forward.load_state_dict(loop["step_state"])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        source.load_state_dict(source_before)
+        if has_step_state:
+            forward.load_state_dict(step_before)
+        raise ValueError(f"{checkpoint}: the saved training state does not fit this run "
+                         f"({type(exc).__name__}: {exc})") from exc
+    return step, float(used), {k: list(v) for k, v in history.items()}, loop
+
+
 def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpoint=None,
           meta=None, resume=False, progress=None, log=print, clock=time.perf_counter,
           optimizer=None):
@@ -353,16 +390,12 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         if doc.get("module") != type(model).__name__:            # before anything is loaded
             raise ValueError(f"{checkpoint} holds a {doc.get('module')}, not a "
                              f"{type(model).__name__}")
-        saved = load_checkpoint(checkpoint, model, opt)
-        loop = saved.get("loop")
-        if not isinstance(loop, dict):
-            raise ValueError(f"{checkpoint} was not written by the training loop (no 'loop' "
-                             f"state in its metadata)")
-        source.load_state_dict(loop["source"])
-        if loop.get("step_state") is not None and hasattr(forward, "load_state_dict"):
-            forward.load_state_dict(loop["step_state"])
-        step, used = int(loop["step"]), float(loop.get("elapsed", 0.0))
-        history = {k: list(v) for k, v in loop["history"].items()}
+        resumed = []                    # the loop's state, checked before the model is touched
+
+        def restore_loop_state(saved):
+            resumed.extend(_restore_loop_state(saved, checkpoint, source, forward))
+        load_checkpoint(checkpoint, model, opt, validate=restore_loop_state)
+        step, used, history, loop = resumed
         if config.steps is not None and loop.get("total_steps") not in (None, config.steps):
             log(f"resuming {checkpoint} (a {loop['total_steps']}-step run) to {config.steps} steps")
         log(f"resumed from {checkpoint} at step {step}")

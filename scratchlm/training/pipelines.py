@@ -333,6 +333,10 @@ class NGramPipeline(Pipeline):
     @classmethod
     def load(cls, entry, path, doc, load_checkpoint):
         from ..models import NGramLM
+        if not isinstance(doc["meta"].get("config"), dict):      # saved by hand: one clear line
+            raise ValueError(f"{path} carries no n-gram config in its metadata (saved with "
+                             f"save_checkpoint, not NGramLM.save): save n-gram models with "
+                             f"model.save(path)")
         model, meta = NGramLM.load(path)
         tok = Tokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
         return model, tok, meta, entry
