@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 __all__ = ["regular_file", "read_bytes", "loads_json", "MAX_JSON_DEPTH"]
@@ -57,24 +58,19 @@ def read_bytes(path, what="file", limit=None) -> bytes:
     return data
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
 def _depth(text) -> int:
-    """The deepest nesting of ``[`` / ``{`` in JSON ``text``, brackets inside strings ignored."""
+    """The deepest nesting of ``[`` / ``{`` in JSON ``text``, brackets inside strings ignored
+    (the strings are cut out by one regular expression, then only brackets are visited)."""
     depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
+    for m in _BRACKET.finditer(_STRING.sub("", text)):
+        if m.group() in "[{":
             depth += 1
             deepest = max(deepest, depth)
-        elif ch in "]}":
+        else:
             depth -= 1
     return deepest
 

@@ -86,12 +86,16 @@ def _bar(desc, entry, opts):
             bar.total = total
         bar.n = step
         post = {}
-        if entry.pipeline == "VAEPipeline":
-            post["-elbo"] = f"{info['loss']:.2f} nats"
+        per_char = info.get("tokens_per_char", 1.0)
+        per_char = None if abs(per_char - 1.0) < 1e-9 else per_char   # not characters: say both
+        if entry.pipeline == "VAEPipeline":       # the training objective (KL warm-up applied)
+            post["loss"] = f"{info['loss']:.2f} nats"
         else:
             post["loss"] = f"{info['loss'] * NATS_TO_BITS:.3f} bits"
         if "val_loss" in info:
-            post["val"] = f"{info['val_loss'] * NATS_TO_BITS:.3f} bits"
+            val = info["val_loss"] * NATS_TO_BITS
+            post["val"] = f"{val:.3f} bits/token" + (f", {val * per_char:.3f} bits/char"
+                                                      if per_char else "")
         if tokens and info["elapsed"] > 0:
             post["tok/s"] = f"{step * tokens / info['elapsed']:,.0f}"
         bar.set_postfix(post, refresh=False)
@@ -102,8 +106,22 @@ def _bar(desc, entry, opts):
 def _cmd_train(args) -> int:
     from .training.pipelines import prepare_run, train_model
     from .training.plots import plot_history, plot_vae
-    opts = None if args.resume else {o.name: getattr(args, o.name)        # resume: the run's own
-                                     for o in registry.get(args.model).options}
+    entry = registry.get(args.model)
+    given = {o.name for o in entry.options
+             if any(w == o.flag or w.startswith(o.flag + "=") for w in args.argv)}
+    if {"steps", "time"} <= given:
+        raise ValueError("give --steps (a reproducible run) or --time (a deadline), not both")
+    if args.resume:                     # the run's own options; only its length may change
+        others = sorted(given - {"steps", "time"})
+        if others:
+            raise ValueError(f"--resume continues the run with the options it started with; "
+                             f"only --steps or --time may change, got "
+                             f"{', '.join(entry.option(n).flag for n in others)}")
+        opts = {n: getattr(args, n) for n in given}
+        if "time" in opts:
+            opts["steps"] = None
+    else:
+        opts = {o.name: getattr(args, o.name) for o in entry.options}
     entry, opts, out = prepare_run(args.model, opts, args.out, args.resume)   # all checks first
     bar, progress = _bar(f"train {entry.name}", entry, opts)
     log = lambda msg: bar.write(msg, file=sys.stderr)       # noqa: E731
@@ -171,12 +189,13 @@ def _cmd_eval(args) -> int:
 
 def _cmd_attention(args) -> int:
     from .training.evaluate import attention_maps
+    from .training.pipelines import need_tokenizer
     from .training.plots import plot_attention
     model, tok, _, entry = _load(args.checkpoint)
     if entry.model_class != "GPT":
         raise ValueError(f"{args.checkpoint} holds a {entry.name} model; attention maps are "
                          f"drawn for transformer checkpoints")
-    maps, labels = attention_maps(model, tok, args.prompt)
+    maps, labels = attention_maps(model, need_tokenizer(tok, "attention"), args.prompt)
     if not plot_attention(maps, labels, args.out, title=f"attention for {args.prompt!r}"):
         raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")
     print(f"wrote {args.out}: {maps.shape[0]} layers x {maps.shape[1]} heads over "
@@ -185,12 +204,12 @@ def _cmd_attention(args) -> int:
 
 
 def _cmd_filters(args) -> int:
-    from .training.pipelines import digits
+    from .training.pipelines import digits, run_options
     from .training.plots import plot_filters_and_maps
     model, _, meta, entry = _load(args.checkpoint)
     if entry.model_class != "CNN":
         raise ValueError(f"{args.checkpoint} holds a {entry.name} model, not a cnn")
-    _, test = digits(meta["options"])
+    _, test = digits(run_options(meta, "filters"))
     if not args.index < len(test.labels):
         raise ValueError(f"--index must be an integer in [0, {len(test.labels) - 1}], got "
                          f"{args.index}")
@@ -252,7 +271,7 @@ def build_parser():
     parsers[("train",)] = t
     models = t.add_subparsers(dest="model", required=True, metavar="MODEL")
     for entry in registry.REGISTRY.values():
-        m = models.add_parser(entry.name, help=entry.help, description=(
+        m = models.add_parser(entry.name, help=entry.help, allow_abbrev=False, description=(
             f"{entry.help}. Batches: {entry.batch_source or 'one counting pass'}. "
             f"eval reports {entry.evaluates}; sample {entry.samples or 'does not apply'}."))
         for o in entry.options:
@@ -260,7 +279,8 @@ def build_parser():
         m.add_argument("--out", help=f"checkpoint path (default {entry.out})")
         if entry.batch_source:
             m.add_argument("--resume", action="store_true",
-                           help="continue the run saved at --out, with the options it started with")
+                           help="continue the run saved at --out with the options it started "
+                                "with (--steps or --time may extend it)")
         else:
             m.set_defaults(resume=False)
         m.set_defaults(func=_cmd_train)
@@ -365,6 +385,7 @@ def main(argv=None) -> int:
         return exc.code
     if extras:
         return _unknown(parsers, argv, extras)
+    args.argv = argv
     warnings.showwarning = _show_warning
     where = " ".join(w for w in (args.command, getattr(args, "model", None)) if w)
     try:

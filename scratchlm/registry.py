@@ -316,8 +316,9 @@ _CNN = ModelEntry(
         positive("steps", 1000, "training steps"),
         positive("batch_size", 64, "images per batch"),
         positive("lr", None, "learning rate (default 0.05 for sgd, 1e-3 for adam)", kind=float),
-        positive("n_train", 20000, "training images"),
-        positive("n_test", 2000, "held-out images"),
+        positive("n_train", None, "training images (default 20000 glyphs, or 1497 of "
+                 "scikit-learn's 1797)"),
+        positive("n_test", None, "held-out images (default 2000 glyphs, or 300 of scikit-learn's)"),
         SAVE,
         opt("seed", int, 0, "seeds the images, the initialisation and the batches", low=0),
     ),

@@ -106,6 +106,9 @@ def test_cli_train_sample_eval_convlm(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("the ")
     assert main(["eval", "--checkpoint", str(ck)]) == 0
     assert "bits/char" in capsys.readouterr().out
-    assert main(["train", "convlm", "--corpus", str(corpus), "--out", str(ck), "--batch-size", "4",
-                 "--block-size", "32", "--eval-interval", "3", "--resume"]) == 0   # config from the file
+    assert main(["train", "convlm", "--out", str(ck), "--resume"]) == 0   # every option from the file
     assert ": 6 steps in" in capsys.readouterr().out
+    assert main(["train", "convlm", "--out", str(ck), "--resume", "--steps", "8"]) == 0   # extended
+    assert ": 8 steps in" in capsys.readouterr().out
+    assert main(["train", "convlm", "--out", str(ck), "--resume", "--channels", "16"]) == 2
+    assert "only --steps or --time may change, got --channels" in capsys.readouterr().err

@@ -197,3 +197,70 @@ def test_registry_lookups_are_clear():
         registry.entry_for_checkpoint({"module": "Foo", "meta": {}})
     assert registry.entry_for_checkpoint({"module": "RNNLM", "meta": {"config": {"cell": "gru"}}}
                                          ).name == "gru"
+
+
+def test_a_slow_first_evaluation_does_not_cut_the_run_short():
+    """The warm-up times the second evaluation: a first call that compiles must not be held
+    back as the final evaluation's reserve."""
+    clock = FakeClock()
+    calls = []
+    model = _tiny_gpt()
+    ids = np.random.default_rng(0).integers(0, 11, 2000)
+
+    def forward(batch, step):
+        clock.step()
+        return model(*batch)[1]
+
+    def evaluate():
+        clock.t += 10.0 if not calls else 0.5           # the first call "compiles"
+        calls.append(1)
+        return {"val_loss": 1.0}
+    t_before = clock.t
+    train(model, RandomWindows(ids, 4, 8), forward, TrainConfig(time_limit=60.0),
+          evaluate=evaluate, log=lambda m: None, clock=clock)
+    used = clock.t - t_before - (10.0 + 0.5 + 2 * 0.1)    # minus the warm-up
+    assert 57.0 <= used <= 61.0, used
+
+
+def test_resuming_a_spent_time_budget_trains_nothing_and_says_so(tmp_path):
+    clock = FakeClock()
+    model = _tiny_gpt()
+    ids = np.random.default_rng(0).integers(0, 11, 2000)
+
+    def forward(batch, step):
+        clock.step()
+        return model(*batch)[1]
+    ck = tmp_path / "t.npz"
+    h1 = train(model, RandomWindows(ids, 4, 8), forward, TrainConfig(time_limit=3.0),
+               checkpoint=ck, log=lambda m: None, clock=clock)
+    before = ck.stat().st_mtime_ns
+    said = []
+    h2 = train(model, RandomWindows(ids, 4, 8), forward, TrainConfig(time_limit=3.0),
+               checkpoint=ck, resume=True, log=said.append, clock=clock)
+    assert h2["step"] == h1["step"] and any("time budget is spent" in m for m in said)
+    assert ck.stat().st_mtime_ns == before                  # nothing new: not rewritten
+    h3 = train(model, RandomWindows(ids, 4, 8), forward, TrainConfig(time_limit=6.0),
+               checkpoint=ck, resume=True, log=lambda m: None, clock=clock)
+    assert h3["step"][-1] > h1["step"][-1] + 10             # a larger budget continues
+
+
+def test_the_compile_notice_follows_numbas_cache_misses(monkeypatch):
+    import scratchlm.training.loop as loop
+    said = []
+    monkeypatch.setattr(loop, "kernels_compiling", lambda: True)
+    clock = FakeClock()
+    model = _tiny_gpt()
+
+    def slow_forward(batch, step):
+        import time
+        time.sleep(0.7)                                  # two calls: past the notice's 1 s
+        return model(*batch)[1]
+    ids = np.random.default_rng(0).integers(0, 11, 500)
+    loop.warm_up(model, RandomWindows(ids, 2, 8), slow_forward, None,
+                 TrainConfig(time_limit=5.0), clock, said.append)
+    assert said == ["compiling kernels (first run only)..."]
+    monkeypatch.setattr(loop, "kernels_compiling", lambda: False)
+    said.clear()
+    loop.warm_up(model, RandomWindows(ids, 2, 8), slow_forward, None,
+                 TrainConfig(time_limit=5.0), clock, said.append)
+    assert said == []

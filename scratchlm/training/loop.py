@@ -52,7 +52,7 @@ import numpy as np
 from .._checks import choice, nonnegative, positive_int
 
 __all__ = ["TrainConfig", "train", "warm_up", "make_optimizer", "scheduled_lr", "Deadline",
-           "kernels_cache_cold"]
+           "kernels_compiling"]
 
 LOOP_META = ("train", "loop")          # the meta keys the loop writes itself
 
@@ -166,14 +166,15 @@ class Deadline:
     save that step would trigger, and the final evaluation and save still fit; and it estimates
     the run's total length :math:`S = s + \lfloor R / (t_{step} + (t_{eval} + t_{save}) / k)
     \rfloor` (:math:`R` the seconds left after the final evaluation and save, :math:`k` the
-    evaluation interval), which the schedule uses so that the rate reaches its floor at the
-    deadline.
+    evaluation interval, and likewise for checkpoints), which the schedule uses so that the rate
+    reaches its floor at the deadline.
     """
     seconds: float
     step_time: float
     eval_time: float = 0.0
     save_time: float = 0.0
-    interval: int | None = None
+    interval: int | None = None           # evaluations every `interval` steps (None: at the end)
+    save_interval: int | None = None      # checkpoints every `save_interval` steps (None: none)
     smoothing: float = 0.3
     _seen: dict = field(default_factory=dict)
 
@@ -184,9 +185,13 @@ class Deadline:
         setattr(self, attr, (1 - a) * getattr(self, attr) + a * seconds)
         self._seen[what] = True
 
+    @staticmethod
+    def _due(step, every):
+        return every is not None and (step + 1) % every == 0
+
     def _periodic(self, step):
-        due = self.interval is not None and (step + 1) % self.interval == 0
-        return (self.eval_time + self.save_time) if due else 0.0
+        return (self.eval_time * self._due(step, self.interval)
+                + self.save_time * self._due(step, self.save_interval))
 
     def fits(self, step, elapsed) -> bool:
         """Whether step ``step`` (from 0) may start at ``elapsed`` seconds: the step, anything it
@@ -197,30 +202,29 @@ class Deadline:
     def total(self, step, elapsed) -> int:
         """The estimated number of steps the run will have made at the deadline."""
         left = self.seconds - elapsed - self.eval_time - self.save_time
-        per = self.step_time + ((self.eval_time + self.save_time) / self.interval
-                                if self.interval else 0.0)
+        per = (self.step_time + (self.eval_time / self.interval if self.interval else 0.0)
+               + (self.save_time / self.save_interval if self.save_interval else 0.0))
         return step + max(1, int(left / max(per, 1e-9)))
 
 
 # ------------------------------------------------------------------------------------------------
 # warming the kernels before the clock starts
 # ------------------------------------------------------------------------------------------------
-def kernels_cache_cold() -> bool:
-    """True when some Numba kernel of the package has no compiled version in Numba's on-disk
-    cache yet (the first run after installing, or after a change of Numba or of the CPU)."""
+def _dispatchers():
+    """Every Numba dispatcher of the package's kernel modules (helpers too)."""
     import sys
     for name, mod in list(sys.modules.items()):
-        if not name.startswith("scratchlm.kernels") or mod is None:
-            continue
-        for attr, obj in vars(mod).items():
-            if attr.startswith("_"):       # helpers called only from other kernels: never cached
-                continue
-            cache = getattr(obj, "_cache", None)
-            impl = getattr(cache, "_cache_file", None)
-            index = getattr(impl, "_index_path", None)
-            if index is not None and not os.path.exists(index):
-                return True
-    return False
+        if name.startswith("scratchlm.kernels") and mod is not None:
+            for obj in list(vars(mod).values()):
+                if hasattr(obj, "_cache_misses"):
+                    yield obj
+
+
+def kernels_compiling() -> bool:
+    """True when a kernel of the package has missed Numba's on-disk cache in this process, i.e.
+    it is being (or was) compiled rather than loaded: the first run after installing, or after a
+    change of Numba or of the CPU."""
+    return any(d._cache_misses for d in _dispatchers())
 
 
 def _clone_parameters(model):
@@ -235,18 +239,21 @@ def _clone_parameters(model):
     return out
 
 
-def warm_up(model, source, forward, evaluate, config, clock=time.perf_counter, log=print):
+def warm_up(model, source, forward, evaluate, config, clock=time.perf_counter, log=print,
+            make=None):
     """Compile and time everything a step and an evaluation run, changing nothing: one batch
     from ``source.peek()`` through ``forward`` and ``model.backward()`` twice (the first
     compiles, the second is timed), the optimizer update and clipping on zeroed copies of the
-    parameters, and one ``evaluate()``; the model's random generators, its gradients and the
-    forward's state are restored afterwards. Returns ``(step seconds, evaluation seconds)``."""
+    parameters (``make(named_params)`` builds that optimizer, default :func:`make_optimizer`),
+    and ``evaluate()`` twice (the second timed). The model's random generators, its mode and
+    the forward's state are restored, and its gradients zeroed, afterwards. Returns
+    ``(step seconds, evaluation seconds)``."""
     import threading
 
     from ..optim import clip_grad_norm_
-    # Numba compiles lazily, at a kernel's first call: say so when the warm-up takes long and
-    # some kernel has no cached version yet (a cached kernel loads in milliseconds).
-    notice = threading.Timer(1.0, lambda: kernels_cache_cold() and
+    # Numba compiles lazily, at a kernel's first call: say so when the warm-up takes long because
+    # a kernel missed the on-disk cache (a cached kernel loads in milliseconds).
+    notice = threading.Timer(1.0, lambda: kernels_compiling() and
                              log("compiling kernels (first run only)..."))
     notice.daemon = True
     notice.start()
@@ -264,7 +271,7 @@ def warm_up(model, source, forward, evaluate, config, clock=time.perf_counter, l
         step_time = clock() - t0
         clones = _clone_parameters(model)
         if clones:
-            opt = make_optimizer(clones, config)
+            opt = (make or (lambda named: make_optimizer(named, config)))(clones)
             t0 = clock()
             if config.grad_clip is not None:
                 clip_grad_norm_([p for _, p in clones], config.grad_clip)
@@ -272,6 +279,7 @@ def warm_up(model, source, forward, evaluate, config, clock=time.perf_counter, l
             step_time += clock() - t0
         eval_time = 0.0
         if evaluate is not None:
+            evaluate()                   # the first call compiles what only evaluation runs
             t0 = clock()
             evaluate()
             eval_time = clock() - t0
@@ -290,6 +298,13 @@ def warm_up(model, source, forward, evaluate, config, clock=time.perf_counter, l
 # ------------------------------------------------------------------------------------------------
 # the loop
 # ------------------------------------------------------------------------------------------------
+def _save_estimate(model, opt) -> float:
+    """Seconds a checkpoint of ``model`` and ``opt`` should take before one was timed: its
+    arrays at 200 MB/s (a slow disk) plus 20 ms."""
+    nbytes = sum(p.data.nbytes for p in model.parameters())
+    return 0.02 + 3 * nbytes / 200e6             # the parameters and (at most) two moments
+
+
 def check_finite_loss(loss, step, rate):
     """Raise ``FloatingPointError`` naming the step (from 1) and the rate if ``loss`` is not
     finite (the layers skip NaN scans for speed: the loop stops a diverged run here, clearly)."""
@@ -403,16 +418,28 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         os.makedirs(os.path.dirname(os.path.abspath(checkpoint)) or ".", exist_ok=True)
     interval = config.checkpoint_interval
     deadline = None
-    if config.time_limit is not None:
-        step_time, eval_time = warm_up(model, source, forward, evaluate, config, clock, log)
-        deadline = Deadline(config.time_limit, step_time, eval_time, interval=config.eval_interval)
+    if config.time_limit is not None and used >= config.time_limit:
+        log(f"the time budget is spent ({used:.1f} of {config.time_limit:g} s): nothing to train; "
+            f"give a larger time limit to continue")
+    elif config.time_limit is not None:
+        make = None if optimizer is None else (lambda named: type(opt)([p for _, p in named]))
+        step_time, eval_time = warm_up(model, source, forward, evaluate, config, clock, log, make)
+        deadline = Deadline(config.time_limit, step_time, eval_time,
+                            save_time=_save_estimate(model, opt) if checkpoint else 0.0,
+                            interval=config.eval_interval,
+                            save_interval=interval if checkpoint else None)
+        if not deadline.fits(step, used):
+            log(f"the time budget is spent ({used:.1f} of {config.time_limit:g} s, not enough "
+                f"for another step): give a larger time limit to continue")
 
     t0 = clock() - used
     last_eval = {}
+    saved_at = [(step, len(history["eval_step"])) if resume else None]   # what the file holds
 
     def save():
-        if checkpoint is None:
-            return
+        if checkpoint is None or saved_at[0] == (step, len(history["eval_step"])):
+            return                     # nothing new since the last save
+        saved_at[0] = (step, len(history["eval_step"]))
         s0 = clock()
         loop_state = {"step": step, "total_steps": total, "elapsed": clock() - t0,
                       "history": history, "source": source.state_dict(),
@@ -437,6 +464,8 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
     model.train()
     while True:
         elapsed = clock() - t0
+        if config.time_limit is not None and deadline is None:
+            break                                                   # the budget was spent
         if deadline is not None:
             if not deadline.fits(step, elapsed):
                 break

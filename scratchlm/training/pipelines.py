@@ -75,15 +75,16 @@ def _resume_doc(path):
 
 class _Timed:
     """Wraps a progress callback to keep the training loop's own account of the run's seconds
-    (from the first step: compiling and warming the kernels are not training)."""
+    (from the first step: compiling and warming the kernels are not training); ``extra`` is added
+    to what the callback is told (e.g. ``tokens_per_char``, to show bits per character)."""
 
-    def __init__(self, progress):
-        self.progress, self.seconds = progress, None
+    def __init__(self, progress, **extra):
+        self.progress, self.seconds, self.extra = progress, None, extra
 
     def __call__(self, step, total, info):
         self.seconds = info["elapsed"]
         if self.progress is not None:
-            self.progress(step, total, info)
+            self.progress(step, total, info | self.extra)
 
 
 def train_model(name, options=None, *, out=None, resume=False, progress=None, log=print,
@@ -103,7 +104,8 @@ def train_model(name, options=None, *, out=None, resume=False, progress=None, lo
 def prepare_run(name, options=None, out=None, resume=False):
     """Everything :func:`train_model` checks before any work: ``(entry, options, out)`` with
     every option resolved and validated and the model's config built once; a rule the config
-    enforces is reported with the options' names (``--n-embd``)."""
+    enforces is reported with the options' names (``--n-embd``). With ``resume``, the options
+    are the checkpoint's, updated with ``options`` (a longer ``steps`` or ``time``)."""
     import re
     entry = registry.get(name)
     if resume:
@@ -111,7 +113,7 @@ def prepare_run(name, options=None, out=None, resume=False):
         doc = _resume_doc(path)
         if doc["meta"].get("model") not in (None, entry.name):
             raise ValueError(f"{path} holds a {doc['meta']['model']} run, not {entry.name}")
-        opts = entry.resolve(doc["meta"]["options"])
+        opts = entry.resolve(doc["meta"]["options"] | dict(options or {}))   # e.g. a new --time
     else:
         opts = entry.resolve(options)
     try:
@@ -121,7 +123,10 @@ def prepare_run(name, options=None, out=None, resume=False):
         for o in entry.options:
             message = re.sub(rf"\b{o.name}\b", o.flag, message)
         raise ValueError(message) from None
-    return entry, opts, out or entry.out.format(**opts)
+    out = out or entry.out.format(**opts)
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder; give the checkpoint's file name")
+    return entry, opts, out
 
 
 def load_model(path):
@@ -149,6 +154,25 @@ def _config(meta, path):
                          f"save_checkpoint and no config=...): build the model yourself and use "
                          f"scratchlm.io.load_checkpoint")
     return cfg
+
+
+def run_options(meta, what) -> dict:
+    """The options a checkpoint was trained with (``scratchlm train`` records them), which
+    ``what`` needs to rebuild the run's data; a clear error for a model saved by hand."""
+    opts = meta.get("options") if isinstance(meta, dict) else None
+    if not isinstance(opts, dict):
+        raise ValueError(f"this checkpoint records no training options (it was saved by hand, "
+                         f"not by 'scratchlm train'), so {what} cannot rebuild the data it was "
+                         f"trained on; use the Python API (docs/training.md)")
+    return opts
+
+
+def need_tokenizer(tok, what):
+    """``tok``, or a clear error when a text model was saved without its tokenizer."""
+    if tok is None:
+        raise ValueError(f"this checkpoint carries no tokenizer (saved by hand without "
+                         f"tokenizer=tok.to_dict()), so {what} cannot turn text into ids")
+    return tok
 
 
 class Pipeline:
@@ -216,13 +240,13 @@ class LMPipeline(Pipeline):
         meta = cls.loop_meta(entry, opts, model, {
             "tokenizer": tok.to_dict(), "corpus": corpus_name,
             "corpus_path": None if opts["corpus"] is None else os.path.abspath(opts["corpus"])})
-        timed = _Timed(progress)
+        tokens_per_char = val_ids.size / max(len(val_text), 1)
+        timed = _Timed(progress, tokens_per_char=tokens_per_char)
         history = fit_lm(model, train_ids, val_ids, cls.loop_config(opts),
                          batch_size=opts["batch_size"], block_size=opts["block_size"],
                          seed=opts["seed"], checkpoint=out, meta=meta, resume=resume,
-                         progress=timed, log=log, clock=clock)
+                         progress=timed, log=log, clock=clock, source=entry.batch_source)
         seconds = timed.seconds
-        tokens_per_char = val_ids.size / max(len(val_text), 1)
         val = history["val_loss"][-1]
         metrics = {"bits/token": bits(val), "bits/char": bits(val) * tokens_per_char,
                    "perplexity": math.exp(val)}
@@ -246,13 +270,13 @@ class LMPipeline(Pipeline):
     def evaluate(cls, entry, model, tok, meta, corpus=None):
         from .evaluate import evaluate_text
         text, name = _eval_text(meta, corpus, tok)
-        r = evaluate_text(model, tok, text)
+        r = evaluate_text(model, need_tokenizer(tok, "eval"), text)
         return _lm_report(name, r)
 
     @classmethod
     def sample(cls, entry, model, tok, meta, args):
         from .evaluate import sample_text
-        return sample_text(model, tok, prompt=args.prompt, length=args.length,
+        return sample_text(model, need_tokenizer(tok, "sample"), prompt=args.prompt, length=args.length,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            greedy=args.greedy, seed=args.seed)
 
@@ -376,6 +400,10 @@ class Seq2SeqPipeline(Pipeline):
     @classmethod
     def check(cls, entry, opts):
         entry.build(entry.make_config(opts, cls.STAND_IN))      # Seq2Seq checks in __init__
+        pairs = 5000 if opts["task"] == "dates" else 4000
+        if opts["batch_size"] > pairs:
+            raise ValueError(f"--batch-size must be <= the task's {pairs} training pairs, got "
+                             f"{opts['batch_size']}")
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
@@ -390,7 +418,7 @@ class Seq2SeqPipeline(Pipeline):
         timed = _Timed(progress)
         history = fit_translation(model, task, opts["steps"], opts["batch_size"], opts["lr"],
                                   seed=opts["seed"], progress=timed, checkpoint=out,
-                                  save_every=opts["save_interval"], resume=resume, meta=cls.loop_meta(entry, opts, model,
+                                  save_every=opts["save_interval"], resume=resume, log=log, meta=cls.loop_meta(entry, opts, model,
                                                                     {"chars": task.chars}))
         seconds = timed.seconds
         greedy, beam = exact_match(model, task.test), exact_match(model, task.test, "beam")
@@ -404,7 +432,11 @@ class Seq2SeqPipeline(Pipeline):
     def load(cls, entry, path, doc, load_checkpoint):
         from ..models import CharVocab
         model, tok, meta, entry = super().load(entry, path, doc, load_checkpoint)
-        model.vocab = CharVocab(meta["chars"])
+        chars = meta.get("chars")
+        if not isinstance(chars, str):
+            raise ValueError("this seq2seq checkpoint records no character vocabulary ('chars', "
+                             "which 'scratchlm train seq2seq' writes), so its ids cannot be read")
+        model.vocab = CharVocab(chars)
         return model, tok, meta, entry
 
     @classmethod
@@ -413,7 +445,7 @@ class Seq2SeqPipeline(Pipeline):
         if corpus is not None:
             raise ValueError("--corpus applies to language models; a seq2seq checkpoint is "
                              "scored on its task's held-out pairs")
-        opts = meta["options"]
+        opts = run_options(meta, "eval")
         task = seq2seq_task(opts["task"], opts["seed"])
         return (f"{opts['task']} task, {len(task.test)} held-out pairs: exact match greedy "
                 f"{exact_match(model, task.test):.3f}, beam-4 "
@@ -431,6 +463,24 @@ class Seq2SeqPipeline(Pipeline):
 # ------------------------------------------------------------------------------------------------
 # the CNN on digit images
 # ------------------------------------------------------------------------------------------------
+def _check_digits(opts):
+    """What :func:`digits` would refuse, checked before any image is made, with the options'
+    names: the source's availability and size, and a batch that fits the training images."""
+    import importlib.util
+    sklearn = opts.get("images") == "sklearn"
+    if sklearn and importlib.util.find_spec("sklearn") is None:
+        raise ValueError("--images sklearn needs scikit-learn (pip install scikit-learn); the "
+                         "default --images glyphs needs nothing")
+    n_train = opts["n_train"] or (1497 if sklearn else 20000)
+    n_test = opts["n_test"] or (300 if sklearn else 2000)
+    if sklearn and n_train + n_test > 1797:
+        raise ValueError(f"scikit-learn's digits are 1797 images: --n-train + --n-test must be "
+                         f"<= 1797, got {n_train} + {n_test}")
+    if opts["batch_size"] > n_train:
+        raise ValueError(f"--batch-size must be <= the training images (--n-train {n_train}), "
+                         f"got {opts['batch_size']}")
+
+
 def digits(opts):
     """The digit images a cnn or vae run was trained on, rebuilt from its options."""
     from ..data import load_digits_dataset
@@ -443,10 +493,10 @@ class ImagePipeline(Pipeline):
     def check(cls, entry, opts):
         size = 8 if opts["images"] == "sklearn" else 28
         entry.make_config(opts, {"in_channels": 1, "image_size": size})
+        _check_digits(opts)
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
-        from ..models import classifier_accuracy
         from .fit import fit_classifier
         train, test = digits(opts)
         config = entry.make_config(opts, {"in_channels": train.images.shape[1],
@@ -460,9 +510,10 @@ class ImagePipeline(Pipeline):
                                  batch_size=opts["batch_size"], lr=opts["lr"],
                                  optimizer=opts["optimizer"], seed=opts["seed"], progress=timed,
                                  checkpoint=out, save_every=opts["save_interval"], resume=resume,
+                                 log=log,
                                  meta=cls.loop_meta(entry, opts, model))
         seconds = timed.seconds
-        acc = classifier_accuracy(model, test.images, test.labels)
+        acc = history["test_acc"][-1]             # the loop's final evaluation
         return Run(model, None, history, {"held-out accuracy": acc}, seconds,
                    history["step"][-1], files=[out], extra={"test": test})
 
@@ -472,7 +523,7 @@ class ImagePipeline(Pipeline):
         if corpus is not None:
             raise ValueError("--corpus applies to language models; a cnn checkpoint is scored "
                              "on its held-out images")
-        _, test = digits(meta["options"])
+        _, test = digits(run_options(meta, "eval"))
         return (f"{meta['options']['images']} digits, {len(test.labels):,} held-out images: "
                 f"accuracy {classifier_accuracy(model, test.images, test.labels):.4f}")
 
@@ -497,6 +548,12 @@ class VAEPipeline(Pipeline):
     STAND_IN = {"input_dim": 16}
 
     @classmethod
+    def check(cls, entry, opts):
+        entry.make_config(opts, cls.STAND_IN)
+        if entry.model_class == "VAE":
+            _check_digits(opts)
+
+    @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
         from .fit import fit_vae
         train, test, labels, extra = cls.data(entry, opts)
@@ -509,7 +566,8 @@ class VAEPipeline(Pipeline):
         history = fit_vae(model, train, steps=opts["steps"], batch_size=opts["batch_size"],
                           lr=opts["lr"], test=test, kl_warmup_steps=opts["kl_warmup"],
                           seed=opts["seed"], progress=timed, checkpoint=out, resume=resume,
-                          save_every=opts["save_interval"], meta=cls.loop_meta(entry, opts, model, extra))
+                          save_every=opts["save_interval"], log=log,
+                          meta=cls.loop_meta(entry, opts, model, extra))
         seconds = timed.seconds
         metrics = {"held-out ELBO (nats)": history["test_elbo"][-1]}
         if entry.model_class == "VAE":
@@ -525,7 +583,7 @@ class VAEPipeline(Pipeline):
         if corpus is not None:
             raise ValueError(f"--corpus applies to language models; a {entry.name} checkpoint "
                              f"is scored on its held-out data")
-        opts = meta["options"]
+        opts = run_options(meta, "eval")
         _, test, _, _ = cls.data(entry, opts)
         rng = np.random.default_rng(opts["seed"])
         if entry.model_class == "VAE":
