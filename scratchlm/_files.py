@@ -88,7 +88,7 @@ def loads_json(text, where, expect=dict, max_depth=MAX_JSON_DEPTH):
         raise ValueError(f"{where}: JSON nested deeper than {max_depth} levels; refusing to parse it")
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:      # ValueError: also ints of > 4300 digits
         raise ValueError(f"{where}: not valid JSON ({exc})") from None
     if expect is not None and not isinstance(value, expect):
         names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))

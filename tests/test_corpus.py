@@ -40,8 +40,30 @@ def test_load_corpus_missing(tmp_path):
 
 
 def test_load_corpus_directory(tmp_path):
-    with pytest.raises(IsADirectoryError, match="directory"):
+    with pytest.raises(ValueError, match="is a directory, not a regular corpus file"):
         load_corpus(tmp_path)
+
+
+def test_load_corpus_refuses_non_regular_files_before_reading(tmp_path):
+    import os
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is a FIFO"):
+        load_corpus(fifo)                                  # no open(): a FIFO would block forever
+    with pytest.raises(ValueError, match="is a device"):
+        load_corpus("/dev/zero")                           # would read forever
+    link = tmp_path / "zero.txt"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="is a device"):
+        load_corpus(link)
+
+
+def test_load_corpus_size_limit(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("hello world\n" * 10)
+    assert load_corpus(p, max_bytes=120) == "hello world\n" * 10
+    with pytest.raises(ValueError, match="has 120 bytes, more than the 119 a corpus file may have"):
+        load_corpus(p, max_bytes=119)
 
 
 @pytest.mark.parametrize("content", [b"", b"   \n\t\r\n  "])

@@ -123,11 +123,78 @@ def test_from_dict_and_load_errors(tmp_path, bpe):
         Tokenizer.from_dict(d)
     bad = tmp_path / "bad.json"
     bad.write_text("not json")
-    with pytest.raises(ValueError, match="not a tokenizer JSON file"):
+    with pytest.raises(ValueError, match="tokenizer file .*bad.json: not valid JSON"):
         load_tokenizer(bad)
     bad.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="not a tokenizer JSON file"):
+    with pytest.raises(ValueError, match="tokenizer file .*bad.json: expected a JSON object, got array"):
         load_tokenizer(bad)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(type=["bpe"]), r"'type' field, one of .*got \['bpe'\]"),
+    (lambda d: d.update(version="1"), "version '1'"),
+    (lambda d: d.update(merges={"a": 1}), "field 'merges' must be a list"),
+    (lambda d: d.update(merges=[[1, 2, 3]]), r"merges\[0\] must be a pair"),
+    (lambda d: d.update(merges=[["a", "b"]]), r"merges\[0\] must hold ints"),
+    (lambda d: d.update(special_tokens=[1]), "special_tokens must hold str, got int"),
+    (lambda d: d.update(special_tokens="<s>"), "field 'special_tokens' must be a list"),
+    (lambda d: d.update(pattern="(unclosed"), "pattern '\\(unclosed' is not a valid regular expression"),
+    (lambda d: d.update(pattern=r"(\w+)|\s+"), "capturing group"),
+    (lambda d: d.update(pattern=7), "field 'pattern' must be a str"),
+    # 70 merges, each doubling the last token: 2**70 bytes, refused from the lengths alone
+    (lambda d: d.update(merges=[[97, 97]] + [[256 + r, 256 + r] for r in range(69)]),
+     r"merges\[0..\d+\] build tokens of .* bytes together"),
+])
+def test_hostile_bpe_fields_are_named_errors(tmp_path, bpe, edit, match):
+    d = bpe.to_dict()
+    edit(d)
+    path = tmp_path / "tok.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=match):
+        Tokenizer.from_dict(d)
+    with pytest.raises(ValueError, match="tokenizer file .*tok.json: .*" + match):
+        load_tokenizer(path)
+
+
+@pytest.mark.parametrize("d, match", [
+    ({"type": "char", "chars": ["a"]}, "field 'chars' must be a str"),
+    ({"type": "char", "chars": "aa"}, "distinct"),
+    ({"type": "word", "words": "abc", "lowercase": False}, "field 'words' must be a list"),
+    ({"type": "word", "words": [1], "lowercase": False}, "non-empty strings"),
+    ({"type": "word", "words": ["a"], "lowercase": 0}, "field 'lowercase' must be a bool"),
+    ({"type": "word", "lowercase": False}, "missing the field 'words'"),
+])
+def test_hostile_char_and_word_fields_are_named_errors(d, match):
+    with pytest.raises(ValueError, match=match):
+        Tokenizer.from_dict(d)
+
+
+def test_a_pattern_that_skips_text_is_an_error_not_a_silent_loss(bpe):
+    d = bpe.to_dict()
+    d["pattern"] = r"[a-z]+| "                       # skips digits and capitals
+    tok = Tokenizer.from_dict(d)
+    assert tok.decode(tok.encode("ab cd")) == "ab cd"
+    with pytest.raises(ValueError, match=r"skips 'X1 z' at index 3"):
+        tok.encode("ab X1 z")
+
+
+def test_tokenizer_file_must_be_a_bounded_regular_file(tmp_path, bpe):
+    path = tmp_path / "t.json"
+    bpe.save(path)
+    with pytest.raises(ValueError, match="more than the 10 a tokenizer file may have"):
+        load_tokenizer(path, max_bytes=10)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_tokenizer(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is a FIFO"):
+        load_tokenizer(fifo)                               # refused without opening: no hang
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"type": "bpe", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="nested deeper"):
+        load_tokenizer(deep)
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize("i", range(4))

@@ -4,8 +4,9 @@ deterministic train/validation split.
 * :func:`builtin_corpus` -- the help text CPython ships in ``pydoc_data.topics`` (about 460 kB of
   English prose and code: the language reference topics that ``help('if')`` prints). Every
   CPython installation has it, so examples and tests run offline.
-* :func:`load_corpus` -- a UTF-8 text file, refusing missing, empty, binary and non-UTF-8 files
-  with errors that say which and where.
+* :func:`load_corpus` -- a UTF-8 text file, refusing missing, empty, binary, non-UTF-8 and
+  non-regular files (FIFOs, devices, directories) and files over :data:`MAX_CORPUS_BYTES`, with
+  errors that say which and where.
 * :func:`split_corpus` -- train/validation split at a line boundary; the validation part is the
   tail, so ``train + val == text`` and no line is cut in two.
 * :func:`lines` -- the non-blank lines (the "sentences" the n-gram models count).
@@ -21,7 +22,9 @@ import os
 
 import numpy as np
 
-__all__ = ["builtin_corpus", "load_corpus", "read_corpus", "split_corpus", "lines"]
+from .._files import read_bytes
+
+__all__ = ["builtin_corpus", "load_corpus", "read_corpus", "split_corpus", "lines", "MAX_CORPUS_BYTES"]
 
 
 def _normalise_newlines(text: str) -> str:
@@ -47,27 +50,33 @@ def builtin_corpus() -> str:
     return "\n\n".join(p for p in parts if p.strip()) + "\n"
 
 
-def load_corpus(path) -> str:
+#: the largest corpus file :func:`load_corpus` reads by default: 1 GiB (the text is held in memory
+#: as one ``str``, 1 to 4 bytes a character, and tokenized from there); ``max_bytes=`` changes it
+MAX_CORPUS_BYTES = 1 << 30
+
+
+def load_corpus(path, *, max_bytes: int = MAX_CORPUS_BYTES) -> str:
     r"""Read a UTF-8 text file and return its text with ``'\n'`` line endings.
 
-    A leading UTF-8 byte-order mark is dropped. Errors, each naming the path:
+    A leading UTF-8 byte-order mark is dropped. The file is hostile until checked: it must be a
+    regular file (a FIFO, a device, a directory or a link to one is refused before anything is
+    read) of at most ``max_bytes`` bytes (:data:`MAX_CORPUS_BYTES`, 1 GiB, by default; refused
+    from its size, before reading). Errors, each naming the path:
 
     * ``TypeError`` -- ``path`` is not a ``str`` / ``os.PathLike``;
-    * ``FileNotFoundError`` -- no such file; ``IsADirectoryError`` -- the path is a directory;
-    * ``ValueError`` -- the file is empty or whitespace-only; contains NUL bytes ("looks
-      binary", with the offset of the first NUL); or is not valid UTF-8 (with the byte offset of
-      the first invalid byte, e.g. a Latin-1 ``'é'`` = ``0xe9``).
+    * ``FileNotFoundError`` -- no such file;
+    * ``ValueError`` -- not a regular file (a directory, a FIFO, a device); larger than
+      ``max_bytes``; empty or whitespace-only; contains NUL bytes ("looks binary", with the
+      offset of the first NUL); or not valid UTF-8 (with the byte offset of the first invalid
+      byte, e.g. a Latin-1 ``'é'`` = ``0xe9``).
     """
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(21, f"corpus path {path!r} is a directory, expected a text file",
-                                path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, f"corpus file {path!r} does not exist", path)
-    with open(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        raw = read_bytes(path, "corpus file", limit=max_bytes)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, f"corpus file {path!r} does not exist", path) from None
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise ValueError(f"corpus file {path!r} looks binary: it contains a NUL byte at byte "
@@ -79,11 +88,13 @@ def load_corpus(path) -> str:
         raise ValueError(f"corpus file {path!r} is not valid UTF-8: invalid byte 0x{bad.hex()} "
                          f"at byte offset {exc.start} ({exc.reason}); re-encode it as UTF-8"
                          ) from None
+    size = len(raw)
+    del raw
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
         raise ValueError(f"corpus file {path!r} is empty or contains only whitespace "
-                         f"({len(raw)} bytes)")
+                         f"({size} bytes)")
     return _normalise_newlines(text)
 
 

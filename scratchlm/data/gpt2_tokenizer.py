@@ -58,14 +58,14 @@ References:
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import re
 
 import numpy as np
 
-from .tokenizers import (GPT2_SPLIT_PATTERN, Tokenizer, _PieceEncoder, _field,
-                         _utf8)
+from .._files import loads_json, read_bytes, regular_file
+from .tokenizers import (GPT2_SPLIT_PATTERN, MAX_TOKENIZER_BYTES, Tokenizer, _excerpt,
+                         _PieceEncoder, _field, _utf8)
 
 __all__ = ["GPT2Tokenizer", "bytes_to_unicode"]
 
@@ -111,22 +111,23 @@ def _check_path(path, name: str) -> str:
 
 
 def _read_text(path: str, name: str) -> str:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name}: no such file {path!r}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    """The UTF-8 text of the regular file ``path`` (at most :data:`MAX_TOKENIZER_BYTES`)."""
+    try:
+        raw = read_bytes(path, name, limit=MAX_TOKENIZER_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: no such file {path!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{name} {path!r} is not UTF-8 text ({exc})") from None
+        raise ValueError(f"{name} {path!r} is not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} "
+                         f"at byte offset {exc.start})") from None
 
 
 def _read_vocab(path: str) -> dict:
     text = _read_text(path, "vocab_file")
-    try:
-        vocab = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"vocab_file {path!r} is not valid JSON ({exc})") from None
+    vocab = loads_json(text, f"vocab_file {path!r}", expect=None)
     return _check_vocab(vocab, f"vocab_file {path!r}")
 
 
@@ -142,7 +143,7 @@ def _read_merges(path: str) -> list:
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise ValueError(f"merges_file {path!r} line {k + 1} must be two tokens separated by "
-                             f"one space, e.g. 'Ġ t', got {line!r}")
+                             f"one space, e.g. 'Ġ t', got {_excerpt(line)}")
         merges.append((parts[0], parts[1]))
     return merges
 
@@ -157,16 +158,18 @@ def _check_vocab(vocab, what: str) -> dict:
     owner = [None] * len(vocab)
     for tok, i in vocab.items():
         if not isinstance(tok, str) or not tok:
-            raise ValueError(f"{what} must map non-empty token strings to ids, got the key {tok!r}")
+            raise ValueError(f"{what} must map non-empty token strings to ids, got the key "
+                             f"{_excerpt(tok)}")
         _utf8(tok, f"{what} token")
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise ValueError(f"{what} must map tokens to int ids, got {tok!r}: {i!r} "
-                             f"({type(i).__name__})")
+            raise ValueError(f"{what} must map tokens to int ids, got {_excerpt(tok)}: "
+                             f"{_excerpt(i)} ({type(i).__name__})")
         if not 0 <= i < len(vocab):
             raise ValueError(f"{what} ids must be 0..{len(vocab) - 1} (one per token, no gaps), "
-                             f"got {tok!r}: {i}")
+                             f"got {_excerpt(tok)}: {_excerpt(i)}")
         if owner[i] is not None:
-            raise ValueError(f"{what} gives the id {i} to both {owner[i]!r} and {tok!r}")
+            raise ValueError(f"{what} gives the id {i} to both {_excerpt(owner[i])} and "
+                             f"{_excerpt(tok)}")
         owner[i] = tok
     return {tok: int(i) for tok, i in vocab.items()}
 
@@ -182,12 +185,13 @@ def _check_merges(merges, vocab: dict, what: str = "merges") -> list:
             except TypeError:
                 parts = [m]
         if len(parts) != 2 or not all(isinstance(p, str) and p for p in parts):
-            raise ValueError(f"{what}[{r}] must be a pair of token strings (or 'a b'), got {m!r}")
+            raise ValueError(f"{what}[{r}] must be a pair of token strings (or 'a b'), got "
+                             f"{_excerpt(m)}")
         a, b = parts
         for tok in (a, b, a + b):
             if tok not in vocab:
-                raise ValueError(f"{what}[{r}] = {a!r} {b!r} uses the token {tok!r}, which is not "
-                                 f"in the vocabulary")
+                raise ValueError(f"{what}[{r}] = {_excerpt(a)} {_excerpt(b)} uses the token "
+                                 f"{_excerpt(tok)}, which is not in the vocabulary")
         checked.append((a, b))
     return checked
 
@@ -237,9 +241,12 @@ class GPT2Tokenizer(_PieceEncoder, Tokenizer):
                                     f"{_MERGES_FILE}, got {path!r}, which is not a directory")
         files = [os.path.join(path, name) for name in (_VOCAB_FILE, _MERGES_FILE)]
         for f in files:
-            if not os.path.isfile(f):
+            try:
+                regular_file(f, os.path.basename(f))
+            except FileNotFoundError:
                 raise FileNotFoundError(f"path {path!r} has no {os.path.basename(f)} (a GPT-2 "
-                                        f"tokenizer folder needs {_VOCAB_FILE} and {_MERGES_FILE})")
+                                        f"tokenizer folder needs {_VOCAB_FILE} and {_MERGES_FILE})"
+                                        ) from None
         return cls(*files)
 
     @classmethod
@@ -395,7 +402,7 @@ class GPT2Tokenizer(_PieceEncoder, Tokenizer):
                 raise ValueError(f"tokenizer field 'vocab' must hold str, got "
                                  f"{type(tok).__name__} at index {i}")
             if tok in vocab:
-                raise ValueError(f"tokenizer field 'vocab' holds {tok!r} twice (ids {vocab[tok]} "
-                                 f"and {i})")
+                raise ValueError(f"tokenizer field 'vocab' holds {_excerpt(tok)} twice (ids "
+                                 f"{vocab[tok]} and {i})")
             vocab[tok] = i
         return cls.from_vocab_and_merges(vocab, merges)

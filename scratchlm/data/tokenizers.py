@@ -46,6 +46,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from .._checks import index_array
+from .._files import loads_json, read_bytes
 from ..io import atomic_write
 
 __all__ = ["Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer",
@@ -70,6 +71,16 @@ GPT2_SPLIT_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)
 _WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
 
 _REGISTRY: dict = {}
+
+#: the largest tokenizer file :func:`load_tokenizer` (and GPT-2's ``vocab.json`` /
+#: ``merges.txt`` reader) accepts: 64 MiB, several times the largest real vocabularies
+#: (GPT-2's files are 1.5 MB together)
+MAX_TOKENIZER_BYTES = 64 << 20
+#: a BPE vocabulary is built from its merges, each token the concatenation of two earlier ones,
+#: so 60 merges can describe a token of 2**60 bytes: all tokens together may have at most
+#: ``MAX_VOCAB_BYTES`` bytes (64 MiB; GPT-2's 50k tokens take 0.4 MB), checked from the lengths
+#: before any token is built
+MAX_VOCAB_BYTES = 1 << 26
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,7 +125,8 @@ def _check_bool(value, name: str) -> bool:
 
 def _field(d: dict, key: str, kind, what: str):
     if key not in d:
-        raise ValueError(f"tokenizer dict of type {d.get('type')!r} is missing the field {key!r}")
+        raise ValueError(f"tokenizer dict of type {_excerpt(d.get('type'))} is missing the field "
+                         f"{key!r}")
     value = d[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"tokenizer field {key!r} must be {what}, got {type(value).__name__}")
@@ -187,20 +199,24 @@ class Tokenizer:
         if not isinstance(d, dict):
             raise TypeError(f"d must be a dict, got {type(d).__name__}")
         kind = d.get("type")
-        if kind not in _REGISTRY:
+        if not isinstance(kind, str) or kind not in _REGISTRY:
             raise ValueError(f"tokenizer dict must have a 'type' field, one of "
-                             f"{sorted(_REGISTRY)}, got {kind!r}")
+                             f"{sorted(_REGISTRY)}, got {_excerpt(kind)}")
         if d.get("format", FORMAT) != FORMAT:
-            raise ValueError(f"tokenizer dict must have format {FORMAT!r}, got {d.get('format')!r}")
+            raise ValueError(f"tokenizer dict must have format {FORMAT!r}, got "
+                             f"{_excerpt(d.get('format'))}")
         version = d.get("version", VERSION)
-        if version != VERSION:
-            raise ValueError(f"tokenizer dict has version {version!r}; this scratchlm reads "
+        if type(version) is not int or version != VERSION:
+            raise ValueError(f"tokenizer dict has version {_excerpt(version)}; this scratchlm reads "
                              f"version {VERSION}")
         target = _REGISTRY[kind]
         if cls is not Tokenizer and target is not cls:
             raise ValueError(f"{cls.__name__}.from_dict needs type {cls.type_name!r}, "
                              f"got {kind!r} (use load_tokenizer / Tokenizer.from_dict to dispatch)")
-        return target._from_state(d)
+        try:
+            return target._from_state(d)
+        except TypeError as exc:            # a field of the wrong type deep inside: still the data's fault
+            raise ValueError(f"tokenizer dict of type {kind!r}: {exc}") from None
 
     def save(self, path) -> None:
         """Write :meth:`to_dict` as JSON to ``path``, atomically (temporary file in the same
@@ -219,19 +235,26 @@ class Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Read a tokenizer written by ``save`` (any kind; the JSON's ``"type"`` picks the class)."""
+def load_tokenizer(path, *, max_bytes: int = MAX_TOKENIZER_BYTES) -> Tokenizer:
+    """Read a tokenizer written by ``save`` (any kind; the JSON's ``"type"`` picks the class).
+
+    The file is hostile until checked: a regular file of at most ``max_bytes`` bytes
+    (:data:`MAX_TOKENIZER_BYTES`), UTF-8 JSON nested at most 64 deep whose top level is an
+    object, every field of the right type. Every failure is a ``ValueError`` naming the file and
+    the field (``FileNotFoundError`` when it is missing)."""
+    raw = read_bytes(path, "tokenizer file", limit=max_bytes)
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
+    d = loads_json(raw, f"tokenizer file {path}")
     try:
-        d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a tokenizer JSON file ({exc})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} is not a tokenizer JSON file (top level is "
-                         f"{type(d).__name__}, expected an object)")
-    return Tokenizer.from_dict(d)
+        return Tokenizer.from_dict(d)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"tokenizer file {path}: {exc}") from None
+
+
+def _excerpt(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, so an error message stays one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _FourSpecials:
@@ -532,6 +555,9 @@ class _PieceEncoder:
     ``_special_split`` (a regex with one group, or None), ``_special_ids`` and ``_cache``."""
 
     _CACHE_MAX = 200_000
+    #: whether the pieces are checked to cover the text (a pattern other than GPT-2's, e.g. one
+    #: read from a file, may skip characters, which would vanish from the encoding unnoticed)
+    _check_cover = False
 
     def _encode_piece(self, piece: str) -> list:
         cached = self._cache.get(piece)
@@ -543,7 +569,18 @@ class _PieceEncoder:
         return cached
 
     def _encode_plain(self, text: str, out: list) -> None:
-        for piece in self._split.findall(text):
+        pieces = self._split.findall(text)
+        if self._check_cover and sum(map(len, pieces)) != len(text):
+            # matches never overlap and come in order: equal lengths mean nothing is skipped
+            end = 0
+            for m in self._split.finditer(text):
+                if m.start() != end:
+                    break
+                end = m.end()
+            raise ValueError(f"the pre-tokenizer pattern {_excerpt(self._split.pattern)} skips "
+                             f"{_excerpt(text[end:end + 20])} at index {end} of the text; its "
+                             f"matches must cover every character")
+        for piece in pieces:
             out.extend(self._encode_piece(piece))
 
     def encode(self, text: str, *, allowed_special: bool = False) -> np.ndarray:
@@ -619,10 +656,10 @@ class BPETokenizer(_PieceEncoder, Tokenizer):
                                      f"and earlier merges), got {m!r}")
             checked.append((int(a), int(b)))
         self._specials = _check_special_tokens(special_tokens)
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
         self._pattern = pattern
-        self._split = re.compile(pattern)
+        self._split = _compile_pattern(pattern)
+        self._check_cover = pattern != GPT2_SPLIT_PATTERN
+        _check_token_lengths(checked)
         self._merges = checked
         self._ranks = {m: r for r, m in enumerate(checked)}
         vocab = [bytes([i]) for i in range(256)]
@@ -654,10 +691,8 @@ class BPETokenizer(_PieceEncoder, Tokenizer):
         if vocab_size < need:
             raise ValueError(f"vocab_size must be >= {need} (256 bytes + {len(specials)} special "
                              f"tokens), got {vocab_size}")
-        if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+        split = _compile_pattern(pattern)
         _utf8(text)                                     # refuse lone surrogates up front
-        split = re.compile(pattern)
         if specials:
             cut = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len,
                                                                    reverse=True)))
@@ -781,6 +816,36 @@ class BPETokenizer(_PieceEncoder, Tokenizer):
         specials = _field(d, "special_tokens", list, "a list of str")
         pattern = _field(d, "pattern", str, "a str")
         return cls(merges, special_tokens=specials, pattern=pattern)
+
+
+def _compile_pattern(pattern):
+    """The pre-tokenizer regex: a str that compiles, without capturing groups (``findall`` would
+    return tuples of groups instead of the pieces)."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
+    try:
+        compiled = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        raise ValueError(f"pattern {_excerpt(pattern)} is not a valid regular expression "
+                         f"({exc})") from None
+    if compiled.groups:
+        raise ValueError(f"pattern {_excerpt(pattern)} has {compiled.groups} capturing group(s); "
+                         f"a pre-tokenizer pattern may only use non-capturing groups (?:...)")
+    return compiled
+
+
+def _check_token_lengths(merges) -> None:
+    """The byte lengths of the tokens the merges build, from the lengths alone: all together at
+    most :data:`MAX_VOCAB_BYTES` (each merge could otherwise double a token's length)."""
+    lengths = [1] * 256
+    total = 256
+    for r, (a, b) in enumerate(merges):
+        n = lengths[a] + lengths[b]
+        total += n
+        if total > MAX_VOCAB_BYTES:
+            raise ValueError(f"merges[0..{r}] build tokens of {total:,} bytes together (merges[{r}] "
+                             f"alone {n:,}); a vocabulary may have at most {MAX_VOCAB_BYTES:,}")
+        lengths.append(n)
 
 
 def _check_special_tokens(special_tokens) -> tuple:
