@@ -76,19 +76,40 @@ def _add(parser, o: Option):
 # ------------------------------------------------------------------------------------------------
 # train
 # ------------------------------------------------------------------------------------------------
-def _bar(desc, entry, opts):
-    from tqdm import tqdm
-    bar = tqdm(desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
-    tokens = opts.get("batch_size", 0) * opts.get("block_size", 0)
+class _Bar:
+    """The progress bar of ``train``, made at the first step (so an error before training is one
+    line, with no bar fragment): ``progress(step, total, info)`` for the training loop,
+    ``stage(name)`` for a run in stages (the n-gram's counting), ``log(msg)`` above it."""
 
-    def progress(step, total, info):
+    def __init__(self, desc, entry, opts, total=None):
+        self.desc, self.entry, self.total, self.bar = desc, entry, total, None
+        self.tokens = opts.get("batch_size", 0) * (opts.get("block_size") or 0)
+
+    def _open(self):
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(desc=self.desc, total=self.total, unit="step", file=sys.stderr,
+                            dynamic_ncols=True)
+        return self.bar
+
+    def log(self, msg):
+        from tqdm import tqdm
+        tqdm.write(msg, file=sys.stderr)
+
+    def stage(self, name):
+        bar = self._open()
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    def progress(self, step, total, info):
+        bar = self._open()
         if total is not None and bar.total != total:
             bar.total = total
         bar.n = step
         post = {}
         per_char = info.get("tokens_per_char", 1.0)
         per_char = None if abs(per_char - 1.0) < 1e-9 else per_char   # not characters: say both
-        if entry.pipeline == "VAEPipeline":       # the training objective (KL warm-up applied)
+        if self.entry.pipeline == "VAEPipeline":   # the training objective (KL warm-up applied)
             post["loss"] = f"{info['loss']:.2f} nats"
         else:
             post["loss"] = f"{info['loss'] * NATS_TO_BITS:.3f} bits"
@@ -96,11 +117,14 @@ def _bar(desc, entry, opts):
             val = info["val_loss"] * NATS_TO_BITS
             post["val"] = f"{val:.3f} bits/token" + (f", {val * per_char:.3f} bits/char"
                                                       if per_char else "")
-        if tokens and info["elapsed"] > 0:
-            post["tok/s"] = f"{step * tokens / info['elapsed']:,.0f}"
+        if self.tokens and info["elapsed"] > 0:
+            post["tok/s"] = f"{step * self.tokens / info['elapsed']:,.0f}"
         bar.set_postfix(post, refresh=False)
         bar.update(0)
-    return bar, progress
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _cmd_train(args) -> int:
@@ -123,20 +147,11 @@ def _cmd_train(args) -> int:
     else:
         opts = {o.name: getattr(args, o.name) for o in entry.options}
     entry, opts, out = prepare_run(args.model, opts, args.out, args.resume)   # all checks first
-    bar, progress = _bar(f"train {entry.name}", entry, opts)
-    log = lambda msg: bar.write(msg, file=sys.stderr)       # noqa: E731
+    stages = entry.pipeline == "NGramPipeline"      # tokenize, count each order, smooth, evaluate
+    bar = _Bar(f"train {entry.name}", entry, opts, total=opts["order"] + 3 if stages else None)
     try:
-        if entry.pipeline == "NGramPipeline":
-            bar.total = opts["order"] + 3                     # tokenize, each order, smooth, evaluate
-
-            def stage(name):
-                bar.set_postfix_str(name)
-                bar.update(1)
-            run = train_model(entry.name, opts, out=out, resume=args.resume, progress=stage,
-                              log=log)
-        else:
-            run = train_model(entry.name, opts, out=out, resume=args.resume,
-                              progress=progress, log=log)
+        run = train_model(entry.name, opts, out=out, resume=args.resume,
+                          progress=bar.stage if stages else bar.progress, log=bar.log)
     finally:
         bar.close()
     files = list(run.files)

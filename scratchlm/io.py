@@ -399,8 +399,11 @@ def read_checkpoint(path):
     inconsistent one; ``FileNotFoundError`` when there is none."""
     with _open_regular(path, "checkpoint") as (f, size):
         path = os.fspath(path)
-        magic = f.read(8)
-        if magic[:1] == b"\x80":
+        magic = f.read(9)
+        # a pickle starts with PROTO (0x80) and its version (2-5); a safetensors file with its
+        # header length (any 8 bytes) and then the header's "{": only the "{" tells them apart
+        if magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") \
+                and magic[8:9] != b"{":
             raise ValueError(f"{path} is a pickle file; refusing to load it "
                              f"(checkpoints are .npz or .safetensors, read without unpickling)")
         if magic.startswith(b"\x93NUMPY"):

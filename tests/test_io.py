@@ -700,3 +700,24 @@ def test_cli_reports_bad_checkpoints_in_one_line(tmp_path, capsys):
             assert rc == 2, (path, command, err)
             assert err.count("\n") == 1 and "Traceback" not in err, err
             assert words in err and str(path) in err, err
+
+
+def test_a_safetensors_header_length_of_0x80_mod_256_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file starts with its header's length: 0x0280 begins with the bytes a
+    pickle begins with (PROTO, then protocol 2); the header's "{" tells them apart."""
+    from scratchlm import nn
+    from scratchlm.io import load_checkpoint, read_checkpoint, save_checkpoint
+    layer = nn.Linear(2, 2, rng=0)
+    p = tmp_path / "m.safetensors"
+    for pad in range(1500):
+        save_checkpoint(p, layer, note="x" * pad)
+        head = p.read_bytes()[:2]
+        if head[0] == 0x80 and head[1] in (2, 3, 4, 5):
+            break
+    else:
+        pytest.fail("no padding gave a header length of 0x280..0x580")
+    assert load_checkpoint(p, nn.Linear(2, 2, rng=1))["note"] == "x" * pad
+    pickled = tmp_path / "p.npz"
+    pickled.write_bytes(b"\x80\x04\x95" + b"\x00" * 40)
+    with pytest.raises(ValueError, match="is a pickle file"):
+        read_checkpoint(pickled)
