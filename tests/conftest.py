@@ -44,6 +44,19 @@ def assert_close(ours, theirs, dtype=None):
                                    torch.from_numpy(np.ascontiguousarray(theirs)))
 
 
+def same_state(a, b) -> bool:
+    """Equal nested structures (dicts, lists, tuples, numbers), arrays compared bit for bit with
+    their dtype and shape: what "all or nothing" and "bit-identical" tests assert."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and a.shape == b.shape and a.tobytes() == b.tobytes())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same_state, a, b))
+    return a == b
+
+
 def copy_weights_to_torch(torch, ours, theirs):
     """Load our state_dict into a torch module: names and shapes must coincide exactly."""
     state = {k: torch.from_numpy(np.ascontiguousarray(v).copy()) for k, v in ours.state_dict().items()}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import same_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,15 +99,6 @@ def _snapshot(net, opt):
             copy.deepcopy(opt.state_dict()))
 
 
-def _same(a, b):
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and a.tobytes() == b.tobytes())
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(map(_same, a, b))
-    return a == b
 
 
 def _check(data, suffix, must_fail=False, oracle="original"):
@@ -143,20 +135,20 @@ def _check(data, suffix, must_fail=False, oracle="original"):
                 for k, v in arrays.items():                  # ours in native byte order
                     theirs = reference[k]
                     assert v.dtype == theirs.dtype.newbyteorder("=") and v.dtype.isnative, k
-                    assert _same(v, theirs.astype(v.dtype)), k
+                    assert same_state(v, theirs.astype(v.dtype)), k
                 assert json.loads(str(reference["__meta__"])) == doc
             return
         if suffix == ".npz":
             original_arrays, original_doc = ORIGINAL[suffix]
             assert arrays.keys() == original_arrays.keys() and doc == original_doc
             for k, v in arrays.items():
-                assert _same(v, original_arrays[k]), k
+                assert same_state(v, original_arrays[k]), k
         elif SAFETENSORS is not None:
             from safetensors import safe_open
             reference = SAFETENSORS.load(data)       # raises if the reference refuses the file
             assert set(reference) == set(arrays)
             for k, v in arrays.items():
-                assert _same(v, reference[k]), k
+                assert same_state(v, reference[k]), k
             with safe_open(str(path), "np") as f:
                 assert json.loads(f.metadata()["__meta__"]) == doc
     net = _model(3)
@@ -166,10 +158,10 @@ def _check(data, suffix, must_fail=False, oracle="original"):
         load_checkpoint(path, net, opt)
     except ValueError as exc:
         assert str(path) in str(exc)
-        assert _same(_snapshot(net, opt), before), "a refused load changed the model or optimizer"
+        assert same_state(_snapshot(net, opt), before), "a refused load changed the model or optimizer"
     else:
         assert not isinstance(result, ValueError)
-        assert _same([v for v in net.state_dict().values()],
+        assert same_state([v for v in net.state_dict().values()],
                      [result[0]["model/" + k] for k in net.state_dict()])
 
 
@@ -333,4 +325,4 @@ def test_safetensors_round_trip(tensors):
     back, meta = load_safetensors(path)
     assert meta == {"n": str(len(arrays))} and back.keys() == arrays.keys()
     for k, v in arrays.items():
-        assert _same(back[k], v), k
+        assert same_state(back[k], v), k

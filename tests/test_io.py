@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import same_state
 
 from scratchlm import nn
 from scratchlm.io import (atomic_write, load_checkpoint, load_safetensors, read_checkpoint,
@@ -285,16 +286,6 @@ def _snapshot(net, opt):
             copy.deepcopy(opt.state_dict()) if opt is not None else None)
 
 
-def _same(a, b):
-    """Equal nested structures, arrays compared bit for bit (dtype and shape too)."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and a.tobytes() == b.tobytes())
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
-    return a == b
 
 
 def _write(path, arrays, doc):
@@ -385,10 +376,10 @@ def test_a_refused_checkpoint_changes_nothing(tmp_path, kind, suffix):
     with pytest.raises(ValueError) as info:
         load_checkpoint(bad, b, opt_b)
     assert str(bad) in str(info.value) and words in str(info.value), str(info.value)
-    assert _same(_snapshot(b, opt_b), before)
+    assert same_state(_snapshot(b, opt_b), before)
     x = np.ones((2, 4), np.float32)
     assert load_checkpoint(good, b, opt_b) == {"step": 2}      # and the good one still loads whole
-    assert _same(_snapshot(b, opt_b)[:2], _snapshot(a, opt_a)[:2]) and np.array_equal(a(x), b(x))
+    assert same_state(_snapshot(b, opt_b)[:2], _snapshot(a, opt_a)[:2]) and np.array_equal(a(x), b(x))
 
 
 def test_optimizer_that_does_not_fit_is_refused_before_the_model_is_written(tmp_path):
@@ -402,11 +393,11 @@ def test_optimizer_that_does_not_fit_is_refused_before_the_model_is_written(tmp_
     before = _snapshot(b, fewer)
     with pytest.raises(ValueError, match="has 6 parameters, but this AdamW's group has 2"):
         load_checkpoint(tmp_path / "ck.npz", b, fewer)
-    assert _same(_snapshot(b, fewer), before)
+    assert same_state(_snapshot(b, fewer), before)
     two_groups = AdamW([{"params": list(b.parameters())[:2]}, {"params": list(b.parameters())[2:]}])
     with pytest.raises(ValueError, match="1 parameter groups, but this AdamW has 2"):
         load_checkpoint(tmp_path / "ck.npz", b, two_groups)
-    assert _same(_snapshot(b, None)[:2], before[:2])
+    assert same_state(_snapshot(b, None)[:2], before[:2])
 
 
 def test_validate_runs_before_any_write(tmp_path):
@@ -418,11 +409,11 @@ def test_validate_runs_before_any_write(tmp_path):
 
     def refuse(meta):
         seen.append(meta)
-        assert _same(_snapshot(b, opt_b), before)           # nothing written yet
+        assert same_state(_snapshot(b, opt_b), before)           # nothing written yet
         raise ValueError("the caller's own state does not fit")
     with pytest.raises(ValueError, match="caller's own state"):
         load_checkpoint(tmp_path / "ck.npz", b, opt_b, validate=refuse)
-    assert seen == [{"step": 5}] and _same(_snapshot(b, opt_b), before)
+    assert seen == [{"step": 5}] and same_state(_snapshot(b, opt_b), before)
 
 
 def test_module_load_state_dict_is_all_or_nothing():
@@ -437,7 +428,7 @@ def test_module_load_state_dict_is_all_or_nothing():
         b.load_state_dict(state)
     with pytest.raises(TypeError, match="mapping of name -> array"):
         b.load_state_dict([("0.weight", np.zeros((8, 4)))])
-    assert _same(_snapshot(b, None), before)
+    assert same_state(_snapshot(b, None), before)
     state["3.bias"] = np.full(3, np.inf)                      # infinity is a value, and fits
     b.load_state_dict(state)
     assert np.isinf(b.state_dict()["3.bias"]).all()
@@ -451,7 +442,7 @@ def test_tied_names_must_agree():
     before = _snapshot(g, None)
     with pytest.raises(ValueError, match="lm_head.weight: tied to transformer.wte.weight"):
         g.load_state_dict(state)
-    assert _same(_snapshot(g, None), before)
+    assert same_state(_snapshot(g, None), before)
 
 
 def test_optimizer_load_state_dict_is_all_or_nothing():
@@ -478,7 +469,7 @@ def test_optimizer_load_state_dict_is_all_or_nothing():
         breakage(sd)
         with pytest.raises((ValueError, TypeError)):
             opt_b.load_state_dict(sd)
-        assert _same(copy.deepcopy(opt_b.state_dict()), before), what
+        assert same_state(copy.deepcopy(opt_b.state_dict()), before), what
     assert isinstance(opt_b, Adam)
 
 
@@ -544,8 +535,8 @@ def test_resume_refuses_a_source_state_that_does_not_fit_before_touching_the_mod
     source_before = other.state_dict()
     with pytest.raises(ValueError, match="does not fit this run"):
         run(b, other, 6, True)
-    assert _same(_snapshot(b, None), before)
-    assert _same(other.state_dict(), source_before)
+    assert same_state(_snapshot(b, None), before)
+    assert same_state(other.state_dict(), source_before)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -134,15 +134,20 @@ class EncoderDecoder(nn.Module):
                            length_penalty, n_best=n_best)[0]
 
 
-def _strings(texts, name) -> list:
-    """A list of strings -- never a bare string, which would iterate as one-letter sources."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(f"{name} must be a list of strings, got a single {type(texts).__name__} "
-                        f"{texts[:40]!r}; wrap it in a list: [{texts[:40]!r}]")
+def _list_of(values, name, what) -> list:
+    """``values`` as a list -- never a bare string, which would iterate as one-letter items."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a list of {what}, got a single {type(values).__name__} "
+                        f"{values[:40]!r}; wrap it in a list: [{values[:40]!r}]")
     try:
-        texts = list(texts)
+        return list(values)
     except TypeError:
-        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}") from None
+        raise TypeError(f"{name} must be a list of {what}, got {type(values).__name__}") from None
+
+
+def _strings(texts, name) -> list:
+    """A list of strings."""
+    texts = _list_of(texts, name, "strings")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__} {t!r:.40}")
@@ -189,14 +194,7 @@ def exact_match(model, pairs, decode="greedy", *, vocab=None, beam_size=4, lengt
     :func:`fit_translation`). ``max_len`` caps the generated length (default: ``2 * longest
     source + 10``, within the model's ``max_len``).
     """
-    if isinstance(pairs, (str, bytes)):
-        raise TypeError(f"pairs must be a list of (source, target) string pairs, got a single "
-                        f"{type(pairs).__name__} {pairs[:40]!r}")
-    try:
-        pairs = list(pairs)
-    except TypeError:
-        raise TypeError(f"pairs must be a list of (source, target) string pairs, got "
-                        f"{type(pairs).__name__}") from None
+    pairs = _list_of(pairs, "pairs", "(source, target) string pairs")
     if not pairs:
         raise ValueError("pairs must not be empty")
     for i, pair in enumerate(pairs):
