@@ -21,10 +21,12 @@ def both(kernel, *args):
     return (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
 
 
-def assert_agree(kernel, *args, dtype):
+def assert_agree(kernel, *args, dtype, dtypes=None):
+    """Both routes agree; every output has ``dtype`` (or the matching entry of ``dtypes``)."""
     tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-6)
-    for u, v in zip(*both(kernel, *args)):
-        assert u.dtype == v.dtype == dtype, (kernel.__name__, u.dtype, v.dtype)
+    outs = both(kernel, *args)
+    for u, v, want in zip(*outs, dtypes or [dtype] * len(outs[0])):
+        assert u.dtype == v.dtype == want, (kernel.__name__, u.dtype, v.dtype)
         np.testing.assert_allclose(u, v, **tol)
 
 
@@ -39,11 +41,13 @@ def test_routes_agree(dtype):
     assert_agree(S.log_softmax_forward, x, dtype=dtype)
     assert_agree(S.log_softmax_backward, dy, S.log_softmax_forward(x), dtype=dtype)
     for eps in (0.0, 0.1):
-        assert_agree(S.cross_entropy_forward, x, t, -100, eps, dtype=dtype)
+        assert_agree(S.cross_entropy_forward, x, t, -100, eps, dtype=dtype,
+                     dtypes=[np.float64, np.float64])     # row losses, (max, log-sum) in float64
         _, lse = S.cross_entropy_forward(x, t, -100, eps)
         assert_agree(S.cross_entropy_backward, dy[:, 0].copy(), x, t, lse, -100, eps, dtype=dtype)
     w, b = RNG.standard_normal(13).astype(dtype), RNG.standard_normal(13).astype(dtype)
-    assert_agree(L.layernorm_forward, x, w, b, 1e-5, dtype=dtype)
+    assert_agree(L.layernorm_forward, x, w, b, 1e-5, dtype=dtype,
+                 dtypes=[dtype, np.float64, np.float64])   # mean and rstd in float64
     _, mean, rstd = L.layernorm_forward(x, w, b, 1e-5)
     assert_agree(L.layernorm_backward, dy, x, w, mean, rstd, dtype=dtype)
     for approx in (True, False):
@@ -156,7 +160,12 @@ def test_vectorised_exp_accuracy():
     ours = exp.numba(t.astype(np.float32)).astype(np.float64)
     ref = np.exp(t.astype(np.float32).astype(np.float64))
     assert np.max(np.abs(ours - ref) / ref) < 1.2e-7          # within one float32 ulp
-    assert exp.numba(np.array([-1000.0, 1000.0], np.float32)).tolist() == [np.float32(np.exp(-87.0)), np.float32(np.exp(88.0))]
+    # the whole range: 0 and inf beyond it, as np.exp; subnormals within one subnormal step
+    extreme = np.array([-np.inf, -1000.0, -104.0, np.inf, 1000.0, 89.0, 88.73], np.float32)
+    assert exp.numba(extreme).tolist() == [0.0, 0.0, 0.0, np.inf, np.inf, np.inf, np.inf]
+    assert np.isnan(exp.numba(np.array([np.nan], np.float32))[0])
+    sub = np.linspace(-103.9, -87.4, 5001).astype(np.float32)     # exp(t) subnormal in float32
+    assert np.max(np.abs(exp.numba(sub) - np.exp(sub.astype(np.float64)))) <= 2.0 ** -149
     t64 = RNG.standard_normal(1000) * 20
     np.testing.assert_allclose(exp.numba(t64), np.exp(t64), rtol=4e-16, atol=0)   # float64: libm, 1 ulp
 

@@ -5,6 +5,7 @@
 losses, an array of the loss's shape for ``'none'`` -- and returns one gradient per input.
 """
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -22,10 +23,14 @@ def _reduce(per_item, reduction, count=None):
     """per_item -> float (mean over ``count`` items, or sum) or the array itself."""
     if reduction == "none":
         return per_item
-    total = float(per_item.sum(dtype=np.float64))
+    with np.errstate(over="ignore"):         # a float64 sum past the max: inf (the mean: below)
+        total = float(per_item.sum(dtype=np.float64))
     if reduction == "sum":
         return total
     n = per_item.size if count is None else count
+    if n and not math.isfinite(total):   # float64 items whose sum overflows: the mean may not
+        k = 2.0 ** math.ceil(math.log2(per_item.size))
+        return float((per_item * (1.0 / k)).sum(dtype=np.float64)) / n * k
     return total / n if n else float("nan")
 
 
@@ -81,7 +86,7 @@ def _unrows(drows, x_shape):
 class CrossEntropyCache(NamedTuple):
     rows: np.ndarray             # (R, C) the logits, class axis last (R = N * d1 * ...)
     target: np.ndarray           # (R,) class indices or ignore_index
-    lse: np.ndarray              # (R,) log-sum-exp of each row
+    lse: np.ndarray              # (R, 2) float64: each row's max m and log sum exp(x - m)
     x_shape: tuple               # the input's shape
     out_shape: tuple             # the per-item loss's shape: (N, d1, ...), or () unbatched
     ignore_index: int
@@ -117,7 +122,7 @@ def cross_entropy_forward(input, target, ignore_index: int = -100, reduction: st
     eps = probability(label_smoothing, "label_smoothing")
     target, ignore_index = _class_target(target, x, ignore_index, "cross-entropy")
     rows, t, out_shape = _class_rows(x, target)                                  # (R, C), (R,)
-    per_row, lse = K.cross_entropy_forward(rows, t, int(ignore_index), eps)     # (R,) f64, (R,)
+    per_row, lse = K.cross_entropy_forward(rows, t, int(ignore_index), eps)  # (R,), (R, 2) f64
     count = int((t != ignore_index).sum())
     if reduction == "none":              # the float64 row losses, rounded once (inf only past max)
         with np.errstate(over="ignore"):

@@ -31,6 +31,10 @@ BACKENDS = ("numba", "numpy")
 #: vectorised (the result differs from the sequential sum in the last bits, as NumPy's pairwise
 #: sums do) and ``contract`` lets it fuse multiply-adds. Never ``nnan``/``ninf``: NaN and inf keep
 #: their IEEE meaning, so masks (``-inf``) and NaN propagation behave as in the NumPy twins.
+#: Numba passes a caller's ``fastmath`` to every jitted function it calls that does not set its
+#: own (and caches that compilation): helpers whose rounding order matters -- the rescaled rows
+#: that handle overflow, ``vmath``'s exp -- set ``fastmath`` explicitly (``False``, or only
+#: ``contract``), since ``reassoc`` may regroup ``(p s) k`` as ``p (s k) = 0 * inf``.
 FAST = {"reassoc", "contract"}
 
 

@@ -38,6 +38,8 @@ packs the same way; measured on an im2col copy of (32, 16, 34, 34), 3x3: 0.35 ms
 0.47 ms with row views).
 """
 
+import math
+
 import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
@@ -376,9 +378,22 @@ def max_pool2d_backward_numba(dy, idx, H, W):
 # average pooling, 2-D on (P, H, W) planes; the caller gives each window's divisor
 # ------------------------------------------------------------------------------------------------
 def avg_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
-    """x: (P, H, W), div: (Ho, Wo) -> y: (P, Ho, Wo) = (sum of the zero-padded window) / div."""
+    """x: (P, H, W), div: (Ho, Wo) -> y: (P, Ho, Wo) = (sum of the zero-padded window) / div.
+
+    Extreme values: the window sums are float64 (a float32 window of values near the max cannot
+    overflow them); a float64 window whose sum overflows is summed again in units of
+    ``2^k >= kH kW`` and scaled back after the division, so an average of finite values is
+    finite whenever it is representable (both routes)."""
     win = _padded_windows(x, kH, kW, sH, sW, pH, pW, 1, 1, Ho, Wo, 0.0)     # (P, Ho, Wo, kH, kW)
-    return (win.sum(axis=(3, 4)) / div).astype(x.dtype, copy=False)
+    with np.errstate(over="ignore"):                  # overflowing windows are redone below
+        s = win.sum(axis=(3, 4), dtype=np.float64)
+        y = s / div
+        bad = np.isinf(s)
+        if bad.any():
+            k = 2.0 ** math.ceil(math.log2(kH * kW))
+            scaled = (win * (1.0 / k)).sum(axis=(3, 4))[bad]
+            y[bad] = (scaled / np.broadcast_to(div, s.shape)[bad]) * k
+        return y.astype(x.dtype, copy=False)
 
 
 @njit(cache=True, nogil=True)
@@ -386,7 +401,6 @@ def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
     # x: (P, H, W), div: (Ho, Wo) -> y: (P, Ho, Wo)
     P, H, W = x.shape
     y = np.empty((P, Ho, Wo), dtype=x.dtype)
-    zero = x.dtype.type(0.0)
     for p in range(P):
         for oh in range(Ho):
             h0 = oh * sH - pH
@@ -396,11 +410,19 @@ def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
                 w0 = ow * sW - pW
                 w1 = min(w0 + kW, W)
                 w0 = max(w0, 0)
-                s = zero
+                s = 0.0                                  # float64, whatever x's dtype
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         s += x[p, h, w]
-                y[p, oh, ow] = s / div[oh, ow]
+                if math.isinf(s):                        # float64 only: in units of 2^k >= kH kW
+                    k = 2.0 ** math.ceil(math.log2(kH * kW))
+                    s = 0.0
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            s += x[p, h, w] * (1.0 / k)
+                    y[p, oh, ow] = (s / div[oh, ow]) * k
+                else:
+                    y[p, oh, ow] = s / div[oh, ow]
     return y
 
 

@@ -21,14 +21,24 @@ Shapes: B batch, H hidden. Gate blocks are laid out along the last axis in PyTor
       n = tanh(gi_n + r * gh_n)
       h = (1 - z) * n + z * h_prev
 
-The Numba kernels take the exponentials a row at a time with the vectorised ``exp_inplace``
-(``vmath.py``), only ever of non-positive numbers, so nothing overflows:
+The Numba kernels take the exponentials a row at a time with the vectorised
+``exp_nonpos_inplace`` (``vmath.py``), only ever of non-positive numbers, so nothing overflows:
 
     sigmoid(x) = 1 / (1 + e)  (x >= 0),  e / (1 + e)  (x < 0),      e = exp(-|x|)
-    tanh(x)    = sign(x) (1 - e) / (1 + e),                          e = exp(-2|x|)
+    tanh(x)    = vmath.tanh_into: sign(x) (1 - e) / (1 + e), e = exp(-2|x|), and an odd
+                 polynomial for |x| < 0.55, where 1 - e cancels (float32; float64: math.tanh)
 
-In float32 that tanh is accurate to about one ulp of 1.0 (6e-8 absolute), not relative to tiny
-outputs; float64 takes libm's exp and is exact to round-off.
+Both are accurate to about one ulp relative, down to subnormal outputs (sigmoid(-100) = 3.7e-44,
+tanh(1e-30) = 1e-30), and saturate exactly (sigmoid(+-3e38) = 1, 0; tanh = +-1).
+
+Over the whole floating-point range, the backward products are ordered so that the bounded
+factors (gate values and their derivatives, all in [0, 1] or [-1, 1]) multiply first and the
+unbounded ones (upstream gradients, ``c_prev``, ``gh``, ``h_prev - n``) last, and the LSTM's
+``dc + dh o (1 - tanh(c)^2)`` is distributed over its two terms: an intermediate then overflows only
+if the result does (upstream gradients near the max give finite gradients wherever those are
+representable, never ``inf * 0 = NaN``). The NumPy twins compute the same expressions in the same
+order, except the LSTM backward's, which forms that sum first (fewer whole-array passes) and
+distributes it only in the rows where it overflows.
 """
 
 
@@ -36,7 +46,7 @@ import numpy as np
 from numba import njit
 
 from . import dispatch
-from .vmath import exp_inplace
+from .vmath import exp_nonpos_inplace, tanh_into
 
 
 @njit(cache=True, inline="always")
@@ -46,7 +56,7 @@ def _sigmoid_into(x, out, e, bits):
     one = x.dtype.type(1.0)
     for j in range(n):
         e[j] = -abs(x[j])
-    exp_inplace(e[:n], bits[:n])
+    exp_nonpos_inplace(e[:n], bits[:n])
     for j in range(n):
         num = one if x[j] >= 0 else e[j]
         out[j] = num / (one + e[j])
@@ -56,13 +66,7 @@ def _sigmoid_into(x, out, e, bits):
 def _tanh_into(x, out, e, bits):
     # x, out, e: (n,) 1-D -> out = tanh(x); e, bits: scratch
     n = x.shape[0]
-    one = x.dtype.type(1.0)
-    for j in range(n):
-        e[j] = x.dtype.type(-2.0) * abs(x[j])
-    exp_inplace(e[:n], bits[:n])
-    for j in range(n):
-        t = (one - e[j]) / (one + e[j])
-        out[j] = t if x[j] >= 0 else -t
+    tanh_into(x, out[:n], e[:n], bits[:n])
 
 
 def _sigmoid_numpy(x):
@@ -160,12 +164,26 @@ def lstm_cell_backward_numpy(dh, dc, c_prev, act, tanh_c):
     """
     H = c_prev.shape[1]
     i, f, g, o = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
-    dc = dc + dh * o * (1 - tanh_c * tanh_c)
-    dpre = np.concatenate([dc * g * i * (1 - i),                  # i
-                           dc * c_prev * f * (1 - f),            # f
-                           dc * i * (1 - g * g),                 # g
-                           dh * tanh_c * o * (1 - o)], axis=1)   # o
-    return dpre, dc * f
+    k = o * (1 - tanh_c * tanh_c)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = dc + dh * k                            # the total gradient reaching c
+        dpre = np.concatenate([d * (g * (i * (1 - i))),                       # i
+                               (d * (f * (1 - f))) * c_prev,                  # f
+                               d * (i * (1 - g * g)),                         # g
+                               dh * (tanh_c * (o * (1 - o)))], axis=1)        # o
+        dc_prev = d * f
+        if np.isfinite(d).all():
+            return dpre, dc_prev
+        # d past the max (upstream gradients near it) while each result may be representable:
+        # those rows again with dc + dh k distributed over each product (the Numba twin's form)
+        rows = ~np.isfinite(d).all(axis=1)
+        dcr, dhr, kr = dc[rows], dh[rows], k[rows]
+        si, sf, sg = g[rows] * (i[rows] * (1 - i[rows])), f[rows] * (1 - f[rows]), i[rows] * (1 - g[rows] * g[rows])
+        dpre[rows, :H] = dcr * si + dhr * (kr * si)
+        dpre[rows, H:2 * H] = (dcr * sf + dhr * (kr * sf)) * c_prev[rows]
+        dpre[rows, 2 * H:3 * H] = dcr * sg + dhr * (kr * sg)
+        dc_prev[rows] = dcr * f[rows] + dhr * (kr * f[rows])
+    return dpre, dc_prev
 
 
 @njit(cache=True, nogil=True)
@@ -174,16 +192,19 @@ def lstm_cell_backward_numba(dh, dc, c_prev, act, tanh_c):
     B, H = c_prev.shape
     dpre = np.empty_like(act)
     dc_prev = np.empty_like(c_prev)
+    one = act.dtype.type(1.0)
     for b in range(B):
         for j in range(H):
             i, f, g, o = act[b, j], act[b, H + j], act[b, 2 * H + j], act[b, 3 * H + j]
             tc = tanh_c[b, j]
-            d = dc[b, j] + dh[b, j] * o * (1.0 - tc * tc)
-            dpre[b, j] = d * g * i * (1.0 - i)
-            dpre[b, H + j] = d * c_prev[b, j] * f * (1.0 - f)
-            dpre[b, 2 * H + j] = d * i * (1.0 - g * g)
-            dpre[b, 3 * H + j] = dh[b, j] * tc * o * (1.0 - o)
-            dc_prev[b, j] = d * f
+            d1, d2, cp = dc[b, j], dh[b, j], c_prev[b, j]
+            k = o * (one - tc * tc)                   # dc + dh k, kept distributed
+            si, sf, sg = g * (i * (one - i)), f * (one - f), i * (one - g * g)
+            dpre[b, j] = d1 * si + d2 * (k * si)
+            dpre[b, H + j] = (d1 * sf + d2 * (k * sf)) * cp       # |.| <= (|d1| + |d2|) / 4
+            dpre[b, 2 * H + j] = d1 * sg + d2 * (k * sg)
+            dpre[b, 3 * H + j] = d2 * (tc * (o * (one - o)))
+            dc_prev[b, j] = d1 * f + d2 * (k * f)
     return dpre, dc_prev
 
 
@@ -194,9 +215,10 @@ def gru_cell_forward_numpy(gi, gh, h_prev):
     """gi, gh: (B, 3H) input and hidden terms (r, z, n blocks), h_prev: (B, H)
     -> h: (B, H), act: (B, 3H) (r, z, n after their nonlinearities)."""
     H = h_prev.shape[1]
-    rz = _sigmoid_numpy(gi[:, :2 * H] + gh[:, :2 * H])
-    r, z = rz[:, :H], rz[:, H:]
-    n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+    with np.errstate(over="ignore"):              # a sum past the max: +-inf, which saturates
+        rz = _sigmoid_numpy(gi[:, :2 * H] + gh[:, :2 * H])
+        r, z = rz[:, :H], rz[:, H:]
+        n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
     return (1 - z) * n + z * h_prev, np.concatenate([rz, n], axis=1)
 
 
@@ -233,9 +255,10 @@ def gru_cell_backward_numpy(dh, h_prev, act, gh):
     """
     H = h_prev.shape[1]
     r, z, n = act[:, :H], act[:, H:2 * H], act[:, 2 * H:]
-    da = dh * (1 - z) * (1 - n * n)
-    dr = da * gh[:, 2 * H:] * r * (1 - r)
-    dz = dh * (h_prev - n) * z * (1 - z)
+    da = dh * ((1 - z) * (1 - n * n))
+    with np.errstate(over="ignore"):              # past the max only where the result is
+        dr = (da * (r * (1 - r))) * gh[:, 2 * H:]
+        dz = (dh * (z * (1 - z))) * (h_prev - n)
     dgi = np.concatenate([dr, dz, da], axis=1)
     dgh = np.concatenate([dr, dz, da * r], axis=1)
     return dgi, dgh, dh * z
@@ -248,13 +271,14 @@ def gru_cell_backward_numba(dh, h_prev, act, gh):
     dgi = np.empty_like(act)
     dgh = np.empty_like(act)
     dh_prev = np.empty_like(h_prev)
+    one = act.dtype.type(1.0)
     for b in range(B):
         for j in range(H):
             r, z, n = act[b, j], act[b, H + j], act[b, 2 * H + j]
             d = dh[b, j]
-            da = d * (1.0 - z) * (1.0 - n * n)
-            dr = da * gh[b, 2 * H + j] * r * (1.0 - r)
-            dz = d * (h_prev[b, j] - n) * z * (1.0 - z)
+            da = d * ((one - z) * (one - n * n))
+            dr = (da * (r * (one - r))) * gh[b, 2 * H + j]
+            dz = (d * (z * (one - z))) * (h_prev[b, j] - n)
             dgi[b, j], dgi[b, H + j], dgi[b, 2 * H + j] = dr, dz, da
             dgh[b, j], dgh[b, H + j], dgh[b, 2 * H + j] = dr, dz, da * r
             dh_prev[b, j] = d * z
