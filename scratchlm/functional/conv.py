@@ -78,20 +78,10 @@ def choose_method(weight_shape, groups, stride) -> str:
 
     Why: per output pixel the GEMM multiplies that block by one column; its fixed costs
     (packing the column data, edge tiles, writing back) are spread over the block's
-    multiply-adds, so a small block leaves it overhead-bound, while the direct loops run at
-    30-60 GFLOP/s on one core whatever the shape. Strided convolutions always take im2col: the
-    direct loops can only gather them row by row (4x slower). Measured forward + backward,
-    float32, on the benchmarks' 2-core AMD EPYC (AVX-512) VM, Numba route, both threads
-    (im2col vs direct, ms; the block size in brackets):
-
-    * direct wins below the line: depthwise 3x3 on (32, 32, 16, 16) [9]: 7.2 vs 0.77; 1-D
-      1 -> 16, k=5 on (32, 1, 256) [80]: 0.46 vs 0.16; 1 -> 16 3x3 on (64, 1, 28, 28) [144]:
-      1.51 vs 1.29; 4 -> 4 3x3 on (32, 4, 32, 32) [144]: 2.6 vs 0.83; LeNet's 1 -> 6 5x5 [150]:
-      1.48 vs 0.76; 1-D 8 -> 8, k=3 [192]: 0.65 vs 0.30;
-    * im2col wins above it: 2 -> 32 3x3 on (64, 2, 28, 28) [576]: 3.9 vs 4.7; 8 -> 8 3x3 on
-      (32, 8, 32, 32) [576]: 1.7 vs 2.1; 64 -> 64 3x3 in 8 groups [576]: 4.8 vs 7.4; 3 -> 32
-      3x3 [864]: 2.0 vs 3.9; 16 -> 32 3x3 on (32, 16, 32, 32) [4608]: 4.2 vs 19.4; the 1-D
-      128 -> 128, k=5 language-model layer [81920]: 6.5 vs 54.
+    multiply-adds, so a small block leaves it overhead-bound, while the direct loops run at the
+    same speed whatever the shape. Strided convolutions always take im2col: the direct loops can
+    only gather them row by row. The crossover was measured over 12 shapes, forward + backward;
+    the timings are in docs/benchmarks.md ("Convolution: direct or im2col").
 
     Args:
         weight_shape: ``(out_channels, in_channels / groups, *kernel_size)``.

@@ -34,8 +34,8 @@ prove (``xp[n, c, h, j*dW + ow]``) the test stays in the inner loop and blocks v
 (``src = xp[n, c, h, j*dW:]``, then ``src[ow]``), made outside the innermost loops because each
 view costs a reference count; and, in max pooling, flat arrays indexed by unsigned offsets
 (``_u``, ``np.uint64``), which have no sign to test and need no views (the GEMM in ``gemm.py``
-packs the same way; measured on an im2col copy of (32, 16, 34, 34), 3x3: 0.35 ms, against
-0.47 ms with row views).
+packs the same way; row views were measurably slower for an im2col copy: the timings are in
+docs/benchmarks.md).
 """
 
 import math

@@ -40,10 +40,10 @@ The micro-kernel keeps the whole ``MR x NR`` tile of ``out`` in vector registers
 (``MR * NR / W`` accumulators of ``W`` lanes; float32: 8 x 32 = 16 registers of 16 lanes,
 float64: 8 x 16 = 16 registers of 8 lanes) and per step ``p`` loads ``NR / W`` vectors of ``bp``,
 broadcasts ``MR`` scalars of ``ap`` and issues ``MR * NR / W`` fused multiply-adds. LLVM does not
-find this schedule in plain loops (it spills the tile to memory: about 7 GFLOP/s measured), so
+find this schedule in plain loops (it spills the tile to memory, far below the peak), so
 the kernel is written as LLVM IR vector operations through a Numba ``@intrinsic``; everything
-around it (packing, edges, blocking) is ordinary Numba. On the benchmark VM (AMD EPYC, Zen 5) the
-micro-kernel alone runs at about 245 GFLOP/s on one core in float32. The vectors are LLVM's: on a
+around it (packing, edges, blocking) is ordinary Numba (its measured speed is in
+docs/benchmarks.md). The vectors are LLVM's: on a
 machine without AVX-512 they are split into the registers it has (correct, slower).
 
 The micro-kernel writes each tile row straight into ``out`` when the tile's columns are
@@ -72,7 +72,7 @@ _u = np.uint64   # an unsigned index: Numba skips the negative-index wrap test
 #: micro-tile rows (broadcast scalars of ``a`` per step)
 MR = 8
 #: micro-tile columns per dtype: two vectors of AVX-512's lane count (16 x float32, 8 x float64).
-#: 8 x 32 and 6 x 64 tiles ran equally fast alone (~250 GFLOP/s); 8 x 32 wastes less on the
+#: 8 x 32 and 6 x 64 tiles ran equally fast alone; 8 x 32 wastes less on the
 #: thin products of convolutions (32 or 144 columns) and keeps a KC x NR sliver of ``b`` in L1.
 NR_F32, NR_F64 = 32, 16
 #: K-slab depth, M-block height (a KC x MC block of ``a`` packed is ~100-200 KB: L2-sized) and

@@ -37,7 +37,7 @@ def adam_update_numpy(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, dec
 
 
 # error_model="numpy": no ZeroDivisionError check on the division (its denominator is >= eps),
-# which is what kept this loop from vectorising (measured: 1.1 ms -> 0.08 ms for 400k floats)
+# which is what kept this loop from vectorising (an order of magnitude; see docs/benchmarks.md)
 @njit(cache=True, nogil=True, error_model="numpy")
 def adam_update_numba(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, decoupled,
                       amsgrad, bc1, bc2):
