@@ -1,67 +1,107 @@
-"""Thread settings shared by the runner and the memory probe. Standard library only: this module
-must be importable before NumPy, Numba or torch is."""
+"""Thread counts for a benchmark process, set the way a user sets them.
+
+The rule: the environment is left as the machine comes. No performance variable (spin timeouts,
+OpenMP wait policies, BLAS core types) is set by the harness. The thread count each
+implementation runs on is set through the libraries' own run-time calls, the ones a user makes in
+a script: ``threadpoolctl.threadpool_limits`` for the BLAS, ``torch.set_num_threads`` and
+``scratchlm.kernels.set_num_threads``. Where those are already at the count (the default on this
+machine: 2 threads on 2 cores), nothing is changed at all.
+
+Without threadpoolctl (an optional dependency of the benchmarks, ``pip install -e ".[bench]"``),
+the BLAS can only be told its thread count before NumPy loads: then, and only when the count is
+not the machine's core count, ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` are
+set -- the variables a user would export -- and the results say so.
+
+Standard library only at import: this module runs before NumPy, Numba or torch is loaded.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _HEAVY = ("numpy", "numba", "torch")
-
-# OpenBLAS's idle worker threads spin for 2**28 cycles (~0.1 s) after every BLAS call before they
-# sleep. Interleaved with torch on a few cores, that spinning steals the cores from the next
-# implementation (measured: torch's mlp_block 1.7x slower right after a scratchlm step). 2**20
-# cycles (~0.4 ms) keeps the workers hot between the BLAS calls of one step and idle between
-# implementations. Set OPENBLAS_THREAD_TIMEOUT yourself (the exponent, 4..30) to override.
-OPENBLAS_THREAD_TIMEOUT = "20"
-
-# torch's OpenMP (GNU libgomp) workers likewise spin after each parallel region (GOMP_SPINCOUNT
-# defaults to 300,000 iterations, or more with OMP_WAIT_POLICY unset on few cores). In the
-# interleaved runner that spinning takes a core from whichever implementation runs right after
-# torch: a 4.6 ms scratchlm VAE step became 9 ms when it followed torch (measured). 10,000
-# iterations keeps torch's workers hot within its own step -- torch's time is unchanged -- and
-# idle between implementations. Set GOMP_SPINCOUNT yourself to override.
-GOMP_SPINCOUNT = "10000"
+_limits = []          # threadpoolctl's limiter objects stay alive for the process's lifetime
 
 
 def default_threads() -> int:
+    """The machine's usable cores (the affinity mask, else the CPU count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
 
 
-def apply_thread_env(n: int) -> list[str]:
-    """Write ``n`` into every thread-count variable. Returns the heavy modules that were already
-    imported (for them the variables come too late; the caller should warn)."""
-    if n < 1:
-        raise ValueError(f"--threads must be at least 1, got {n}")
-    late = [m for m in _HEAVY if sys.modules.get(m) is not None]
-    for var in THREAD_ENV_VARS:
-        os.environ[var] = str(n)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
-    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
-    return late
-
-
-def torch_available() -> bool:
+def have_threadpoolctl() -> bool:
     try:
-        import torch  # noqa: F401
-    except Exception:  # ImportError, or a broken install
+        import threadpoolctl  # noqa: F401
+    except ImportError:
         return False
     return True
 
 
-def apply_runtime_threads(n: int, torch_too: bool = True) -> dict:
-    """Call ``torch.set_num_threads(n)`` (when asked and installed); returns the thread counts.
+PERF_PREFIXES = ("OPENBLAS", "OMP_", "GOMP", "KMP", "MKL", "NUMBA", "SCRATCHLM", "MALLOC")
 
-    Numba's thread pool is deliberately *not* started: scratchlm's kernels are serial (BLAS
-    threads with ``OPENBLAS_NUM_THREADS``), and calling ``numba.set_num_threads`` launches
-    Numba's OpenMP workers, which then compete with torch's own OpenMP pool -- measured here,
-    that made a torch GPT training step 40x slower in the same process. ``NUMBA_NUM_THREADS``
-    is still set in the environment for any parallel kernel a later version adds."""
-    out = {"numba": "pool not started (serial kernels)", "torch": None}
-    if torch_too and torch_available():
+
+def perf_env() -> dict:
+    """The variables in this environment that steer threads or kernels (reported, never set)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(PERF_PREFIXES)}
+
+
+def before_imports(n: int) -> list[str]:
+    """Call before NumPy is imported. Sets the thread-count variables only where no run-time call
+    can do it later (threadpoolctl missing) and ``n`` differs from the core count. Returns the
+    variables set."""
+    if n < 1:
+        raise ValueError(f"--threads must be at least 1, got {n}")
+    if have_threadpoolctl() or n == default_threads():
+        return []
+    if any(sys.modules.get(m) is not None for m in _HEAVY):
+        raise RuntimeError("thread variables must be set before numpy/numba/torch are imported")
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(n)
+    return list(THREAD_ENV_VARS)
+
+
+def blas_info() -> list[dict] | None:
+    """threadpoolctl's description of every thread pool loaded in this process (BLAS library,
+    version, the kernel architecture it picked, its threads), or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    keep = ("user_api", "internal_api", "version", "architecture", "threading_layer", "num_threads",
+            "prefix")
+    return [{k: p.get(k) for k in keep} for p in threadpool_info()]
+
+
+def set_threads(n: int, torch_too: bool) -> dict:
+    """After the imports: bring the BLAS, scratchlm's pool and (when asked) torch to ``n`` threads
+    through their run-time calls, changing only what differs. Returns the counts in effect."""
+    out = {"requested": n, "changed": []}
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        pass
+    else:
+        import numpy  # noqa: F401  -- load NumPy's BLAS so that threadpoolctl sees it
+
+        if any(p.get("user_api") == "blas" and p.get("num_threads") != n for p in threadpool_info()):
+            _limits.append(threadpool_limits(limits=n, user_api="blas"))
+            out["changed"].append("blas (threadpool_limits)")
+        out["blas"] = sorted({p.get("num_threads") for p in threadpool_info()
+                              if p.get("user_api") == "blas"})
+    import scratchlm.kernels as K
+
+    if K.get_num_threads() != n:
+        K.set_num_threads(n)
+        out["changed"].append("scratchlm (kernels.set_num_threads)")
+    out["scratchlm"] = K.get_num_threads()
+    if torch_too:
         import torch
 
-        torch.set_num_threads(n)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+            out["changed"].append("torch (set_num_threads)")
         out["torch"] = torch.get_num_threads()
     return out

@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._threads import apply_thread_env, apply_runtime_threads, default_threads  # noqa: E402
+from benchmarks import _threads  # noqa: E402  -- standard library only
 
 _KIB = 1024.0
 
@@ -64,10 +64,11 @@ class _Sampler(threading.Thread):
 
 
 def probe(name: str, impl: str, threads: int, quick: bool) -> dict:
-    from benchmarks.workloads import TORCH, get_workload
+    from benchmarks.worker import uses_torch
+    from benchmarks.workloads import get_workload
 
     workload = get_workload(name, quick=quick)
-    apply_runtime_threads(threads, torch_too=(impl == TORCH))
+    _threads.set_threads(threads, torch_too=uses_torch(impl))
     step = workload.setup(impl)
     step()                                   # warm-up
     gc.collect()
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    threads = args.threads or default_threads()
-    apply_thread_env(threads)                # before numpy / numba / torch are imported
+    threads = args.threads or _threads.default_threads()
+    _threads.before_imports(threads)         # before numpy / numba / torch are imported
     result = probe(args.workload, args.impl, threads, args.quick)
     print(json.dumps(result))
     return 0

@@ -10,7 +10,9 @@ TORCH = "torch"
 BLAS_ONLY = "blas-matmuls-only"
 DEFAULT_IMPLS = (SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH)
 _BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "numba",
-               "scratchlm-cache": "numba", "scratchlm-nocache": "numba"}
+               "scratchlm-cache": "numba", "scratchlm-nocache": "numba",
+               "scratchlm-stored": "numba", "scratchlm-recompute": "numba",
+               "scratchlm-tiled": "numba", "scratchlm-tiled-numpy": "numpy", "scratchlm-dense": "numba"}
 
 
 class Unavailable(Exception):
@@ -26,12 +28,17 @@ class Workload:
         impls: the implementations it offers, in table order.
         flops: floating-point operations per step, or ``None`` when not meaningful.
         params: the sizes, recorded in ``latest.json``.
+        targets: ``{impl: ratio}``: the ratio to ``reference`` each implementation should stay at
+            or under (shown, with whether it is met, in the table and the PNG).
     """
 
     name: str = ""
     description: str = ""
     impls: tuple = DEFAULT_IMPLS
     reference: str = TORCH          # the impl the ratio column compares with
+    label: str = ""                 # the issue's name for it ("W1"), shown in the tables
+    targets: dict = {}              # impl -> the ratio to the reference it should reach (at most)
+    in_default: bool = True         # False: only with --only (minutes per process)
     unit: str | None = None         # throughput unit ("tok"): items(impl) of them per step
     max_repeats: int | None = None  # cap for slow workloads (whole model fits)
     max_warmup: int | None = None

@@ -87,6 +87,8 @@ class Conv2dStep(Workload):
     """W5."""
 
     name = "conv2d_fwd_bwd"
+    label = "W5"
+    targets = {"scratchlm-numba": 1.2}
     impls = DEFAULT_IMPLS + (BLAS_ONLY,)
 
     def __init__(self, quick: bool = False):
@@ -134,6 +136,8 @@ class CNNTrainStep(Workload):
     """W6."""
 
     name = "cnn_train_step"
+    label = "W6"
+    targets = {"scratchlm-numba": 1.2}
 
     def __init__(self, quick: bool = False):
         super().__init__(quick)
@@ -176,6 +180,8 @@ class ConvLMTrainStep(Workload):
     """W7."""
 
     name = "convlm_train_step"
+    label = "W7"
+    targets = {"scratchlm-numba": 1.0}
     impls = DEFAULT_IMPLS + (BLAS_ONLY,)
 
     def __init__(self, quick: bool = False):

@@ -86,6 +86,8 @@ class GPTTrainStep(Workload):
     """W1: forward + backward + AdamW of a 4-layer GPT, batch 16 x block 128, d 256, 8 heads."""
 
     name = "gpt_train_step"
+    label = "W1"
+    targets = {"scratchlm-numba": 1.0}
 
     def __init__(self, quick: bool = False):
         super().__init__(quick)
@@ -171,6 +173,7 @@ class GPTGenerate(Workload):
 class GPTGenerate1024(GPTGenerate):
     name = "gpt_generate_1024"
     new_tokens = 1024
+    in_default = False
     max_repeats = 2
 
 

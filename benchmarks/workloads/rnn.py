@@ -66,16 +66,22 @@ class _RecurrentTrainStep(Workload):
 class LSTMTrainStep(_RecurrentTrainStep):
     """W2."""
     name = "lstm_train_step"
+    label = "W2"
+    targets = {"scratchlm-numba": 1.0}
     cell, gates = "lstm", 4
 
 
 class GRUTrainStep(_RecurrentTrainStep):
     """W3."""
     name = "gru_train_step"
+    label = "W3"
+    targets = {"scratchlm-numba": 0.9}
     cell, gates = "gru", 3
 
 
 class RNNTrainStep(_RecurrentTrainStep):
     """W4."""
     name = "rnn_train_step"
+    label = "W4"
+    targets = {"scratchlm-numba": 0.9}
     cell, gates = "rnn", 1

@@ -63,6 +63,8 @@ class VAETrainStep(Workload):
     """W8."""
 
     name = "vae_train_step"
+    label = "W8"
+    targets = {"scratchlm-numba": 0.8}
 
     def __init__(self, quick: bool = False):
         super().__init__(quick)
