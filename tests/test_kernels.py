@@ -220,12 +220,60 @@ def test_matmul_writes_only_its_out_view_and_checks_shapes():
     a, b = a.astype(np.float32), b.astype(np.float32)
     with pytest.raises(ValueError, match="a \\(9, 20\\)"):
         matmul_numba(a, b[:19], np.zeros((9, 40), np.float32), False)
-    with pytest.raises(ValueError, match="out \\(M, N\\)"):
+    with pytest.raises(ValueError, match="out must be a float32 array of shape \\(9, 40\\)"):
         matmul_numba(a, b, np.zeros((9, 41), np.float32), False)
     with pytest.raises(TypeError, match="one float dtype"):
         matmul_numba(a, b.astype(np.float64), np.zeros((9, 40), np.float32), False)
     out = np.zeros((40, 9), np.float32).T                         # a transposed out works too
     np.testing.assert_allclose(matmul_numba(a, b, out, False), a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_matmul_batches_and_thread_splits_agree_with_numpy(dtype, threads):
+    """Every product the layers issue on the Numba route: a stack of matrices (attention's
+    (B, nh, T, hs) views with strided leading axes), one b shared by the stack (a weight), and
+    one product large enough to be split by rows or by columns over the threads."""
+    from scratchlm.kernels import get_num_threads, set_num_threads
+    from scratchlm.kernels.gemm import SPLIT_MIN_MACS, matmul
+    q = RNG.standard_normal((2, 19, 3, 8)).astype(dtype).transpose(0, 2, 1, 3)    # (B, nh, T, hs)
+    w = RNG.standard_normal((5, 8)).astype(dtype)
+    big_m = int(SPLIT_MIN_MACS ** (1 / 3)) * 2
+    cases = [(q, np.swapaxes(q, -1, -2)), (q, w.T), (q[:, :, ::-1], np.swapaxes(q, -1, -2)),
+             (RNG.standard_normal((3 * big_m + 5, big_m)).astype(dtype),          # rows split
+              RNG.standard_normal((big_m, big_m + 7)).astype(dtype)),
+             (RNG.standard_normal((big_m - 3, big_m)).astype(dtype),              # columns split
+              RNG.standard_normal((big_m, 4 * big_m + 9)).astype(dtype).T.copy().T)]
+    saved = get_num_threads()
+    set_num_threads(threads)
+    try:
+        for a, b in cases:
+            ref = np.matmul(a, b)
+            base = RNG.standard_normal(ref.shape).astype(dtype)
+            got = matmul.numba(a, b)
+            acc = matmul.numba(a, b, base.copy(), True)
+            assert got.dtype == dtype and got.shape == ref.shape
+            tol = 1e-12 if dtype == np.float64 else 2e-5
+            scale = np.abs(ref).max()
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * scale)
+            np.testing.assert_allclose(acc, base + ref, rtol=tol, atol=tol * scale)
+            np.testing.assert_allclose(matmul.numpy(a, b), ref, rtol=tol, atol=tol * scale)
+    finally:
+        set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul_extreme_values_match_blas(dtype):
+    """Overflow to inf, inf * 0 = NaN and NaN propagate on our GEMM as through the BLAS."""
+    from scratchlm.kernels.gemm import matmul
+    big = np.finfo(dtype).max
+    a = np.array([[big, big], [1.0, 0.0], [np.nan, 1.0], [np.inf, 0.0]], dtype)
+    b = np.array([[big, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype)
+    with np.errstate(all="ignore"):
+        ref = a @ b
+        got = matmul.numba(a, b)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(got[~np.isnan(ref)], ref[~np.isnan(ref)])
 
 
 def _runs_of(rng, n, run, gap):

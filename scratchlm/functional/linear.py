@@ -5,6 +5,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import float_array, last_dim, upstream
+from ..kernels.gemm import matmul
 
 
 class LinearCache(NamedTuple):
@@ -29,7 +30,7 @@ def linear_forward(x, weight, bias=None):
     last_dim(x, "x", weight.shape[1], "in_features of weight")
     if x.dtype != weight.dtype:
         raise TypeError(f"x has dtype {x.dtype} but weight has dtype {weight.dtype}")
-    y = x.reshape(-1, x.shape[-1]) @ weight.T                  # (N, in) @ (in, out) -> (N, out): one gemm
+    y = matmul(x.reshape(-1, x.shape[-1]), weight.T)           # (N, in) @ (in, out) -> (N, out): one gemm
     y = y.reshape(x.shape[:-1] + (weight.shape[0],))            # (..., out)
     if bias is not None:
         bias = float_array(bias, "bias", ndim=1, finite=False)
@@ -59,7 +60,7 @@ def linear_backward(dy, cache: LinearCache):
     upstream(dy, x.shape[:-1] + (weight.shape[0],), x.dtype)
     dy2 = dy.reshape(-1, dy.shape[-1])                          # (N, out)
     x2 = x.reshape(-1, x.shape[-1])                             # (N, in)
-    dx = (dy2 @ weight).reshape(x.shape)                        # (N, out) @ (out, in) -> (..., in)
-    dweight = dy2.T @ x2                                        # (out, N) @ (N, in) -> (out, in)
+    dx = matmul(dy2, weight).reshape(x.shape)                   # (N, out) @ (out, in) -> (..., in)
+    dweight = matmul(dy2.T, x2)                                 # (out, N) @ (N, in) -> (out, in)
     dbias = dy2.sum(axis=0) if cache.has_bias else None         # (out,)
     return dx, dweight, dbias

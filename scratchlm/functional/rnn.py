@@ -23,6 +23,11 @@ How the work is split:
   ``dh_{t-1} = dpre_t @ W_hh``. The weight gradients are **one** matmul each after the loop:
   :math:`dW_{hh} = \sum_t dpre_t^\top h_{t-1}`, :math:`dW_{ih} = \sum_t dpre_t^\top x_t`, and
   ``dx`` likewise. It also returns the norm of the gradient reaching each :math:`h_t`.
+* the sequences of a batch do not interact, so on the Numba route each thread runs the whole
+  time loop for its block of the batch (``split_run``): one hand-off per sequence instead of one
+  per step. ``W_hh`` is packed once per call (``prepack``) and each step's product packs only
+  its ``(B/threads, H)`` rows. Every row is computed alone, so the result does not depend on the
+  number of threads.
 
 ``reverse=True`` runs the same recurrence from the last step to the first (the backward half of a
 bidirectional layer); outputs stay indexed by time.
@@ -34,6 +39,8 @@ import numpy as np
 
 from .._checks import boolean, choice, float_array, upstream
 from ..kernels import rnn as K
+from ..kernels import split_run
+from ..kernels.gemm import matmul, prepack
 
 #: gate blocks per mode: weight_ih is (GATES[mode] * hidden, input)
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -116,7 +123,7 @@ def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, r
                                           reverse)
     T, B, I = x.shape
     GH, H = weight_hh.shape
-    xp = (x.reshape(T * B, I) @ weight_ih.T).reshape(T, B, GH)         # every step at once
+    xp = matmul(x.reshape(T * B, I), weight_ih.T).reshape(T, B, GH)    # every step at once
     if bias_ih is not None:
         xp += bias_ih
     if bias_hh is not None and mode != "gru":
@@ -130,21 +137,30 @@ def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, r
                      tanh_c=np.empty((T, B, H), dt))
     elif mode == "gru":
         extra = dict(act=np.empty((T, B, GH), dt), gh=np.empty((T, B, GH), dt))
-    h, c = h0, c0
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        h_prev[t] = h
-        rec = h @ weight_hh.T                                            # (B, H) @ (H, G*H)
-        if mode == "lstm":
-            extra["c_prev"][t] = c
-            h, c, extra["act"][t], extra["tanh_c"][t] = K.lstm_cell_forward(xp[t] + rec, c)
-        elif mode == "gru":
-            if bias_hh is not None:
-                rec += bias_hh
-            extra["gh"][t] = rec
-            h, extra["act"][t] = K.gru_cell_forward(xp[t], rec, h)
-        else:
-            h = K.rnn_cell_forward(xp[t] + rec, mode == "rnn_relu")
-        out[t] = h
+    w_hh_t = prepack(weight_hh.T)                                        # (H, G*H), packed once
+
+    def rows(lo, hi):                                                    # batch rows [lo, hi)
+        h, c = h0[lo:hi], (c0[lo:hi] if mode == "lstm" else None)
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            h_prev[t, lo:hi] = h
+            rec = matmul(h, w_hh_t)                                      # (b, H) @ (H, G*H)
+            if mode == "lstm":
+                extra["c_prev"][t, lo:hi] = c
+                h, c, extra["act"][t, lo:hi], extra["tanh_c"][t, lo:hi] = K.lstm_cell_forward(
+                    xp[t, lo:hi] + rec, c)
+            elif mode == "gru":
+                if bias_hh is not None:
+                    rec += bias_hh
+                extra["gh"][t, lo:hi] = rec
+                h, extra["act"][t, lo:hi] = K.gru_cell_forward(xp[t, lo:hi], rec, h)
+            else:
+                h = K.rnn_cell_forward(xp[t, lo:hi] + rec, mode == "rnn_relu")
+            out[t, lo:hi] = h
+        return c
+
+    cs = split_run(rows, B)
+    h = out[0 if reverse else T - 1].copy() if T else h0                 # (B, H) the last step's
+    c = (np.concatenate(cs) if T else c0) if mode == "lstm" else None
     cache = RecurrentCache(x, h_prev, out, weight_ih, weight_hh, bias_ih is not None, mode,
                            reverse, **extra)
     return out, h, (c if mode == "lstm" else None), cache
@@ -173,34 +189,44 @@ def recurrent_backward(dout, dh_n, dc_n, cache: RecurrentCache):
     dt = x.dtype
     if dout is not None:
         upstream(dout, out.shape, dt, name="doutput")
-    dh = np.zeros((B, H), dt) if dh_n is None else upstream(dh_n, (B, H), dt, name="dh_n").copy()
-    dc = None
+    dh_n = np.zeros((B, H), dt) if dh_n is None else upstream(dh_n, (B, H), dt, name="dh_n")
     if mode == "lstm":
-        dc = np.zeros((B, H), dt) if dc_n is None else upstream(dc_n, (B, H), dt, name="dc_n")
+        dc_n = np.zeros((B, H), dt) if dc_n is None else upstream(dc_n, (B, H), dt, name="dc_n")
     dpre = np.empty((T, B, GH), dt)                                      # d(input projection)
     dgh = np.empty((T, B, GH), dt) if mode == "gru" else dpre            # d(W_hh h + b_hh)
-    norms = np.empty(T)                                                  # (T,) float64
-    for t in (range(T) if cache.reverse else range(T - 1, -1, -1)):
-        if dout is not None:
-            dh = dh + dout[t]                                            # all that reaches h_t
-        norms[t] = np.sqrt(np.dot(dh.ravel(), dh.ravel()))
-        if mode == "lstm":
-            dpre[t], dc = K.lstm_cell_backward(dh, dc, cache.c_prev[t], cache.act[t],
-                                               cache.tanh_c[t])
-            dh = dpre[t] @ w_hh                                          # from rec = h @ W_hh^T
-        elif mode == "gru":
-            dpre[t], dgh[t], dh_direct = K.gru_cell_backward(dh, h_prev[t], cache.act[t],
-                                                             cache.gh[t])
-            dh = dh_direct + dgh[t] @ w_hh
-        else:
-            dpre[t] = K.rnn_cell_backward(dh, out[t], mode == "rnn_relu")
-            dh = dpre[t] @ w_hh
+    w_hh_packed = prepack(w_hh)                                          # (G*H, H), packed once
+
+    def rows(lo, hi):                                                    # batch rows [lo, hi)
+        dh, dc = dh_n[lo:hi], (dc_n[lo:hi] if mode == "lstm" else None)
+        sq = np.zeros(T)                                                 # (T,) this block's |dh_t|^2
+        for t in (range(T) if cache.reverse else range(T - 1, -1, -1)):
+            if dout is not None:
+                dh = dh + dout[t, lo:hi]                                 # all that reaches h_t
+            sq[t] = np.dot(dh.ravel(), dh.ravel())
+            if mode == "lstm":
+                dpre[t, lo:hi], dc = K.lstm_cell_backward(dh, dc, cache.c_prev[t, lo:hi],
+                                                          cache.act[t, lo:hi],
+                                                          cache.tanh_c[t, lo:hi])
+                dh = matmul(dpre[t, lo:hi], w_hh_packed)                 # from rec = h @ W_hh^T
+            elif mode == "gru":
+                dpre[t, lo:hi], dgh[t, lo:hi], dh_direct = K.gru_cell_backward(
+                    dh, h_prev[t, lo:hi], cache.act[t, lo:hi], cache.gh[t, lo:hi])
+                dh = matmul(dgh[t, lo:hi], w_hh_packed, dh_direct, True)   # dh_direct: new array
+            else:
+                dpre[t, lo:hi] = K.rnn_cell_backward(dh, out[t, lo:hi], mode == "rnn_relu")
+                dh = matmul(dpre[t, lo:hi], w_hh_packed)
+        return dh, dc, sq
+
+    parts = split_run(rows, B)
+    dh = np.concatenate([p[0] for p in parts])                           # (B, H) dL/dh0
+    dc = np.concatenate([p[1] for p in parts]) if mode == "lstm" else None
+    norms = np.sqrt(np.sum([p[2] for p in parts], axis=0))               # (T,) float64
     dpre2 = dpre.reshape(T * B, GH)                                       # (T*B, G*H)
     dgh2 = dgh.reshape(T * B, GH)
     has_bias = cache.has_bias
-    dx = (dpre2 @ w_ih).reshape(T, B, I)                                 # from xp = x @ W_ih^T
-    dweight_ih = dpre2.T @ x.reshape(T * B, I)                           # (G*H, I)
-    dweight_hh = dgh2.T @ h_prev.reshape(T * B, H)                       # (G*H, H)
+    dx = matmul(dpre2, w_ih).reshape(T, B, I)                            # from xp = x @ W_ih^T
+    dweight_ih = matmul(dpre2.T, x.reshape(T * B, I))                    # (G*H, I)
+    dweight_hh = matmul(dgh2.T, h_prev.reshape(T * B, H))                # (G*H, H)
     dbias_ih = dpre2.sum(axis=0) if has_bias else None                   # (G*H,)
     dbias_hh = dgh2.sum(axis=0) if has_bias else None
     return dx, dh, dc, dweight_ih, dweight_hh, dbias_ih, dbias_hh, norms

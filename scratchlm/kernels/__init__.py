@@ -80,10 +80,10 @@ def use_backend(name: str):
 def dispatch(numba_fn, numpy_fn):
     """Build the dispatcher ``foo`` from its two twins: it calls whichever route is active."""
 
-    def kernel(*args):
+    def kernel(*args, **kwargs):
         if get_backend() == "numba":
-            return numba_fn(*args)
-        return numpy_fn(*args)
+            return numba_fn(*args, **kwargs)
+        return numpy_fn(*args, **kwargs)
 
     kernel.__name__ = numpy_fn.__name__.removesuffix("_numpy")
     kernel.__doc__ = numpy_fn.__doc__
@@ -136,6 +136,8 @@ def split_run(fn, n: int) -> list:
     runtime, whose OpenMP/TBB pool fights torch's in one process (see the README).
     """
     parts = min(_num_threads, n) if get_backend() == "numba" else 1
+    if getattr(_local, "in_split", False):
+        parts = 1                     # already one part of a split: the cores are all busy
     if parts <= 1:
         return [fn(0, n)]
     global _pool, _pool_workers
@@ -150,13 +152,19 @@ def split_run(fn, n: int) -> list:
     bounds = [n * i // parts for i in range(parts + 1)]
 
     def in_worker(lo, hi):                    # the route is thread-local: carry it over
-        with use_backend("numba"):
-            return fn(lo, hi)
+        _local.in_split = True
+        try:
+            with use_backend("numba"):
+                return fn(lo, hi)
+        finally:
+            _local.in_split = False
 
     futures = [pool.submit(in_worker, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    _local.in_split = True
     try:
         first = fn(bounds[0], bounds[1])
     finally:                          # never return (or raise) while a worker still writes
+        _local.in_split = False
         concurrent.futures.wait(futures)
     return [first] + [f.result() for f in futures]
 

@@ -58,6 +58,8 @@ overlap ``a`` or ``b`` (a later K-slab would read what an earlier one wrote), an
 ``accumulate=False`` its entries must be distinct.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -274,55 +276,107 @@ def _pack(flat, rows, r0, kc, cols, c0, nc, width, dst, ends):
 
 
 @njit(cache=True, nogil=True)
+def _slab(a, a_rows, a_cols, pc, kc, jc, nc, bp, out, out_rows, out_cols, overwrite, ap, tile,
+          tile_rows, ends):
+    # out[:, jc:jc+nc] (+)= a[:, pc:pc+kc] @ b[pc:pc+kc, jc:jc+nc], with that block of b packed
+    # in bp; overwrite: the first K-slab writes, the others add
+    M = a_rows.shape[0]
+    nr = NR_F32 if out.itemsize == 4 else NR_F64
+    for ic in range(0, M, MC):
+        mc = min(MC, M - ic)
+        _pack(a, a_cols, pc, kc, a_rows, ic, mc, MR, ap, ends)
+        for s in range((nc + nr - 1) // nr):
+            j0 = jc + s * nr
+            w = min(nr, nc - s * nr)
+            n_runs = _runs(out_cols, j0, w, ends)        # 1 and w == nr: written in place
+            for r in range((mc + MR - 1) // MR):
+                i0 = ic + r * MR
+                if n_runs == 1 and w == nr and i0 + MR <= M:
+                    if overwrite:
+                        _micro_set(ap, r * kc * MR, bp, s * kc * nr, out, out_rows, i0,
+                                   out_cols[j0], kc)
+                    else:
+                        _micro_add(ap, r * kc * MR, bp, s * kc * nr, out, out_rows, i0,
+                                   out_cols[j0], kc)
+                    continue
+                # an edge tile or scattered columns: via the scratch tile, run by run
+                _micro_set(ap, r * kc * MR, bp, s * kc * nr, tile, tile_rows, 0, 0, kc)
+                for ii in range(min(MR, M - i0)):
+                    row = out_rows[i0 + ii]
+                    jj0 = 0
+                    for k in range(n_runs):
+                        at, t0 = _u(row + out_cols[j0 + jj0]), ii * nr + jj0
+                        for jj in range(ends[k] - jj0):
+                            if overwrite:
+                                out[at + _u(jj)] = tile[t0 + jj]
+                            else:
+                                out[at + _u(jj)] += tile[t0 + jj]
+                        jj0 = ends[k]
+
+
+@njit(cache=True, nogil=True)
+def _scratch(M, dtype_of):
+    # the packed block of a, the scratch tile and its row offsets, the run ends
+    nr = NR_F32 if dtype_of.itemsize == 4 else NR_F64
+    ap = np.empty(((min(MC, M) + MR - 1) // MR) * MR * KC, dtype_of.dtype)
+    tile = np.empty(MR * nr, dtype_of.dtype)
+    return ap, tile, np.arange(MR) * nr, np.empty(max(nr, MR), np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _zero(out, out_rows, out_cols):
+    for i in range(out_rows.shape[0]):
+        for j in range(out_cols.shape[0]):
+            out[_u(out_rows[i] + out_cols[j])] = 0.0
+
+
+@njit(cache=True, nogil=True)
 def _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
     # a, b, out: flat buffers; a[a_rows[i] + a_cols[p]] is a (M, K), b (K, N) and out (M, N) alike
     M, K, N = a_rows.shape[0], a_cols.shape[0], b_cols.shape[0]
     nr = NR_F32 if out.itemsize == 4 else NR_F64
     bp = np.empty(((min(NC, N) + nr - 1) // nr) * nr * KC, out.dtype)
-    ap = np.empty(((MC + MR - 1) // MR) * MR * KC, out.dtype)
-    tile = np.empty(MR * nr, out.dtype)
-    tile_rows = np.arange(MR) * nr
-    ends = np.empty(max(nr, MR), np.int64)
+    ap, tile, tile_rows, ends = _scratch(M, out)
     if K == 0 and not accumulate:
-        for i in range(M):
-            for j in range(N):
-                out[_u(out_rows[i] + out_cols[j])] = 0.0
+        _zero(out, out_rows, out_cols)
     for jc in range(0, N, NC):
         nc = min(NC, N - jc)
         for pc in range(0, K, KC):
             kc = min(KC, K - pc)
             _pack(b, b_rows, pc, kc, b_cols, jc, nc, nr, bp, ends)
-            overwrite = pc == 0 and not accumulate       # the first slab writes, the others add
-            for ic in range(0, M, MC):
-                mc = min(MC, M - ic)
-                _pack(a, a_cols, pc, kc, a_rows, ic, mc, MR, ap, ends)
-                for s in range((nc + nr - 1) // nr):
-                    j0 = jc + s * nr
-                    w = min(nr, nc - s * nr)
-                    n_runs = _runs(out_cols, j0, w, ends)        # 1 and w == nr: written in place
-                    for r in range((mc + MR - 1) // MR):
-                        i0 = ic + r * MR
-                        if n_runs == 1 and w == nr and i0 + MR <= M:
-                            if overwrite:
-                                _micro_set(ap, r * kc * MR, bp, s * kc * nr, out, out_rows, i0,
-                                           out_cols[j0], kc)
-                            else:
-                                _micro_add(ap, r * kc * MR, bp, s * kc * nr, out, out_rows, i0,
-                                           out_cols[j0], kc)
-                            continue
-                        # an edge tile or scattered columns: via the scratch tile, run by run
-                        _micro_set(ap, r * kc * MR, bp, s * kc * nr, tile, tile_rows, 0, 0, kc)
-                        for ii in range(min(MR, M - i0)):
-                            row = out_rows[i0 + ii]
-                            jj0 = 0
-                            for k in range(n_runs):
-                                at, t0 = _u(row + out_cols[j0 + jj0]), ii * nr + jj0
-                                for jj in range(ends[k] - jj0):
-                                    if overwrite:
-                                        out[at + _u(jj)] = tile[t0 + jj]
-                                    else:
-                                        out[at + _u(jj)] += tile[t0 + jj]
-                                jj0 = ends[k]
+            _slab(a, a_rows, a_cols, pc, kc, jc, nc, bp, out, out_rows, out_cols,
+                  pc == 0 and not accumulate, ap, tile, tile_rows, ends)
+
+
+@njit(cache=True, nogil=True)
+def _pack_all(b, b_rows, b_cols, dst):
+    # every (jc, pc) block of b (K, N), packed as _gemm packs it, one after another in dst
+    K, N = b_rows.shape[0], b_cols.shape[0]
+    nr = NR_F32 if dst.itemsize == 4 else NR_F64
+    ends = np.empty(max(nr, MR), np.int64)
+    at = 0
+    for jc in range(0, N, NC):
+        nc = min(NC, N - jc)
+        for pc in range(0, K, KC):
+            kc = min(KC, K - pc)
+            _pack(b, b_rows, pc, kc, b_cols, jc, nc, nr, dst[at:], ends)
+            at += ((nc + nr - 1) // nr) * nr * kc
+
+
+@njit(cache=True, nogil=True)
+def _gemm_prepacked(a, a_rows, a_cols, packed, K, N, out, out_rows, out_cols, accumulate):
+    # _gemm with every block of b already packed (_pack_all): b is read, never copied
+    M = a_rows.shape[0]
+    nr = NR_F32 if out.itemsize == 4 else NR_F64
+    ap, tile, tile_rows, ends = _scratch(M, out)
+    at = 0
+    for jc in range(0, N, NC):
+        nc = min(NC, N - jc)
+        for pc in range(0, K, KC):
+            kc = min(KC, K - pc)
+            _slab(a, a_rows, a_cols, pc, kc, jc, nc, packed[at:], out, out_rows, out_cols,
+                  pc == 0 and not accumulate, ap, tile, tile_rows, ends)
+            at += ((nc + nr - 1) // nr) * nr * kc
 
 
 def gemm_numpy(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
@@ -393,28 +447,111 @@ def gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumula
 
 
 # ------------------------------------------------------------------------------------------------
-# ordinary arrays
+# ordinary arrays: the matmul every layer calls
 # ------------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _gemm_batched(a, a_base, a_rows, a_cols, b, b_base, b_rows, b_cols, out, out_base, out_rows,
+                  out_cols, lo, hi, accumulate):
+    # matrix n of a batch starts at flat[base[n]]: for n in [lo, hi), out[n] (+)= a[n] @ b[n]
+    for n in range(lo, hi):
+        _gemm(a[a_base[n]:], a_rows, a_cols, b[b_base[n]:], b_rows, b_cols, out[out_base[n]:],
+              out_rows, out_cols, accumulate)
+
+
+def as_batched_operand(m):
+    """A stack of matrices ``m`` ``(..., R, C)`` (any strides, negative ones included) as
+    ``(flat, base, rows, cols)``: ``m[n][i, j] == flat[base[n] + rows[i] + cols[j]]`` with ``n``
+    the C-order index over the leading axes (``base`` ``(L,)``, one entry for a 2-D ``m``).
+    ``flat`` is a 1-D view (no copy) from the lowest address ``m`` spans."""
+    item = m.itemsize
+    if any(st % item for st in m.strides):
+        raise ValueError(f"strides must be multiples of the item size, got {m.strides}")
+    steps = [st // item for st in m.strides]
+    base = np.zeros(1, np.int64)
+    for n, st in zip(m.shape[:-2], steps[:-2]):
+        base = (base[:, None] + np.arange(n, dtype=np.int64)[None, :] * st).ravel()
+    rows = np.arange(m.shape[-2], dtype=np.int64) * steps[-2]
+    cols = np.arange(m.shape[-1], dtype=np.int64) * steps[-1]
+    lowest = tuple(slice(n - 1, n) if st < 0 else slice(0, 1) for n, st in zip(m.shape, steps))
+    base -= base.min()
+    rows -= rows.min()
+    cols -= cols.min()
+    span = int(base.max() + rows.max() + cols.max()) + 1
+    flat = as_strided(m[lowest], shape=(span,), strides=(item,))
+    return flat, base, rows, cols
+
+
 def as_operand(m):
     """A non-empty 2-D array as a GEMM operand ``(flat, rows, cols)``, ``m[i, j] == flat[rows[i] +
-    cols[j]]``: ``flat`` is a 1-D view (no copy) of the memory ``m`` spans, from its lowest
-    address, so any strides work, negative ones included."""
-    item = m.itemsize
-    if m.strides[0] % item or m.strides[1] % item:
-        raise ValueError(f"strides must be multiples of the item size, got {m.strides}")
-    rows = np.arange(m.shape[0], dtype=np.int64) * (m.strides[0] // item)
-    cols = np.arange(m.shape[1], dtype=np.int64) * (m.strides[1] // item)
-    i, j = rows.argmin(), cols.argmin()                  # the entry at the lowest address
-    rows -= rows[i]
-    cols -= cols[j]
-    flat = as_strided(m[i:i + 1, j:j + 1], shape=(int(rows.max() + cols.max()) + 1,),
-                      strides=(item,))
+    cols[j]]`` (:func:`as_batched_operand` for one matrix)."""
+    flat, _, rows, cols = as_batched_operand(m)
     return flat, rows, cols
 
 
-def matmul_numpy(a, b, out, accumulate):
-    """``out = a @ b`` (``accumulate=False``) or ``out += a @ b``: a ``(M, K)``, b ``(K, N)``,
-    out ``(M, N)``, one float dtype, any strides. Returns ``out``."""
+class PackedMatrix(NamedTuple):
+    """``b`` ``(K, N)`` made ready for many products ``a @ b`` (a recurrent layer's weight, used
+    once per time step): on the Numba route its blocks are packed once, in the order the GEMM
+    reads them, so that each product only packs its ``a``."""
+    b: np.ndarray                    # (K, N) the matrix (the NumPy route multiplies by it)
+    packed: np.ndarray | None        # (ceil(N/NR)*NR*K,) b's blocks, packed; None on the NumPy route
+
+
+def _packed_size(K, N, nr):
+    return sum(((min(NC, N - jc) + nr - 1) // nr) * nr * K for jc in range(0, N, NC))
+
+
+def prepack_numpy(b):
+    """``b`` ``(K, N)`` as a :class:`PackedMatrix` for :func:`matmul`; the NumPy route keeps it
+    as it is."""
+    if not (isinstance(b, np.ndarray) and b.ndim == 2 and b.dtype in (np.float32, np.float64)):
+        raise TypeError(f"prepack needs a 2-D float32 or float64 array, got "
+                        f"{getattr(b, 'dtype', type(b).__name__)} {np.shape(b)}")
+    return PackedMatrix(b, None)
+
+
+def prepack_numba(b):
+    """The Numba route of :func:`prepack_numpy`: every block packed once (``_pack_all``)."""
+    prepack_numpy(b)
+    if b.size == 0:
+        return PackedMatrix(b, None)
+    nr = NR_F32 if b.dtype == np.float32 else NR_F64
+    packed = np.empty(_packed_size(b.shape[0], b.shape[1], nr), b.dtype)
+    flat, rows, cols = as_operand(b)
+    _pack_all(flat, rows, cols, packed)
+    return PackedMatrix(b, packed)
+
+
+prepack = dispatch(prepack_numba, prepack_numpy)
+
+
+def _check_matmul(a, b, out):
+    """The shapes and dtypes of ``out (+)= a @ b``; returns ``out``'s shape."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        raise TypeError(f"matmul needs numpy arrays, got {type(a).__name__} and {type(b).__name__}")
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or (
+            b.ndim > 2 and b.shape[:-2] != a.shape[:-2]):
+        raise ValueError(f"matmul needs a (..., M, K) and b (K, N) or (..., K, N) with a's leading "
+                         f"axes, got a {a.shape}, b {b.shape}")
+    if not (a.dtype == b.dtype and a.dtype in (np.float32, np.float64)):
+        raise TypeError(f"matmul needs a and b of one float dtype, got {a.dtype}, {b.dtype}")
+    shape = a.shape[:-1] + (b.shape[-1],)
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != a.dtype:
+            raise ValueError(f"out must be a {a.dtype} array of shape {shape}, got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} {np.shape(out)}")
+    return shape
+
+
+def matmul_numpy(a, b, out=None, accumulate=False):
+    """``a @ b`` -- ``a`` ``(..., M, K)``, ``b`` ``(K, N)`` or ``(..., K, N)`` -- into ``out``
+    (allocated when None), or ``out += a @ b`` with ``accumulate=True``. One float dtype, any
+    strides. Returns ``out``. ``b`` may be a :class:`PackedMatrix` (:func:`prepack`). The NumPy
+    route: ``np.matmul`` (the BLAS)."""
+    if isinstance(b, PackedMatrix):
+        b = b.b
+    shape = _check_matmul(a, b, out)
+    if out is None:
+        return np.matmul(a, b)
     if accumulate:
         out += a @ b
     else:
@@ -422,22 +559,74 @@ def matmul_numpy(a, b, out, accumulate):
     return out
 
 
-def matmul_numba(a, b, out, accumulate):
-    """The Numba route of :func:`matmul_numpy` (same arguments): :func:`gemm` on the arrays'
-    strides. The shapes are checked here, before the kernel."""
-    if not (a.ndim == b.ndim == out.ndim == 2 and a.shape[1] == b.shape[0]
-            and out.shape == (a.shape[0], b.shape[1])):
-        raise ValueError(f"matmul needs a (M, K), b (K, N) and out (M, N), got a {a.shape}, "
-                         f"b {b.shape}, out {out.shape}")
-    if not (a.dtype == b.dtype == out.dtype and out.dtype in (np.float32, np.float64)):
-        raise TypeError(f"matmul needs one float dtype, got {a.dtype}, {b.dtype}, {out.dtype}")
+#: below this many multiply-adds a product runs in the calling thread (a hand-off to the pool
+#: costs about as much as the product)
+SPLIT_MIN_MACS = 1 << 20
+
+
+def matmul_numba(a, b, out=None, accumulate=False):
+    """The Numba route of :func:`matmul_numpy` (same arguments): our GEMM on the arrays' strides,
+    split over scratchlm's threads (:func:`scratchlm.kernels.split_run`) -- by matrix for a
+    batch, else by blocks of rows or of columns of ``out``, whichever is longer. The shapes are
+    checked here, before the kernel; ``out`` must not overlap ``a`` or ``b``."""
+    from . import get_num_threads, split_run
+
+    packed = None
+    if isinstance(b, PackedMatrix):
+        b, packed = b.b, b.packed
+        if packed is not None and a.ndim != 2:
+            raise ValueError(f"a prepacked b multiplies a 2-D a, got a {a.shape}")
+    shape = _check_matmul(a, b, out)
+    if out is None:
+        out = np.empty(shape, a.dtype)
+        accumulate = False
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     if out.size == 0:
         return out
-    if a.shape[1] == 0:                                       # an empty sum
+    if K == 0:                                                # an empty sum
         if not accumulate:
             out[...] = 0.0
         return out
-    gemm_numba(*as_operand(a), *as_operand(b), *as_operand(out), accumulate)
+    fa, a_base, a_rows, a_cols = as_batched_operand(a)
+    fo, o_base, o_rows, o_cols = as_batched_operand(out)
+    acc = bool(accumulate)
+    if packed is not None:                                    # by blocks of MR rows per thread
+        def rows(lo, hi):
+            r0, r1 = lo * MR, min(hi * MR, M)
+            _gemm_prepacked(fa[a_base[0]:], a_rows[r0:r1], a_cols, packed, K, N, fo[o_base[0]:],
+                            o_rows[r0:r1], o_cols, acc)
+        if M * K * N < SPLIT_MIN_MACS:
+            rows(0, (M + MR - 1) // MR)
+        else:
+            split_run(rows, (M + MR - 1) // MR)
+        return out
+    fb, b_base, b_rows, b_cols = as_batched_operand(b)
+    L = o_base.size
+    if b_base.size != L:                                      # one b for every matrix of a
+        b_base = np.zeros(L, np.int64)
+    macs = L * M * K * N
+    if L > 1 or macs < SPLIT_MIN_MACS or get_num_threads() == 1:
+        if macs < SPLIT_MIN_MACS:
+            _gemm_batched(fa, a_base, a_rows, a_cols, fb, b_base, b_rows, b_cols, fo, o_base,
+                          o_rows, o_cols, 0, L, acc)
+        else:
+            split_run(lambda lo, hi: _gemm_batched(fa, a_base, a_rows, a_cols, fb, b_base, b_rows,
+                                                   b_cols, fo, o_base, o_rows, o_cols, lo, hi, acc),
+                      L)
+        return out
+    nr = NR_F32 if out.itemsize == 4 else NR_F64
+    if M >= N:                                                # blocks of MR rows per thread
+        def part(lo, hi):
+            r0, r1 = lo * MR, min(hi * MR, M)
+            _gemm_batched(fa, a_base, a_rows[r0:r1], a_cols, fb, b_base, b_rows, b_cols, fo,
+                          o_base, o_rows[r0:r1], o_cols, 0, 1, acc)
+        split_run(part, (M + MR - 1) // MR)
+    else:                                                     # blocks of NR columns per thread
+        def part(lo, hi):
+            c0, c1 = lo * nr, min(hi * nr, N)
+            _gemm_batched(fa, a_base, a_rows, a_cols, fb, b_base, b_rows, b_cols[c0:c1], fo,
+                          o_base, o_rows, o_cols[c0:c1], 0, 1, acc)
+        split_run(part, (N + nr - 1) // nr)
     return out
 
 

@@ -115,6 +115,7 @@ from ..functional.latent import (free_bits_kl_backward, free_bits_kl_forward,
 from .._checks import (NonFiniteError, choice, float_array, float_errors_checked, make_rng,
                        nonnegative, positive_int, resolve_dtype, same_dtype, scalar, trusted,
                        upstream)
+from ..kernels.gemm import matmul
 from ..nn.module import NO_CACHE
 
 __all__ = ["VAE", "VAEConfig", "elbo", "iwae_bound"]
@@ -325,7 +326,7 @@ class GaussianLatentModel(nn.Module):
         dh = self.relu1.backward(dh)
         # fc1's input is data: only its weight and bias gradients are needed (one gemm saved)
         x = self.fc1._saved().x                                                   # (B, D)
-        self.fc1.weight.grad += dh.T @ x                                          # (H, D)
+        matmul(dh.T, x, self.fc1.weight.grad, True)                 # grad (H, D) += (H, B) @ (B, D)
         self.fc1.bias.grad += dh.sum(axis=0)
 
     # -- evaluation -----------------------------------------------------------------------------
