@@ -498,3 +498,34 @@ def test_to_arpa_word_spellings_are_checked(tmp_path):
                          ({0: "a", 1: "a"}, "same way")]:
         with pytest.raises(ValueError, match=match):
             m.to_arpa(tmp_path / "x.arpa", words=words)
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_scoring_kernel_twins_agree_and_never_carry_context_across_sentences(bos, monkeypatch):
+    """backoff_logp: the one-pass Numba kernel (split at sentence starts over the threads) and
+    the vectorised NumPy twin give the same log-probabilities, and each sentence is scored as if
+    alone -- without <s>, the first token of a sentence backs off to the unigram, never to the
+    end of the sentence before it."""
+    import scratchlm
+    from scratchlm.kernels import get_num_threads, ngram as K, set_num_threads
+    m = fit(4, "kneser_ney", corpus(21, n=200, vocab=25))
+    test = corpus(22, n=60, vocab=28)
+    monkeypatch.setattr(K, "SPLIT_MIN_POSITIONS", 16)               # many parts, small stream
+    saved = get_num_threads()
+    try:
+        for threads in (1, 3):
+            set_num_threads(threads)
+            numba_lp = m._sentence_logps(test, bos=bos)[0]
+            with scratchlm.use_backend("numpy"):
+                numpy_lp = m._sentence_logps(test, bos=bos)[0]
+            np.testing.assert_allclose(numba_lp, numpy_lp, rtol=1e-14, atol=0)
+    finally:
+        set_num_threads(saved)
+    alone = np.concatenate([m._sentence_logps([s], bos=bos)[0] for s in test])
+    np.testing.assert_allclose(numba_lp, alone, rtol=1e-14, atol=0)
+    for seq in test[:5]:
+        steps, history = 0.0, []
+        for t in seq + [NGramLM.EOS]:
+            steps += m.logprob(t, history, bos=bos)
+            history.append(t)
+        assert m.score(seq, bos=bos) == pytest.approx(steps, abs=1e-12)

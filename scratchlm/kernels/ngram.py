@@ -4,7 +4,8 @@
 * ``pad_stream``, ``window_keys``, ``link_level``, ``unique_pairs`` -- the passes of
   ``NGramLM.fit`` (pad sentences, key every in-sentence window, sort/count distinct keys, link each
   n-gram to its suffix and first word);
-* ``build_key_table`` / ``find_keys`` -- n-gram lookup by hashing (the NumPy twin bisects).
+* ``build_key_table`` / ``find_keys`` -- n-gram lookup by hashing (the NumPy twin bisects);
+* ``backoff_logp`` -- scoring: the back-off recursion at every position of a stream, one pass.
 """
 
 import numpy as np
@@ -157,21 +158,43 @@ def build_key_table_numpy(keys):
 
 @njit(cache=True, nogil=True)
 def build_key_table_numba(keys):
-    # keys: (n,) sorted distinct int64 -> table: (2^bits,) position of each key, -1 empty;
-    # open addressing with linear probing at load factor <= 1/2
+    # keys: (n,) sorted distinct int64 -> table: (2 * 2^bits,): slot h holds (key, position) at
+    # [2h, 2h+1], position -1 when empty; open addressing with linear probing at load factor
+    # <= 1/2. Key and position share a cache line: a probe costs one memory access, not two.
     n = keys.shape[0]
     bits = 1
     while (1 << bits) < 2 * n:
         bits += 1
     size = 1 << bits
     shift = np.uint64(64 - bits)
-    table = np.full(size, -1, np.int64)
+    table = np.full(2 * size, -1, np.int64)
     for i in range(n):
         h = _slot(keys[i], shift)
-        while table[h] != -1:
+        while table[2 * h + 1] != -1:
             h = (h + np.uint64(1)) & np.uint64(size - 1)
-        table[h] = i
+        table[2 * h] = keys[i]
+        table[2 * h + 1] = i
     return table
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _table_shift(table):
+    bits = 0
+    while (2 << bits) < table.shape[0]:
+        bits += 1
+    return np.uint64(64 - bits)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _find_one(table, shift, q):
+    # the position of key q in the table of build_key_table_numba, or -1
+    mask = np.uint64(table.shape[0] // 2 - 1)
+    h = _slot(q, shift)
+    while True:
+        i = table[2 * h + 1]
+        if i == -1 or table[2 * h] == q:
+            return i
+        h = (h + np.uint64(1)) & mask
 
 
 def find_keys_numpy(keys, table, queries):
@@ -185,28 +208,14 @@ def find_keys_numpy(keys, table, queries):
 
 @njit(cache=True, nogil=True)
 def find_keys_numba(keys, table, queries):
-    # keys: (n,), table: (2^bits,) from build_key_table_numba, queries: (m,) -> (m,)
+    # keys: (n,), table: (2 * 2^bits,) from build_key_table_numba, queries: (m,) -> (m,)
     out = np.full(queries.shape[0], -1, np.int64)
-    size = table.shape[0]
     if keys.shape[0] == 0:
         return out
-    bits = 0
-    while (1 << bits) < size:
-        bits += 1
-    shift = np.uint64(64 - bits)
+    shift = _table_shift(table)
     for j in range(queries.shape[0]):
-        q = queries[j]
-        if q < 0:
-            continue
-        h = _slot(q, shift)
-        while True:
-            i = table[h]
-            if i == -1:
-                break
-            if keys[i] == q:
-                out[j] = i
-                break
-            h = (h + np.uint64(1)) & np.uint64(size - 1)
+        if queries[j] >= 0:
+            out[j] = _find_one(table, shift, queries[j])
     return out
 
 
@@ -266,3 +275,110 @@ def unique_pairs_numba(key, n_prefix, base):
 
 
 unique_pairs = dispatch(unique_pairs_numba, unique_pairs_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring: log P(token | the longest known context), with back-off weights, at every position
+# ------------------------------------------------------------------------------------------------
+def backoff_logp_numpy(stream, sid, keys, tables, logp, logb, base):
+    """The back-off recursion of an n-gram model, at every position of a padded stream.
+
+    stream, sid: (L,) outcome indices and sentence numbers. Per order k = 1..N (lists of N):
+    ``keys[k-1]`` (n_k,) sorted keys (prefix id * base + index), ``tables[k-1]`` the hash table
+    of ``build_key_table`` (unused on this route), ``logp[k-1]`` / ``logb[k-1]`` (n_k,) float64
+    log-probability and back-off weight of each k-gram. Returns (L,) float64:
+
+        E_1(i) = id of stream[i];   E_k(i) = id of E_{k-1}(i-1) * base + stream[i]
+                 (-1 if unknown, or if i-1 is in another sentence)
+        log P(i) = logp_j[E_j(i)] + sum_{k=j}^{N-1} logb_k[E_k(i-1)]   for the largest j with
+                   E_j(i) known (the context's back-off weights, where the context is known)
+
+    NaN where not even the unigram is known.
+    """
+    N, L = len(keys), stream.size
+    same = np.zeros(L, bool)                                     # i - 1 is in i's sentence
+    same[1:] = sid[1:] == sid[:-1]
+    E = np.full((N, L), -1, np.int64)                            # E[k-1, i]: the k-gram ending at i
+    E[0] = find_keys_numpy(keys[0], tables[0], stream)
+    for k in range(2, N + 1):
+        prefix = np.full(L, -1, np.int64)
+        prefix[1:] = E[k - 2, :-1]                               # E_{k-1}(i-1)
+        ok = (prefix >= 0) & same
+        E[k - 1, ok] = find_keys_numpy(keys[k - 1], tables[k - 1], prefix[ok] * base + stream[ok])
+    out = np.full(L, np.nan)
+    found = np.zeros(L, bool)
+    backoff = np.zeros(L)
+    for j in range(N, 0, -1):                                    # longest match first
+        hit = (E[j - 1] >= 0) & ~found
+        out[hit] = logp[j - 1][E[j - 1, hit]] + backoff[hit]
+        found |= hit
+        if j >= 2:                                               # backing off from order j
+            ctx = np.full(L, -1, np.int64)
+            ctx[1:] = E[j - 2, :-1]                              # the (j-1)-gram ending at i-1
+            use = ~found & (ctx >= 0) & same
+            backoff[use] += logb[j - 2][ctx[use]]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _backoff_logp(stream, sid, keys, tables, logp, logb, base, out):
+    # one pass over the stream: cur[k] = E_{k+1}(i), prev[k] = E_{k+1}(i-1); out: (L,)
+    N, L = len(keys), stream.shape[0]
+    shifts = np.empty(N, np.uint64)
+    for k in range(N):
+        shifts[k] = _table_shift(tables[k])
+    prev = np.full(N, -1, np.int64)
+    cur = np.full(N, -1, np.int64)
+    for i in range(L):
+        out[i] = np.nan
+        same = i > 0 and sid[i] == sid[i - 1]
+        cur[0] = _find_one(tables[0], shifts[0], stream[i])
+        for k in range(1, N):
+            cur[k] = -1
+            if same and prev[k - 1] >= 0:
+                cur[k] = _find_one(tables[k], shifts[k], prev[k - 1] * base + stream[i])
+        backoff = 0.0
+        for j in range(N - 1, -1, -1):                          # order j + 1, longest first
+            if cur[j] >= 0:
+                out[i] = logp[j][cur[j]] + backoff
+                break
+            if j >= 1 and same and prev[j - 1] >= 0:
+                backoff += logb[j - 1][prev[j - 1]]
+        for k in range(N):
+            prev[k] = cur[k]
+
+
+#: below this many positions the stream is scored in the calling thread
+SPLIT_MIN_POSITIONS = 1 << 15
+
+
+def backoff_logp_numba(stream, sid, keys, tables, logp, logb, base):
+    """The Numba route of :func:`backoff_logp_numpy` (same arguments; ``tables`` from
+    ``build_key_table_numba``): one pass, a hash probe per order per position. Long streams are
+    cut at sentence starts (where no context carries over) into one part per thread."""
+    from . import get_num_threads, split_run
+
+    # tuples, not typed Lists: a List hands out its arrays with a reference count each time,
+    # which in this loop cost 10x the probes themselves (one compilation per order N)
+    keys, tables, logp, logb = tuple(keys), tuple(tables), tuple(logp), tuple(logb)
+    L = stream.shape[0]
+    out = np.empty(L)
+    parts = min(get_num_threads(), max(1, L // SPLIT_MIN_POSITIONS))
+    cuts = [0]
+    if parts > 1:
+        starts = np.flatnonzero(sid[1:] != sid[:-1]) + 1          # where a sentence begins
+        for p in range(1, parts):                 # the first sentence start at or after p L/parts
+            j = int(np.searchsorted(starts, L * p // parts))
+            if j < starts.size and starts[j] > cuts[-1]:
+                cuts.append(int(starts[j]))
+    cuts.append(L)
+
+    def run(lo, hi):
+        for c in range(lo, hi):
+            a, b = cuts[c], cuts[c + 1]
+            _backoff_logp(stream[a:b], sid[a:b], keys, tables, logp, logb, base, out[a:b])
+    split_run(run, len(cuts) - 1)
+    return out
+
+
+backoff_logp = dispatch(backoff_logp_numba, backoff_logp_numpy)

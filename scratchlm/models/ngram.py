@@ -222,21 +222,6 @@ class NGramLM:
             lv["table"], lv["table_route"] = K.build_key_table(lv["keys"]), route
         return K.find_keys(lv["keys"], lv["table"], keys)
 
-    def _window_ids(self, stream, sid, upto):
-        """ids[j][s]: the id of the (j+1)-gram *starting* at s (-1 if absent or crossing a
-        sentence end), for j < upto, computed by the chain prefix_id * B + next token."""
-        base = self._base
-        ids = [self._lookup(1, stream)]
-        for k in range(2, upto + 1):
-            n = stream.size - k + 1
-            prev = ids[-1][:max(n, 0)]
-            ok = (prev >= 0) & (sid[:n] == sid[k - 1:k - 1 + n]) if n > 0 else np.zeros(0, bool)
-            cur = np.full(stream.size, -1, np.int64)
-            if n > 0 and ok.any():
-                cur[:n][ok] = self._lookup(k, prev[ok] * base + stream[k - 1:k - 1 + n][ok])
-            ids.append(cur)
-        return ids
-
     def fit(self, sequences, progress=None):
         """Count every n-gram of order 1..n in ``sequences`` (an iterable of token-id sequences;
         an empty one is an empty sentence) and estimate the model. Returns self.
@@ -374,33 +359,39 @@ class NGramLM:
     # querying
     # ------------------------------------------------------------------------------------------
     def _log_probs_stream(self, stream, sid, pred):
-        """Natural-log P(token | up to order-1 previous tokens) at every predicted position."""
-        N = len(self._levels)
-        L = stream.size
-        ids = self._window_ids(stream, sid, N)                              # ids[j][start]
-        end_ids = []                                                        # j-gram ENDING at i
-        for j in range(1, N + 1):
-            e = np.full(L, -1, np.int64)
-            if L - j + 1 > 0:
-                e[j - 1:] = ids[j - 1][:L - j + 1]
-            end_ids.append(e)
+        """Natural-log P(token | up to order-1 previous tokens) at every predicted position: the
+        back-off recursion of ``kernels/ngram.py: backoff_logp`` (hash probes on the Numba
+        route, bisection on the NumPy route)."""
+        levels = self._levels
         if self.smoothing == "add_k":
-            return self._add_k_logp(stream, end_ids)[pred]
-        logp = np.full(L, np.nan)
-        found_any = np.zeros(L, bool)
-        backoff = np.zeros(L)
-        for j in range(N, 0, -1):                                           # longest match first
-            hit = (end_ids[j - 1] >= 0) & ~found_any
-            logp[hit] = self._levels[j - 1]["logp"][end_ids[j - 1][hit]] + backoff[hit]
-            found_any |= hit
-            if j >= 2:                                                      # backing off from order j
-                ctx = np.full(L, -1, np.int64)
-                ctx[1:] = end_ids[j - 2][:-1]                               # (j-1)-gram ending at i-1
-                use = ~found_any & (ctx >= 0)
-                backoff[use] += self._levels[j - 2]["logb"][ctx[use]]
-        return logp[pred]
+            return self._add_k_logp(stream, sid, levels)[pred]
+        route = get_backend()
+        for lv in levels:
+            if lv.get("table_route") != route:
+                lv["table"], lv["table_route"] = K.build_key_table(lv["keys"]), route
+        return K.backoff_logp(stream, sid, [lv["keys"] for lv in levels],
+                              [lv["table"] for lv in levels], [lv["logp"] for lv in levels],
+                              [lv["logb"] for lv in levels], self._base)[pred]
 
-    def _add_k_logp(self, stream, end_ids):
+    def _end_ids(self, stream, sid, levels):
+        """end_ids[j-1][i]: the id of the j-gram ending at i (-1 if unknown or crossing a
+        sentence start), chained as in ``backoff_logp``."""
+        L = stream.size
+        same = np.zeros(L, bool)
+        same[1:] = sid[1:] == sid[:-1]
+        out = [self._lookup(1, stream)]
+        for k in range(2, len(levels) + 1):
+            prefix = np.full(L, -1, np.int64)
+            prefix[1:] = out[-1][:-1]
+            ok = (prefix >= 0) & same
+            cur = np.full(L, -1, np.int64)
+            if ok.any():
+                cur[ok] = self._lookup(k, prefix[ok] * self._base + stream[ok])
+            out.append(cur)
+        return out
+
+    def _add_k_logp(self, stream, sid, levels):
+        end_ids = self._end_ids(stream, sid, levels)
         N, L, V = len(self._levels), stream.size, self.num_outcomes
         totals = self._context_totals()
         logp = np.full(L, np.nan)
