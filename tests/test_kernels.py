@@ -414,3 +414,37 @@ def test_thread_count_environment_variable():
     assert out.returncode == 0 and out.stdout.strip() == "1"
     bad = _in_subprocess(code, SCRATCHLM_NUM_THREADS="two")
     assert bad.returncode != 0 and "SCRATCHLM_NUM_THREADS must be a positive integer" in bad.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_relu_twins_agree_over_the_whole_range_and_any_split(dtype, monkeypatch):
+    """ReLU's kernels: the same bits on both routes for every class of value (NaN stays NaN,
+    inf * 0 = NaN in the backward), whether the array is split over threads or not."""
+    import scratchlm.functional.activation as A
+    from scratchlm import functional as F
+    from scratchlm.kernels import get_num_threads, set_num_threads, use_backend
+    fi = np.finfo(dtype)
+    special = np.array([0.0, -0.0, fi.tiny, -fi.tiny, fi.smallest_subnormal, fi.max, -fi.max,
+                        np.inf, -np.inf, np.nan, 1.0, -1.0], dtype)
+    x = np.concatenate([special, RNG.standard_normal(3000).astype(dtype)])
+    dy = np.concatenate([special[::-1], RNG.standard_normal(3000).astype(dtype)])
+    saved = get_num_threads()
+    monkeypatch.setattr(A, "GRAIN", 100)
+    try:
+        results = []
+        for route, threads in (("numpy", 1), ("numba", 1), ("numba", 3)):
+            set_num_threads(threads)
+            with use_backend(route), np.errstate(invalid="ignore"):
+                y = A._elementwise(A.KR.relu_forward, np.empty_like(x), x)
+                dx = A._elementwise(A.KR.relu_backward, np.empty_like(x), dy, x)
+            results.append((y, dx))
+    finally:
+        set_num_threads(saved)
+    with np.errstate(invalid="ignore"):
+        ref_y, ref_dx = np.maximum(x, 0), dy * (x > 0)
+    for y, dx in results:
+        assert y.dtype == dtype and dx.dtype == dtype
+        np.testing.assert_array_equal(y, ref_y)
+        np.testing.assert_array_equal(dx, ref_dx)
+    y, cache = F.relu_forward(x[np.isfinite(x)])                   # the layer itself
+    np.testing.assert_array_equal(y, np.maximum(x[np.isfinite(x)], 0))

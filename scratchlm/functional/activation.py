@@ -10,6 +10,20 @@ import numpy as np
 
 from .._checks import choice, float_array, upstream
 from ..kernels import gelu as K
+from ..kernels import relu as KR
+from ..kernels import split_run
+
+#: elements per thread below which an element-wise kernel runs in the calling thread
+GRAIN = 1 << 16
+
+
+def _elementwise(kernel, out, *inputs):
+    """``kernel(*flat inputs, flat out)`` over ``out.size`` elements, split over the threads
+    (each thread writes its own slice of ``out``). Inputs are made C-contiguous first."""
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in inputs]
+    o = out.reshape(-1)
+    split_run(lambda lo, hi: kernel(*(a[lo:hi] for a in flat), o[lo:hi]), o.size, GRAIN)
+    return out
 
 
 class ReluCache(NamedTuple):
@@ -19,14 +33,14 @@ class ReluCache(NamedTuple):
 def relu_forward(x):
     r""":math:`y = \max(x, 0)`.  x: any shape -> y: same shape.  (Nair & Hinton, 2010)"""
     x = float_array(x, "x")
-    return np.maximum(x, 0), ReluCache(x)
+    return _elementwise(KR.relu_forward, np.empty(x.shape, x.dtype), x), ReluCache(x)
 
 
 def relu_backward(dy, cache: ReluCache):
     r"""From ``y = max(x, 0)``: :math:`\partial y/\partial x = [x > 0]` (0 at the kink, as torch)."""
     x = cache.x
     upstream(dy, x.shape, x.dtype)
-    return dy * (x > 0)
+    return _elementwise(KR.relu_backward, np.empty(x.shape, x.dtype), dy, x)
 
 
 class TanhCache(NamedTuple):

@@ -95,6 +95,16 @@ def choose_method(weight_shape, groups, stride) -> str:
 # ------------------------------------------------------------------------------------------------
 # argument handling
 # ------------------------------------------------------------------------------------------------
+#: multiply-adds per thread below which a direct convolution or a pooling runs in one thread
+GRAIN_MACS = 1 << 20
+
+
+def _grain(weight, out):
+    """Samples per thread for the direct method: at least GRAIN_MACS multiply-adds each."""
+    per_sample = weight.size * int(np.prod(out))
+    return max(1, GRAIN_MACS // max(1, per_sample))
+
+
 def _ntuple(value, name, nd, minimum):
     """An int (repeated ``nd`` times) or a tuple/list of ``nd`` ints, each ``>= minimum``."""
     if isinstance(value, (tuple, list)):
@@ -279,8 +289,10 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
         b = bias if bias is not None else np.zeros(O, dtype=x.dtype)
         xp4, w4 = (xp[:, :, None], weight[:, :, None]) if nd == 1 else (xp, weight)  # 1-D: H = 1
         s2, d2, o2 = ((1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation, (1,) * (2 - nd) + out)
-        y = K.conv2d_direct_forward(xp4, w4, np.ascontiguousarray(b), groups, *s2, *d2, *o2)
-        y = y.reshape((N, O) + out)
+        b = np.ascontiguousarray(b)
+        ys = split_run(lambda lo, hi: K.conv2d_direct_forward(xp4[lo:hi], w4, b, groups, *s2, *d2,
+                                                              *o2), N, _grain(weight, out))
+        y = (ys[0] if len(ys) == 1 else np.concatenate(ys)).reshape((N, O) + out)
     cache = ConvCache(method, nd, xp, weight, x.shape, unbatched, pads, stride, dilation, groups,
                       out, bias is not None)
     return (y[0] if unbatched else y), cache
@@ -329,9 +341,14 @@ def _conv_backward(dy, cache: ConvCache):
         lift = (lambda a: a[:, :, None]) if nd == 1 else (lambda a: a)               # 1-D: H = 1
         s2, d2 = (1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation
         hw = (1,) * (2 - nd) + tuple(xp.shape[2:])
-        dxp = K.conv2d_direct_backward_input(lift(dy), lift(weight), groups, *hw, *s2, *d2)
-        dweight = K.conv2d_direct_backward_weight(lift(dy), lift(xp), groups,
-                                                  *((1,) * (2 - nd) + kernel), *s2, *d2)
+        def samples(lo, hi):            # one thread's samples: dx[lo:hi] and its share of dW
+            return (K.conv2d_direct_backward_input(lift(dy[lo:hi]), lift(weight), groups, *hw,
+                                                   *s2, *d2),
+                    K.conv2d_direct_backward_weight(lift(dy[lo:hi]), lift(xp[lo:hi]), groups,
+                                                    *((1,) * (2 - nd) + kernel), *s2, *d2))
+        parts = split_run(samples, N, _grain(weight, cache.out))
+        dxp = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        dweight = sum(p[1] for p in parts[1:]) + parts[0][1] if len(parts) > 1 else parts[0][1]
         dx = _crop(dxp.reshape(xp.shape), pads, x_shape[2:])
         dweight = dweight.reshape(weight.shape)
     return (dx[0] if unbatched else dx), dweight, dbias
@@ -498,7 +515,12 @@ def _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
     planes, (k, s, p, d), out, x_shape = _pool_setup(x, kernel_size, stride, padding, dilation,
                                                      ceil_mode, nd)
     out2 = (1,) * (2 - nd) + out
-    y, idx = K.max_pool2d_forward(planes, *k, *s, *p, *d, *out2)               # (P, Ho, Wo) x2
+    grain = max(1, GRAIN_MACS // max(1, int(np.prod(out)) * int(np.prod(k))))    # planes per thread
+    parts = split_run(lambda lo, hi: K.max_pool2d_forward(planes[lo:hi], *k, *s, *p, *d, *out2),
+                      planes.shape[0], grain)
+    y, idx = (parts[0] if len(parts) == 1 else
+              (np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])))
+    # y, idx: (P, Ho, Wo) x2
     cache = MaxPoolCache(idx, planes.shape[1:], x_shape, x_shape[:-nd] + out, planes.dtype)
     return y.reshape(x_shape[:-nd] + out), cache
 
@@ -512,7 +534,11 @@ def max_pool_indices(cache: MaxPoolCache) -> np.ndarray:
 def _max_pool_backward(dy, cache: MaxPoolCache):
     idx, (H, W) = cache.idx, cache.plane
     upstream(dy, cache.y_shape, cache.dtype)
-    dx = K.max_pool2d_backward(np.ascontiguousarray(dy).reshape(idx.shape), idx, H, W)
+    dy = np.ascontiguousarray(dy).reshape(idx.shape)
+    grain = max(1, GRAIN_MACS // max(1, H * W))                                   # planes per thread
+    parts = split_run(lambda lo, hi: K.max_pool2d_backward(dy[lo:hi], idx[lo:hi], H, W),
+                      idx.shape[0], grain)
+    dx = parts[0] if len(parts) == 1 else np.concatenate(parts)                  # (P, H, W)
     return dx.reshape(cache.x_shape)
 
 
