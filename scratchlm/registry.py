@@ -63,6 +63,8 @@ class Option:
     def check(self, value):
         """``value`` if it is allowed, else ``ValueError`` naming the option, the allowed range
         and the value."""
+        if self.kind is bool and value is not None and not isinstance(value, bool):
+            raise ValueError(f"{self.flag} is a flag: True or False, got {value!r}")
         if value is None or self.kind in (bool, str) and not self.choices:
             return value
         values = value if self.kind == "ints" else [value]
@@ -136,7 +138,10 @@ class ModelEntry:
     rng)`` and ``config_dict()``; ``make_config(options, data)`` builds its config from the
     run's options and what the data decides (``data``: ``vocab_size`` for text, ``in_channels``
     and ``image_size`` for images, ``input_dim`` for a VAE); ``fixed`` are config fields the entry
-    pins (an LSTM's ``cell``). ``pipeline`` names the class in
+    pins (an LSTM's ``cell``); ``attributes`` are options set on the built model for training
+    (``model.recompute = options["recompute"]``): run-time choices that are not architecture, so
+    they stay out of the config a checkpoint stores and live in the run's options, which
+    ``--resume`` reuses. ``pipeline`` names the class in
     :mod:`scratchlm.training.pipelines` that trains, evaluates and samples the model's family;
     ``batch_source`` names what the one loop draws from; ``evaluates`` and ``samples`` say what
     ``eval`` and ``sample`` do (``samples`` None: the reason is ``no_sample``)."""
@@ -153,6 +158,7 @@ class ModelEntry:
     no_sample: str = ""
     fixed: dict = field(default_factory=dict)
     tiny: dict = field(default_factory=dict)
+    attributes: tuple = ()
 
     def option(self, name) -> Option:
         for o in self.options:
@@ -187,10 +193,14 @@ class ModelEntry:
     def pipeline_class(self):
         return getattr(importlib.import_module("scratchlm.training.pipelines"), self.pipeline)
 
-    def build(self, config, dtype=None, rng=0):
-        """The model from its config (a config object, or the dict a checkpoint stores)."""
+    def build(self, config, dtype=None, rng=0, options=None):
+        """The model from its config (a config object, or the dict a checkpoint stores); with a
+        run's ``options``, its :attr:`attributes` set from them (as ``train`` does)."""
         import numpy as np
-        return self.cls.from_config(config, dtype=np.float32 if dtype is None else dtype, rng=rng)
+        model = self.cls.from_config(config, dtype=np.float32 if dtype is None else dtype, rng=rng)
+        for name in self.attributes if options is not None else ():
+            setattr(model, name, options[name])
+        return model
 
 
 _TRANSFORMER = ModelEntry(
@@ -207,7 +217,11 @@ _TRANSFORMER = ModelEntry(
         positive("n_layer", 4, "transformer blocks"),
         positive("n_head", 4, "attention heads (must divide --n-embd)"),
         positive("n_embd", 128, "embedding width"),
+        opt("recompute", bool, False, "activation recomputation: keep only each block's input "
+            "and run its forward again in the backward (less memory, about one extra forward "
+            "per step; the same gradients bit for bit)"),
     ),
+    attributes=("recompute",),
     tiny=dict(steps=6, batch_size=4, block_size=16, n_layer=1, n_head=2, n_embd=16,
               eval_interval=3),
 )

@@ -146,3 +146,21 @@ def test_layers_scan_alone_but_not_inside_a_trusted_model():
     logits = model(np.zeros((1, 4), np.int64))
     with pytest.raises(ValueError, match="dlogits must be finite"):   # checked at the boundary
         model.backward(np.full_like(logits, np.nan))
+
+
+def test_recompute_flag_is_recorded_and_kept_on_resume(tmp_path, corpus_file, capsys):
+    from scratchlm.io import read_checkpoint
+    assert main(["train", "transformer", "--help"]) == 0
+    assert "--recompute" in capsys.readouterr().out
+    ck = tmp_path / "r.npz"
+    assert main(["train", "transformer", "--steps", "3", "--corpus", str(corpus_file), "--out",
+                 str(ck), "--sample-length", "0", "--recompute", *TINY]) == 0
+    assert read_checkpoint(ck)[1]["meta"]["options"]["recompute"] is True
+    assert main(["train", "transformer", "--resume", "--steps", "4", "--out", str(ck),
+                 "--sample-length", "0"]) == 2                     # only the length may change
+    assert "--sample-length" in capsys.readouterr().err
+    assert main(["train", "transformer", "--resume", "--steps", "5", "--out", str(ck)]) == 0
+    meta = read_checkpoint(ck)[1]["meta"]
+    assert meta["options"]["recompute"] is True and meta["loop"]["step"] == 5
+    model, _, _, _ = load_model(ck)             # loading for sample/eval: the architecture only
+    assert model.recompute is False

@@ -10,6 +10,7 @@ from .cross_entropy import CrossEntropy256, CrossEntropy50257
 from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
 from .mlp import MLPBlock
 from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
+from .recompute import GPTRecompute1024
 from .rnn import GRUTrainStep, LSTMTrainStep, RNNTrainStep
 from .sgemm import Sgemm
 from .vae import VAETrainStep
@@ -33,6 +34,7 @@ WORKLOADS: list[type[Workload]] = [
     CNNTrainStep,
     ConvLMTrainStep,
     VAETrainStep,
+    GPTRecompute1024,
 ]
 
 PEAK_WORKLOAD = "sgemm"

@@ -16,11 +16,18 @@ projections (``attn.c_proj``, ``mlp.c_proj``) :math:`\mathcal N(0, 0.02/\sqrt{2 
 Every layer is a module from :mod:`scratchlm.nn` with its backward beside its forward, so
 ``GPT.backward`` below reads as the forward run in reverse. Matmuls go through BLAS; LayerNorm,
 GELU, the attention softmax and the cross-entropy are fused Numba kernels.
+
+Activation recomputation (gradient checkpointing; Chen et al., 2016): with ``model.recompute =
+True``, a training forward keeps of each block only its input ``x`` (B, T, C) and the state of
+its random generators; the block's backward runs its forward again from them (the same dropout
+masks), then the ordinary backward. Gradients are bit-identical to the stored path; the price is
+about one extra forward per step.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,6 +37,7 @@ from .. import nn
 from .._checks import (boolean, float_errors_checked, index_array, make_rng, positive_int,
                        probability, resolve_dtype, trusted)
 from ..decoding import check_sampling, sample_next
+from ..nn.module import NO_CACHE
 from .lm import LanguageModel
 
 
@@ -128,7 +136,19 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias, dtype=dtype)
         self.mlp = MLP(cfg, dtype, rng)
 
-    def forward(self, x):
+    def forward(self, x, recompute=False):
+        """``recompute``: keep only ``x`` and the random state; every cache inside is dropped
+        and :meth:`backward` rebuilds them by running this forward again."""
+        rng_states = _rng_states(self) if recompute else None    # before the dropout draws
+        y = self._forward(x)
+        if recompute:
+            _drop_caches(self)
+            self._cache = (x, rng_states)                        # x (B, T, C): all a block keeps
+        else:
+            self._cache = None                                   # the sub-modules hold theirs
+        return y
+
+    def _forward(self, x):
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
@@ -139,10 +159,50 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), past
 
     def backward(self, dout):
+        saved = self._saved()
+        if saved is not None:                 # recompute: the same forward, the same masks
+            x, rng_states = saved
+            with _replaying(self, rng_states):
+                self._forward(x)
         # from x2 = x1 + mlp(ln_2(x1)):  dx1 = dx2 + ln_2'(mlp'(dx2))
         d = dout + self.ln_2.backward(self.mlp.backward(dout))
         # from x1 = x + attn(ln_1(x)):   dx = dx1 + ln_1'(attn'(dx1))
-        return d + self.ln_1.backward(self.attn.backward(d))
+        dx = d + self.ln_1.backward(self.attn.backward(d))
+        if saved is not None:
+            _drop_caches(self)                # one block's activations alive at a time
+        return dx
+
+
+def _rng_states(module):
+    """``[(generator, state)]`` for every distinct generator ``module`` draws from (the blocks
+    share the model's): what a replay of its forward must start from."""
+    gens = {id(g): g for _, g in module.generators()}
+    return [(g, g.bit_generator.state) for g in gens.values()]
+
+
+def _drop_caches(module):
+    """Forget the caches of every sub-module (not ``module``'s own)."""
+    for m in module.modules():
+        if m is not module:
+            m._cache = NO_CACHE
+
+
+@contextmanager
+def _replaying(module, rng_states):
+    """Run ``module``'s forward again exactly as it ran: training mode (recompute only happens
+    in training) and the generators at the states they had then. Afterwards the generators are
+    back where they were, so a backward draws nothing as far as the rest of the run can tell."""
+    now = [(g, g.bit_generator.state) for g, _ in rng_states]
+    was_training = module.training
+    module.train(True)
+    for g, state in rng_states:
+        g.bit_generator.state = state
+    try:
+        yield
+    finally:
+        for g, state in now:
+            g.bit_generator.state = state
+        module.train(was_training)
 
 
 class GPT(LanguageModel):
@@ -155,13 +215,21 @@ class GPT(LanguageModel):
 
     ``state_dict()`` keys and shapes are nanoGPT's (``transformer.wte.weight``,
     ``transformer.h.0.attn.c_attn.weight`` (3C, C), ..., ``lm_head.weight``, tied to ``wte``).
+
+    ``recompute`` (``GPT(config, recompute=True)`` or ``model.recompute = True`` at any time):
+    activation recomputation in training mode -- each block keeps only its input and runs its
+    forward again in its backward; bit-identical gradients for about one extra forward per
+    step. A memory choice, not architecture: it is not in the config, the state_dict or the
+    checkpoint (``train --recompute`` records it in the run's options). Evaluation, ``generate``
+    and the KV-cache ``step`` never recompute.
     """
 
-    def __init__(self, config: GPTConfig, dtype=np.float32, rng=None):
+    def __init__(self, config: GPTConfig, dtype=np.float32, rng=None, recompute=False):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         self.config = config
+        self.recompute = recompute
         self.dtype = resolve_dtype(dtype)
         rng = make_rng(rng)
         c = config
@@ -176,6 +244,14 @@ class GPT(LanguageModel):
         self.lm_head.weight = self.transformer.wte.weight                   # weight tying
         self._init_weights(rng)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
+
+    @property
+    def recompute(self) -> bool:
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, value):
+        self._recompute = boolean(value, "recompute")
 
     def _init_weights(self, rng):
         std_residual = 0.02 / math.sqrt(2 * self.config.n_layer)
@@ -197,8 +273,9 @@ class GPT(LanguageModel):
         tr = self.transformer
         x = tr.wte(idx) + tr.wpe(np.arange(T))                                # (B, T, C)
         x = tr.drop(x)
+        recompute = self.recompute and self.training            # evaluation runs as always
         for block in tr.h:
-            x = block(x)
+            x = block(x, recompute=recompute)                     # (B, T, C)
         logits = self.lm_head(tr.ln_f(x))                                     # (B, T, V)
         return self._logits_and_loss(logits, idx, targets)
 

@@ -234,7 +234,7 @@ class LMPipeline(Pipeline):
             tok = build_tokenizer(opts["tokenizer"], train_text, opts["vocab_size"])
             config = entry.make_config(opts, {"vocab_size": tok.vocab_size})
         train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
-        model = entry.build(config, rng=opts["seed"])
+        model = entry.build(config, rng=opts["seed"], options=opts)
         log(f"{type(model).__name__} ({entry.name}): {model.num_parameters():,} parameters, vocab "
             f"{tok.vocab_size} ({opts['tokenizer']}); {train_ids.size:,} training tokens")
         meta = cls.loop_meta(entry, opts, model, {
@@ -411,7 +411,8 @@ class Seq2SeqPipeline(Pipeline):
         from .fit import fit_translation
         task = seq2seq_task(opts["task"], opts["seed"])
         vocab = CharVocab(task.chars)
-        model = entry.build(entry.make_config(opts, {"vocab_size": vocab.size}), rng=opts["seed"])
+        model = entry.build(entry.make_config(opts, {"vocab_size": vocab.size}), rng=opts["seed"],
+                            options=opts)
         log(f"Seq2Seq ({opts['cell']}, attention {opts['attention']}): "
             f"{model.num_parameters():,} parameters; task {opts['task']!r}, "
             f"{len(task.train)} training pairs")
@@ -501,7 +502,7 @@ class ImagePipeline(Pipeline):
         train, test = digits(opts)
         config = entry.make_config(opts, {"in_channels": train.images.shape[1],
                                           "image_size": train.images.shape[-1]})
-        model = entry.build(config, rng=opts["seed"])
+        model = entry.build(config, rng=opts["seed"], options=opts)
         log(f"CNN: {model.num_parameters():,} parameters, channels {list(config.channels)}, "
             f"{config.image_size}x{config.image_size} images; {len(train.labels):,} training "
             f"and {len(test.labels):,} test images ({opts['images']})")
@@ -558,7 +559,7 @@ class VAEPipeline(Pipeline):
         from .fit import fit_vae
         train, test, labels, extra = cls.data(entry, opts)
         model = entry.build(entry.make_config(opts, {"input_dim": train.shape[1]}),
-                            rng=opts["seed"])
+                            rng=opts["seed"], options=opts)
         log(f"{type(model).__name__}: {model.num_parameters():,} parameters, latent "
             f"{opts['latent_dim']}; {train.shape[0]:,} training and {test.shape[0]:,} test "
             f"{'images' if entry.model_class == 'VAE' else 'documents'}")
