@@ -38,12 +38,13 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import boolean, choice, float_array, upstream
+from ..kernels import get_backend, split_run
 from ..kernels import rnn as K
-from ..kernels import split_run
 from ..kernels.gemm import matmul, prepack
 
 #: gate blocks per mode: weight_ih is (GATES[mode] * hidden, input)
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+MODE_IDS = {"rnn_tanh": K.RNN_TANH, "rnn_relu": K.RNN_RELU, "lstm": K.LSTM, "gru": K.GRU}
 
 
 class RecurrentCache(NamedTuple):
@@ -137,26 +138,19 @@ def recurrent_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mode, r
                      tanh_c=np.empty((T, B, H), dt))
     elif mode == "gru":
         extra = dict(act=np.empty((T, B, GH), dt), gh=np.empty((T, B, GH), dt))
-    w_hh_t = prepack(weight_hh.T)                                        # (H, G*H), packed once
+    none3 = np.zeros((0, 0, 0), dt)                                      # unused by this mode
+    c_prev, act, tanh_c, gh = (extra.get(k, none3) for k in ("c_prev", "act", "tanh_c", "gh"))
+    c0_ = c0 if mode == "lstm" else np.zeros((B, 0), dt)
+    b_hh = bias_hh if (bias_hh is not None and mode == "gru") else np.zeros(GH, dt)
+    w_t = prepack(weight_hh.T)                                           # (H, G*H), packed once
+    packed = w_t.packed if w_t.packed is not None else np.zeros(0, dt)
 
     def rows(lo, hi):                                                    # batch rows [lo, hi)
-        h, c = h0[lo:hi], (c0[lo:hi] if mode == "lstm" else None)
-        for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            h_prev[t, lo:hi] = h
-            rec = matmul(h, w_hh_t)                                      # (b, H) @ (H, G*H)
-            if mode == "lstm":
-                extra["c_prev"][t, lo:hi] = c
-                h, c, extra["act"][t, lo:hi], extra["tanh_c"][t, lo:hi] = K.lstm_cell_forward(
-                    xp[t, lo:hi] + rec, c)
-            elif mode == "gru":
-                if bias_hh is not None:
-                    rec += bias_hh
-                extra["gh"][t, lo:hi] = rec
-                h, extra["act"][t, lo:hi] = K.gru_cell_forward(xp[t, lo:hi], rec, h)
-            else:
-                h = K.rnn_cell_forward(xp[t, lo:hi] + rec, mode == "rnn_relu")
-            out[t, lo:hi] = h
-        return c
+        def part(a):
+            return a[:, lo:hi] if a.size else a
+        return K.sequence_forward(MODE_IDS[mode], reverse, xp[:, lo:hi], h0[lo:hi], c0_[lo:hi],
+                                  weight_hh.T, packed, b_hh, out[:, lo:hi], h_prev[:, lo:hi],
+                                  part(c_prev), part(act), part(tanh_c), part(gh))
 
     cs = split_run(rows, B)
     h = out[0 if reverse else T - 1].copy() if T else h0                 # (B, H) the last step's
@@ -194,27 +188,23 @@ def recurrent_backward(dout, dh_n, dc_n, cache: RecurrentCache):
         dc_n = np.zeros((B, H), dt) if dc_n is None else upstream(dc_n, (B, H), dt, name="dc_n")
     dpre = np.empty((T, B, GH), dt)                                      # d(input projection)
     dgh = np.empty((T, B, GH), dt) if mode == "gru" else dpre            # d(W_hh h + b_hh)
-    w_hh_packed = prepack(w_hh)                                          # (G*H, H), packed once
+    w_packed = prepack(w_hh)                                             # (G*H, H), packed once
+    packed = w_packed.packed if w_packed.packed is not None else np.zeros(0, dt)
+    none3 = np.zeros((0, 0, 0), dt)
+    saved = [getattr(cache, k) if getattr(cache, k) is not None else none3
+             for k in ("c_prev", "act", "tanh_c", "gh")]
+    dc_n_ = dc_n if mode == "lstm" else np.zeros((B, 0), dt)
+    numba_route = get_backend() == "numba"
 
     def rows(lo, hi):                                                    # batch rows [lo, hi)
-        dh, dc = dh_n[lo:hi], (dc_n[lo:hi] if mode == "lstm" else None)
+        def part(a):
+            return a[:, lo:hi] if a.size else a
         sq = np.zeros(T)                                                 # (T,) this block's |dh_t|^2
-        for t in (range(T) if cache.reverse else range(T - 1, -1, -1)):
-            if dout is not None:
-                dh = dh + dout[t, lo:hi]                                 # all that reaches h_t
-            sq[t] = np.dot(dh.ravel(), dh.ravel())
-            if mode == "lstm":
-                dpre[t, lo:hi], dc = K.lstm_cell_backward(dh, dc, cache.c_prev[t, lo:hi],
-                                                          cache.act[t, lo:hi],
-                                                          cache.tanh_c[t, lo:hi])
-                dh = matmul(dpre[t, lo:hi], w_hh_packed)                 # from rec = h @ W_hh^T
-            elif mode == "gru":
-                dpre[t, lo:hi], dgh[t, lo:hi], dh_direct = K.gru_cell_backward(
-                    dh, h_prev[t, lo:hi], cache.act[t, lo:hi], cache.gh[t, lo:hi])
-                dh = matmul(dgh[t, lo:hi], w_hh_packed, dh_direct, True)   # dh_direct: new array
-            else:
-                dpre[t, lo:hi] = K.rnn_cell_backward(dh, out[t, lo:hi], mode == "rnn_relu")
-                dh = matmul(dpre[t, lo:hi], w_hh_packed)
+        d_out = part(dout) if dout is not None else (np.zeros((0, hi - lo, H), dt) if numba_route
+                                                      else None)
+        dh, dc = K.sequence_backward(MODE_IDS[mode], cache.reverse, d_out, dh_n[lo:hi],
+                                     dc_n_[lo:hi], w_hh, packed, h_prev[:, lo:hi], out[:, lo:hi],
+                                     *(part(a) for a in saved), dpre[:, lo:hi], dgh[:, lo:hi], sq)
         return dh, dc, sq
 
     parts = split_run(rows, B)

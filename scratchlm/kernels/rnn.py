@@ -1,9 +1,11 @@
 r"""Recurrent cells: the gate arithmetic of one time step, forward and backward, fused.
 
-The time loop (``scratchlm/functional/rnn.py``) does, per step, one BLAS matmul for the recurrent
-term and one call of a kernel here for everything elementwise. The matmuls stay outside: inside a
-Numba kernel ``np.dot`` needs SciPy's BLAS bindings, which are not a dependency, and a hand-written
-loop is 10-30x slower than BLAS for ``(B, H) @ (H, 4H)``.
+Per step, the recurrence is one matmul for the recurrent term and one cell kernel here for
+everything elementwise. ``sequence_forward`` / ``sequence_backward`` run the whole time loop for
+a block of the batch: the NumPy twins call ``np.matmul`` and the cell twins step by step; the
+Numba kernels multiply by ``W_hh`` packed once per sequence (``gemm.prepack``, our GEMM's
+micro-kernel: ``np.dot`` inside Numba would need SciPy's BLAS bindings) and never return to
+Python between steps, so each thread of ``split_run`` runs its sequences with the GIL released.
 
 Shapes: B batch, H hidden. Gate blocks are laid out along the last axis in PyTorch's order.
 
@@ -46,6 +48,7 @@ import numpy as np
 from numba import njit
 
 from . import dispatch
+from .gemm import _gemm_prepacked
 from .vmath import exp_nonpos_inplace, tanh_into
 
 
@@ -291,3 +294,145 @@ lstm_cell_forward = dispatch(lstm_cell_forward_numba, lstm_cell_forward_numpy)
 lstm_cell_backward = dispatch(lstm_cell_backward_numba, lstm_cell_backward_numpy)
 gru_cell_forward = dispatch(gru_cell_forward_numba, gru_cell_forward_numpy)
 gru_cell_backward = dispatch(gru_cell_backward_numba, gru_cell_backward_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole time loop of one block of the batch: one kernel call per sequence, not per step
+# ------------------------------------------------------------------------------------------------
+RNN_TANH, RNN_RELU, LSTM, GRU = 0, 1, 2, 3       # mode ids (the kernels take ints)
+
+
+def sequence_forward_numpy(mode, reverse, xp, h0, c0, w_t, w_packed, bias_hh, out, h_prev, c_prev,
+                           act, tanh_c, gh):
+    """The time loop of ``recurrent_forward`` for a block of b sequences, writing its outputs.
+
+    xp: (T, b, G*H) input projections (the additive biases folded in); h0: (b, H); c0: (b, H)
+    (LSTM, else unused); w_t: W_hh^T (H, G*H); w_packed: the same, packed by ``gemm.prepack``
+    (the Numba route reads it; unused here); bias_hh: (G*H,) (GRU: added to W_hh h; else
+    unused). Writes out, h_prev (T, b, H) -- h_t and h_{t-1} of step t -- and, by mode, c_prev,
+    tanh_c (T, b, H) and act (T, b, G*H) (LSTM), act and gh (T, b, 3H) (GRU). Returns c_T (b, H)
+    (LSTM) or None.
+    """
+    T = xp.shape[0]
+    h, c = h0, (c0 if mode == LSTM else None)
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        h_prev[t] = h
+        rec = h @ w_t                                                    # (b, H) @ (H, G*H)
+        if mode == LSTM:
+            c_prev[t] = c
+            h, c, act[t], tanh_c[t] = lstm_cell_forward_numpy(xp[t] + rec, c)
+        elif mode == GRU:
+            rec += bias_hh
+            gh[t] = rec
+            h, act[t] = gru_cell_forward_numpy(xp[t], rec, h)
+        else:
+            h = rnn_cell_forward_numpy(xp[t] + rec, mode == RNN_RELU)
+        out[t] = h
+    return c
+
+
+@njit(cache=True, nogil=True)
+def sequence_forward_numba(mode, reverse, xp, h0, c0, w_t, w_packed, bias_hh, out, h_prev, c_prev,
+                           act, tanh_c, gh):
+    # the same loop with each step's product on the packed W_hh^T (gemm._gemm_prepacked): no
+    # Python between steps, and the GIL is released for the whole sequence
+    T, b, GH = xp.shape
+    H = h0.shape[1]
+    h = h0.copy()                                                        # (b, H) C-contiguous
+    c = c0.copy()
+    rec = np.empty((b, GH), xp.dtype)
+    rows_h, cols_h = np.arange(b) * H, np.arange(H)
+    rows_r, cols_r = np.arange(b) * GH, np.arange(GH)
+    for step in range(T):
+        t = T - 1 - step if reverse else step
+        h_prev[t] = h
+        _gemm_prepacked(h.reshape(-1), rows_h, cols_h, w_packed, H, GH, rec.reshape(-1),
+                        rows_r, cols_r, False)                           # rec = h @ W_hh^T
+        if mode == LSTM:
+            c_prev[t] = c
+            h, c, a, tc = lstm_cell_forward_numba(xp[t] + rec, c)
+            act[t] = a
+            tanh_c[t] = tc
+        elif mode == GRU:
+            rec += bias_hh
+            gh[t] = rec
+            h, a = gru_cell_forward_numba(np.ascontiguousarray(xp[t]), rec, h)
+            act[t] = a
+        else:
+            h = rnn_cell_forward_numba(xp[t] + rec, mode == RNN_RELU)
+        out[t] = h
+    return c
+
+
+def sequence_backward_numpy(mode, reverse, dout, dh_n, dc_n, w, w_packed, h_prev, out, c_prev, act,
+                            tanh_c, gh, dpre, dgh, sq):
+    """Backprop through the time loop of :func:`sequence_forward_numpy` for a block of b
+    sequences.
+
+    dout: (T, b, H) gradients reaching each h_t (None: zeros); dh_n, dc_n: (b, H) those reaching
+    the final states (dc_n: LSTM); w: W_hh (G*H, H) (w_packed: packed, for the Numba route); the
+    forward's saved arrays as written by it. Writes dpre (T, b, G*H) -- the gradient of each
+    step's pre-activation -- and, for the GRU, dgh (T, b, 3H), the gradient of W_hh h + b_hh
+    (otherwise dgh is dpre); sq (T,) float64: |dL/dh_t|^2 over this block. Returns dh_0, dc_0.
+    """
+    T = dpre.shape[0]
+    dh, dc = dh_n, (dc_n if mode == LSTM else None)
+    for t in (range(T) if reverse else range(T - 1, -1, -1)):
+        if dout is not None:
+            dh = dh + dout[t]                                            # all that reaches h_t
+        sq[t] = np.dot(dh.ravel(), dh.ravel())
+        if mode == LSTM:
+            dpre[t], dc = lstm_cell_backward_numpy(dh, dc, c_prev[t], act[t], tanh_c[t])
+            dh = dpre[t] @ w                                             # from rec = h @ W_hh^T
+        elif mode == GRU:
+            dpre[t], dgh[t], dh_direct = gru_cell_backward_numpy(dh, h_prev[t], act[t], gh[t])
+            dh = dh_direct + dgh[t] @ w
+        else:
+            dpre[t] = rnn_cell_backward_numpy(dh, out[t], mode == RNN_RELU)
+            dh = dpre[t] @ w
+    return dh, dc
+
+
+@njit(cache=True, nogil=True)
+def sequence_backward_numba(mode, reverse, dout, dh_n, dc_n, w, w_packed, h_prev, out, c_prev, act,
+                            tanh_c, gh, dpre, dgh, sq):
+    # dout: (T, b, H) or (0, b, H) for none; the rest as sequence_backward_numpy
+    T, b, GH = dpre.shape
+    H = dh_n.shape[1]
+    dh = dh_n.copy()
+    dc = dc_n.copy()
+    d = np.empty((b, GH), dpre.dtype)
+    rows_d, cols_d = np.arange(b) * GH, np.arange(GH)
+    rows_h, cols_h = np.arange(b) * H, np.arange(H)
+    for step in range(T):
+        t = step if reverse else T - 1 - step
+        if dout.shape[0] > 0:
+            dh = dh + dout[t]
+        s = 0.0
+        for i in range(b):
+            for j in range(H):
+                s += float(dh[i, j]) * float(dh[i, j])
+        sq[t] = s
+        if mode == LSTM:
+            d, dc = lstm_cell_backward_numba(dh, dc, c_prev[t], act[t], tanh_c[t])
+            dpre[t] = d
+            dh = np.empty((b, H), dpre.dtype)
+            _gemm_prepacked(d.reshape(-1), rows_d, cols_d, w_packed, GH, H, dh.reshape(-1),
+                            rows_h, cols_h, False)                       # dh = dpre_t @ W_hh
+        elif mode == GRU:
+            d, dg, dh = gru_cell_backward_numba(dh, h_prev[t], act[t], gh[t])
+            dpre[t] = d
+            dgh[t] = dg
+            _gemm_prepacked(dg.reshape(-1), rows_d, cols_d, w_packed, GH, H, dh.reshape(-1),
+                            rows_h, cols_h, True)                        # dh += dgh_t @ W_hh
+        else:
+            d = rnn_cell_backward_numba(dh, out[t], mode == RNN_RELU)
+            dpre[t] = d
+            dh = np.empty((b, H), dpre.dtype)
+            _gemm_prepacked(d.reshape(-1), rows_d, cols_d, w_packed, GH, H, dh.reshape(-1),
+                            rows_h, cols_h, False)
+    return dh, dc
+
+
+sequence_forward = dispatch(sequence_forward_numba, sequence_forward_numpy)
+sequence_backward = dispatch(sequence_backward_numba, sequence_backward_numpy)
