@@ -58,6 +58,7 @@ overlap ``a`` or ``b`` (a later K-slab would read what an earlier one wrote), an
 ``accumulate=False`` its entries must be distinct.
 """
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -458,6 +459,14 @@ def _gemm_batched(a, a_base, a_rows, a_cols, b, b_base, b_rows, b_cols, out, out
               out_rows, out_cols, accumulate)
 
 
+@functools.lru_cache(maxsize=512)
+def _offsets(n, step):
+    """``arange(n) * step`` (int64), cached: the same shapes come back every step. (Left
+    writable: Numba types a read-only array apart and would compile every kernel twice; no
+    kernel writes an offsets array.)"""
+    return np.arange(n, dtype=np.int64) * step
+
+
 def as_batched_operand(m):
     """A stack of matrices ``m`` ``(..., R, C)`` (any strides, negative ones included) as
     ``(flat, base, rows, cols)``: ``m[n][i, j] == flat[base[n] + rows[i] + cols[j]]`` with ``n``
@@ -467,6 +476,11 @@ def as_batched_operand(m):
     if any(st % item for st in m.strides):
         raise ValueError(f"strides must be multiples of the item size, got {m.strides}")
     steps = [st // item for st in m.strides]
+    if m.ndim == 2 and steps[0] >= 0 and steps[1] >= 0 and (m.flags.c_contiguous
+                                                           or m.flags.f_contiguous):
+        # the common case (an array or its transpose): a flat view in memory order, no copy
+        return (m.ravel(order="K"), _offsets(1, 0), _offsets(m.shape[0], steps[0]),
+                _offsets(m.shape[1], steps[1]))
     base = np.zeros(1, np.int64)
     for n, st in zip(m.shape[:-2], steps[:-2]):
         base = (base[:, None] + np.arange(n, dtype=np.int64)[None, :] * st).ravel()
