@@ -104,7 +104,9 @@ def gelu_forward(x, approximate: str = "none"):
     choice(approximate, "approximate", ("none", "tanh"))
     tanh = approximate == "tanh"
     flat = np.ascontiguousarray(x).reshape(-1)                # (n,)
-    y, dydx = K.gelu_forward(flat, tanh)                      # (n,), (n,): y and its derivative
+    y, dydx = np.empty_like(flat), np.empty_like(flat)        # (n,), (n,): y and its derivative
+    split_run(lambda lo, hi: K.gelu_forward(flat[lo:hi], tanh, y[lo:hi], dydx[lo:hi]), flat.size,
+              GRAIN)
     return y.reshape(x.shape), GeluCache(dydx.reshape(x.shape))
 
 

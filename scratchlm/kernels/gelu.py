@@ -67,8 +67,12 @@ def _const(x, value):
     return a[0]
 
 
-def gelu_forward_numpy(x, approximate):
-    """x: (n,) -> y: (n,), dydx: (n,) (the local derivative, which is all the backward needs)."""
+def gelu_forward_numpy(x, approximate, y=None, dydx=None):
+    """x: (n,) -> y: (n,), dydx: (n,) (the local derivative, which is all the backward needs),
+    written into ``y`` and ``dydx`` when given (a thread's slices of the whole arrays)."""
+    if y is not None:
+        y[...], dydx[...] = gelu_forward_numpy(x, approximate)
+        return y, dydx
     if approximate:
         t = x.dtype.type
         with np.errstate(over="ignore"):           # x^3 -> +-inf is intended: e = exp(-inf) = 0
@@ -100,10 +104,14 @@ def gelu_forward_numpy(x, approximate):
 
 
 @njit(cache=True, nogil=True)
-def gelu_forward_numba(x, approximate):
-    # x: (n,) -> y: (n,), dydx: (n,)
-    y = np.empty_like(x)
-    d = np.empty_like(x)
+def gelu_forward_numba(x, approximate, y=None, dydx=None):
+    # x: (n,) -> y: (n,), dydx: (n,), into the given arrays when there are
+    if y is None:
+        y = np.empty_like(x)
+    if dydx is None:
+        d = np.empty_like(x)
+    else:
+        d = dydx
     one, half, c = _const(x, 1.0), _const(x, 0.5), _const(x, COEF)
     k2, c3 = _const(x, 2.0 * SQRT_2_OVER_PI), _const(x, 3.0 * COEF)
     r2, rpi = _const(x, INV_SQRT_2), _const(x, INV_SQRT_2PI)
