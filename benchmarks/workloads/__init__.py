@@ -4,6 +4,7 @@ appending its class below; see ``benchmarks/__init__.py``."""
 
 from __future__ import annotations
 
+from .attention import Attention512, Attention2048, Attention8192
 from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
 from .conv import CNNTrainStep, Conv2dStep, ConvLMTrainStep
 from .cross_entropy import CrossEntropy256, CrossEntropy50257
@@ -35,6 +36,9 @@ WORKLOADS: list[type[Workload]] = [
     ConvLMTrainStep,
     VAETrainStep,
     GPTRecompute1024,
+    Attention512,
+    Attention2048,
+    Attention8192,
 ]
 
 PEAK_WORKLOAD = "sgemm"

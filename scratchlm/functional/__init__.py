@@ -22,7 +22,8 @@ The equation and the paper are in each docstring; shapes are commented on every 
 changes one. Forwards validate their arguments (kernels do no bounds checking).
 """
 
-from .attention import AttentionCache, attention_backward, attention_forward
+from .attention import (AttentionCache, TiledAttentionCache, attention_backward,
+                        attention_forward, attention_weights)
 from .conv import (AvgPoolCache, ConvCache, MaxPoolCache, avg_pool1d_backward,
                    avg_pool1d_forward, avg_pool2d_backward, avg_pool2d_forward, conv1d_backward,
                    conv1d_forward, conv2d_backward, conv2d_forward, max_pool1d_backward,
@@ -45,4 +46,4 @@ from .softmax import (LogSoftmaxCache, SoftmaxCache, log_softmax_backward, log_s
                       softmax_backward, softmax_forward)
 
 __all__ = ([name for name in dir() if name.endswith(("_forward", "_backward", "Cache"))]
-           + ["max_pool_indices"])
+           + ["max_pool_indices", "attention_weights"])

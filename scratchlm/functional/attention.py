@@ -5,9 +5,32 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import boolean, float_array, probability, scalar, upstream
+from .._checks import boolean, choice, float_array, probability, scalar, upstream
 from ..kernels import attention as K
+from ..kernels import flash_attention as FK
+from ..kernels import get_backend, split_run
 from ..kernels.checks import all_finite
+
+METHODS = ("auto", "tiled", "dense")
+
+#: ``method="auto"`` takes the tiled kernels when both ``Tq`` and ``Tk`` are at least this, per
+#: kernel route: the crossover measured forward + backward in float32 with ``Tq = Tk`` (8 heads of
+#: 64, causal; the timings are in docs/benchmarks.md, "Attention: tiled or dense"). Below it the
+#: dense path's few large products beat the tiles' fixed costs; above it its ``Tq x Tk`` arrays
+#: cost more than the tiles' recomputation. ``Tq`` counts too: with a few queries (generation
+#: against a KV cache, one query per step) those arrays are only ``Tq x Tk`` and the dense path
+#: is several times faster than tiles holding a row or two.
+TILED_FROM = {"numba": 128, "numpy": 640}
+
+#: a tile's query rows and keys (bq, bk) per route. On the NumPy route a tile is one batched
+#: product over all heads, and larger tiles spread the Python overhead of a tile over more work.
+TILES = {"numba": (64, 64), "numpy": (128, 128)}
+
+#: on the Numba route a tile product ``bq x bk x max(d, dv)`` stays at or under this many
+#: multiply-adds: OpenBLAS (which Numba's ``np.dot`` calls) runs such products on the calling
+#: thread, while larger ones start its own threads, which then fight the ``split_run`` threads
+#: that call it (many times slower; docs/benchmarks.md)
+BLAS_SERIAL_MAX = 64 ** 3
 
 
 class AttentionCache(NamedTuple):
@@ -22,8 +45,23 @@ class AttentionCache(NamedTuple):
     causal: bool                   # is_causal
 
 
+class TiledAttentionCache(NamedTuple):
+    """What the tiled path saves: the inputs, the output and one log-sum-exp per query row --
+    ``O(T d)`` numbers, nothing of size ``Tq x Tk`` (``N`` = the leading axes' product)."""
+    q: np.ndarray                  # (..., Tq, d) queries, C-contiguous
+    k: np.ndarray                  # (..., Tk, d) keys, C-contiguous
+    v: np.ndarray                  # (..., Tk, dv) values, C-contiguous
+    out: np.ndarray                # (..., Tq, dv) O, the forward's output
+    lse: np.ndarray                # (..., Tq) float64 L_i = log sum_j exp(S_ij); -inf: sees nothing
+    scale: float                   # s, the factor of Q K^T
+    causal: bool                   # is_causal
+    mask: np.ndarray | None        # (Nm, 1 or Tq, Tk) bool attn_mask, its own leading axes; or None
+    mask_rows: np.ndarray | None   # (N,) int64: mask[mask_rows[n]] is (batch, head) n's
+    tiles: tuple                   # (bq, bk): the query rows and keys of a tile
+
+
 def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
-                      training=True, rng=None):
+                      training=True, rng=None, method="auto"):
     r"""Attention over the last two axes, any leading (batch, head) axes:
 
     .. math::  P = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + M\right),\qquad
@@ -46,9 +84,18 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
             refuses the pair).
         dropout_p, training, rng: dropout on the attention probabilities.
         scale: defaults to :math:`1/\sqrt{d}`.
+        method: ``"dense"`` forms the ``(..., Tq, Tk)`` probabilities (below); ``"tiled"`` runs
+            the tiled kernels with an online softmax (``kernels/flash_attention.py``,
+            FlashAttention): memory linear in T, the cache a :class:`TiledAttentionCache` with
+            no weights. It takes no dropout and no float mask (``ValueError``); where a score
+            could overflow, or an input is not finite, it gives the dense path's result (which
+            handles those exactly). ``"auto"`` (default) is ``"tiled"`` where it is allowed and
+            ``Tq`` and ``Tk`` are both at least ``TILED_FROM[route]``, else ``"dense"``.
+            Callers that need ``cache.weights`` (or pass ``dweights`` to the backward) ask for
+            ``"dense"``; :func:`attention_weights` gives the probabilities of either cache.
 
     A query that may attend to nothing gets zero output (PyTorch gives NaN there).
-    The scale, the causal mask and the softmax run as one fused Numba pass
+    On the dense path the scale, the causal mask and the softmax run as one fused Numba pass
     (``kernels/attention.py``).
 
     Scores past the dtype's max: when some :math:`q\cdot k` (or, with a float mask,
@@ -58,8 +105,9 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
     exact ties) and finite inputs never give NaN. Detection costs one scan of the scores.
 
     Returns:
-        ``y`` ``(..., Tq, dv)`` and an :class:`AttentionCache`; ``cache.weights`` holds the
-        attention probabilities after dropout, ``(..., Tq, Tk)``.
+        ``y`` ``(..., Tq, dv)`` and an :class:`AttentionCache` -- ``cache.weights`` holds the
+        attention probabilities after dropout, ``(..., Tq, Tk)`` -- or, on the tiled path, a
+        :class:`TiledAttentionCache`.
     """
     q = float_array(q, "q", min_ndim=2)
     k = float_array(k, "k", min_ndim=2)
@@ -74,37 +122,120 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
     p = probability(dropout_p, "dropout_p", allow_one=False)
     is_causal = boolean(is_causal, "is_causal")
     training = boolean(training, "training")
+    method = choice(method, "method", METHODS)
     Tq, d = q.shape[-2:]
     Tk = k.shape[-2]
     scale = 1.0 / math.sqrt(d) if scale is None else scalar(scale, "scale")
     lead = q.shape[:-2]
-    N = int(np.prod(lead)) if lead else 1
+    mask = _mask_array(attn_mask, lead + (Tq, Tk))
+    dropping = training and p > 0
+    if method != "dense":
+        refused = ("applies no dropout: pass dropout_p=0.0 or training=False" if dropping else
+                   "takes only a boolean attn_mask (a float mask needs the dense path)"
+                   if mask is not None and mask.dtype != bool else None)
+        if refused and method == "tiled":
+            raise ValueError(f"method='tiled' {refused}, or use method='auto' or 'dense'")
+        wanted = method == "tiled" or min(Tq, Tk) >= TILED_FROM[get_backend()]
+        if not refused and wanted and _scores_fit(q, k, v, scale):
+            return _tiled_forward(q, k, v, mask, scale, is_causal)
+    return _dense_forward(q, k, v, mask, p if dropping else 0.0, is_causal, scale, rng)
+
+
+def _mask_array(attn_mask, shape):
+    """``attn_mask`` checked: None, or a bool or float array (not broadcast) that broadcasts to
+    ``shape`` ``(..., Tq, Tk)``; a float mask holds no NaN."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, (np.ndarray, list, tuple)):
+        raise TypeError(f"attn_mask must be a bool or float numpy array, got "
+                        f"{type(attn_mask).__name__}")
+    mask = np.asarray(attn_mask)
+    if mask.dtype != bool and mask.dtype.kind != "f":
+        raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to the "
+                        f"scores), got {mask.dtype}: an integer mask is refused, as torch does")
+    try:
+        np.broadcast_to(mask, shape)
+    except ValueError as exc:
+        raise ValueError(f"attn_mask of shape {mask.shape} does not broadcast to the "
+                         f"scores' shape {shape} (..., Tq, Tk)") from exc
+    if mask.dtype != bool and np.isnan(mask).any():
+        raise ValueError("attn_mask must not contain NaN")
+    return mask
+
+
+def _scores_fit(q, k, v, scale):
+    r"""Whether the tiled kernels' assumptions hold: every input finite, and no score
+    :math:`s\,q\cdot k` -- nor the difference of two, ``S - m`` -- can overflow. Bound:
+    :math:`|q\cdot k| \le d \max|q| \max|k|`, kept under a quarter of the dtype's max (the
+    difference of two scores is at most twice a score; the other half is room for rounding).
+    Costs one read of q, k and v (the dense path reads the ``Tq x Tk`` scores instead)."""
+    qmax = FK.max_abs(np.ascontiguousarray(q).reshape(-1))        # inf when not finite
+    kmax = FK.max_abs(np.ascontiguousarray(k).reshape(-1))
+    if not (math.isfinite(qmax) and math.isfinite(kmax)
+            and all_finite(np.ascontiguousarray(v).reshape(-1))):
+        return False
+    dots = q.shape[-1] * qmax * kmax                                # a Python float: no overflow
+    room = float(np.finfo(q.dtype).max) / 4
+    return dots <= room and abs(scale) * dots <= room
+
+
+def _tiles(d, dv):
+    """(bq, bk): a tile's query rows and keys on the active route."""
+    bq, bk = TILES[get_backend()]
+    if get_backend() == "numpy":
+        return bq, bk
+    while bq * bk * max(d, dv) > BLAS_SERIAL_MAX and bk > 8:
+        bk //= 2
+    while bq * bk * max(d, dv) > BLAS_SERIAL_MAX and bq > 8:
+        bq //= 2
+    return bq, bk
+
+
+def _tiled_forward(q, k, v, mask, scale, causal):
+    r"""The tiled path (``kernels/flash_attention.py``): y and a :class:`TiledAttentionCache`.
+    ``mask``: None or a checked bool array broadcasting to ``(..., Tq, Tk)``."""
+    lead, (Tq, d), (Tk, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+    N = math.prod(lead)
+    q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))       # copies only for strided views
+    mask_c, mask_rows = None, None
+    if mask is not None:                    # keep the mask's own leading axes, not the batch's
+        m = mask.reshape((1,) * (len(lead) + 2 - mask.ndim) + mask.shape)
+        mlead, mq = m.shape[:-2], m.shape[-2]
+        mask_c = np.ascontiguousarray(np.broadcast_to(m, mlead + (mq, Tk))).reshape(-1, mq, Tk)
+        mask_rows = np.ascontiguousarray(np.broadcast_to(                             # (N,)
+            np.arange(math.prod(mlead), dtype=np.int64).reshape(mlead), lead)).reshape(N)
+    kernel_mask = mask_c if mask_c is not None else np.zeros((0, 1, 1), bool)
+    kernel_rows = mask_rows if mask_rows is not None else np.zeros(1, np.int64)
+    bq, bk = _tiles(d, dv)
+    q3, k3, v3 = q.reshape(N, Tq, d), k.reshape(N, Tk, d), v.reshape(N, Tk, dv)
+    out = np.empty((N, Tq, dv), q.dtype)                                       # (N, Tq, dv)
+    lse = np.empty((N, Tq))                                                     # (N, Tq) float64
+    split_run(lambda lo, hi: FK.flash_attention_forward(
+        q3, k3, v3, scale, causal, Tk - Tq, kernel_mask, kernel_rows, bq, bk, out, lse, lo, hi), N)
+    y = out.reshape(lead + (Tq, dv))                                            # (..., Tq, dv)
+    cache = TiledAttentionCache(q, k, v, y, lse.reshape(lead + (Tq,)), scale, causal, mask_c,
+                                mask_rows, (bq, bk))
+    return y, cache
+
+
+def _dense_forward(q, k, v, mask, p, is_causal, scale, rng):
+    """The dense path: the ``(..., Tq, Tk)`` scores and probabilities, and an
+    :class:`AttentionCache`. ``mask``: None or a checked array; ``p``: the dropout to apply."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    N = math.prod(q.shape[:-2])
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected just below
         scores = q @ np.swapaxes(k, -1, -2)                                   # (..., Tq, Tk)
     kernel_scale = scale
     exact_mask = None                                   # the mask for _exact_probs, if needed
     scores_ok = all_finite(np.ascontiguousarray(scores).reshape(-1))         # no q.k overflowed
-    if attn_mask is not None:
-        if not isinstance(attn_mask, (np.ndarray, list, tuple)):
-            raise TypeError(f"attn_mask must be a bool or float numpy array, got "
-                            f"{type(attn_mask).__name__}")
-        mask = np.asarray(attn_mask)
-        if mask.dtype != bool and mask.dtype.kind != "f":
-            raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to the "
-                            f"scores), got {mask.dtype}: an integer mask is refused, as torch does")
-        try:
-            mask = np.broadcast_to(mask, scores.shape)
-        except ValueError as exc:
-            raise ValueError(f"attn_mask of shape {np.shape(attn_mask)} does not broadcast to the "
-                             f"scores' shape {scores.shape} (..., Tq, Tk)") from exc
+    if mask is not None:
+        finite = mask[np.isfinite(mask)] if mask.dtype != bool else None
+        mask = np.broadcast_to(mask, scores.shape)
         exact_mask = mask
         if mask.dtype == bool:
             scores = np.where(mask, scores, -np.inf)
         else:
-            if np.isnan(mask).any():
-                raise ValueError("attn_mask must not contain NaN")
             if scores_ok:                  # s * q.k + M cannot overflow (checked in float64)?
-                finite = np.asarray(attn_mask)[np.isfinite(attn_mask)]
                 bound = (abs(scale) * max(float(scores.max()), -float(scores.min()))
                          + (float(np.abs(finite).max()) if finite.size else 0.0))
                 scores_ok = bound <= float(np.finfo(scores.dtype).max)
@@ -117,14 +248,13 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
     else:                                      # some score overflowed: the exact probabilities
         probs = _exact_probs(q, k, scale, exact_mask, is_causal)
     drop = None
-    if training and p > 0:
+    if p > 0:
         if not isinstance(rng, np.random.Generator):
             raise TypeError("rng must be a numpy Generator when attention dropout is active")
         drop = (rng.random(probs.shape, dtype=probs.dtype) >= p).astype(probs.dtype) / probs.dtype.type(1 - p)
     weights = probs if drop is None else probs * drop
     y = weights @ v                                                           # (..., Tq, dv)
-    cache = AttentionCache(q, k, v, probs, drop, weights, scale, attn_mask is not None,
-                           is_causal)
+    cache = AttentionCache(q, k, v, probs, drop, weights, scale, mask is not None, is_causal)
     return y, cache
 
 
@@ -171,7 +301,7 @@ def _exact_probs(q, k, scale, mask, causal):
     return (e / np.where(z == 0, 1.0, z)).astype(q.dtype)
 
 
-def attention_backward(dy, cache: AttentionCache, dweights=None):
+def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights=None):
     r"""From :math:`Y = \tilde P V`, :math:`\tilde P = P \odot D` (dropout), :math:`P =
     \mathrm{softmax}(S)`, :math:`S = s\,QK^\top (+M)`:
 
@@ -181,7 +311,16 @@ def attention_backward(dy, cache: AttentionCache, dweights=None):
 
     ``dweights`` (``(..., Tq, Tk)``, optional) is an upstream gradient for ``cache.weights``.
     Returns ``(dq, dk, dv, None)`` -- none for the mask.
+
+    A :class:`TiledAttentionCache` (the forward's tiled path) takes the tiled backward, the same
+    equations tile by tile with :math:`P` recomputed from q, k and the saved log-sum-exp
+    (:func:`_tiled_backward`); it has no weights, so ``dweights`` is refused there.
     """
+    if isinstance(cache, TiledAttentionCache):
+        if dweights is not None:
+            raise ValueError("dweights needs the attention weights, which the tiled path never "
+                             "forms: run the forward with method='dense'")
+        return _tiled_backward(dy, cache)
     q, k, v, probs, drop, w = cache.q, cache.k, cache.v, cache.probs, cache.drop, cache.weights
     upstream(dy, q.shape[:-1] + (v.shape[-1],), q.dtype)
     dv = np.swapaxes(w, -1, -2) @ dy                         # (..., Tk, dv): from y = weights @ v
@@ -196,3 +335,51 @@ def attention_backward(dy, cache: AttentionCache, dweights=None):
     dq = ds @ k                                              # (..., Tq, d): from scores = q @ k^T
     dk = np.swapaxes(ds, -1, -2) @ q                                          # (..., Tk, d)
     return dq, dk, dv, None
+
+
+def _tiled_backward(dy, cache: TiledAttentionCache):
+    r"""The backward of :func:`_tiled_forward` (``kernels/flash_attention.py``), per tile:
+
+    .. math::  D = \mathrm{rowsum}(dY \odot O),\quad P = e^{sQK^\top - L},\quad
+               dV \mathrel{+}= P^\top dY,\quad dP = dY\,V^\top,\quad dS = P \odot (dP - D),
+               \quad dQ \mathrel{+}= s\,dS\,K,\quad dK \mathrel{+}= s\,dS^\top Q
+    """
+    q, k, v, out = cache.q, cache.k, cache.v, cache.out
+    lead, (Tq, d), (Tk, dvn) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+    N = math.prod(lead)
+    dy = np.ascontiguousarray(upstream(dy, out.shape, q.dtype))
+    mask = cache.mask if cache.mask is not None else np.zeros((0, 1, 1), bool)
+    rows = cache.mask_rows if cache.mask_rows is not None else np.zeros(1, np.int64)
+    bq, bk = cache.tiles
+    dq = np.empty((N, Tq, d), q.dtype)                                          # (N, Tq, d)
+    dk = np.empty((N, Tk, d), q.dtype)                                          # (N, Tk, d)
+    dv = np.empty((N, Tk, dvn), q.dtype)                                        # (N, Tk, dv)
+    q3, k3, v3 = q.reshape(N, Tq, d), k.reshape(N, Tk, d), v.reshape(N, Tk, dvn)
+    split_run(lambda lo, hi: FK.flash_attention_backward(
+        q3, k3, v3, out.reshape(N, Tq, dvn), dy.reshape(N, Tq, dvn), cache.lse.reshape(N, Tq),
+        cache.scale, cache.causal, Tk - Tq, mask, rows, bq, bk, dq, dk, dv, lo, hi), N)
+    return (dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None)  # (..., T, d|dv)
+
+
+def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray:
+    r"""The attention weights ``(..., Tq, Tk)`` of a forward, from either cache: a dense
+    :class:`AttentionCache` holds them (``cache.weights``, after dropout); for a
+    :class:`TiledAttentionCache` they are recomputed from q, k and the saved log-sum-exp,
+    :math:`P = e^{sQK^\top - L}` (0 where masked) -- a ``Tq x Tk`` array per (batch, head), for
+    inspecting attention (attention maps), not for training."""
+    if isinstance(cache, AttentionCache):
+        return cache.weights
+    if not isinstance(cache, TiledAttentionCache):
+        raise TypeError(f"cache must be an AttentionCache or a TiledAttentionCache, got "
+                        f"{type(cache).__name__}")
+    q, k, L = cache.q, cache.k, cache.lse[..., None]                          # L: (..., Tq, 1)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    lead = q.shape[:-2]
+    s = (q @ np.swapaxes(k, -1, -2)) * q.dtype.type(cache.scale)               # (..., Tq, Tk)
+    allowed = np.isfinite(L)                                                    # (..., Tq, 1)
+    if cache.causal:
+        allowed = allowed & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq))
+    if cache.mask is not None:
+        allowed = allowed & cache.mask[cache.mask_rows].reshape(lead + cache.mask.shape[1:])
+    with np.errstate(invalid="ignore"):
+        return np.exp(np.where(allowed, s - L, -np.inf)).astype(q.dtype)     # (..., Tq, Tk)

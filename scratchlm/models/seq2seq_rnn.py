@@ -174,7 +174,7 @@ class GlobalAttention(nn.Module):
         query, memory, keep = self._check(query, memory, keep)
         if self.score == "dot":
             context, cache = F.attention_forward(query, memory, memory, attn_mask=keep[:, None, :],
-                                                 scale=1.0)                          # (B, T, H)
+                                                 scale=1.0, method="dense")  # (B, T, H); weights
             weights = cache.weights                                                  # (B, T, S)
         else:
             q = self.query(query)                                                    # (B, T, A)

@@ -113,7 +113,8 @@ class MultiheadAttention(Module):
             lin_caches.append(c)
         mask = self._mask(attn_mask, key_padding_mask, N, L, S)
         ctx, att = F.attention_forward(*projected, attn_mask=mask, is_causal=is_causal,
-                                       dropout_p=self.dropout, training=self.training, rng=self.rng)
+                                       dropout_p=self.dropout, training=self.training, rng=self.rng,
+                                       method="dense" if need_weights else "auto")  # the weights
         merged = ctx.transpose(0, 2, 1, 3).reshape(N, L, E)                     # (N, L, E)
         out = self.out_proj(merged)
         self._cache = (lin_caches, att, need_weights, average_attn_weights)

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from .. import functional as F
 from .._checks import NonFiniteError, float_errors_checked, positive_int
 from ..data import Tokenizer, WordTokenizer, build_tokenizer, corpus_lines, encode_lines, read_corpus
 from ..models import NGramLM
@@ -138,7 +139,8 @@ def attention_maps(model, tokenizer, prompt):
         raise ValueError("the prompt encodes to no tokens")
     model.eval()
     model(ids[None, :])
-    maps = np.stack([block.attn._saved().weights[0] for block in model.transformer.h])
+    maps = np.stack([F.attention_weights(block.attn._saved())[0]     # either cache (dense, tiled)
+                     for block in model.transformer.h])
     labels = [tokenizer.decode([int(t)]) for t in ids]
     return maps, labels
 

@@ -1,0 +1,389 @@
+r"""Tiled attention with an online softmax (FlashAttention: Dao et al., 2022), forward and backward.
+
+Per (batch, head) ``n`` and query row ``i``, with :math:`s` the scale and keys ``j`` allowed by
+the masks (below):
+
+.. math::  S_{ij} = s\, q_i \cdot k_j,\qquad P_{ij} = e^{S_{ij} - L_i},\qquad
+           L_i = \log \textstyle\sum_{j\ \mathrm{allowed}} e^{S_{ij}},\qquad
+           O_i = \textstyle\sum_j P_{ij} v_j
+
+**Forward.** Queries come in blocks of ``bq`` rows; for each block the keys stream past in blocks
+of ``bk``, and each row keeps a running max :math:`m`, a running sum :math:`\ell` and an
+unnormalised output :math:`\tilde O`. For a key block with scores :math:`S` (``bq x bk``):
+
+.. math::  m' = \max(m, \max_j S_{ij}),\quad \tilde P_{ij} = e^{S_{ij} - m'},\quad
+           \ell' = e^{m - m'}\ell + \textstyle\sum_j \tilde P_{ij},\quad
+           \tilde O' = e^{m - m'}\tilde O + \tilde P V
+
+and after the last block :math:`O = \tilde O / \ell`, :math:`L = m + \log \ell`. Only ``O`` and
+``L`` are written: nothing of size ``Tq x Tk`` exists, only one ``bq x bk`` tile per thread.
+
+**Backward** (:math:`dO` upstream), from the same tiles, each recomputed from ``q``, ``k`` and
+``L`` -- :math:`P = e^{sQK^\top - L}` exactly, since ``L`` is the whole row's log-sum:
+
+.. math::  D_i = \textstyle\sum_c dO_{ic} O_{ic},\quad dV \mathrel{+}= P^\top dO,\quad
+           dP = dO\,V^\top,\quad dS = P \odot (dP - D),\quad
+           dQ \mathrel{+}= s\,dS\,K,\quad dK \mathrel{+}= s\,dS^\top Q
+
+(``D`` is :math:`\sum_j dP_{ij} P_{ij}`, the softmax backward's row dot, read off the output:
+:math:`\sum_j P_{ij}\, dO_i \cdot v_j = dO_i \cdot O_i`.) The backward loops over key blocks
+outside and query blocks inside, so each key block's ``dK``, ``dV`` are summed in a tile;
+``dQ`` is added to in place (one thread owns every row of its heads).
+
+**Masks.** Key ``j`` is allowed for query ``i`` unless
+
+* ``causal`` and ``j > i + offset`` (``offset = Tk - Tq``: the queries are the last Tq
+  positions, bottom-right aligned as ``kernels/attention.py``), or
+* ``mask`` is given and ``mask[mask_rows[n], i or 0, j]`` is False: ``mask`` is
+  ``(Nm, 1 or Tq, Tk)`` boolean (a key-padding mask has one row), ``mask_rows`` maps each
+  ``n`` to its slice. An empty ``mask`` (``Nm = 0``) means no mask.
+
+A key block that the causal mask hides from every row of a query block is never computed (about
+half the tiles). Masked scores are set to ``-inf`` before the row max is taken, so their
+:math:`\tilde P` is ``exp(-inf) = 0``. A row whose allowed scores so far are all masked keeps
+``m = -inf`` and is left untouched by the block (``-inf - (-inf)`` would be NaN); a row with
+nothing allowed at all ends with :math:`\ell = 0`: output 0, ``L = -inf``, and the backward skips
+it (zero gradients), as the dense kernel gives.
+
+**What the kernels assume** (the caller, ``functional/attention.py``, checks it first): every
+array contiguous, one float dtype, finite inputs and scores that cannot overflow
+(:math:`|s|\,\max|q|\,\max|k|\,d` well under the dtype's max: the caller falls back to the dense
+path otherwise, which handles overflow exactly), ``1 <= bq, bk``. Scores, tiles and products are
+in the input dtype; ``m``, ``\ell``, ``L`` and ``D`` in float64 (one number per row, so the cost
+is nil; ``L`` in float32 would carry an absolute error of :math:`|L|\cdot 6\times10^{-8}` into
+every recomputed :math:`P`, more than the scores' own rounding once :math:`|L|` is large). The
+NumPy twin forms ``dS`` in the input dtype, with ``D`` rounded to it, as the dense kernel does;
+the Numba kernel forms each entry in float64 registers. ``D`` read off ``O`` and ``dP`` from a
+tile product round differently, so in a saturated (one-hot) row ``dP - D`` is a rounding error
+where the dense path's is exactly 0: as large as the roundings in every other row's ``dS``
+(relative to ``|dO| |V|``), which ``K`` and ``Q`` then scale alike on both paths.
+
+**Routes.** The Numba kernels run over ``n`` in ``[lo, hi)`` (the caller splits the heads over
+threads with :func:`scratchlm.kernels.split_run`; the kernels are ``nogil``); the tile products
+are ``np.dot`` (BLAS, called from Numba) into preallocated tiles, the exponentials ``vmath``'s
+vectorised ``exp``, the rest plain loops compiled with the ``FAST`` flags (row sums reordered;
+NaN and inf keep their meaning). The NumPy twins loop over the same tiles with every head of
+``[lo, hi)`` at once inside a tile (batched ``@``), so they never hold a ``Tq x Tk`` array
+either.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from . import FAST, dispatch
+from .vmath import exp_nonpos_inplace
+
+
+# ------------------------------------------------------------------------------------------------
+# input scan for the overflow bound
+# ------------------------------------------------------------------------------------------------
+def max_abs_numpy(x):
+    """x: (n,) flat float array -> max |x| as a Python float, ``inf`` when any entry is NaN or
+    +-inf."""
+    m = float(np.abs(x).max()) if x.size else 0.0
+    return m if math.isfinite(m) else math.inf
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _max_abs(x):
+    # x: (n,) -> (max |x|, sum of (x - x)): the sum is 0 unless some entry is NaN or +-inf
+    m = x.dtype.type(0.0)
+    bad = x.dtype.type(0.0)
+    for i in range(x.shape[0]):
+        a = abs(x[i])
+        m = a if a > m else m
+        bad += x[i] - x[i]
+    return m, bad
+
+
+def max_abs_numba(x):
+    """The Numba twin of :func:`max_abs_numpy` (same contract)."""
+    m, bad = _max_abs(x)
+    return float(m) if bad == 0 else math.inf
+
+
+max_abs = dispatch(max_abs_numba, max_abs_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# forward
+# ------------------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True, inline="always", fastmath=FAST)
+def _row_max(row, end, lanes):
+    # row: (>= end,) -> max(row[:end]) (-inf when empty); lanes: (16,) scratch. Sixteen running
+    # maxima, one per lane, which LLVM turns into vector maxima (one running max is a chain of
+    # dependent compares it does not vectorise without ``nnan``); the rows hold no NaN here.
+    ninf = row.dtype.type(-np.inf)
+    lanes[:] = ninf
+    c = 0
+    while c + 16 <= end:
+        for u in range(16):
+            x = row[c + u]
+            lanes[u] = x if x > lanes[u] else lanes[u]
+        c += 16
+    mx = ninf
+    for u in range(16):
+        mx = lanes[u] if lanes[u] > mx else mx
+    for u in range(c, end):
+        mx = row[u] if row[u] > mx else mx
+    return mx
+
+
+def _allowed_numpy(i0, i1, j0, j1, causal, offset, mask, mask_rows, lo, hi):
+    """(hi - lo or 1, i1 - i0, j1 - j0) bool: which keys ``j0:j1`` the queries ``i0:i1`` may see,
+    or None when all of them."""
+    allowed = None
+    if causal:
+        allowed = (np.arange(j0, j1)[None, :] <= np.arange(i0, i1)[:, None] + offset)[None]
+    if mask.shape[0]:
+        rows = slice(i0, i1) if mask.shape[1] > 1 else slice(0, 1)
+        m = mask[mask_rows[lo:hi], rows, j0:j1]                       # (hi - lo, bq or 1, bk)
+        allowed = m if allowed is None else allowed & m
+    return allowed
+
+
+def flash_attention_forward_numpy(q, k, v, scale, causal, offset, mask, mask_rows, bq, bk,
+                                  out, lse, lo, hi):
+    """Tiled attention for heads ``lo:hi``: writes ``out[lo:hi]`` and ``lse[lo:hi]``.
+
+    q: (N, Tq, d), k: (N, Tk, d), v: (N, Tk, dv) contiguous, one float dtype; ``mask``
+    (Nm, 1 or Tq, Tk) bool (Nm = 0: none) with ``mask_rows`` (N,) int64; out: (N, Tq, dv)
+    in q's dtype; lse: (N, Tq) float64, ``-inf`` for a row with nothing allowed."""
+    Tq, Tk = q.shape[1], k.shape[1]
+    dt = q.dtype.type
+    sc = dt(scale)
+    for i0 in range(0, Tq, bq):
+        i1 = min(Tq, i0 + bq)
+        qi = q[lo:hi, i0:i1]                                                   # (n, bq, d)
+        m = np.full((hi - lo, i1 - i0), -np.inf)                               # (n, bq) float64
+        ell = np.zeros((hi - lo, i1 - i0))
+        acc = np.zeros((hi - lo, i1 - i0, v.shape[2]), q.dtype)                # (n, bq, dv)
+        stop = min(Tk, i1 + offset) if causal else Tk       # keys from stop on: masked for all
+        for j0 in range(0, max(stop, 0), bk):
+            j1 = min(stop, j0 + bk)
+            s = (qi @ np.swapaxes(k[lo:hi, j0:j1], 1, 2)) * sc                 # (n, bq, bk)
+            allowed = _allowed_numpy(i0, i1, j0, j1, causal, offset, mask, mask_rows, lo, hi)
+            if allowed is not None:
+                s = np.where(allowed, s, dt(-np.inf))
+            m_new = np.maximum(m, s.max(axis=-1))                              # (n, bq)
+            base = np.where(m_new == -np.inf, 0.0, m_new)   # rows with nothing yet: no shift
+            p = np.exp(s - base[..., None].astype(q.dtype))         # m' = -inf: every p is 0
+            alpha = np.exp(m - base)                                           # e^{m - m'}
+            ell = alpha * ell + p.sum(axis=-1, dtype=np.float64)
+            acc = acc * alpha[..., None].astype(q.dtype) + p @ v[lo:hi, j0:j1]  # (n, bq, dv)
+            m = m_new
+        some = ell > 0
+        safe = np.where(some, ell, 1.0)
+        out[lo:hi, i0:i1] = np.where(some[..., None], acc / safe[..., None].astype(q.dtype), 0)
+        with np.errstate(divide="ignore"):
+            lse[lo:hi, i0:i1] = np.where(some, m + np.log(safe), -np.inf)
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_rows, bq, bk,
+                                  out, lse, lo, hi):
+    # q: (N, Tq, d), k: (N, Tk, d), v: (N, Tk, dv) -> out[lo:hi]: (n, Tq, dv), lse[lo:hi]: (n, Tq)
+    Tq, Tk, dv = q.shape[1], k.shape[1], v.shape[2]
+    dt = q.dtype.type
+    sc = dt(scale)
+    ninf = dt(-np.inf)
+    has_mask = mask.shape[0] > 0
+    per_query = mask.shape[1] > 1
+    s_buf = np.empty(bq * bk, q.dtype)                  # the score tile, then P~ in place
+    pv_buf = np.empty(bq * dv, q.dtype)
+    acc = np.empty((bq, dv), q.dtype)                   # O~ of the query block
+    m = np.empty(bq)                                    # running max (float64)
+    ell = np.empty(bq)                                  # running sum (float64)
+    bits = np.empty(bk, np.int32)
+    lanes = np.empty(16, q.dtype)
+    for n in range(lo, hi):
+        mn = mask_rows[n] if has_mask else 0
+        for i0 in range(0, Tq, bq):
+            i1 = min(Tq, i0 + bq)
+            nq = i1 - i0
+            m[:nq] = -np.inf
+            ell[:nq] = 0.0
+            acc[:nq] = 0.0
+            stop = min(Tk, i1 + offset) if causal else Tk     # keys from stop on: masked for all
+            for j0 in range(0, max(stop, 0), bk):
+                j1 = min(stop, j0 + bk)
+                nk = j1 - j0
+                s = s_buf[:nq * nk].reshape((nq, nk))
+                np.dot(q[n, i0:i1], k[n, j0:j1].T, s)                                # (nq, nk)
+                for r in range(nq):
+                    i = i0 + r
+                    row = s[r]
+                    end = min(nk, i + offset + 1 - j0) if causal else nk   # allowed: c < end
+                    end = max(end, 0)
+                    for c in range(end):
+                        row[c] *= sc
+                    if has_mask:
+                        mi = i if per_query else 0
+                        for c in range(end):
+                            if not mask[mn, mi, j0 + c]:
+                                row[c] = ninf
+                    mx = _row_max(row, end, lanes)
+                    if mx == ninf:                      # nothing allowed in this block: P~ = 0
+                        row[:] = 0.0
+                        continue
+                    m_new = max(m[r], mx)
+                    mnew = dt(m_new)                    # exact: the max of dt values (or m)
+                    for c in range(end):
+                        row[c] = row[c] - mnew          # masked: -inf, exp(-inf) = 0
+                    exp_nonpos_inplace(row[:end], bits[:end])
+                    for c in range(end, nk):
+                        row[c] = 0.0
+                    total = 0.0                                                      # float64
+                    for c in range(end):
+                        total += row[c]
+                    alpha = math.exp(m[r] - m_new)      # e^{m - m'}: 0 while m = -inf
+                    ell[r] = alpha * ell[r] + total
+                    m[r] = m_new
+                    if alpha != 1.0:
+                        a = dt(alpha)
+                        for c in range(dv):
+                            acc[r, c] *= a
+                pv = pv_buf[:nq * dv].reshape((nq, dv))
+                np.dot(s, v[n, j0:j1], pv)                                           # (nq, dv)
+                for r in range(nq):
+                    for c in range(dv):
+                        acc[r, c] += pv[r, c]
+            for r in range(nq):
+                if ell[r] == 0.0:                       # nothing allowed: 0, as the dense kernel
+                    out[n, i0 + r, :] = 0.0
+                    lse[n, i0 + r] = -np.inf
+                else:
+                    inv = dt(1.0 / ell[r])
+                    for c in range(dv):
+                        out[n, i0 + r, c] = acc[r, c] * inv
+                    lse[n, i0 + r] = m[r] + math.log(ell[r])
+
+
+# ------------------------------------------------------------------------------------------------
+# backward
+# ------------------------------------------------------------------------------------------------
+def flash_attention_backward_numpy(q, k, v, out, dout, lse, scale, causal, offset, mask,
+                                   mask_rows, bq, bk, dq, dk, dv, lo, hi):
+    """The backward of :func:`flash_attention_forward_numpy` for heads ``lo:hi``: writes
+    ``dq[lo:hi]`` (N, Tq, d), ``dk[lo:hi]`` (N, Tk, d), ``dv[lo:hi]`` (N, Tk, dv).
+
+    out, dout: (N, Tq, dv); lse: (N, Tq) float64 from the forward; the rest as the forward."""
+    Tq, Tk = q.shape[1], k.shape[1]
+    dt = q.dtype.type
+    sc = dt(scale)
+    D = np.einsum("nic,nic->ni", dout[lo:hi], out[lo:hi], dtype=np.float64)  # (n, Tq) <dO_i, O_i>
+    dq[lo:hi] = 0.0
+    for j0 in range(0, Tk, bk):
+        j1 = min(Tk, j0 + bk)
+        kj, vj = k[lo:hi, j0:j1], v[lo:hi, j0:j1]                              # (n, bk, d|dv)
+        dk_j = np.zeros(kj.shape, q.dtype)
+        dv_j = np.zeros(vj.shape, q.dtype)
+        first = max(0, j0 - offset) if causal else 0        # earlier queries see none of j0:j1
+        for i0 in range(first, Tq, bq):
+            i1 = min(Tq, i0 + bq)
+            qi, doi = q[lo:hi, i0:i1], dout[lo:hi, i0:i1]                      # (n, bq, d|dv)
+            s = (qi @ np.swapaxes(kj, 1, 2)) * sc             # (n, bq, bk) S, as the forward
+            L = lse[lo:hi, i0:i1, None]                                        # (n, bq, 1)
+            ok = np.isfinite(L)                               # L = -inf: nothing allowed, P = 0
+            allowed = _allowed_numpy(i0, i1, j0, j1, causal, offset, mask, mask_rows, lo, hi)
+            if allowed is not None:
+                ok = ok & allowed
+            with np.errstate(invalid="ignore"):
+                p = np.exp(np.where(ok, s - L, -np.inf).astype(q.dtype))   # (n, bq, bk) P = e^(S-L)
+            dv_j += np.swapaxes(p, 1, 2) @ doi           # (n, bk, dv): from O = P V
+            dp = doi @ np.swapaxes(vj, 1, 2)                                   # (n, bq, bk)
+            # dS = s P (dP - D): from P = softmax(S)
+            ds = (p * dp - p * D[:, i0:i1, None].astype(q.dtype)) * sc                # (n, bq, bk)
+            dq[lo:hi, i0:i1] += ds @ kj                                        # (n, bq, d)
+            dk_j += np.swapaxes(ds, 1, 2) @ qi                                 # (n, bk, d)
+        dk[lo:hi, j0:j1] = dk_j
+        dv[lo:hi, j0:j1] = dv_j
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offset, mask,
+                                   mask_rows, bq, bk, dq, dk, dv, lo, hi):
+    # q, dq: (N, Tq, d); k, dk: (N, Tk, d); v, dv: (N, Tk, dv); out, dout: (N, Tq, dv);
+    # lse: (N, Tq) float64 -> dq, dk, dv of heads lo:hi
+    Tq, Tk, d, dvn = q.shape[1], k.shape[1], q.shape[2], v.shape[2]
+    dt = q.dtype.type
+    sc = dt(scale)
+    sc64 = float(sc)
+    has_mask = mask.shape[0] > 0
+    per_query = mask.shape[1] > 1
+    D = np.empty(Tq)                                    # <dO_i, O_i>, float64
+    p_buf = np.empty(bq * bk, q.dtype)                  # P of the tile
+    ds_buf = np.empty(bq * bk, q.dtype)                 # dP, then dS in place
+    dq_buf = np.empty(bq * d, q.dtype)
+    dk_buf = np.empty(bk * d, q.dtype)
+    dv_buf = np.empty(bk * dvn, q.dtype)
+    dk_j = np.empty((bk, d), q.dtype)
+    dv_j = np.empty((bk, dvn), q.dtype)
+    bits = np.empty(bk, np.int32)
+    for n in range(lo, hi):
+        mn = mask_rows[n] if has_mask else 0
+        for i in range(Tq):
+            acc = 0.0
+            for c in range(dvn):
+                acc += dout[n, i, c] * out[n, i, c]
+            D[i] = acc
+        dq[n] = 0.0
+        for j0 in range(0, Tk, bk):
+            j1 = min(Tk, j0 + bk)
+            nk = j1 - j0
+            dk_j[:nk] = 0.0
+            dv_j[:nk] = 0.0
+            first = max(0, j0 - offset) if causal else 0    # earlier queries see none of j0:j1
+            for i0 in range(first, Tq, bq):
+                i1 = min(Tq, i0 + bq)
+                nq = i1 - i0
+                p = p_buf[:nq * nk].reshape((nq, nk))
+                np.dot(q[n, i0:i1], k[n, j0:j1].T, p)      # (nq, nk): S / s, as the forward
+                for r in range(nq):
+                    i = i0 + r
+                    row = p[r]
+                    L = lse[n, i]
+                    end = min(nk, i + offset + 1 - j0) if causal else nk   # allowed: c < end
+                    end = max(end, 0)
+                    if L == -np.inf:                    # nothing allowed in the row: P = 0
+                        end = 0
+                    for c in range(end):                # P = e^{S - L}, S rounded as forward's
+                        row[c] = dt((row[c] * sc) - L)
+                    if has_mask:
+                        mi = i if per_query else 0
+                        for c in range(end):
+                            if not mask[mn, mi, j0 + c]:
+                                row[c] = -np.inf
+                    exp_nonpos_inplace(row[:end], bits[:end])
+                    for c in range(end, nk):
+                        row[c] = 0.0
+                tmp = dv_buf[:nk * dvn].reshape((nk, dvn))
+                np.dot(p.T, dout[n, i0:i1], tmp)          # (nk, dv): dV += P^T dO, from O = P V
+                for r in range(nk):
+                    for c in range(dvn):
+                        dv_j[r, c] += tmp[r, c]
+                ds = ds_buf[:nq * nk].reshape((nq, nk))
+                np.dot(dout[n, i0:i1], v[n, j0:j1].T, ds)                   # (nq, nk): dP = dO V^T
+                for r in range(nq):                     # dS = s P (dP - D): from P = softmax(S)
+                    Di = D[i0 + r]
+                    for c in range(nk):
+                        pc = float(p[r, c])
+                        ds[r, c] = dt(sc64 * (pc * float(ds[r, c]) - pc * Di))
+                tq = dq_buf[:nq * d].reshape((nq, d))
+                np.dot(ds, k[n, j0:j1], tq)               # (nq, d): dQ += s dS K, from S = s Q K^T
+                for r in range(nq):
+                    for c in range(d):
+                        dq[n, i0 + r, c] += tq[r, c]
+                tk = dk_buf[:nk * d].reshape((nk, d))
+                np.dot(ds.T, q[n, i0:i1], tk)                  # (nk, d): dK += s dS^T Q
+                for r in range(nk):
+                    for c in range(d):
+                        dk_j[r, c] += tk[r, c]
+            dk[n, j0:j1] = dk_j[:nk]
+            dv[n, j0:j1] = dv_j[:nk]
+
+
+flash_attention_forward = dispatch(flash_attention_forward_numba, flash_attention_forward_numpy)
+flash_attention_backward = dispatch(flash_attention_backward_numba, flash_attention_backward_numpy)
