@@ -176,14 +176,6 @@ def test_threads_split_the_heads():
         assert np.array_equal(a, b)
 
 
-def test_wide_heads_get_smaller_tiles():
-    """A tile product stays at or under BLAS_SERIAL_MAX multiply-adds on the Numba route."""
-    for d in (16, 64, 128, 256, 1024):
-        with use_backend("numba"):
-            bq, bk = A._tiles(d, d)
-        assert bq * bk * d <= A.BLAS_SERIAL_MAX and bq >= 8 and bk >= 8
-
-
 # ------------------------------------------------------------------------------------------------
 # what is saved, dtypes
 # ------------------------------------------------------------------------------------------------

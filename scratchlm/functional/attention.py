@@ -10,6 +10,7 @@ from ..kernels import attention as K
 from ..kernels import flash_attention as FK
 from ..kernels import get_backend, split_run
 from ..kernels.checks import all_finite
+from ..kernels.gemm import matmul
 
 METHODS = ("auto", "tiled", "dense")
 
@@ -23,14 +24,10 @@ METHODS = ("auto", "tiled", "dense")
 TILED_FROM = {"numba": 128, "numpy": 640}
 
 #: a tile's query rows and keys (bq, bk) per route. On the NumPy route a tile is one batched
-#: product over all heads, and larger tiles spread the Python overhead of a tile over more work.
-TILES = {"numba": (64, 64), "numpy": (128, 128)}
-
-#: on the Numba route a tile product ``bq x bk x max(d, dv)`` stays at or under this many
-#: multiply-adds: OpenBLAS (which Numba's ``np.dot`` calls) runs such products on the calling
-#: thread, while larger ones start its own threads, which then fight the ``split_run`` threads
-#: that call it (many times slower; docs/benchmarks.md)
-BLAS_SERIAL_MAX = 64 ** 3
+#: product over all heads, and larger tiles spread the Python overhead of a tile over more work;
+#: on the Numba route the tile products are our GEMM's, which 128 x 128 tiles keep busiest
+#: (docs/benchmarks.md, "Attention: tiled or dense").
+TILES = {"numba": (128, 128), "numpy": (128, 128)}
 
 
 class AttentionCache(NamedTuple):
@@ -181,14 +178,7 @@ def _scores_fit(q, k, v, scale):
 
 def _tiles(d, dv):
     """(bq, bk): a tile's query rows and keys on the active route."""
-    bq, bk = TILES[get_backend()]
-    if get_backend() == "numpy":
-        return bq, bk
-    while bq * bk * max(d, dv) > BLAS_SERIAL_MAX and bk > 8:
-        bk //= 2
-    while bq * bk * max(d, dv) > BLAS_SERIAL_MAX and bq > 8:
-        bq //= 2
-    return bq, bk
+    return TILES[get_backend()]
 
 
 def _tiled_forward(q, k, v, mask, scale, causal):
@@ -224,7 +214,7 @@ def _dense_forward(q, k, v, mask, p, is_causal, scale, rng):
     Tq, Tk = q.shape[-2], k.shape[-2]
     N = math.prod(q.shape[:-2])
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is detected just below
-        scores = q @ np.swapaxes(k, -1, -2)                                   # (..., Tq, Tk)
+        scores = matmul(q, np.swapaxes(k, -1, -2))                            # (..., Tq, Tk)
     kernel_scale = scale
     exact_mask = None                                   # the mask for _exact_probs, if needed
     scores_ok = all_finite(np.ascontiguousarray(scores).reshape(-1))         # no q.k overflowed
@@ -253,7 +243,7 @@ def _dense_forward(q, k, v, mask, p, is_causal, scale, rng):
             raise TypeError("rng must be a numpy Generator when attention dropout is active")
         drop = (rng.random(probs.shape, dtype=probs.dtype) >= p).astype(probs.dtype) / probs.dtype.type(1 - p)
     weights = probs if drop is None else probs * drop
-    y = weights @ v                                                           # (..., Tq, dv)
+    y = matmul(weights, v)                                                    # (..., Tq, dv)
     cache = AttentionCache(q, k, v, probs, drop, weights, scale, mask is not None, is_causal)
     return y, cache
 
@@ -323,8 +313,8 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
         return _tiled_backward(dy, cache)
     q, k, v, probs, drop, w = cache.q, cache.k, cache.v, cache.probs, cache.drop, cache.weights
     upstream(dy, q.shape[:-1] + (v.shape[-1],), q.dtype)
-    dv = np.swapaxes(w, -1, -2) @ dy                         # (..., Tk, dv): from y = weights @ v
-    dw = dy @ np.swapaxes(v, -1, -2)                                          # (..., Tq, Tk)
+    dv = matmul(np.swapaxes(w, -1, -2), dy)                  # (..., Tk, dv): from y = weights @ v
+    dw = matmul(dy, np.swapaxes(v, -1, -2))                                   # (..., Tq, Tk)
     if dweights is not None:
         dw = dw + upstream(dweights, w.shape, w.dtype, name="dweights")
     dprobs = dw if drop is None else dw * drop                     # from weights = probs * drop
@@ -332,8 +322,8 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
     ds = K.attention_softmax_backward(                                        # through P = softmax(sS)
         np.ascontiguousarray(dprobs).reshape(-1, Tq, Tk), probs.reshape(-1, Tq, Tk),
         cache.scale, cache.causal, Tk - Tq).reshape(probs.shape)              # (..., Tq, Tk)
-    dq = ds @ k                                              # (..., Tq, d): from scores = q @ k^T
-    dk = np.swapaxes(ds, -1, -2) @ q                                          # (..., Tk, d)
+    dq = matmul(ds, k)                                       # (..., Tq, d): from scores = q @ k^T
+    dk = matmul(np.swapaxes(ds, -1, -2), q)                                   # (..., Tk, d)
     return dq, dk, dv, None
 
 

@@ -60,7 +60,9 @@ where the dense path's is exactly 0: as large as the roundings in every other ro
 
 **Routes.** The Numba kernels run over ``n`` in ``[lo, hi)`` (the caller splits the heads over
 threads with :func:`scratchlm.kernels.split_run`; the kernels are ``nogil``); the tile products
-are ``np.dot`` (BLAS, called from Numba) into preallocated tiles, the exponentials ``vmath``'s
+are our GEMM (``gemm._gemm_in``: its packing and micro-kernel, on the flat arrays with a row and
+a column offset per tile, scratch allocated once per call) into preallocated tiles, so no BLAS
+thread pool runs beside the ``split_run`` threads; the exponentials ``vmath``'s
 vectorised ``exp``, the rest plain loops compiled with the ``FAST`` flags (row sums reordered;
 NaN and inf keep their meaning). The NumPy twins loop over the same tiles with every head of
 ``[lo, hi)`` at once inside a tile (batched ``@``), so they never hold a ``Tq x Tk`` array
@@ -73,6 +75,7 @@ import numpy as np
 from numba import njit
 
 from . import FAST, dispatch
+from .gemm import _gemm_in, workspace
 from .vmath import exp_nonpos_inplace
 
 
@@ -191,9 +194,12 @@ def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_row
     ninf = dt(-np.inf)
     has_mask = mask.shape[0] > 0
     per_query = mask.shape[1] > 1
+    d = q.shape[2]
     s_buf = np.empty(bq * bk, q.dtype)                  # the score tile, then P~ in place
-    pv_buf = np.empty(bq * dv, q.dtype)
     acc = np.empty((bq, dv), q.dtype)                   # O~ of the query block
+    qf, kf, vf, accf = q.reshape(-1), k.reshape(-1), v.reshape(-1), acc.reshape(-1)
+    idx = np.arange(max(bq, bk, d, dv))                 # tile offsets: idx[:rows] * row stride
+    bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bk, d, dv), q)
     m = np.empty(bq)                                    # running max (float64)
     ell = np.empty(bq)                                  # running sum (float64)
     bits = np.empty(bk, np.int32)
@@ -211,7 +217,9 @@ def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_row
                 j1 = min(stop, j0 + bk)
                 nk = j1 - j0
                 s = s_buf[:nq * nk].reshape((nq, nk))
-                np.dot(q[n, i0:i1], k[n, j0:j1].T, s)                                # (nq, nk)
+                _gemm_in(qf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d],            # S/s = Q K^T
+                         kf[(n * Tk + j0) * d:], idx[:d], idx[:nk] * d,
+                         s_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
                 for r in range(nq):
                     i = i0 + r
                     row = s[r]
@@ -245,11 +253,9 @@ def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_row
                         a = dt(alpha)
                         for c in range(dv):
                             acc[r, c] *= a
-                pv = pv_buf[:nq * dv].reshape((nq, dv))
-                np.dot(s, v[n, j0:j1], pv)                                           # (nq, dv)
-                for r in range(nq):
-                    for c in range(dv):
-                        acc[r, c] += pv[r, c]
+                _gemm_in(s_buf, idx[:nq] * nk, idx[:nk],                           # O~ += P~ V
+                         vf[(n * Tk + j0) * dv:], idx[:nk] * dv, idx[:dv],
+                         accf, idx[:nq] * dv, idx[:dv], True, bp, ap, tile, tile_rows, ends)
             for r in range(nq):
                 if ell[r] == 0.0:                       # nothing allowed: 0, as the dense kernel
                     out[n, i0 + r, :] = 0.0
@@ -316,11 +322,12 @@ def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offse
     D = np.empty(Tq)                                    # <dO_i, O_i>, float64
     p_buf = np.empty(bq * bk, q.dtype)                  # P of the tile
     ds_buf = np.empty(bq * bk, q.dtype)                 # dP, then dS in place
-    dq_buf = np.empty(bq * d, q.dtype)
-    dk_buf = np.empty(bk * d, q.dtype)
-    dv_buf = np.empty(bk * dvn, q.dtype)
     dk_j = np.empty((bk, d), q.dtype)
     dv_j = np.empty((bk, dvn), q.dtype)
+    qf, kf, vf, of, dqf = q.reshape(-1), k.reshape(-1), v.reshape(-1), dout.reshape(-1), dq.reshape(-1)
+    dkf, dvf = dk_j.reshape(-1), dv_j.reshape(-1)
+    idx = np.arange(max(bq, bk, d, dvn))                # tile offsets: idx[:rows] * row stride
+    bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bq, bk, d, dvn), q)
     bits = np.empty(bk, np.int32)
     for n in range(lo, hi):
         mn = mask_rows[n] if has_mask else 0
@@ -340,7 +347,9 @@ def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offse
                 i1 = min(Tq, i0 + bq)
                 nq = i1 - i0
                 p = p_buf[:nq * nk].reshape((nq, nk))
-                np.dot(q[n, i0:i1], k[n, j0:j1].T, p)      # (nq, nk): S / s, as the forward
+                _gemm_in(qf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d],  # (nq, nk): S / s, as
+                         kf[(n * Tk + j0) * d:], idx[:d], idx[:nk] * d,  # the forward's
+                         p_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
                 for r in range(nq):
                     i = i0 + r
                     row = p[r]
@@ -359,28 +368,25 @@ def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offse
                     exp_nonpos_inplace(row[:end], bits[:end])
                     for c in range(end, nk):
                         row[c] = 0.0
-                tmp = dv_buf[:nk * dvn].reshape((nk, dvn))
-                np.dot(p.T, dout[n, i0:i1], tmp)          # (nk, dv): dV += P^T dO, from O = P V
-                for r in range(nk):
-                    for c in range(dvn):
-                        dv_j[r, c] += tmp[r, c]
+                _gemm_in(p_buf, idx[:nk], idx[:nq] * nk,        # (nk, dv): dV += P^T dO, from
+                         of[(n * Tq + i0) * dvn:], idx[:nq] * dvn, idx[:dvn],       # O = P V
+                         dvf, idx[:nk] * dvn, idx[:dvn], True, bp, ap, tile, tile_rows, ends)
                 ds = ds_buf[:nq * nk].reshape((nq, nk))
-                np.dot(dout[n, i0:i1], v[n, j0:j1].T, ds)                   # (nq, nk): dP = dO V^T
+                _gemm_in(of[(n * Tq + i0) * dvn:], idx[:nq] * dvn, idx[:dvn],  # (nq, nk): dP =
+                         vf[(n * Tk + j0) * dvn:], idx[:dvn], idx[:nk] * dvn,   # dO V^T
+                         ds_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
                 for r in range(nq):                     # dS = s P (dP - D): from P = softmax(S)
                     Di = D[i0 + r]
                     for c in range(nk):
                         pc = float(p[r, c])
                         ds[r, c] = dt(sc64 * (pc * float(ds[r, c]) - pc * Di))
-                tq = dq_buf[:nq * d].reshape((nq, d))
-                np.dot(ds, k[n, j0:j1], tq)               # (nq, d): dQ += s dS K, from S = s Q K^T
-                for r in range(nq):
-                    for c in range(d):
-                        dq[n, i0 + r, c] += tq[r, c]
-                tk = dk_buf[:nk * d].reshape((nk, d))
-                np.dot(ds.T, q[n, i0:i1], tk)                  # (nk, d): dK += s dS^T Q
-                for r in range(nk):
-                    for c in range(d):
-                        dk_j[r, c] += tk[r, c]
+                _gemm_in(ds_buf, idx[:nq] * nk, idx[:nk],       # (nq, d): dQ += s dS K, from
+                         kf[(n * Tk + j0) * d:], idx[:nk] * d, idx[:d],      # S = s Q K^T
+                         dqf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d], True,
+                         bp, ap, tile, tile_rows, ends)
+                _gemm_in(ds_buf, idx[:nk], idx[:nq] * nk,       # (nk, d): dK += s dS^T Q
+                         qf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d],
+                         dkf, idx[:nk] * d, idx[:d], True, bp, ap, tile, tile_rows, ends)
             dk[n, j0:j1] = dk_j[:nk]
             dv[n, j0:j1] = dv_j[:nk]
 

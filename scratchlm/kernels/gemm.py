@@ -334,10 +334,30 @@ def _zero(out, out_rows, out_cols):
 @njit(cache=True, nogil=True)
 def _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
     # a, b, out: flat buffers; a[a_rows[i] + a_cols[p]] is a (M, K), b (K, N) and out (M, N) alike
-    M, K, N = a_rows.shape[0], a_cols.shape[0], b_cols.shape[0]
+    M, N = a_rows.shape[0], b_cols.shape[0]
     nr = NR_F32 if out.itemsize == 4 else NR_F64
     bp = np.empty(((min(NC, N) + nr - 1) // nr) * nr * KC, out.dtype)
     ap, tile, tile_rows, ends = _scratch(M, out)
+    _gemm_in(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate, bp, ap,
+             tile, tile_rows, ends)
+
+
+@njit(cache=True, nogil=True)
+def workspace(M, N, like):
+    """The scratch of a product with up to M rows and N columns in ``like``'s dtype, for
+    :func:`_gemm_in` (a kernel that multiplies many small tiles allocates it once)."""
+    nr = NR_F32 if like.itemsize == 4 else NR_F64
+    bp = np.empty(((min(NC, N) + nr - 1) // nr) * nr * KC, like.dtype)
+    ap, tile, tile_rows, ends = _scratch(M, like)
+    return bp, ap, tile, tile_rows, ends
+
+
+@njit(cache=True, nogil=True)
+def _gemm_in(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate, bp, ap,
+             tile, tile_rows, ends):
+    # _gemm with its scratch given (from workspace(M, N) with M, N at least this product's)
+    K, N = a_cols.shape[0], b_cols.shape[0]
+    nr = NR_F32 if out.itemsize == 4 else NR_F64
     if K == 0 and not accumulate:
         _zero(out, out_rows, out_cols)
     for jc in range(0, N, NC):
