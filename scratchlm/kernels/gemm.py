@@ -68,7 +68,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numpy.lib.stride_tricks import as_strided
 
-from . import dispatch
+from . import FAST, dispatch
 
 _u = np.uint64   # an unsigned index: Numba skips the negative-index wrap test
 
@@ -593,6 +593,42 @@ def matmul_numpy(a, b, out=None, accumulate=False):
     return out
 
 
+@njit(cache=True, nogil=True, fastmath=FAST)
+def _thin(a, a_base, ars, acs, b, b_base, brs, bcs, out, o_base, ors, ocs, M, K, j0, j1, lo, hi,
+          accumulate):
+    # out[n][i, j] (+)= sum_p a[n][i, p] b[n][p, j] for i < M (a few rows), j in [j0, j1), with
+    # every operand given by its base offsets and its two strides: no packing. b is streamed once
+    # per row of a, along whichever of its axes is contiguous (a KV-cache step's x @ W^T has
+    # b = W^T, whose K axis runs: dot products; x @ W runs along N: axpy).
+    # (indices as unsigned: Numba then skips the negative-index wrap test, and the loops vectorise)
+    for n in range(lo, hi):
+        a0, b0, o0 = a_base[n], b_base[n], o_base[n]
+        for i in range(M):
+            ai, oi = a0 + i * ars, o0 + i * ors
+            if bcs == 1:                                           # rows of b contiguous: axpy
+                row = np.zeros(j1 - j0, out.dtype)
+                for p in range(K):
+                    v = a[_u(ai + p * acs)]
+                    bp = b0 + p * brs + j0
+                    for j in range(j1 - j0):
+                        row[j] += v * b[_u(bp + j)]
+                for j in range(j1 - j0):
+                    at = _u(oi + (j0 + j) * ocs)
+                    out[at] = out[at] + row[j] if accumulate else row[j]
+            else:                                                  # columns of b: dot products
+                for j in range(j0, j1):
+                    bj = b0 + j * bcs
+                    acc = out.dtype.type(0)
+                    if brs == 1 and acs == 1:
+                        for p in range(K):
+                            acc += a[_u(ai + p)] * b[_u(bj + p)]
+                    else:
+                        for p in range(K):
+                            acc += a[_u(ai + p * acs)] * b[_u(bj + p * brs)]
+                    at = _u(oi + j * ocs)
+                    out[at] = out[at] + acc if accumulate else acc
+
+
 #: below this many multiply-adds a product runs in the calling thread (a hand-off to the pool
 #: costs about as much as the product)
 SPLIT_MIN_MACS = 1 << 20
@@ -639,6 +675,21 @@ def matmul_numba(a, b, out=None, accumulate=False):
     if b_base.size != L:                                      # one b for every matrix of a
         b_base = np.zeros(L, np.int64)
     macs = L * M * K * N
+    if M < MR:                     # a few rows (a KV-cache step): packing b would cost more than
+        def stride(off):           # the product; stream it instead
+            return int(off[1] - off[0]) if off.size > 1 else 0
+        strides = (stride(a_rows), stride(a_cols), stride(b_rows), stride(b_cols), stride(o_rows),
+                   stride(o_cols))
+
+        def cols(lo, hi):
+            _thin(fa, a_base + a_rows[0] + a_cols[0], strides[0], strides[1], fb,
+                  b_base + b_rows[0] + b_cols[0], strides[2], strides[3], fo,
+                  o_base + o_rows[0] + o_cols[0], strides[4], strides[5], M, K, lo, hi, 0, L, acc)
+        if macs < SPLIT_MIN_MACS or L > 1:
+            cols(0, N)
+        else:
+            split_run(cols, N, 64)
+        return out
     if L > 1 or macs < SPLIT_MIN_MACS or get_num_threads() == 1:
         if macs < SPLIT_MIN_MACS:
             _gemm_batched(fa, a_base, a_rows, a_cols, fb, b_base, b_rows, b_cols, fo, o_base,
