@@ -390,3 +390,30 @@ def test_callers_that_need_weights_keep_them(monkeypatch):
                               n_embd=8), dtype=np.float64, rng=0)
         maps[method_from], _ = attention_maps(model, tok, "abcab")
     assert_rel(maps[1], maps[10 ** 9], 1e-12)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tiled_matches_torch_sdpa(torch, small_tiles, route, dtype):
+    """The tiled path against torch.nn.functional.scaled_dot_product_attention, forward and the
+    three input gradients: causal, and with a boolean key-padding mask (every row keeps a key)."""
+    from conftest import assert_close, to_torch
+    rng = np.random.default_rng(7)
+    q, k, v = _inputs(rng, dtype, (2, 3), 11, 11)
+    dy = rng.standard_normal(q.shape[:-1] + (v.shape[-1],)).astype(dtype)
+    keep = np.ones((2, 1, 1, 11), bool)
+    keep[0, ..., 8:] = False                                  # the first sequence is 8 long
+    for kwargs in ({"is_causal": True}, {"attn_mask": keep}):
+        with use_backend(route):
+            y, cache = F.attention_forward(q, k, v, method="tiled", **kwargs)
+            assert isinstance(cache, F.TiledAttentionCache)
+            dq, dk, dv, _ = F.attention_backward(dy, cache)
+        tq, tk, tv = (to_torch(torch, a, grad=True) for a in (q, k, v))
+        tkw = dict(kwargs)
+        if "attn_mask" in tkw:
+            tkw["attn_mask"] = torch.from_numpy(keep)
+        ty = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, **tkw)
+        ty.backward(torch.from_numpy(dy))
+        for ours, theirs in ((y, ty), (dq, tq.grad), (dk, tk.grad), (dv, tv.grad)):
+            assert_close(ours, theirs, dtype)
