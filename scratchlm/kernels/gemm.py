@@ -583,7 +583,7 @@ def matmul_numpy(a, b, out=None, accumulate=False):
     route: ``np.matmul`` (the BLAS)."""
     if isinstance(b, PackedMatrix):
         b = b.b
-    shape = _check_matmul(a, b, out)
+    _check_matmul(a, b, out)
     if out is None:
         return np.matmul(a, b)
     if accumulate:
