@@ -176,11 +176,6 @@ def _scores_fit(q, k, v, scale):
     return dots <= room and abs(scale) * dots <= room
 
 
-def _tiles(d, dv):
-    """(bq, bk): a tile's query rows and keys on the active route."""
-    return TILES[get_backend()]
-
-
 def _tiled_forward(q, k, v, mask, scale, causal):
     r"""The tiled path (``kernels/flash_attention.py``): y and a :class:`TiledAttentionCache`.
     ``mask``: None or a checked bool array broadcasting to ``(..., Tq, Tk)``."""
@@ -196,7 +191,7 @@ def _tiled_forward(q, k, v, mask, scale, causal):
             np.arange(math.prod(mlead), dtype=np.int64).reshape(mlead), lead)).reshape(N)
     kernel_mask = mask_c if mask_c is not None else np.zeros((0, 1, 1), bool)
     kernel_rows = mask_rows if mask_rows is not None else np.zeros(1, np.int64)
-    bq, bk = _tiles(d, dv)
+    bq, bk = TILES[get_backend()]
     q3, k3, v3 = q.reshape(N, Tq, d), k.reshape(N, Tk, d), v.reshape(N, Tk, dv)
     out = np.empty((N, Tq, dv), q.dtype)                                       # (N, Tq, dv)
     lse = np.empty((N, Tq))                                                     # (N, Tq) float64
