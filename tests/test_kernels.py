@@ -75,6 +75,26 @@ def test_in_place_kernels_agree(dtype):
                 np.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def test_adam_split_equals_one_pass():
+    # a parameter over 2 * GRAIN entries is updated in parts by the threads: bit-identical
+    n = 2 * O.GRAIN + 77
+    for amsgrad in (False, True):
+        arrays = [RNG.standard_normal(n).astype(np.float32) for _ in range(2)] + [
+            np.abs(RNG.standard_normal(n)).astype(np.float32) for _ in range(3)]
+        a = [x.copy() for x in arrays]
+        b = [x.copy() for x in arrays]
+        args = (1e-2, 0.9, 0.999, 1e-8, 0.1, True, amsgrad, 0.19, 0.002)
+        threads = kernels.get_num_threads()
+        kernels.set_num_threads(2)
+        try:
+            O.adam_update.numba(*a[:4], a[4] if amsgrad else a[3], *args)   # split (2 threads)
+        finally:
+            kernels.set_num_threads(threads)
+        O.adam_update_numba(*b[:4], b[4] if amsgrad else b[3], *args)    # one serial pass
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_finite_check_routes_agree():
     from scratchlm.kernels.checks import all_finite
     for dtype in (np.float32, np.float64):

@@ -20,7 +20,6 @@ The route is chosen by, in order of precedence:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import threading
@@ -106,9 +105,64 @@ def _threads_from_env() -> int:
 
 
 _num_threads = _threads_from_env()
-_pool = None                  # the worker threads (the caller's thread runs one part itself)
-_pool_workers = 0
-_pool_lock = threading.Lock()
+
+
+class _Worker:
+    """One pool thread. It sleeps on ``start`` (a lock held while there is no work), runs the
+    part it is handed, and releases ``done``. Plain locks, not ``concurrent.futures`` (whose
+    queue and futures add tens of microseconds a hand-off). Around the locks both sides first
+    *spin* (:mod:`scratchlm.kernels.spin`): the worker for its next task, the caller for the
+    worker's result -- the counters ``posted`` and ``finished`` say when to stop -- so that
+    neither core goes idle between the many hand-offs of a step (waking one costs 60-80
+    microseconds on a virtual machine; docs/kernels.md, "Threads"). The locks stay the only
+    synchronisation: a spin that sees its counter move still takes the lock."""
+
+    def __init__(self, index):
+        from .spin import iterations
+        import numpy as np
+        self.spins = iterations()
+        self.start, self.done = threading.Lock(), threading.Lock()
+        self.start.acquire()
+        self.done.acquire()
+        self.posted, self.finished = np.zeros(1, np.int64), np.zeros(1, np.int64)   # counters
+        self.task = self.result = self.error = None
+        threading.Thread(target=self._loop, name=f"scratchlm-{index}", daemon=True).start()
+
+    def _loop(self):
+        from .spin import spin_until
+        _local.backend = "numba"      # the route is thread-local: a pool thread runs Numba parts
+        _local.in_split = True        # and never splits again (the cores are all busy)
+        seq = 0
+        while True:
+            seq += 1
+            spin_until(self.posted, seq, self.spins)     # stay awake a while, without the GIL
+            self.start.acquire()
+            fn, lo, hi = self.task
+            try:
+                self.result, self.error = fn(lo, hi), None
+            except BaseException as e:                                  # re-raised by the caller
+                self.result, self.error = None, e
+            self.task = None
+            self.finished[0] = seq
+            self.done.release()
+
+    def submit(self, fn, lo, hi):
+        self.task = (fn, lo, hi)
+        self.posted[0] += 1
+        self.start.release()
+
+    def wait(self):
+        from .spin import spin_until
+        spin_until(self.finished, self.posted[0], self.spins)
+        self.done.acquire()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.result
+
+
+_workers: list = []           # the pool threads (the caller's thread runs one part itself)
+_pool_lock = threading.Lock()  # held by the split that uses the workers
 
 
 def get_num_threads() -> int:
@@ -128,52 +182,49 @@ def set_num_threads(n: int) -> None:
 def split_run(fn, n: int, grain: int = 1) -> list:
     """Run ``fn(lo, hi)`` over contiguous parts of ``range(n)``, one per thread, and return the
     results in order. Each part gets at least ``grain`` items (below ``2 * grain`` everything
-    runs in the calling thread: a hand-off costs about 20 microseconds). On the ``numba`` route with more than one thread the parts run
+    runs in the calling thread: a hand-off costs a few microseconds, and the Python around each
+    part more). On the ``numba`` route with more than one thread the parts run
     concurrently: ``fn`` must spend its time in ``nogil`` Numba kernels and touch only its own
     part of any shared output. On the ``numpy`` route (or with one thread) ``fn(0, n)`` runs
     alone: NumPy's BLAS already uses every core.
 
-    These are plain Python threads (a ``concurrent.futures`` pool), not Numba's parallel
-    runtime, whose OpenMP/TBB pool fights torch's in one process (see the README).
+    These are plain Python threads (:class:`_Worker`, woken by lock hand-offs), not Numba's
+    parallel runtime, whose OpenMP/TBB pool fights torch's in one process (see the README). One
+    split uses the workers at a time: a split started while another thread's runs goes serially.
     """
     parts = min(_num_threads, n // max(1, grain)) if get_backend() == "numba" else 1
-    if getattr(_local, "in_split", False):
-        parts = 1                     # already one part of a split: the cores are all busy
-    if parts <= 1:
-        return [fn(0, n)]
-    global _pool, _pool_workers
-    with _pool_lock:
-        if _pool is None or _pool_workers < parts - 1:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts - 1,
-                                                          thread_name_prefix="scratchlm")
-            _pool_workers = parts - 1
-        pool = _pool
-    bounds = [n * i // parts for i in range(parts + 1)]
-
-    def in_worker(lo, hi):                    # the route is thread-local: carry it over
+    if parts <= 1 or getattr(_local, "in_split", False):
+        return [fn(0, n)]           # (in a part of a split already: the cores are all busy)
+    if not _pool_lock.acquire(blocking=False):
+        return [fn(0, n)]           # another thread's split holds the workers: run serially
+    try:
+        while len(_workers) < parts - 1:
+            _workers.append(_Worker(len(_workers)))
+        bounds = [n * i // parts for i in range(parts + 1)]
+        for w, lo, hi in zip(_workers, bounds[1:-1], bounds[2:]):
+            w.submit(fn, lo, hi)
         _local.in_split = True
         try:
-            with use_backend("numba"):
-                return fn(lo, hi)
-        finally:
+            first = fn(bounds[0], bounds[1])
+        finally:                      # never return (or raise) while a worker still writes
             _local.in_split = False
-
-    futures = [pool.submit(in_worker, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    _local.in_split = True
-    try:
-        first = fn(bounds[0], bounds[1])
-    finally:                          # never return (or raise) while a worker still writes
-        _local.in_split = False
-        concurrent.futures.wait(futures)
-    return [first] + [f.result() for f in futures]
+            results, error = [], None
+            for w in _workers[:parts - 1]:
+                try:
+                    results.append(w.wait())
+                except BaseException as e:
+                    error = error or e
+        if error is not None:
+            raise error
+        return [first] + results
+    finally:
+        _pool_lock.release()
 
 
 def _forget_pool_after_fork():
-    """A forked child inherits the pool object but not its threads: start afresh."""
-    global _pool, _pool_workers, _pool_lock
-    _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
+    """A forked child inherits the pool's objects but not its threads: start afresh."""
+    global _workers, _pool_lock
+    _workers, _pool_lock = [], threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

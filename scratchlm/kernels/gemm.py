@@ -629,9 +629,11 @@ def _thin(a, a_base, ars, acs, b, b_base, brs, bcs, out, o_base, ors, ocs, M, K,
                     out[at] = out[at] + acc if accumulate else acc
 
 
-#: below this many multiply-adds a product runs in the calling thread (a hand-off to the pool
-#: costs about as much as the product)
-SPLIT_MIN_MACS = 1 << 20
+#: below this many multiply-adds a product runs in the calling thread: a split costs about
+#: 40-50 us (the hand-off and the Python of the second part, which waits for the GIL), which is
+#: what a 16M-MAC product saves by running on two cores (measured: 256^3 split and serial tie,
+#: 128x512x512 split wins by 20%)
+SPLIT_MIN_MACS = 1 << 24
 
 
 def matmul_numba(a, b, out=None, accumulate=False):

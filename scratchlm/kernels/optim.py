@@ -64,4 +64,23 @@ def adam_update_numba(p, g, m, v, vmax, lr, beta1, beta2, eps, weight_decay, dec
         p[i] = pi - step * mi / (math.sqrt(vi) / sbc2 + eps_)
 
 
-adam_update = dispatch(adam_update_numba, adam_update_numpy)
+#: a parameter of at least twice this many entries is updated by two threads or more (each
+#: entry's update is independent of the others, so the result is the same bit for bit)
+GRAIN = 1 << 17
+
+
+def adam_update_split(p, g, m, v, vmax, *scalars):
+    """The Numba route of :func:`adam_update_numpy` (same arguments), split over scratchlm's
+    threads in contiguous ranges of entries."""
+    from . import split_run
+
+    n = p.shape[0]
+    has_vmax = vmax.shape[0] == n                   # vmax is any array unless amsgrad
+
+    def part(lo, hi):
+        adam_update_numba(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi],
+                          vmax[lo:hi] if has_vmax else vmax, *scalars)
+    split_run(part, n, GRAIN)
+
+
+adam_update = dispatch(adam_update_split, adam_update_numpy)
