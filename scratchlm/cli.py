@@ -6,7 +6,7 @@ Subcommands:
                   that model's options and defaults)
     sample        generate from a checkpoint (or say why that model does not)
     eval          what a checkpoint scores on held-out data
-    attention     draw a GPT's attention maps for a prompt (PNG)
+    attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
     filters       draw a CNN's learned filters and one image's feature maps (PNG)
     gradcheck     check every layer and loss against finite differences and print a table
@@ -207,9 +207,9 @@ def _cmd_attention(args) -> int:
     from .training.pipelines import need_tokenizer
     from .training.plots import plot_attention
     model, tok, _, entry = _load(args.checkpoint)
-    if entry.model_class != "GPT":
+    if entry.model_class not in ("GPT", "Llama"):
         raise ValueError(f"{args.checkpoint} holds a {entry.name} model; attention maps are "
-                         f"drawn for transformer checkpoints")
+                         f"drawn for transformer and llama checkpoints")
     maps, labels = attention_maps(model, need_tokenizer(tok, "attention"), args.prompt)
     if not plot_attention(maps, labels, args.out, title=f"attention for {args.prompt!r}"):
         raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")

@@ -227,6 +227,37 @@ _TRANSFORMER = ModelEntry(
 )
 
 
+_LLAMA = ModelEntry(
+    name="llama", help="a Llama-family decoder (RMSNorm, rotary embeddings, SwiGLU, grouped-query "
+                       "attention)",
+    model_class="Llama", pipeline="LMPipeline",
+    make_config=lambda o, data: _models().LlamaConfig(
+        vocab_size=data["vocab_size"], hidden_size=o["hidden_size"],
+        intermediate_size=o["intermediate_size"], num_hidden_layers=o["num_hidden_layers"],
+        num_attention_heads=o["num_attention_heads"],
+        num_key_value_heads=o["num_key_value_heads"], max_position_embeddings=o["block_size"],
+        rope_theta=o["rope_theta"], tie_word_embeddings=o["tie_word_embeddings"],
+        qk_norm=o["qk_norm"]),
+    batch_source="RandomWindows", out="runs/llama.npz",
+    evaluates="perplexity, bits per token and per character of the validation split",
+    samples="continues --prompt",
+    options=CORPUS + loop_options() + LM_SAMPLE[:2] + (
+        positive("block_size", 128, "the context: tokens per sequence (max_position_embeddings)"),
+        positive("hidden_size", 128, "embedding width"),
+        positive("intermediate_size", 344, "the SwiGLU MLP's width"),
+        positive("num_hidden_layers", 4, "decoder layers"),
+        positive("num_attention_heads", 4, "query heads (must divide --hidden-size)"),
+        positive("num_key_value_heads", 2, "key/value heads (must divide --num-attention-heads; "
+                 "1: multi-query)"),
+        positive("rope_theta", 10000.0, "the rotary embeddings' base", kind=float),
+        opt("tie_word_embeddings", bool, False, "lm_head shares the token embedding"),
+        opt("qk_norm", bool, False, "RMSNorm on each head's q and k (Qwen3)"),
+    ),
+    tiny=dict(steps=6, batch_size=4, block_size=16, hidden_size=16, intermediate_size=24,
+              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, eval_interval=3),
+)
+
+
 def _recurrent(cell, what):
     return ModelEntry(
         name=cell, help=f"a {what} language model trained with truncated BPTT",
@@ -389,7 +420,7 @@ _DOCVAE = ModelEntry(
 )
 
 REGISTRY = {e.name: e for e in (
-    _MARKOV, _TRANSFORMER, _recurrent("rnn", "tanh-RNN"), _recurrent("lstm", "LSTM"),
+    _MARKOV, _TRANSFORMER, _LLAMA, _recurrent("rnn", "tanh-RNN"), _recurrent("lstm", "LSTM"),
     _recurrent("gru", "GRU"), _CONVLM, _SEQ2SEQ, _CNN, _VAE, _DOCVAE)}
 
 

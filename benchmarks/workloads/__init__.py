@@ -9,6 +9,7 @@ from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
 from .conv import CNNTrainStep, Conv2dStep, ConvLMTrainStep
 from .cross_entropy import CrossEntropy256, CrossEntropy50257
 from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
+from .llama import LlamaGenerate, LlamaTrainStep
 from .mlp import MLPBlock
 from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
 from .recompute import GPTRecompute1024
@@ -35,6 +36,8 @@ WORKLOADS: list[type[Workload]] = [
     CNNTrainStep,
     ConvLMTrainStep,
     VAETrainStep,
+    LlamaTrainStep,
+    LlamaGenerate,
     GPTRecompute1024,
     Attention512,
     Attention2048,

@@ -22,15 +22,17 @@ The equation and the paper are in each docstring; shapes are commented on every 
 changes one. Forwards validate their arguments (kernels do no bounds checking).
 """
 
-from .attention import (AttentionCache, TiledAttentionCache, attention_backward,
-                        attention_forward, attention_weights)
+from .attention import (AttentionCache, GroupedAttentionCache, TiledAttentionCache,
+                        attention_backward, attention_forward, attention_weights,
+                        grouped_query_attention_backward, grouped_query_attention_forward)
 from .conv import (AvgPoolCache, ConvCache, MaxPoolCache, avg_pool1d_backward,
                    avg_pool1d_forward, avg_pool2d_backward, avg_pool2d_forward, conv1d_backward,
                    conv1d_forward, conv2d_backward, conv2d_forward, max_pool1d_backward,
                    max_pool1d_forward, max_pool2d_backward, max_pool2d_forward, max_pool_indices)
-from .activation import (GeluCache, ReluCache, SigmoidCache, TanhCache, gelu_backward,
-                         gelu_forward, relu_backward, relu_forward, sigmoid_backward,
-                         sigmoid_forward, tanh_backward, tanh_forward)
+from .activation import (GeluCache, ReluCache, SigmoidCache, SiluCache, SwiGLUCache, TanhCache,
+                         gelu_backward, gelu_forward, relu_backward, relu_forward,
+                         sigmoid_backward, sigmoid_forward, silu_backward, silu_forward,
+                         swiglu_backward, swiglu_forward, tanh_backward, tanh_forward)
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .embedding import EmbeddingCache, embedding_backward, embedding_forward
 from .latent import (FreeBitsKLCache, ReparameterizeCache, free_bits_kl_backward,
@@ -40,10 +42,13 @@ from .loss import (BCEWithLogitsCache, CrossEntropyCache, GaussianKLCache, MSECa
                    bce_with_logits_backward, bce_with_logits_forward, cross_entropy_backward,
                    cross_entropy_forward, gaussian_kl_backward, gaussian_kl_forward,
                    mse_backward, mse_forward, nll_backward, nll_forward)
-from .norm import LayerNormCache, layer_norm_backward, layer_norm_forward
+from .norm import (LayerNormCache, RMSNormCache, layer_norm_backward, layer_norm_forward,
+                   rms_norm_backward, rms_norm_forward)
+from .rope import RopeCache, check_rope_scaling, rope_backward, rope_cos_sin, rope_forward, rope_inv_freq
 from .rnn import RecurrentCache, recurrent_backward, recurrent_forward
 from .softmax import (LogSoftmaxCache, SoftmaxCache, log_softmax_backward, log_softmax_forward,
                       softmax_backward, softmax_forward)
 
 __all__ = ([name for name in dir() if name.endswith(("_forward", "_backward", "Cache"))]
-           + ["max_pool_indices", "attention_weights"])
+           + ["max_pool_indices", "attention_weights", "rope_cos_sin", "rope_inv_freq",
+              "check_rope_scaling"])

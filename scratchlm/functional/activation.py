@@ -1,7 +1,8 @@
-"""Element-wise activations: ReLU, tanh, sigmoid, GELU (exact and tanh approximation).
+"""Element-wise activations: ReLU, tanh, sigmoid, GELU (exact and tanh approximation), SiLU, and
+the SwiGLU product of the Llama MLP.
 
 Each forward keeps what its backward needs: ReLU its input sign, tanh and sigmoid their output,
-GELU its derivative. Shapes never change. Each cache is a named tuple with one field.
+GELU its derivative, SiLU its input, SwiGLU its two inputs. Shapes never change.
 """
 
 from typing import NamedTuple
@@ -11,6 +12,7 @@ import numpy as np
 from .._checks import choice, float_array, upstream
 from ..kernels import gelu as K
 from ..kernels import relu as KR
+from ..kernels import silu as KS
 from ..kernels import split_run
 
 #: elements per thread below which an element-wise kernel runs in the calling thread
@@ -116,3 +118,54 @@ def gelu_backward(dy, cache: GeluCache):
     dydx = cache.dydx
     upstream(dy, dydx.shape, dydx.dtype)
     return dy * dydx
+
+
+class SiluCache(NamedTuple):
+    x: np.ndarray            # (...) the input
+
+
+def silu_forward(x):
+    r""":math:`y = x\,\sigma(x)` (SiLU / swish; Elfwing et al., 2018; Ramachandran et al., 2017)."""
+    x = float_array(x, "x")
+    return _elementwise(KS.silu_forward, np.empty(x.shape, x.dtype), x), SiluCache(x)
+
+
+def silu_backward(dy, cache: SiluCache):
+    r"""From ``y = x sigmoid(x)``: :math:`\partial y/\partial x = \sigma(x) + x\,\sigma(x)(1-\sigma(x))`."""
+    x = cache.x
+    upstream(dy, x.shape, x.dtype)
+    return _elementwise(KS.silu_backward, np.empty(x.shape, x.dtype), dy, x)
+
+
+class SwiGLUCache(NamedTuple):
+    gate: np.ndarray         # (...) g, the gate projection's output
+    up: np.ndarray           # (...) u, the up projection's output
+
+
+def swiglu_forward(gate, up):
+    r"""The gated unit of the Llama MLP (Shazeer, 2020, "GLU Variants Improve Transformer"):
+
+    .. math::  h = \mathrm{silu}(g) \odot u
+
+    so that ``mlp(x) = down_proj(swiglu(gate_proj(x), up_proj(x)))``. One fused pass."""
+    g = float_array(gate, "gate")
+    u = float_array(up, "up")
+    if u.shape != g.shape or u.dtype != g.dtype:
+        raise ValueError(f"up must have gate's shape and dtype {g.shape} {g.dtype}, got "
+                         f"{u.shape} {u.dtype}")
+    g, u = np.ascontiguousarray(g), np.ascontiguousarray(u)
+    h = _elementwise(KS.swiglu_forward, np.empty(g.shape, g.dtype), g, u)
+    return h, SwiGLUCache(g, u)
+
+
+def swiglu_backward(dh, cache: SwiGLUCache):
+    r"""From ``h = silu(g) u``: :math:`dg = dh\,u\,\mathrm{silu}'(g)`, :math:`du = dh\,\mathrm{silu}(g)`.
+    Returns ``(dgate, dup)``."""
+    g, u = cache.gate, cache.up
+    upstream(dh, g.shape, g.dtype)
+    dh = np.ascontiguousarray(dh).reshape(-1)
+    dg, du = np.empty(g.shape, g.dtype), np.empty(g.shape, g.dtype)
+    fg, fu, fdg, fdu = g.reshape(-1), u.reshape(-1), dg.reshape(-1), du.reshape(-1)
+    split_run(lambda lo, hi: KS.swiglu_backward(dh[lo:hi], fg[lo:hi], fu[lo:hi], fdg[lo:hi],
+                                                fdu[lo:hi]), fg.size, GRAIN)
+    return dg, du

@@ -368,3 +368,51 @@ def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray
         allowed = allowed & cache.mask[cache.mask_rows].reshape(lead + cache.mask.shape[1:])
     with np.errstate(invalid="ignore"):
         return np.exp(np.where(allowed, s - L, -np.inf)).astype(q.dtype)     # (..., Tq, Tk)
+
+
+# ------------------------------------------------------------------------------------------------
+# grouped-query attention (Ainslie et al., 2023, "GQA"; Shazeer, 2019, multi-query)
+# ------------------------------------------------------------------------------------------------
+class GroupedAttentionCache(NamedTuple):
+    inner: AttentionCache | TiledAttentionCache   # the attention over the repeated heads
+    groups: int                                   # query heads per key/value head (n_rep)
+
+
+def grouped_query_attention_forward(q, k, v, is_causal=False, *, scale=None, method="auto"):
+    r"""Attention where ``Hkv`` key/value heads serve ``Hq = groups * Hkv`` query heads: query
+    head ``h`` attends with key/value head ``h // groups`` (``transformers``' ``repeat_kv``).
+
+    .. math::  Y_h = \mathrm{softmax}\!\left(s\,Q_h K_{\lfloor h/g\rfloor}^\top + M\right)
+               V_{\lfloor h/g\rfloor}
+
+    ``q`` ``(B, Hq, Tq, d)``, ``k`` ``(B, Hkv, Tk, d)``, ``v`` ``(B, Hkv, Tk, dv)``. ``Hkv = 1``
+    is multi-query attention, ``Hkv = Hq`` ordinary multi-head attention. The key/value heads
+    are repeated (``(B, Hq, Tk, d)``, what the reference does too) and :func:`attention_forward`
+    runs on them, so ``method`` and the causal alignment are its. Returns ``y`` ``(B, Hq, Tq,
+    dv)`` and a :class:`GroupedAttentionCache`."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(a, np.ndarray) or a.ndim != 4:
+            raise ValueError(f"{name} must be a 4-D (B, heads, T, d) array, got {np.shape(a)}")
+    Hq, Hkv = q.shape[1], k.shape[1]
+    if v.shape[1] != Hkv or Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"the key/value heads ({Hkv}, v has {v.shape[1]}) must divide the query "
+                         f"heads ({Hq})")
+    g = Hq // Hkv
+    kr = np.repeat(k, g, axis=1) if g > 1 else k                        # (B, Hq, Tk, d)
+    vr = np.repeat(v, g, axis=1) if g > 1 else v                        # (B, Hq, Tk, dv)
+    y, inner = attention_forward(q, kr, vr, is_causal=is_causal, scale=scale, method=method)
+    return y, GroupedAttentionCache(inner, g)
+
+
+def grouped_query_attention_backward(dy, cache: GroupedAttentionCache):
+    r"""From ``K_rep[:, h] = K[:, h // g]``: the gradient of a shared key/value head is the sum
+    over the ``g`` query heads that read it, :math:`dK_j = \sum_{h:\lfloor h/g\rfloor=j} dK^{rep}_h`.
+    Returns ``(dq, dk, dv)``."""
+    dq, dkr, dvr, _ = attention_backward(dy, cache.inner)
+    g = cache.groups
+    if g == 1:
+        return dq, dkr, dvr
+    B, H, Tk, d = dkr.shape
+    dk = dkr.reshape(B, H // g, g, Tk, d).sum(axis=2)                    # (B, Hkv, Tk, d)
+    dv = dvr.reshape(B, H // g, g, Tk, dvr.shape[-1]).sum(axis=2)        # (B, Hkv, Tk, dv)
+    return dq, dk, dv

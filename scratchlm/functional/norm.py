@@ -1,4 +1,4 @@
-"""Layer normalisation (Ba, Kiros & Hinton, 2016, "Layer Normalization")."""
+"""Layer normalisation (Ba, Kiros & Hinton, 2016) and RMS normalisation (Zhang & Sennrich, 2019)."""
 
 from typing import NamedTuple
 
@@ -6,6 +6,7 @@ import numpy as np
 
 from .._checks import float_array, nonnegative, shape_tuple, upstream
 from ..kernels import layernorm as K
+from ..kernels import rmsnorm as KR
 
 
 class LayerNormCache(NamedTuple):
@@ -86,3 +87,56 @@ def _param(p, name, shape, dtype):
     if p.dtype != dtype:
         raise TypeError(f"{name} has dtype {p.dtype} but x has dtype {dtype}")
     return np.ascontiguousarray(p)
+
+
+# ------------------------------------------------------------------------------------------------
+# RMSNorm (Zhang & Sennrich, 2019, "Root Mean Square Layer Normalization")
+# ------------------------------------------------------------------------------------------------
+class RMSNormCache(NamedTuple):
+    rows: np.ndarray             # (R, C) the input, C = prod(normalized_shape), contiguous
+    weight: np.ndarray           # (C,) gamma as a row (ones without a weight)
+    rstd: np.ndarray             # (R,) float64: 1 / sqrt(mean(x^2) + eps) of each row
+    x_shape: tuple               # the input's shape
+    normalized_shape: tuple
+    has_weight: bool
+
+
+def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
+    r"""Scale each row to unit root-mean-square over the trailing ``normalized_shape`` axes:
+
+    .. math::  r = \Big(\tfrac1C\textstyle\sum_c x_c^2 + \epsilon\Big)^{-1/2},\qquad y = x\,r\,\gamma
+
+    (no mean is subtracted and there is no bias), as ``torch.nn.functional.rms_norm``:
+    ``eps=None`` means ``torch.finfo(x.dtype).eps``. The statistics are computed in float64
+    (see ``scratchlm/kernels/rmsnorm.py`` for the whole-range rules).
+
+    Returns ``y`` (shape of ``x``) and an :class:`RMSNormCache`.
+    """
+    x = float_array(x, "x", min_ndim=1)
+    shape = shape_tuple(normalized_shape, "normalized_shape")
+    eps = float(np.finfo(x.dtype).eps) if eps is None else nonnegative(eps, "eps")
+    if len(shape) > x.ndim or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"x must end with normalized_shape {shape}, got shape {x.shape}")
+    C = int(np.prod(shape))
+    rows = np.ascontiguousarray(x).reshape(-1, C)                       # (R, C)
+    w = np.ones(C, x.dtype) if weight is None else _param(weight, "weight", shape, x.dtype).reshape(C)
+    y, rstd = KR.rmsnorm_forward(rows, w, float(eps))                   # (R, C), (R,)
+    return y.reshape(x.shape), RMSNormCache(rows, w, rstd, x.shape, shape, weight is not None)
+
+
+def rms_norm_backward(dy, cache: RMSNormCache):
+    r"""From ``y = x r gamma``, ``r = (mean(x^2) + eps)^{-1/2}``, with :math:`\hat x = x r`,
+    :math:`g = dy\,\gamma`:
+
+    .. math::  dx = r\,\big(g - \hat x\,\overline{g\,\hat x}\big),\qquad
+               d\gamma = \textstyle\sum dy\,\hat x
+
+    (the bar a mean over the normalised axes; ``dgamma`` sums over every leading axis).
+    Returns ``(dx, None, dweight)`` -- ``None`` for ``normalized_shape`` and for an absent weight.
+    """
+    rows = cache.rows
+    upstream(dy, cache.x_shape, rows.dtype)
+    drows = np.ascontiguousarray(dy).reshape(rows.shape)                     # (R, C)
+    dx, dw = KR.rmsnorm_backward(drows, rows, cache.weight, cache.rstd)     # (R, C), (C,)
+    return (dx.reshape(cache.x_shape), None,
+            dw.reshape(cache.normalized_shape) if cache.has_weight else None)

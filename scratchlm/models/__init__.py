@@ -5,6 +5,9 @@ models, from NumPy directly).
 * :class:`NGramLM` -- n-gram language model with Kneser-Ney, Witten-Bell, add-k and MLE
   smoothing, perplexity, sampling and ARPA I/O (``ngram.py``);
 * :class:`GPT`, :class:`GPTConfig` -- the GPT-2 architecture with nanoGPT's names (``gpt.py``);
+* :class:`Llama`, :class:`LlamaConfig` -- the Llama-family decoder (RMSNorm, RoPE, SwiGLU,
+  grouped-query attention) with Hugging Face's names and checkpoints (``llama.py``,
+  ``hf_llama.py``);
 * :class:`RNNLM`, :class:`RNNLMConfig` -- embedding -> RNN/LSTM/GRU -> linear (``rnnlm.py``);
 * :class:`CNN` -- conv -> ReLU -> pool stages -> linear image classifier (``cnn.py``);
 * :class:`ConvLM`, :class:`ConvLMConfig` -- causal dilated convolutional LM (``convlm.py``);
@@ -24,6 +27,7 @@ from .cnn import CNN, CNNConfig
 from .cnn import accuracy as classifier_accuracy
 from .convlm import ConvLM, ConvLMConfig
 from .gpt import GPT, GPTConfig
+from .llama import Llama, LlamaConfig
 from .markov import MarkovChain
 from .ngram import NGramLM
 from .nvdm import DocumentVAE, DocumentVAEConfig
@@ -33,7 +37,7 @@ from .seq2seq_transformer import Seq2SeqTransformer
 from .translation import CharVocab, exact_match, translate
 from .vae import VAE, VAEConfig, elbo, iwae_bound
 
-__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "RNNLM", "RNNLMConfig", "ConvLM",
+__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "Llama", "LlamaConfig", "RNNLM", "RNNLMConfig", "ConvLM",
            "ConvLMConfig", "CNN", "CNNConfig", "classifier_accuracy",
            "VAE", "VAEConfig", "DocumentVAE", "DocumentVAEConfig", "elbo", "iwae_bound", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
            "exact_match", "translate"]

@@ -36,9 +36,8 @@ from .. import functional as F
 from .. import nn
 from .._checks import (boolean, float_errors_checked, index_array, make_rng, positive_int,
                        probability, resolve_dtype, trusted)
-from ..decoding import check_sampling, sample_next
 from ..nn.module import NO_CACHE
-from .lm import LanguageModel
+from .lm import CachedLanguageModel
 
 
 @dataclass
@@ -205,7 +204,7 @@ def _replaying(module, rng_states):
         module.train(was_training)
 
 
-class GPT(LanguageModel):
+class GPT(CachedLanguageModel):
     """``GPT(GPTConfig(...), dtype=np.float32, rng=None)``.
 
     * ``logits = model(idx)`` -- ``(B, T, vocab_size)`` for every position (nanoGPT returns only
@@ -435,60 +434,21 @@ class GPT(LanguageModel):
     # ------------------------------------------------------------------------------------------
     # generation
     # ------------------------------------------------------------------------------------------
+    @property
+    def context_size(self) -> int:
+        """The longest context: ``block_size`` (its learned position embeddings)."""
+        return self.config.block_size
+
     @trusted
     def _step_logits(self, idx_new, start, past):
-        """Logits of the last new position; positions start..start+t-1; updates the KV cache."""
+        """Logits of the last new position; positions start..start+t-1; extends the KV cache
+        (``past``: one (k, v) per block, or None)."""
         tr = self.transformer
         t = idx_new.shape[1]
         x = tr.wte.weight.data[idx_new] + tr.wpe.weight.data[start:start + t]   # (B, t, C)
         new_past = []
-        for block, p in zip(tr.h, past):
+        for block, p in zip(tr.h, past or [None] * len(tr.h)):
             x, kv = block.step(x, p)
             new_past.append(kv)
         x = tr.ln_f(x[:, -1:])                                                # (B, 1, C)
         return (x @ tr.wte.weight.data.T)[:, 0], new_past                    # (B, V)
-
-    @float_errors_checked          # it checks its results; no NumPy warnings
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
-                 seed=None, use_cache=True):
-        """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens; returns ``(B, T + new)`` (the
-        prompt then the new tokens), as nanoGPT's ``generate``.
-
-        Each step samples from ``softmax(logits / temperature)`` restricted to the ``top_k``
-        most likely tokens and/or the smallest set whose probability reaches ``top_p``
-        (nucleus sampling, Holtzman et al., 2020); ``greedy=True`` takes the argmax. With
-        ``use_cache`` (default) each step feeds only the new token and attends over cached keys
-        and values; once the sequence outgrows ``block_size`` the context is cropped to the last
-        ``block_size`` tokens as nanoGPT does, and the cache is rebuilt from that window, so the
-        tokens are the same with and without the cache. Runs in ``eval`` mode (no dropout)
-        and restores the previous mode. Logits with NaN or +inf (a diverged model) raise
-        :class:`~scratchlm._checks.NonFiniteError` -- never a stream of token 0.
-        """
-        c = self.config
-        idx = index_array(idx, "idx", c.vocab_size, ndim=2)
-        max_new_tokens = positive_int(max_new_tokens, "max_new_tokens", minimum=0)
-        temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
-        greedy = boolean(greedy, "greedy")
-        use_cache = boolean(use_cache, "use_cache")
-        rng = make_rng(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            out = idx.copy()
-            past, start = None, 0
-            for _ in range(max_new_tokens):
-                T = out.shape[1]
-                if not use_cache or past is None or T > c.block_size:
-                    window = out[:, -c.block_size:]                           # nanoGPT's crop
-                    logits, past = self._step_logits(window, 0, [None] * c.n_layer)
-                    start = window.shape[1]
-                else:
-                    logits, past = self._step_logits(out[:, -1:], start, past)
-                    start += 1
-                if not use_cache:
-                    past = None
-                nxt = sample_next(logits, temperature, top_k, top_p, greedy, rng)
-                out = np.concatenate([out, nxt[:, None]], axis=1)
-            return out
-        finally:
-            self.train(was_training)

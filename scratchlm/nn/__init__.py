@@ -4,7 +4,7 @@ Each module wraps a forward/backward pair from :mod:`scratchlm.functional`: ``fo
 cache, ``backward`` returns the input gradient and accumulates into every ``param.grad``.
 """
 
-from .activation import GELU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
+from .activation import GELU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .attention import MultiheadAttention, SinusoidalPositionalEncoding, sinusoidal_table
 from .conv import AvgPool1d, AvgPool2d, Conv1d, Conv2d, MaxPool1d, MaxPool2d
 from .dropout import Dropout, Flatten
@@ -12,7 +12,7 @@ from .embedding import Embedding
 from .linear import Linear
 from .loss import BCEWithLogitsLoss, CrossEntropyLoss, GaussianKLLoss, MSELoss, NLLLoss
 from .module import Module, ModuleDict, ModuleList, Parameter, Sequential
-from .norm import LayerNorm
+from .norm import LayerNorm, RMSNorm
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
@@ -20,7 +20,7 @@ __all__ = [
     "MultiheadAttention", "SinusoidalPositionalEncoding", "sinusoidal_table",
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
     "Conv1d", "Conv2d", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
-    "Linear", "Embedding", "LayerNorm", "Dropout", "Flatten",
-    "ReLU", "Tanh", "Sigmoid", "GELU", "Softmax", "LogSoftmax",
+    "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "Flatten",
+    "ReLU", "Tanh", "Sigmoid", "GELU", "SiLU", "Softmax", "LogSoftmax",
     "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "MSELoss", "GaussianKLLoss",
 ]

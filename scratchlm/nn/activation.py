@@ -57,6 +57,17 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
+class SiLU(Module):
+    r"""SiLU (swish), :math:`x\,\sigma(x)`, as torch.nn.SiLU."""
+
+    def forward(self, x):
+        y, self._cache = F.silu_forward(x)
+        return y
+
+    def backward(self, dy):
+        return F.silu_backward(dy, self._saved())
+
+
 class Softmax(Module):
     r"""Softmax along ``dim`` (default the last axis; torch's ``dim=None`` default, deprecated
     there, is not offered)."""

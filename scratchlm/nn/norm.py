@@ -1,4 +1,4 @@
-"""``LayerNorm`` with torch.nn.LayerNorm's arguments (eps 1e-5, elementwise affine, bias)."""
+"""``LayerNorm`` and ``RMSNorm`` with torch.nn's arguments."""
 
 import numpy as np
 
@@ -45,3 +45,38 @@ class LayerNorm(Module):
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class RMSNorm(Module):
+    r"""Scale the trailing ``normalized_shape`` axes to unit root-mean-square, then by
+    ``weight`` (Zhang & Sennrich, 2019), with ``torch.nn.RMSNorm``'s arguments: ``eps=None``
+    means ``torch.finfo(dtype).eps``. See :func:`scratchlm.functional.rms_norm_forward`.
+
+    Parameters: ``weight`` (ones) of shape ``normalized_shape`` (none without
+    ``elementwise_affine``). Shapes: x ``(..., *normalized_shape)`` -> y same.
+    """
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
+        super().__init__()
+        self.normalized_shape = shape_tuple(normalized_shape, "normalized_shape")
+        self.eps = None if eps is None else nonnegative(eps, "eps")
+        self.elementwise_affine = boolean(elementwise_affine, "elementwise_affine")
+        self.dtype = resolve_dtype(dtype)
+        self.weight = Parameter(np.ones(self.normalized_shape, self.dtype)) if elementwise_affine else None
+
+    def forward(self, x):
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and self.weight is not None:
+            same_dtype(x, "x", self.weight.dtype, "RMSNorm")
+        y, self._cache = F.rms_norm_forward(
+            x, self.normalized_shape, None if self.weight is None else self.weight.data, self.eps)
+        return y
+
+    def backward(self, dy):
+        dx, _, dw = F.rms_norm_backward(dy, self._saved())
+        if self.weight is not None:
+            self.weight.grad += dw
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")

@@ -132,15 +132,18 @@ def evaluate_text(model, tokenizer, text, block=None) -> dict:
 
 
 def attention_maps(model, tokenizer, prompt):
-    """Attention probabilities of every layer and head for ``prompt``: (n_layer, n_head, T, T)
-    and the token strings."""
+    """Attention probabilities of every layer and head of a GPT or a Llama (its query heads) for
+    ``prompt``: (n_layer, n_head, T, T) and the token strings."""
     ids = tokenizer.encode(prompt)[-model.config.block_size:]
     if ids.size == 0:
         raise ValueError("the prompt encodes to no tokens")
     model.eval()
     model(ids[None, :])
-    maps = np.stack([F.attention_weights(block.attn._saved())[0]     # either cache (dense, tiled)
-                     for block in model.transformer.h])
+    if hasattr(model, "transformer"):                                 # GPT
+        caches = [block.attn._saved() for block in model.transformer.h]
+    else:                                                             # Llama: query heads
+        caches = [layer.self_attn._saved().attn.inner for layer in model.model.layers]
+    maps = np.stack([F.attention_weights(c)[0] for c in caches])      # either cache (dense, tiled)
     labels = [tokenizer.decode([int(t)]) for t in ids]
     return maps, labels
 

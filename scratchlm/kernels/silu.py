@@ -1,0 +1,134 @@
+r"""SiLU and the SwiGLU product, forward and backward, on flat arrays (the caller splits them
+over the threads and passes the outputs).
+
+    silu(x) = x s,   s = sigmoid(x);          silu'(x) = s + x s (1 - s)
+    swiglu(g, u) = silu(g) u;                 dg = dh u silu'(g),   du = dh silu(g)
+
+``s`` is taken from ``e = exp(-|x|)`` (in [0, 1], never overflows): ``s = 1/(1+e)`` for
+``x >= 0`` and ``e/(1+e)`` for ``x < 0``; ``s (1 - s) = e / (1+e)^2`` (no cancellation), so
+``silu'`` is ``s + x w`` with ``w = e r^2`` -- 0 where ``s`` saturates, never ``0 * inf``.
+Over the whole floating-point range: ``silu(-huge) = -0``, ``silu(+huge) = x``, ``silu' -> 0``
+and ``1``; the products ``silu(g) u`` and ``dh u silu'(g)`` overflow to inf only where the true
+value is past the max. The Numba kernels take the exponentials a block at a time with the
+vectorised ``exp_nonpos_inplace`` (``vmath.py``) in the input's precision.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import dispatch
+from .gelu import BLOCK, _const
+from .vmath import exp_nonpos_inplace
+
+
+def _sig_numpy(x):
+    """x: (n,) -> (s, w) with s = sigmoid(x), w = s (1 - s) = e / (1 + e)^2."""
+    e = np.exp(-np.abs(x))
+    r = 1 / (1 + e)
+    return np.where(x >= 0, r, e * r).astype(x.dtype), (e * r * r).astype(x.dtype)
+
+
+def silu_forward_numpy(x, out):
+    """x, out: (n,) -> out = x sigmoid(x)."""
+    s, _ = _sig_numpy(x)
+    np.multiply(x, s, out=out)
+    return out
+
+
+def silu_backward_numpy(dy, x, out):
+    """dy, x, out: (n,) -> out = dy silu'(x)."""
+    s, w = _sig_numpy(x)
+    with np.errstate(over="ignore"):
+        np.multiply(dy, s + x * w, out=out)
+    return out
+
+
+def swiglu_forward_numpy(g, u, out):
+    """g, u, out: (n,) -> out = silu(g) u."""
+    s, _ = _sig_numpy(g)
+    with np.errstate(over="ignore"):
+        np.multiply(g * s, u, out=out)
+    return out
+
+
+def swiglu_backward_numpy(dh, g, u, dg, du):
+    """dh, g, u, dg, du: (n,) -> dg = dh u silu'(g), du = dh silu(g)."""
+    s, w = _sig_numpy(g)
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(dh * u, s + g * w, out=dg)
+        np.multiply(dh, g * s, out=du)
+    return dg, du
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sig_block(x, start, m, e, bits):
+    # e[:m] = exp(-|x[start:start+m]|)
+    for j in range(m):
+        e[j] = -abs(x[start + j])
+    exp_nonpos_inplace(e[:m], bits[:m])
+
+
+@njit(cache=True, nogil=True)
+def silu_forward_numba(x, out):
+    one = _const(x, 1.0)
+    e, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
+    for start in range(0, x.shape[0], BLOCK):
+        m = min(BLOCK, x.shape[0] - start)
+        _sig_block(x, start, m, e, bits)
+        for j in range(m):
+            v = x[start + j]
+            r = one / (one + e[j])
+            out[start + j] = v * (r if v >= 0 else e[j] * r)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def silu_backward_numba(dy, x, out):
+    one = _const(x, 1.0)
+    e, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
+    for start in range(0, x.shape[0], BLOCK):
+        m = min(BLOCK, x.shape[0] - start)
+        _sig_block(x, start, m, e, bits)
+        for j in range(m):
+            v = x[start + j]
+            r = one / (one + e[j])
+            s = r if v >= 0 else e[j] * r
+            out[start + j] = dy[start + j] * (s + v * (e[j] * r * r))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def swiglu_forward_numba(g, u, out):
+    one = _const(g, 1.0)
+    e, bits = np.empty(BLOCK, g.dtype), np.empty(BLOCK, np.int32)
+    for start in range(0, g.shape[0], BLOCK):
+        m = min(BLOCK, g.shape[0] - start)
+        _sig_block(g, start, m, e, bits)
+        for j in range(m):
+            v = g[start + j]
+            r = one / (one + e[j])
+            out[start + j] = (v * (r if v >= 0 else e[j] * r)) * u[start + j]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def swiglu_backward_numba(dh, g, u, dg, du):
+    one = _const(g, 1.0)
+    e, bits = np.empty(BLOCK, g.dtype), np.empty(BLOCK, np.int32)
+    for start in range(0, g.shape[0], BLOCK):
+        m = min(BLOCK, g.shape[0] - start)
+        _sig_block(g, start, m, e, bits)
+        for j in range(m):
+            i = start + j
+            v = g[i]
+            r = one / (one + e[j])
+            s = r if v >= 0 else e[j] * r
+            dg[i] = (dh[i] * u[i]) * (s + v * (e[j] * r * r))
+            du[i] = dh[i] * (v * s)
+    return dg, du
+
+
+silu_forward = dispatch(silu_forward_numba, silu_forward_numpy)
+silu_backward = dispatch(silu_backward_numba, silu_backward_numpy)
+swiglu_forward = dispatch(swiglu_forward_numba, swiglu_forward_numpy)
+swiglu_backward = dispatch(swiglu_backward_numba, swiglu_backward_numpy)

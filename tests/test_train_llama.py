@@ -1,0 +1,85 @@
+"""`train llama`: the command line, its checkpoints with sample / eval / attention, and learning a
+known-entropy source as well as the same model in torch."""
+
+import math
+
+import numpy as np
+import pytest
+
+from scratchlm.cli import main
+from scratchlm.data import MarkovSource
+from scratchlm.models import Llama, LlamaConfig
+from scratchlm.optim import AdamW
+
+TINY = ["--num-hidden-layers", "1", "--num-attention-heads", "2", "--num-key-value-heads", "1",
+        "--hidden-size", "16", "--intermediate-size", "24", "--block-size", "16",
+        "--batch-size", "4", "--eval-interval", "5"]
+TEXT = "\n".join(["abcabcabcabc defdefdef", "the cat sat on the mat"] * 60) + "\n"
+
+
+def test_train_sample_eval_attention(tmp_path, capsys):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    ck = tmp_path / "llama.npz"
+    assert main(["train", "llama", "--steps", "10", "--corpus", str(corpus), "--out", str(ck),
+                 "--sample-length", "20", "--qk-norm", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "trained llama: 10 steps in" in out and ck.exists()
+    assert main(["sample", "--checkpoint", str(ck), "--prompt", "the ", "--length", "30",
+                 "--seed", "1"]) == 0                                  # past the 16 positions
+    assert capsys.readouterr().out.startswith("the ")
+    assert main(["eval", "--checkpoint", str(ck)]) == 0
+    assert "validation split of" in capsys.readouterr().out
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "att.png"
+    assert main(["attention", "--checkpoint", str(ck), "--prompt", "the cat", "--out",
+                 str(png)]) == 0
+    assert "1 layers x 2 heads over 7 tokens" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_learns_a_markov_source_as_well_as_torch(torch):
+    """1500 AdamW steps on an order-2 Markov source, the same batches for both: the final
+    held-out loss of ours and of transformers' LlamaForCausalLM (same initial weights) agree,
+    and both approach the source's entropy rate."""
+    transformers = pytest.importorskip("transformers")
+    from scratchlm.models.hf_llama import hf_config
+    src = MarkovSource(12, order=2, concentration=0.3, seed=0)
+    train, val = src.sample(200_000, rng=1), src.sample(20_000, rng=2)
+    cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    ours = Llama(cfg, rng=0)
+    doc = {k: v for k, v in hf_config(cfg).items() if k not in ("architectures", "model_type")}
+    theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**doc)).float()
+    theirs.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in ours.state_dict().items()})
+    opt_o = AdamW(ours.parameters(), lr=3e-3, weight_decay=0.0)
+    opt_t = torch.optim.AdamW(theirs.parameters(), lr=3e-3, weight_decay=0.0)
+    rng = np.random.default_rng(3)
+    T, B = 32, 16
+
+    def batch(ids, rng):
+        start = rng.integers(0, ids.size - T - 1, B)
+        x = np.stack([ids[s:s + T] for s in start])
+        return x, np.stack([ids[s + 1:s + T + 1] for s in start])
+
+    for _ in range(1500):
+        x, y = batch(train, rng)
+        opt_o.zero_grad()
+        ours(x, y)
+        ours.backward()
+        opt_o.step()
+        opt_t.zero_grad()
+        torch.nn.functional.cross_entropy(theirs(torch.from_numpy(x)).logits.reshape(-1, 12),
+                                          torch.from_numpy(y).reshape(-1)).backward()
+        opt_t.step()
+    vr = np.random.default_rng(4)
+    xs, ys = zip(*(batch(val, vr) for _ in range(20)))
+    ours.eval()
+    loss_o = np.mean([ours(x, y)[1] for x, y in zip(xs, ys)])
+    with torch.no_grad():
+        loss_t = np.mean([torch.nn.functional.cross_entropy(
+            theirs(torch.from_numpy(x)).logits.reshape(-1, 12), torch.from_numpy(y).reshape(-1)
+        ).item() for x, y in zip(xs, ys)])
+    h = src.entropy_rate(base=math.e)                                  # nats per token
+    assert abs(loss_o - loss_t) <= 0.02 * loss_t, (loss_o, loss_t)
+    assert loss_o < h + 0.1, (loss_o, h)                               # near the floor
