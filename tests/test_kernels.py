@@ -75,6 +75,29 @@ def test_in_place_kernels_agree(dtype):
                 np.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+def test_split_run_keeps_nothing_alive():
+    # a pool thread must drop its task (whose closure holds the caller's arrays) and its result
+    # once the split returns, or they stay resident until the next split
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    threads = kernels.get_num_threads()
+    kernels.set_num_threads(2)
+    try:
+        payload = Payload()
+        ref = weakref.ref(payload)
+        out = kernels.split_run(lambda lo, hi: (payload, lo), 4)
+        assert [o[1] for o in out] == [0, 2]
+        del payload, out
+        gc.collect()
+        assert ref() is None
+    finally:
+        kernels.set_num_threads(threads)
+
+
 def test_adam_split_equals_one_pass():
     # a parameter over 2 * GRAIN entries is updated in parts by the threads: bit-identical
     n = 2 * O.GRAIN + 77

@@ -142,7 +142,9 @@ class _Worker:
                 self.result, self.error = fn(lo, hi), None
             except BaseException as e:                                  # re-raised by the caller
                 self.result, self.error = None, e
-            self.task = None
+            # drop every reference to the task now: its closure holds the caller's arrays, which
+            # would otherwise stay alive (and resident) until the next split
+            self.task = fn = None
             self.finished[0] = seq
             self.done.release()
 
@@ -155,10 +157,10 @@ class _Worker:
         from .spin import spin_until
         spin_until(self.finished, self.posted[0], self.spins)
         self.done.acquire()
-        if self.error is not None:
-            error, self.error = self.error, None
+        result, error, self.result, self.error = self.result, self.error, None, None
+        if error is not None:                  # (held no longer than this: results can be big)
             raise error
-        return self.result
+        return result
 
 
 _workers: list = []           # the pool threads (the caller's thread runs one part itself)
