@@ -78,6 +78,7 @@ def test_in_place_kernels_agree(dtype):
 def test_split_run_keeps_nothing_alive():
     # a pool thread must drop its task (whose closure holds the caller's arrays) and its result
     # once the split returns, or they stay resident until the next split
+    import functools
     import gc
     import weakref
 
@@ -89,9 +90,10 @@ def test_split_run_keeps_nothing_alive():
     try:
         payload = Payload()
         ref = weakref.ref(payload)
-        out = kernels.split_run(lambda lo, hi: (payload, lo), 4)
+        part = functools.partial(lambda p, lo, hi: (p, lo), payload)   # holds it strongly
+        out = kernels.split_run(part, 4)
         assert [o[1] for o in out] == [0, 2]
-        del payload, out
+        del payload, out, part
         gc.collect()
         assert ref() is None
     finally:
