@@ -197,6 +197,77 @@ def _check_merges(merges, vocab: dict, what: str = "merges") -> list:
 
 
 # ------------------------------------------------------------------------------------------------
+# byte-level BPE, shared with HFTokenizer (hf_tokenizer.py)
+# ------------------------------------------------------------------------------------------------
+def _merge_map(vocab: dict, merges: list) -> dict:
+    """Pair of ids -> ``(rank, id of the merged token)``; a repeated pair keeps its last rank, as
+    Hugging Face's loaders do. ``merges`` must have passed :func:`_check_merges`."""
+    return {(vocab[a], vocab[b]): (r, vocab[a + b]) for r, (a, b) in enumerate(merges)}
+
+
+def _token_bytes(tok: str) -> bytes:
+    """The bytes a token decodes to: its characters through GPT-2's byte alphabet, or, for a
+    token with a character outside that alphabet, its own UTF-8 text (what Hugging Face's
+    ByteLevel decoder does)."""
+    if all(c in _CHAR_TO_BYTE for c in tok):
+        return bytes(_CHAR_TO_BYTE[c] for c in tok)
+    return tok.encode("utf-8")
+
+
+def _missing_byte(b: int, piece: str) -> ValueError:
+    return ValueError(f"text needs the byte 0x{b:02X} (written {_BYTE_TO_CHAR[b]!r} in GPT-2's "
+                      f"byte alphabet), which this vocabulary lacks (in the piece {piece!r})")
+
+
+def _bpe_merge(ids: list, merge_map: dict) -> list:
+    """Rank-ordered merging of one piece (Hugging Face ``tokenizers``' ``Word::merge_all``).
+
+    A doubly-linked list of symbols and a heap of ``(rank, position, new id)`` candidates:
+    the lowest rank pops first, the leftmost among equal ranks (so "aaa" merges as
+    "aa" + "a"). An entry is stale, and skipped, once its position has been merged away or
+    the pair there no longer merges into the same token. Each merge pushes the two pairs it
+    creates with its neighbours. O(n log n) in the piece's length.
+    """
+    n = len(ids)
+    tokens = list(ids)
+    nxt = list(range(1, n + 1))
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap = []
+    for i in range(n - 1):
+        m = merge_map.get((tokens[i], tokens[i + 1]))
+        if m is not None:
+            heap.append((m[0], i, m[1]))
+    heapq.heapify(heap)
+    while heap:
+        _, i, new = heapq.heappop(heap)
+        if not alive[i]:
+            continue
+        j = nxt[i]
+        if j >= n:
+            continue
+        m = merge_map.get((tokens[i], tokens[j]))
+        if m is None or m[1] != new:
+            continue                                # stale
+        tokens[i] = new
+        alive[j] = False
+        k = nxt[j]
+        nxt[i] = k
+        if k < n:
+            prv[k] = i
+        p = prv[i]
+        if p >= 0:
+            m = merge_map.get((tokens[p], new))
+            if m is not None:
+                heapq.heappush(heap, (m[0], p, m[1]))
+        if k < n:
+            m = merge_map.get((new, tokens[k]))
+            if m is not None:
+                heapq.heappush(heap, (m[0], i, m[1]))
+    return [t for t, ok in zip(tokens, alive) if ok]
+
+
+# ------------------------------------------------------------------------------------------------
 # the tokenizer
 # ------------------------------------------------------------------------------------------------
 class GPT2Tokenizer(_PieceEncoder, Tokenizer):
@@ -269,17 +340,10 @@ class GPT2Tokenizer(_PieceEncoder, Tokenizer):
         self._id_to_token = [""] * len(vocab)
         for tok, i in vocab.items():
             self._id_to_token[i] = tok
-        # pair of ids -> (rank, id of the merged token); a repeated pair keeps its last rank,
-        # as Hugging Face's loaders do
-        self._merge_map = {(vocab[a], vocab[b]): (r, vocab[a + b])
-                           for r, (a, b) in enumerate(merges)}
+        self._merge_map = _merge_map(vocab, merges)
         # byte value -> id of its character (-1 when the vocabulary lacks it)
         self._byte_ids = [vocab.get(_BYTE_TO_CHAR[b], -1) for b in range(256)]
-        # id -> bytes; a token with a character outside the byte alphabet stands for its own
-        # UTF-8 text (what Hugging Face's ByteLevel decoder does)
-        self._id_bytes = [bytes(_CHAR_TO_BYTE[c] for c in tok)
-                          if all(c in _CHAR_TO_BYTE for c in tok) else tok.encode("utf-8")
-                          for tok in self._id_to_token]
+        self._id_bytes = [_token_bytes(tok) for tok in self._id_to_token]      # id -> bytes
         self._eos = vocab.get(ENDOFTEXT)
         self._split = re.compile(GPT2_SPLIT_PATTERN)
         self._special_split = (re.compile("(" + re.escape(ENDOFTEXT) + ")")
@@ -320,64 +384,13 @@ class GPT2Tokenizer(_PieceEncoder, Tokenizer):
         return self._id_to_token[i]
 
     # -- encoding ----------------------------------------------------------------------------
-    def _merge(self, ids: list) -> list:
-        """Rank-ordered merging of one piece (Hugging Face ``tokenizers``' ``Word::merge_all``).
-
-        A doubly-linked list of symbols and a heap of ``(rank, position, new id)`` candidates:
-        the lowest rank pops first, the leftmost among equal ranks (so "aaa" merges as
-        "aa" + "a"). An entry is stale, and skipped, once its position has been merged away or
-        the pair there no longer merges into the same token. Each merge pushes the two pairs it
-        creates with its neighbours. O(n log n) in the piece's length.
-        """
-        n = len(ids)
-        merge_map = self._merge_map
-        tokens = list(ids)
-        nxt = list(range(1, n + 1))
-        prv = list(range(-1, n - 1))
-        alive = [True] * n
-        heap = []
-        for i in range(n - 1):
-            m = merge_map.get((tokens[i], tokens[i + 1]))
-            if m is not None:
-                heap.append((m[0], i, m[1]))
-        heapq.heapify(heap)
-        while heap:
-            _, i, new = heapq.heappop(heap)
-            if not alive[i]:
-                continue
-            j = nxt[i]
-            if j >= n:
-                continue
-            m = merge_map.get((tokens[i], tokens[j]))
-            if m is None or m[1] != new:
-                continue                                # stale
-            tokens[i] = new
-            alive[j] = False
-            k = nxt[j]
-            nxt[i] = k
-            if k < n:
-                prv[k] = i
-            p = prv[i]
-            if p >= 0:
-                m = merge_map.get((tokens[p], new))
-                if m is not None:
-                    heapq.heappush(heap, (m[0], p, m[1]))
-            if k < n:
-                m = merge_map.get((new, tokens[k]))
-                if m is not None:
-                    heapq.heappush(heap, (m[0], i, m[1]))
-        return [t for t, ok in zip(tokens, alive) if ok]
-
     def _piece_ids(self, piece: str) -> list:
         """One pre-token -> its ids: its bytes in GPT-2's alphabet, merged by rank."""
         data = piece.encode("utf-8")
         ids = [self._byte_ids[b] for b in data]
         if -1 in ids:
-            b = data[ids.index(-1)]
-            raise ValueError(f"text needs the byte 0x{b:02X} (written {_BYTE_TO_CHAR[b]!r} "
-                             f"in GPT-2's byte alphabet), which this vocabulary lacks "
-                             f"(in the piece {piece!r})")
-        return self._merge(ids) if len(ids) > 1 else ids
+            raise _missing_byte(data[ids.index(-1)], piece)
+        return _bpe_merge(ids, self._merge_map) if len(ids) > 1 else ids
 
     def _decode_ids(self, ids, skip_special_tokens):
         table = self._id_bytes
