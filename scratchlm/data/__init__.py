@@ -2,7 +2,8 @@
 
 * ``tokenizers`` -- :class:`CharTokenizer`, :class:`ByteTokenizer`, :class:`WordTokenizer`,
   :class:`BPETokenizer` (byte-level, trained from scratch), :class:`GPT2Tokenizer` (GPT-2's
-  byte-level BPE from local ``vocab.json`` + ``merges.txt``), :func:`load_tokenizer`;
+  byte-level BPE from local ``vocab.json`` + ``merges.txt``), :class:`HFTokenizer` (byte-level BPE
+  from a Hugging Face ``tokenizer.json``: GPT-2, Llama 3, Qwen2, SmolLM), :func:`load_tokenizer`;
 * ``corpus`` -- :func:`builtin_corpus` (CPython's ``pydoc_data`` help text: no download),
   :func:`load_corpus`, :func:`split_corpus`, :func:`corpus_lines`;
 * ``synthetic`` -- :class:`MarkovSource` (exact entropy rate), :class:`TranslationTask`;
@@ -20,6 +21,7 @@ from .corpus import builtin_corpus, load_corpus, read_corpus, split_corpus
 from .corpus import lines as corpus_lines
 from .documents import STOP_WORDS, DocumentSplit, document_words, load_documents_dataset
 from .gpt2_tokenizer import GPT2Tokenizer, bytes_to_unicode
+from .hf_tokenizer import HFTokenizer
 from .images import GLYPHS, ImageSplit, binarize, digit_images, load_digits_dataset, resize_images
 from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
 from .synthetic import MarkovSource, TranslationTask
@@ -31,7 +33,7 @@ __all__ = [
     "GLYPHS", "ImageSplit", "binarize", "digit_images", "load_digits_dataset", "resize_images",
     "Tokenizer", "CharTokenizer", "ByteTokenizer", "WordTokenizer", "BPETokenizer", "load_tokenizer",
     "TOKENIZERS", "build_tokenizer", "encode_lines",
-    "GPT2Tokenizer", "bytes_to_unicode",
+    "GPT2Tokenizer", "bytes_to_unicode", "HFTokenizer",
     "builtin_corpus", "load_corpus", "read_corpus", "split_corpus", "corpus_lines",
     "MarkovSource", "TranslationTask",
     "random_windows", "sequential_batches", "pad_batch",
