@@ -629,6 +629,12 @@ def _thin(a, a_base, ars, acs, b, b_base, brs, bcs, out, o_base, ors, ocs, M, K,
                     out[at] = out[at] + acc if accumulate else acc
 
 
+def _flat_ok(m):
+    """A 2-D array that ``m.ravel(order="K")`` views without a copy, starting at ``m[0, 0]``, so
+    that ``m[i, j]`` is ``flat[i * s0 + j * s1]`` with its element strides."""
+    return (m.flags.c_contiguous or m.flags.f_contiguous) and m.strides[0] >= 0 and m.strides[1] >= 0
+
+
 #: below this many multiply-adds a product runs in the calling thread: a split costs about
 #: 40-50 us (the hand-off and the Python of the second part, which waits for the GIL), which is
 #: what a 16M-MAC product saves by running on two cores (measured: 256^3 split and serial tie,
@@ -658,6 +664,16 @@ def matmul_numba(a, b, out=None, accumulate=False):
     if K == 0:                                                # an empty sum
         if not accumulate:
             out[...] = 0.0
+        return out
+    if (M < MR and packed is None and a.ndim == b.ndim == 2 and M * K * N < SPLIT_MIN_MACS
+            and _flat_ok(a) and _flat_ok(b) and _flat_ok(out)):
+        # a KV-cache step's x @ W^T: the thin kernel straight on the arrays' strides, without
+        # building offset arrays (their Python cost is most of such a small product's time)
+        it, zero = a.itemsize, _offsets(1, 0)
+        _thin(a.ravel(order="K"), zero, a.strides[0] // it, a.strides[1] // it,
+              b.ravel(order="K"), zero, b.strides[0] // it, b.strides[1] // it,
+              out.ravel(order="K"), zero, out.strides[0] // it, out.strides[1] // it,
+              M, K, 0, N, 0, 1, bool(accumulate))
         return out
     fa, a_base, a_rows, a_cols = as_batched_operand(a)
     fo, o_base, o_rows, o_cols = as_batched_operand(out)
