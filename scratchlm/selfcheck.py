@@ -15,6 +15,7 @@ from .gradcheck import check_module
 from .models.cnn import CNN
 from .models.convlm import ConvLM
 from .models.gpt import GPT, GPTConfig
+from .models.llama import Llama, LlamaConfig
 from .models.nvdm import DocumentVAE
 from .models.rnnlm import RNNLM
 from .models.seq2seq_rnn import Seq2Seq
@@ -56,6 +57,8 @@ CASES = {
     "ReLU": lambda r: (nn.ReLU(), (_normal(r, 3, 5, min_abs=1e-2),)),
     "Tanh": lambda r: (nn.Tanh(), (_normal(r, 3, 5),)),
     "Sigmoid": lambda r: (nn.Sigmoid(), (_normal(r, 3, 5) * 3,)),
+    "RMSNorm": lambda r: (_perturbed(nn.RMSNorm(6, eps=1e-6, dtype=F64), r), (_normal(r, 4, 6),)),
+    "SiLU": lambda r: (nn.SiLU(), (_normal(r, 3, 5) * 2,)),
     "GELU": lambda r: (nn.GELU(), (_normal(r, 3, 5) * 2,)),
     "GELU(tanh)": lambda r: (nn.GELU("tanh"), (_normal(r, 3, 5) * 2,)),
     "Softmax(dim=1)": lambda r: (nn.Softmax(dim=1), (_normal(r, 2, 4, 3),)),
@@ -118,6 +121,12 @@ CASES = {
     "GPT (tiny, dropout)": lambda r: (
         GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1),
             dtype=F64, rng=r), (r.integers(0, 11, (2, 6)),)),
+    "Llama (tiny, GQA, QK-norm, q/k/v biases)": lambda r: (
+        _perturbed(Llama(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12,
+                                     num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, max_position_embeddings=8,
+                                     attention_bias=True, qk_norm=True), dtype=F64, rng=r), r),
+        (r.integers(0, 11, (2, 6)),)),
     "Seq2SeqTransformer (tiny, src padding, dropout)": lambda r: (
         Seq2SeqTransformer(9, 10, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
                            dim_feedforward=16, dropout=0.1, max_len=8, activation="gelu", dtype=F64, rng=r),

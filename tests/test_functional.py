@@ -39,6 +39,14 @@ def _cases():
         ("log_softmax", lambda: F.log_softmax_forward(seq, 1), F.log_softmax_backward),
         ("linear", lambda: F.linear_forward(x, w, b), F.linear_backward),
         ("layer_norm", lambda: F.layer_norm_forward(seq, 5, _x(5), _x(5)), F.layer_norm_backward),
+        ("rms_norm", lambda: F.rms_norm_forward(seq, 5, _x(5), 1e-6), F.rms_norm_backward),
+        ("silu", lambda: F.silu_forward(x), F.silu_backward),
+        ("swiglu", lambda: F.swiglu_forward(x, _x(4, 3)), F.swiglu_backward),
+        ("rope", lambda: F.rope_forward(_x(2, 3, 4), *F.rope_cos_sin(np.arange(3), F.rope_inv_freq(
+            4, 10.0), np.float32)), F.rope_backward),
+        ("grouped_query_attention", lambda: F.grouped_query_attention_forward(
+            _x(2, 4, 3, 2), _x(2, 2, 3, 2), _x(2, 2, 3, 2), is_causal=True),
+         F.grouped_query_attention_backward),
         ("dropout", lambda: F.dropout_forward(x, 0.5, True, np.random.default_rng(1)),
          F.dropout_backward),
         ("embedding", lambda: F.embedding_forward(ids, _x(4, 5), padding_idx=2),
