@@ -4,7 +4,10 @@ is in :mod:`scratchlm.training` and the models it names come from :mod:`scratchl
 Subcommands:
     train MODEL   train a registered model and save a checkpoint (``train MODEL --help`` lists
                   that model's options and defaults)
-    sample        generate from a checkpoint (or say why that model does not)
+    sample        generate from a checkpoint (or say why that model does not); --adapter adds a
+                  LoRA adapter
+    finetune      fine-tune a GPT or Llama checkpoint on a built-in instruction task (LoRA or
+                  full), reporting held-out exact match before and after
     eval          what a checkpoint scores on held-out data
     attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
@@ -192,8 +195,78 @@ def _load(path):
 
 def _cmd_sample(args) -> int:
     model, tok, meta, entry = _load(args.checkpoint)
+    if args.adapter is not None:
+        from .finetune import load_adapter
+        if entry.model_class not in ("GPT", "Llama"):
+            raise ValueError(f"--adapter applies to transformer and llama checkpoints, not "
+                             f"{entry.name}")
+        load_adapter(model, args.adapter)
     print(entry.pipeline_class.sample(entry, model, tok, meta, args))
     return 0
+
+
+def _cmd_finetune(args) -> int:
+    import resource
+    import time
+    from .finetune import apply_lora, exact_match, fit_sft, instruction_examples, save_adapter
+    from .training import TrainConfig
+    model, tok, meta, entry = _load(args.checkpoint)
+    if entry.model_class not in ("GPT", "Llama"):
+        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; finetune takes "
+                         f"transformer and llama checkpoints")
+    if tok is None:
+        raise ValueError(f"{args.checkpoint} carries no tokenizer")
+    if args.lora_rank is not None and args.full:
+        raise ValueError("--lora-rank and --full exclude each other: choose one")
+    data = instruction_examples(args.task, n_train=args.n_train, n_val=50, n_test=args.n_test,
+                                seed=args.seed)
+    if args.from_scratch:                 # the same architecture, untrained: what pretraining buys
+        model = entry.build(model.config_dict(), rng=args.seed)
+    before = exact_match(model, tok, data["test"])
+    lora = not args.full
+    if lora:
+        targets = ("q_proj", "v_proj") if entry.model_class == "Llama" else ("c_attn",)
+        rank = args.lora_rank or 8
+        apply_lora(model, targets, r=rank, alpha=2 * rank, rng=args.seed)
+    out = args.out or os.path.join("runs", f"{entry.name}-{args.task}" + ("" if lora else ".npz"))
+    trainable = model.num_parameters(trainable_only=True)
+    config = TrainConfig(steps=args.steps, lr=args.lr or (1e-3 if lora else 3e-4), warmup=20,
+                         weight_decay=0.0, grad_clip=1.0, eval_interval=max(args.steps // 4, 1),
+                         save_interval=args.steps)
+    curve = []
+
+    def progress(step, total, info):                  # exact match on the validation examples
+        if args.eval_every and (step % args.eval_every == 0 or step == total):
+            curve.append((step, exact_match(model, tok, data["val"])))
+            print(f"step {step}: validation exact match {curve[-1][1]:.1%}", flush=True)
+    start = time.perf_counter()
+    fit_sft(model, data["train"], tok, config, batch_size=args.batch_size, seed=args.seed,
+            val_examples=data["val"], checkpoint=None if lora else out,
+            meta=None if lora else {**{k: v for k, v in meta.items() if k not in ("train", "loop")},
+                                    "finetune": {"task": args.task, "full": True}},
+            log=lambda m: None, progress=progress)
+    seconds = time.perf_counter() - start
+    after = exact_match(model, tok, data["test"])
+    if lora:
+        save_adapter(model, out)
+        size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+        wrote = f"wrote the adapter {out} ({size / 1024:.1f} KiB)"
+    else:
+        wrote = f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB)"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    what = ("LoRA r=" + str(model_rank(model)) if lora else "full") + (
+        ", from scratch" if args.from_scratch else "")
+    print(f"finetune {entry.name} on {args.task} ({what}): "
+          f"{trainable:,} of {model.num_parameters():,} parameters trained, {args.steps} steps "
+          f"in {seconds:.1f} s, peak memory {peak:.0f} MiB")
+    print(f"held-out exact match ({len(data['test'])} examples): {before:.1%} before, "
+          f"{after:.1%} after; {wrote}")
+    return 0
+
+
+def model_rank(model) -> int:
+    from .finetune import lora_layers
+    return next(iter(lora_layers(model).values())).r
 
 
 def _cmd_eval(args) -> int:
@@ -310,10 +383,37 @@ def build_parser():
               SEED, opt("prompt", str, "", "text the sample continues (seq2seq: the source)"),
               positive("beam", None, "seq2seq: beam search with this beam size"),
               opt("out", str, None, "vae: where the PNG of samples goes (default "
-                  "runs/vae-samples.png)")):
+                  "runs/vae-samples.png)"),
+              opt("adapter", str, None, "a LoRA adapter folder (finetune's, or PEFT's) to apply "
+                  "first")):
         _add(s, o)
     s.add_argument("--greedy", action="store_true", help="argmax decoding (neural models)")
     s.set_defaults(func=_cmd_sample)
+
+    ft = sub.add_parser("finetune", help="fine-tune a transformer or llama checkpoint on an "
+                        "instruction task (LoRA by default, or --full)")
+    for o in (CHECKPOINT,
+              opt("task", str, "reverse", "the built-in instruction task",
+                  choices=("reverse", "sort", "dates")),
+              positive("lora_rank", None, "LoRA rank (default 8; on q_proj and v_proj, or GPT's "
+                       "c_attn)"),
+              positive("steps", 300, "training steps"),
+              positive("batch_size", 16, "examples per step"),
+              positive("lr", None, "learning rate (default 1e-3 with LoRA, 3e-4 full)",
+                       kind=float),
+              positive("n_train", 2000, "training examples"),
+              positive("n_test", 200, "held-out examples for exact match"),
+              opt("seed", int, 0, "seeds the task, the adapters and the batches", low=0),
+              opt("out", str, None, "the adapter folder (LoRA; default runs/NAME-TASK) or the "
+                  "checkpoint (--full; default runs/NAME-TASK.npz)")):
+        _add(ft, o)
+    ft.add_argument("--full", action="store_true", help="train every parameter instead of LoRA")
+    ft.add_argument("--from-scratch", action="store_true", help="re-initialise the model first "
+                    "(the same architecture, untrained): the baseline that shows what "
+                    "pretraining buys")
+    _add(ft, opt("eval_every", int, 0, "print the validation exact match every N steps (0: "
+                 "never; it includes generation time in the reported seconds)", low=0))
+    ft.set_defaults(func=_cmd_finetune)
 
     e = sub.add_parser("eval", help="what a checkpoint scores on held-out data")
     _add(e, CHECKPOINT)
@@ -356,9 +456,9 @@ def build_parser():
                    "as each case finishes)")
     g.set_defaults(func=_cmd_gradcheck)
 
-    parsers.update({("sample",): s, ("eval",): e, ("attention",): a, ("gradnorms",): n,
+    parsers.update({("sample",): s, ("finetune",): ft, ("eval",): e, ("attention",): a, ("gradnorms",): n,
                     ("filters",): f, ("gradcheck",): g})
-    for p in (s, e, a, f):
+    for p in (s, e, a, f, ft):
         for action in p._actions:
             if action.dest == "checkpoint" or (p is a and action.dest == "prompt"):
                 action.required = True

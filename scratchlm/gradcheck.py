@@ -370,7 +370,8 @@ def check_module(module, *inputs, eps: float = 1e-4, rtol: float = 1e-6, atol: f
     m.zero_grad()
     dx = m.backward(*dout_args)
     input_grads = _returned_input_grads(dx, len(positions))
-    param_grads = {n: p.grad.copy() for n, p in m.named_parameters()}
+    trainable = [(n, p) for n, p in m.named_parameters() if p.requires_grad]   # frozen: no grad
+    param_grads = {n: p.grad.copy() for n, p in trainable}
 
     def evaluate():
         restore()
@@ -380,7 +381,7 @@ def check_module(module, *inputs, eps: float = 1e-4, rtol: float = 1e-6, atol: f
     for pos, g in zip(positions, input_grads):
         report.tensors.append(_compare(f"input[{pos}]", g, xs[pos], evaluate, eps, rtol, atol,
                                        max_entries, rng))
-    for pname, p in m.named_parameters():
+    for pname, p in trainable:
         report.tensors.append(_compare(pname, param_grads[pname], p.data, evaluate, eps, rtol,
                                        atol, max_entries, rng))
     _nothing_checked(report, "no parameter or differentiable input has an entry")
@@ -402,12 +403,12 @@ def _check_accumulation(m, xs, dout_args, restore, first_input_grads, n_inputs) 
     m(*xs)
     m.zero_grad()
     m.backward(*dout_args)
-    once = {n: p.grad.copy() for n, p in m.named_parameters()}
+    once = {n: p.grad.copy() for n, p in m.named_parameters() if p.requires_grad}
     dx2 = _returned_input_grads(m.backward(*dout_args), n_inputs)
     # a parameter fed by one path doubles bit for bit; one fed by two (tied weights) adds its
     # contributions in another order the second time, so round-off is allowed (1e-12 relative)
-    bad = [n for n, p in m.named_parameters()
-           if not np.allclose(p.grad, 2 * once[n], rtol=1e-12, atol=1e-300)]
+    bad = [n for n, p in m.named_parameters() if p.requires_grad
+           and not np.allclose(p.grad, 2 * once[n], rtol=1e-12, atol=1e-300)]
     bad += [f"input gradient {i} changed" for i, (a, b) in enumerate(zip(first_input_grads, dx2))
             if not np.array_equal(np.asarray(a), np.asarray(b))]
     return PropertyCheck(name, not bad, ", ".join(bad))
@@ -429,7 +430,7 @@ def _check_float32(module, inputs, douts, n_inputs) -> PropertyCheck:
         bad += [f"input gradient dtype {np.asarray(g).dtype}" for g in dx
                 if g is not None and np.asarray(g).dtype != np.float32]
         bad += [f"{n}.grad dtype {p.grad.dtype}" for n, p in m.named_parameters()
-                if p.grad.dtype != np.float32 or p.data.dtype != np.float32]
+                if p.data.dtype != np.float32 or p.grad is not None and p.grad.dtype != np.float32]
     except Exception as exc:  # a failing float32 path must fail the property, not the whole report
         return PropertyCheck(name, False, f"float32 run failed: {type(exc).__name__}: {exc}")
     return PropertyCheck(name, not bad, ", ".join(bad))

@@ -65,7 +65,7 @@ def copy_weights_to_torch(torch, ours, theirs):
 
 
 #: the reference implementations the parity tests compare against, and what installs them
-REFERENCES = ("torch", "kenlm", "transformers", "tokenizers", "safetensors")   # .ci/run installs these
+REFERENCES = ("torch", "kenlm", "transformers", "tokenizers", "safetensors", "peft")   # .ci/run installs these
 
 
 def pytest_terminal_summary(terminalreporter):

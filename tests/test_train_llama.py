@@ -83,3 +83,29 @@ def test_learns_a_markov_source_as_well_as_torch(torch):
     h = src.entropy_rate(base=math.e)                                  # nats per token
     assert abs(loss_o - loss_t) <= 0.02 * loss_t, (loss_o, loss_t)
     assert loss_o < h + 0.1, (loss_o, h)                               # near the floor
+
+
+@pytest.mark.parametrize("mode", [["--lora-rank", "2"], ["--full"]])
+def test_finetune_cli(tmp_path, capsys, mode):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TEXT + "Reverse: abcdefghij\nSort: jihgfedcba\n", encoding="utf-8")
+    ck = tmp_path / "llama.npz"
+    assert main(["train", "llama", "--steps", "4", "--corpus", str(corpus), "--out", str(ck),
+                 "--sample-length", "0", *TINY, "--block-size", "32"]) == 0
+    capsys.readouterr()
+    out = tmp_path / ("adapter" if "--full" not in mode else "full.npz")
+    assert main(["finetune", "--checkpoint", str(ck), "--task", "reverse", "--steps", "6",
+                 "--batch-size", "4", "--n-train", "40", "--n-test", "5", "--out", str(out),
+                 *mode]) == 0
+    text = capsys.readouterr().out
+    assert "held-out exact match (5 examples)" in text and "parameters trained, 6 steps" in text
+    if "--full" in mode:
+        assert "(full)" in text and out.exists()
+        assert main(["sample", "--checkpoint", str(out), "--prompt", "Reverse: abc\n",
+                     "--length", "5", "--greedy"]) == 0
+    else:
+        assert "LoRA r=2" in text and (out / "adapter_model.safetensors").exists()
+        assert main(["sample", "--checkpoint", str(ck), "--adapter", str(out), "--prompt",
+                     "Reverse: abc\n", "--length", "5", "--greedy"]) == 0
+    assert capsys.readouterr().out.startswith("Reverse: abc")
+    assert main(["finetune", "--checkpoint", str(ck), "--full", "--lora-rank", "4"]) == 2

@@ -12,7 +12,8 @@ DEFAULT_IMPLS = (SCRATCHLM_NUMBA, SCRATCHLM_NUMPY, TORCH)
 _BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "numba",
                "scratchlm-cache": "numba", "scratchlm-nocache": "numba",
                "scratchlm-stored": "numba", "scratchlm-recompute": "numba",
-               "scratchlm-tiled": "numba", "scratchlm-tiled-numpy": "numpy", "scratchlm-dense": "numba"}
+               "scratchlm-tiled": "numba", "scratchlm-tiled-numpy": "numpy", "scratchlm-dense": "numba",
+               "scratchlm-lora": "numba", "scratchlm-full": "numba"}
 
 
 class Unavailable(Exception):

@@ -43,7 +43,7 @@ def linear_forward(x, weight, bias=None):
     return y, LinearCache(x, weight, bias is not None)
 
 
-def linear_backward(dy, cache: LinearCache):
+def linear_backward(dy, cache: LinearCache, *, needs_input_grad=(True, True, True)):
     r"""Gradients of :math:`y = x W^\top + b`.
 
     From ``y = x @ W.T + b``:  ``dx = dy @ W``,  ``dW = dy^T x`` (summed over every leading axis),
@@ -51,6 +51,10 @@ def linear_backward(dy, cache: LinearCache):
 
     Args:
         dy: ``(..., out_features)``.
+
+        needs_input_grad: which of ``(x, weight, bias)`` to differentiate (as
+            ``torch.autograd.Function``'s ``ctx.needs_input_grad``); the others are returned as
+            ``None`` and their products skipped (a frozen weight's ``dW`` is a whole GEMM).
 
     Returns:
         ``(dx, dweight, dbias)`` with the shapes of ``x``, ``weight``, ``bias`` (``dbias`` is
@@ -60,7 +64,8 @@ def linear_backward(dy, cache: LinearCache):
     upstream(dy, x.shape[:-1] + (weight.shape[0],), x.dtype)
     dy2 = dy.reshape(-1, dy.shape[-1])                          # (N, out)
     x2 = x.reshape(-1, x.shape[-1])                             # (N, in)
-    dx = matmul(dy2, weight).reshape(x.shape)                   # (N, out) @ (out, in) -> (..., in)
-    dweight = matmul(dy2.T, x2)                                 # (out, N) @ (N, in) -> (out, in)
-    dbias = dy2.sum(axis=0) if cache.has_bias else None         # (out,)
+    need_x, need_w, need_b = needs_input_grad
+    dx = matmul(dy2, weight).reshape(x.shape) if need_x else None   # (N, out) @ (out, in) -> (..., in)
+    dweight = matmul(dy2.T, x2) if need_w else None             # (out, N) @ (N, in) -> (out, in)
+    dbias = dy2.sum(axis=0) if cache.has_bias and need_b else None   # (out,)
     return dx, dweight, dbias

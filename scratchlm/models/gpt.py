@@ -34,10 +34,10 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from .._checks import (boolean, float_errors_checked, index_array, make_rng, positive_int,
-                       probability, resolve_dtype, trusted)
+from .._checks import (boolean, index_array, make_rng, positive_int, probability, resolve_dtype,
+                       trusted)
 from ..nn.module import NO_CACHE
-from .lm import CachedLanguageModel
+from .lm import CachedLanguageModel, any_trainable
 
 
 @dataclass
@@ -89,15 +89,13 @@ class CausalSelfAttention(nn.Module):
         ((B, nh, Tp, hs) each, or None): returns y and the extended (k, v). No cache for backward."""
         B, t, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        qkv, _ = F.linear_forward(x, self.c_attn.weight.data,
-                                  None if self.c_attn.bias is None else self.c_attn.bias.data)
+        qkv = self.c_attn.inference(x)                                        # (B, t, 3C)
         q, k, v = (a.reshape(B, t, nh, hs).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, axis=-1))
         if past is not None:
             k = np.concatenate([past[0], k], axis=2)                          # (B, nh, Tp + t, hs)
             v = np.concatenate([past[1], v], axis=2)
         y, _ = F.attention_forward(q, k, v, is_causal=True)                   # q: the last t positions
-        y, _ = F.linear_forward(y.transpose(0, 2, 1, 3).reshape(B, t, C), self.c_proj.weight.data,
-                                None if self.c_proj.bias is None else self.c_proj.bias.data)
+        y = self.c_proj.inference(y.transpose(0, 2, 1, 3).reshape(B, t, C))
         return y, (k, v)
 
     def backward(self, dout):
@@ -282,8 +280,11 @@ class GPT(CachedLanguageModel):
     def _backward(self, dlogits):
         tr = self.transformer
         dx = tr.ln_f.backward(self.lm_head.backward(dlogits))                 # (B, T, C)
-        for block in reversed(list(tr.h)):
-            dx = block.backward(dx)
+        blocks = list(tr.h)
+        for i in reversed(range(len(blocks))):
+            if not any_trainable(tr.wte, tr.wpe, *blocks[:i + 1]):
+                return                       # everything below is frozen: no work left to do
+            dx = blocks[i].backward(dx)
         dx = tr.drop.backward(dx)
         tr.wte.backward(dx)                                                   # into the tied weight
         tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B

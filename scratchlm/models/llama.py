@@ -40,7 +40,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from .._checks import index_array, make_rng, positive_int, resolve_dtype, trusted
-from .lm import CachedLanguageModel
+from .lm import CachedLanguageModel, any_trainable
 
 
 @dataclass
@@ -175,8 +175,8 @@ class LlamaAttention(nn.Module):
 
 
 def _linear(layer, x):
-    """``layer``'s forward without keeping a cache (inference)."""
-    return F.linear_forward(x, layer.weight.data, None if layer.bias is None else layer.bias.data)[0]
+    """``layer``'s forward without keeping a cache (inference; a LoRA layer adds its path)."""
+    return layer.inference(x)
 
 
 class LlamaMLP(nn.Module):
@@ -231,7 +231,69 @@ class LlamaDecoderLayer(nn.Module):
         return dh + self.input_layernorm.backward(self.self_attn.backward(dh))
 
 
-class Llama(CachedLanguageModel):
+class _LlamaBody:
+    """What the causal LM and the sequence classifier share: ``self.model`` (``embed_tokens``,
+    ``layers``, ``norm``; Hugging Face's ``LlamaModel``), the rotary tables, and the forward and
+    backward of the body, from token ids to the final normalised hidden states."""
+
+    def _build_body(self, config, dtype, rng):
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.dtype = resolve_dtype(dtype)
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(c.vocab_size, c.hidden_size, dtype=dtype, rng=rng),
+            layers=nn.ModuleList([LlamaDecoderLayer(c, dtype, rng)
+                                  for _ in range(c.num_hidden_layers)]),
+            norm=nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps, dtype=dtype),
+        ))
+        self._inv_freq = F.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)   # (d/2,)
+        self._tables = {}
+
+    def _init_weights(self, rng):
+        """As ``transformers``: every Linear and the embedding N(0, 0.02), biases 0."""
+        for name, p in self.named_parameters():
+            if p.ndim == 2:                                             # Linear and Embedding
+                p.data[...] = rng.normal(0.0, 0.02, p.shape)
+            elif name.endswith(".bias"):
+                p.data[...] = 0.0
+
+    def _rope(self, start, T):
+        """cos, sin ``(T, d/2)`` for positions ``start..start+T-1`` (the last few kept)."""
+        dtype = self.model.embed_tokens.weight.data.dtype            # (the model's, after .to())
+        key = (start, T, dtype)
+        if key not in self._tables:
+            if len(self._tables) > 8:
+                self._tables.clear()
+            self._tables[key] = F.rope_cos_sin(np.arange(start, start + T), self._inv_freq, dtype)
+        return self._tables[key]
+
+    def _body_forward(self, idx):
+        """idx (B, T) checked ids -> the final normalised hidden states (B, T, C)."""
+        c = self.config
+        T = idx.shape[1]
+        if T > c.max_position_embeddings:
+            raise ValueError(f"idx has sequence length {T}, more than max_position_embeddings "
+                             f"{c.max_position_embeddings}")
+        cos, sin = self._rope(0, T)                                           # (T, d/2) each
+        x = self.model.embed_tokens(idx)                                      # (B, T, C)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)                                            # (B, T, C)
+        return self.model.norm(x)                                             # (B, T, C)
+
+    def _body_backward(self, dh):
+        """From the hidden states' gradient (B, T, C) down to the embedding, stopping where
+        nothing below is trained."""
+        dx = self.model.norm.backward(dh)                                     # (B, T, C)
+        layers = list(self.model.layers)
+        for i in reversed(range(len(layers))):
+            if not any_trainable(self.model.embed_tokens, *layers[:i + 1]):
+                return                       # everything below is frozen: no work left to do
+            dx = layers[i].backward(dx)
+        self.model.embed_tokens.backward(dx)               # (tied: into the head's weight too)
+
+
+class Llama(_LlamaBody, CachedLanguageModel):
     """``Llama(LlamaConfig(...), dtype=np.float32, rng=None)``, with GPT's calling convention:
 
     * ``logits = model(idx)`` -- ``(B, T, vocab_size)``, ``T <= max_position_embeddings``;
@@ -248,64 +310,28 @@ class Llama(CachedLanguageModel):
 
     def __init__(self, config: LlamaConfig, dtype=np.float32, rng=None):
         super().__init__()
-        if not isinstance(config, LlamaConfig):
-            raise TypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
-        self.config = c = config
-        self.dtype = resolve_dtype(dtype)
         rng = make_rng(rng)
-        self.model = nn.ModuleDict(dict(
-            embed_tokens=nn.Embedding(c.vocab_size, c.hidden_size, dtype=dtype, rng=rng),
-            layers=nn.ModuleList([LlamaDecoderLayer(c, dtype, rng)
-                                  for _ in range(c.num_hidden_layers)]),
-            norm=nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps, dtype=dtype),
-        ))
+        self._build_body(config, dtype, rng)
+        c = self.config
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False, dtype=dtype, rng=rng)
         if c.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        for name, p in self.named_parameters():
-            if p.ndim == 2:                                             # Linear and Embedding
-                p.data[...] = rng.normal(0.0, 0.02, p.shape)
-            elif name.endswith(".bias"):
-                p.data[...] = 0.0
-        self._inv_freq = F.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)   # (d/2,)
-        self._tables = {}
+        self._init_weights(rng)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
 
     @property
     def context_size(self) -> int:
         return self.config.max_position_embeddings
 
-    def _rope(self, start, T):
-        """cos, sin ``(T, d/2)`` for positions ``start..start+T-1`` (the last few kept)."""
-        dtype = self.model.embed_tokens.weight.data.dtype            # (the model's, after .to())
-        key = (start, T, dtype)
-        if key not in self._tables:
-            if len(self._tables) > 8:
-                self._tables.clear()
-            self._tables[key] = F.rope_cos_sin(np.arange(start, start + T), self._inv_freq, dtype)
-        return self._tables[key]
-
     @trusted                        # ids are checked here; the layers inside skip their NaN scans
     def forward(self, idx, targets=None):
-        c = self.config
-        idx = index_array(idx, "idx", c.vocab_size, ndim=2)
-        B, T = idx.shape
-        if T > c.max_position_embeddings:
-            raise ValueError(f"idx has sequence length {T}, more than max_position_embeddings "
-                             f"{c.max_position_embeddings}")
-        cos, sin = self._rope(0, T)                                           # (T, d/2) each
-        x = self.model.embed_tokens(idx)                                      # (B, T, C)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin)                                            # (B, T, C)
-        logits = self.lm_head(self.model.norm(x))                             # (B, T, V)
+        idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
+        logits = self.lm_head(self._body_forward(idx))                        # (B, T, V)
         return self._logits_and_loss(logits, idx, targets)
 
     @trusted
     def _backward(self, dlogits):
-        dx = self.model.norm.backward(self.lm_head.backward(dlogits))         # (B, T, C)
-        for layer in reversed(list(self.model.layers)):
-            dx = layer.backward(dx)
-        self.model.embed_tokens.backward(dx)               # (tied: into the head's weight too)
+        self._body_backward(self.lm_head.backward(dlogits))                  # (B, T, C)
 
     @trusted
     def _step_logits(self, idx_new, start, past):
@@ -354,3 +380,86 @@ class Llama(CachedLanguageModel):
         ``model_type`` llama, or qwen2 with ``attention_bias``, or qwen3 with ``qk_norm``."""
         from .hf_llama import write_pretrained
         write_pretrained(self, path)
+
+
+class LlamaForSequenceClassification(_LlamaBody, nn.Module):
+    r"""A Llama body with a classification head, as ``transformers``'
+    ``LlamaForSequenceClassification``: ``score`` (``Linear(hidden_size, num_labels)``, no bias)
+    reads the final hidden state of each sequence's last token that is not ``pad_token_id``
+    (sequences are right-padded):
+
+    .. math::  \ell_b = W_s\,h_{b,\,t_b},\qquad t_b = \max\{t : \text{idx}_{b,t} \ne
+               \text{pad}\}
+
+    * ``logits = model(idx)`` -- ``(B, num_labels)``; ``logits, loss = model(idx, labels)`` --
+      mean cross-entropy over the batch;
+    * ``model.backward(dlogits)`` or ``model.backward()``: the gradient enters the body at each
+      sequence's last token only.
+
+    ``state_dict()`` names: ``model.*`` as :class:`Llama`, and ``score.weight``.
+    :meth:`from_causal_lm` starts one from a trained :class:`Llama` (its body's weights, a fresh
+    ``score``).
+    """
+
+    def __init__(self, config: LlamaConfig, num_labels: int = 2, pad_token_id: int = 0,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        rng = make_rng(rng)
+        self._build_body(config, dtype, rng)
+        self.num_labels = positive_int(num_labels, "num_labels")
+        self.pad_token_id = int(index_array(np.array([pad_token_id]), "pad_token_id",
+                                            config.vocab_size)[0])
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False, dtype=dtype,
+                               rng=rng)
+        self._init_weights(rng)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    @classmethod
+    def from_causal_lm(cls, lm: "Llama", num_labels: int, pad_token_id: int = 0, rng=None):
+        """A classifier whose body is a copy of ``lm``'s (``score`` drawn fresh)."""
+        model = cls(lm.config, num_labels, pad_token_id, dtype=lm.dtype, rng=rng)
+        body = {k: v for k, v in lm.state_dict().items() if k.startswith("model.")}
+        model.load_state_dict(body | {"score.weight": model.score.weight.data}, strict=True)
+        return model
+
+    def last_token(self, idx) -> np.ndarray:
+        """``(B,)`` the index of each row's last token that is not padding."""
+        real = idx != self.pad_token_id                                       # (B, T)
+        if not real.any(axis=1).all():
+            row = int(np.flatnonzero(~real.any(axis=1))[0])
+            raise ValueError(f"idx row {row} is all padding (pad_token_id {self.pad_token_id}): "
+                             f"there is no token to classify from")
+        return idx.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1)
+
+    @trusted
+    def forward(self, idx, labels=None):
+        idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
+        h = self._body_forward(idx)                                           # (B, T, C)
+        last = self.last_token(idx)                                           # (B,)
+        logits = self.score(h[np.arange(idx.shape[0]), last])                 # (B, L)
+        self._cache = (h.shape, last)
+        if labels is None:
+            self._has_loss = False
+            return logits
+        labels = index_array(labels, "labels", self.num_labels, ndim=1)
+        if labels.shape != (idx.shape[0],):
+            raise ValueError(f"labels must have shape ({idx.shape[0]},), got {labels.shape}")
+        self._has_loss = True
+        return logits, self.loss_fn(logits, labels)
+
+    @trusted
+    def backward(self, dlogits=None):
+        shape, last = self._saved()
+        if dlogits is None:
+            if not self._has_loss:
+                raise RuntimeError("backward() without dlogits needs a forward call with labels")
+            dlogits = self.loss_fn.backward()
+        dpooled = self.score.backward(dlogits)                                # (B, C)
+        dh = np.zeros(shape, dpooled.dtype)                                   # (B, T, C)
+        dh[np.arange(shape[0]), last] = dpooled         # from pooled = h[b, last_b]
+        self._body_backward(dh)
+        return None
+
+    def config_dict(self) -> dict:
+        return asdict(self.config) | {"num_labels": self.num_labels,
+                                      "pad_token_id": self.pad_token_id}

@@ -20,6 +20,12 @@ from .._checks import boolean, float_array, float_errors_checked, index_array, m
 from ..decoding import check_sampling, sample_next
 
 
+def any_trainable(*modules) -> bool:
+    """Whether any parameter of ``modules`` has ``requires_grad``: a decoder's backward stops
+    once nothing below the current layer is trained (fine-tuning the top layers only)."""
+    return any(p.requires_grad for m in modules for p in m.parameters())
+
+
 class LanguageModel(nn.Module):
     """Base of the token-level language models; ``self.config.vocab_size`` names the vocabulary."""
 

@@ -364,7 +364,7 @@ class Seq2Seq(EncoderDecoder):
                 d, _, _, *grads, _ = F.recurrent_backward(
                     d, dh_n[k, rows], None if dc_n is None else dc_n[k, rows], caches[k])
                 for p, g in zip(enc._params(k, ""), grads):
-                    if p is not None:
+                    if p is not None and p.requires_grad:
                         p.grad += g
                 if masks[k] is not None:
                     d = d * masks[k]                                           # through the dropout

@@ -326,8 +326,10 @@ class GaussianLatentModel(nn.Module):
         dh = self.relu1.backward(dh)
         # fc1's input is data: only its weight and bias gradients are needed (one gemm saved)
         x = self.fc1._saved().x                                                   # (B, D)
-        matmul(dh.T, x, self.fc1.weight.grad, True)                 # grad (H, D) += (H, B) @ (B, D)
-        self.fc1.bias.grad += dh.sum(axis=0)
+        if self.fc1.weight.requires_grad:
+            matmul(dh.T, x, self.fc1.weight.grad, True)             # grad (H, D) += (H, B) @ (B, D)
+        if self.fc1.bias.requires_grad:
+            self.fc1.bias.grad += dh.sum(axis=0)
 
     # -- evaluation -----------------------------------------------------------------------------
     def _forget(self):

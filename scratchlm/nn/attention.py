@@ -144,8 +144,9 @@ class MultiheadAttention(Module):
             dinputs.append(dx if self.batch_first else np.swapaxes(dx, 0, 1))
             dW.append(dwi)
             db.append(dbi)
-        self.in_proj_weight.grad += np.concatenate(dW)
-        if self.in_proj_bias is not None:
+        if self.in_proj_weight.requires_grad:
+            self.in_proj_weight.grad += np.concatenate(dW)
+        if self.in_proj_bias is not None and self.in_proj_bias.requires_grad:
             self.in_proj_bias.grad += np.concatenate(db)
         return tuple(dinputs)
 

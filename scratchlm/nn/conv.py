@@ -59,8 +59,9 @@ class _ConvNd(Module):
     def backward(self, dy):
         backward = F.conv1d_backward if self._nd == 1 else F.conv2d_backward
         dx, dw, db = backward(dy, self._saved())
-        self.weight.grad += dw
-        if self.bias is not None:
+        if self.weight.requires_grad:
+            self.weight.grad += dw
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += db
         return dx
 

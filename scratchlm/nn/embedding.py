@@ -59,7 +59,8 @@ class Embedding(Module):
         return y
 
     def backward(self, dy):
-        F.embedding_backward(dy, self._saved(), dweight_out=self.weight.grad)
+        if self.weight.requires_grad:                  # frozen: nothing to do (ids have no grad)
+            F.embedding_backward(dy, self._saved(), dweight_out=self.weight.grad)
         return None
 
     def extra_repr(self):

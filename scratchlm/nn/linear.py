@@ -43,11 +43,18 @@ class Linear(Module):
         y, self._cache = F.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
         return y
 
+    def inference(self, x):
+        """The forward without keeping a cache (inference: a KV-cache generation step)."""
+        return F.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)[0]
+
     def backward(self, dy):
-        dx, dw, db = F.linear_backward(dy, self._saved())
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
+        w, b = self.weight, self.bias
+        dx, dw, db = F.linear_backward(dy, self._saved(), needs_input_grad=(
+            True, w.requires_grad, b is not None and b.requires_grad))
+        if w.requires_grad:                            # frozen: dW = dy^T x is never formed
+            w.grad += dw
+        if b is not None and b.requires_grad:
+            b.grad += db
         return dx
 
     def extra_repr(self):

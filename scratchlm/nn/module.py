@@ -36,16 +36,38 @@ class Parameter:
     """A trainable array: ``data`` and the gradient ``grad`` accumulated into it (same shape/dtype).
 
     Unlike ``torch.Tensor`` a Parameter is not itself an array: read ``p.data`` and ``p.grad``.
+
+    ``requires_grad`` (default True), as torch: a frozen parameter (``False``) has ``grad`` None;
+    the layers compute no gradient for it (and skip the product where the gradient would cost
+    one), optimizers and clipping pass it by, the gradient checker checks only trainable ones,
+    and ``state_dict()`` still holds it. Setting it back to True gives a zero ``grad``.
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "_requires_grad")
 
-    def __init__(self, data):
+    def __init__(self, data, requires_grad=True):
         data = np.array(data, copy=True)
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
         self.data = data
-        self.grad = np.zeros_like(data)
+        self._requires_grad = boolean(requires_grad, "requires_grad")
+        self.grad = np.zeros_like(data) if self._requires_grad else None
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        self._requires_grad = boolean(value, "requires_grad")
+        if not self._requires_grad:
+            self.grad = None
+        elif self.grad is None:
+            self.grad = np.zeros_like(self.data)
+
+    def requires_grad_(self, requires_grad=True) -> "Parameter":
+        self.requires_grad = requires_grad
+        return self
 
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
@@ -53,10 +75,12 @@ class Parameter:
     ndim = property(lambda self: self.data.ndim)
 
     def zero_grad(self) -> None:
-        self.grad[...] = 0
+        if self.grad is not None:
+            self.grad[...] = 0
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        frozen = "" if self._requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
 class Module:
@@ -175,8 +199,18 @@ class Module:
             for name in mod._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
 
-    def num_parameters(self) -> int:
-        return sum(p.size for p in self.parameters())
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def trainable_parameters(self) -> list:
+        """The parameters with ``requires_grad`` (what an optimizer of a fine-tuning run holds)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def requires_grad_(self, requires_grad: bool = True):
+        """Freeze (``False``) or unfreeze every parameter, as torch's ``Module.requires_grad_``."""
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
 
     # -- modes, gradients, dtype -------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -201,7 +235,7 @@ class Module:
             for p in m._parameters.values():
                 if p.data.dtype != dt:
                     p.data = p.data.astype(dt)
-                    p.grad = p.grad.astype(dt)
+                    p.grad = None if p.grad is None else p.grad.astype(dt)
             for name in m._buffers:
                 value = getattr(m, name)
                 if isinstance(value, np.ndarray) and value.dtype.kind == "f":

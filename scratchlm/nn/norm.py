@@ -37,9 +37,9 @@ class LayerNorm(Module):
 
     def backward(self, dy):
         dx, _, dw, db = F.layer_norm_backward(dy, self._saved())
-        if self.weight is not None:
+        if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += dw
-        if self.bias is not None:
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += db
         return dx
 
@@ -73,7 +73,7 @@ class RMSNorm(Module):
 
     def backward(self, dy):
         dx, _, dw = F.rms_norm_backward(dy, self._saved())
-        if self.weight is not None:
+        if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += dw
         return dx
 

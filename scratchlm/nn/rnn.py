@@ -209,7 +209,7 @@ class RNNBase(Module):
                     caches[idx])
                 norms[idx] = step_norms                                  # (T,)
                 for p, grad in zip(self._params(k, suffix), gparams):
-                    if p is not None:
+                    if p is not None and p.requires_grad:
                         p.grad += grad
                 dh0[idx] = gh0
                 if dc0 is not None:
@@ -340,7 +340,7 @@ class _CellBase(Module):
         dc = None if dc is None else upstream(dc, shape, self.dtype, name="dc").reshape(B, -1)
         dx, dh0, dc0, *gparams, _ = F.recurrent_backward(None, dh, dc, cache)
         for p, grad in zip((self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh), gparams):
-            if p is not None:
+            if p is not None and p.requires_grad:
                 p.grad += grad
         dh0 = dh0.reshape(shape)
         self.dhx = (dh0, dc0.reshape(shape)) if self.mode == "lstm" else dh0

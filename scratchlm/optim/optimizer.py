@@ -9,7 +9,8 @@ An optimizer holds
 * ``state`` -- a dict keyed by the ``Parameter`` object itself, holding that parameter's
   running buffers (NumPy arrays of the parameter's shape and dtype) and counters (ints).
 
-``step()`` applies one update to every parameter from its accumulated ``param.grad``;
+``step()`` applies one update to every parameter from its accumulated ``param.grad`` (a frozen
+one, ``requires_grad=False``, is passed by: no update, no state);
 ``zero_grad()`` sets every ``param.grad`` to zero in place. ``state_dict()`` /
 ``load_state_dict()`` use PyTorch's layout: parameters are replaced by integer indices, numbered
 in order over all groups, so a checkpoint can be loaded into a fresh optimizer built over the
@@ -192,6 +193,8 @@ class Optimizer:
         """Set every parameter's ``grad`` to zero, in place (the arrays are kept)."""
         for group in self.param_groups:
             for p in group["params"]:
+                if not p.requires_grad:
+                    continue                             # frozen: no gradient at all
                 if p.grad is None:
                     p.grad = np.zeros_like(p.data)
                 else:
@@ -201,7 +204,7 @@ class Optimizer:
     def _grad(p: Parameter):
         """``p.grad`` checked against ``p.data`` (same shape and dtype), or None to skip ``p``."""
         g = p.grad
-        if g is None:
+        if g is None or not p.requires_grad:                          # frozen: left untouched
             return None
         if not isinstance(g, np.ndarray) or g.shape != p.data.shape or g.dtype != p.data.dtype:
             raise ValueError(

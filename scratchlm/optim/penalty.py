@@ -59,6 +59,8 @@ class _Penalty(Module):
             raise ValueError(f"{type(self).__name__}.backward: dvalue must be finite, got {dvalue}")
         scale = dvalue * self.coeff
         for p in params:
+            if not p.requires_grad:
+                continue                                  # frozen: no gradient
             if p.grad is None:
                 p.grad = np.zeros_like(p.data)
             self._accumulate(p, scale)
