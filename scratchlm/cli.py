@@ -230,13 +230,14 @@ def _cmd_finetune(args) -> int:
         apply_lora(model, targets, r=rank, alpha=2 * rank, rng=args.seed)
     out = args.out or os.path.join("runs", f"{entry.name}-{args.task}" + ("" if lora else ".npz"))
     trainable = model.num_parameters(trainable_only=True)
-    config = TrainConfig(steps=args.steps, lr=args.lr or (1e-3 if lora else 3e-4), warmup=20,
+    config = TrainConfig(steps=args.steps, lr=args.lr or (5e-3 if lora else 3e-4), warmup=20,
                          weight_decay=0.0, grad_clip=1.0, eval_interval=max(args.steps // 4, 1),
                          save_interval=args.steps)
     curve = []
 
     def progress(step, total, info):                  # exact match on the validation examples
-        if args.eval_every and (step % args.eval_every == 0 or step == total):
+        if args.eval_every and (step % args.eval_every == 0 or step == total) and not (
+                curve and curve[-1][0] == step):
             curve.append((step, exact_match(model, tok, data["val"])))
             print(f"step {step}: validation exact match {curve[-1][1]:.1%}", flush=True)
     start = time.perf_counter()
@@ -399,7 +400,7 @@ def build_parser():
                        "c_attn)"),
               positive("steps", 300, "training steps"),
               positive("batch_size", 16, "examples per step"),
-              positive("lr", None, "learning rate (default 1e-3 with LoRA, 3e-4 full)",
+              positive("lr", None, "learning rate (default 5e-3 with LoRA, 3e-4 full)",
                        kind=float),
               positive("n_train", 2000, "training examples"),
               positive("n_test", 200, "held-out examples for exact match"),

@@ -93,7 +93,9 @@ def test_fit_sft_with_lora_moves_only_the_adapters():
 @pytest.mark.slow
 def test_fit_sft_reaches_exact_match():
     data = instruction_examples("reverse", n_train=2000, n_val=50, n_test=100, seed=1, max_len=6)
-    model = _model()
+    model = Llama(LlamaConfig(vocab_size=TOK.vocab_size, hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              max_position_embeddings=32), rng=0)
     fit_sft(model, data["train"], TOK, TrainConfig(steps=1500, lr=3e-3, warmup=50,
                                                    weight_decay=0.0), batch_size=32,
             log=lambda m: None)
