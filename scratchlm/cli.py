@@ -6,8 +6,9 @@ Subcommands:
                   that model's options and defaults)
     sample        generate from a checkpoint (or say why that model does not); --adapter adds a
                   LoRA adapter
-    finetune      fine-tune a GPT or Llama checkpoint on a built-in instruction task (LoRA or
-                  full), reporting held-out exact match before and after
+    finetune      fine-tune a GPT or Llama checkpoint on a built-in instruction task, or as a
+                  classifier (--task classify, --data file.csv), with LoRA or in full,
+                  reporting held-out exact match or accuracy before and after
     eval          what a checkpoint scores on held-out data
     attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
@@ -188,13 +189,18 @@ def _cmd_train(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # the other commands
 # ------------------------------------------------------------------------------------------------
-def _load(path):
+def _load(path, what):
     from .training import load_model
-    return load_model(path)
+    model, tok, meta, entry = load_model(path)
+    if hasattr(model, "num_labels"):
+        raise ValueError(f"{path} holds a sequence classifier (finetune --task classify --full); "
+                         f"{what} takes a language model: load the classifier in Python with "
+                         f"scratchlm.training.load_model")
+    return model, tok, meta, entry
 
 
 def _cmd_sample(args) -> int:
-    model, tok, meta, entry = _load(args.checkpoint)
+    model, tok, meta, entry = _load(args.checkpoint, "sample")
     if args.adapter is not None:
         from .finetune import load_adapter
         if entry.model_class not in ("GPT", "Llama"):
@@ -205,12 +211,34 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _classification_data(args) -> dict:
+    """``finetune --task classify``'s examples: the user's CSV (``--data``; up to a fifth, at
+    most ``--n-test`` rows, held out for accuracy) or the built-in sorted-letters task; 50
+    training examples (or a tenth) kept aside for ``--eval-every``."""
+    import numpy as np
+    from .finetune import classification_examples, read_labelled_csv
+    if args.data is None:
+        d = classification_examples(n_train=args.n_train + 50, n_test=args.n_test, seed=args.seed)
+        train, test, labels = d["train"], d["test"], d["labels"]
+    else:
+        examples, labels = read_labelled_csv(args.data)
+        n_test = min(args.n_test, len(examples) // 5)
+        if n_test < 1:
+            raise ValueError(f"{args.data} has {len(examples)} rows; finetune holds out a fifth "
+                             f"of them for accuracy and needs at least 5")
+        order = np.random.default_rng(args.seed).permutation(len(examples))
+        test = [examples[i] for i in order[:n_test]]
+        train = [examples[i] for i in order[n_test:]]
+    n_val = min(50, len(train) // 10)
+    return {"train": train[n_val:], "val": train[:n_val], "test": test, "labels": labels}
+
+
 def _cmd_finetune(args) -> int:
     import resource
     import time
-    from .finetune import apply_lora, exact_match, fit_sft, instruction_examples, save_adapter
+    from .finetune import apply_lora, eos_id_of, save_adapter
     from .training import TrainConfig
-    model, tok, meta, entry = _load(args.checkpoint)
+    model, tok, meta, entry = _load(args.checkpoint, "finetune")
     if entry.model_class not in ("GPT", "Llama"):
         raise ValueError(f"{args.checkpoint} holds a {entry.name} model; finetune takes "
                          f"transformer and llama checkpoints")
@@ -218,16 +246,33 @@ def _cmd_finetune(args) -> int:
         raise ValueError(f"{args.checkpoint} carries no tokenizer")
     if args.lora_rank is not None and args.full:
         raise ValueError("--lora-rank and --full exclude each other: choose one")
-    data = instruction_examples(args.task, n_train=args.n_train, n_val=50, n_test=args.n_test,
-                                seed=args.seed)
+    classify = args.task == "classify"
+    if args.data is not None and not classify:
+        raise ValueError(f"--data is the CSV file of --task classify; --task {args.task} is "
+                         f"built in")
     if args.from_scratch:                 # the same architecture, untrained: what pretraining buys
         model = entry.build(model.config_dict(), rng=args.seed)
-    before = exact_match(model, tok, data["test"])
+    if classify:                          # the LM's body under a fresh score head
+        from . import models
+        from .finetune import accuracy as score, fit_text_classifier as fit
+        data = _classification_data(args)
+        cls = getattr(models, f"{entry.model_class}ForSequenceClassification")
+        model = cls.from_causal_lm(model, len(data["labels"]), pad_token_id=eos_id_of(tok),
+                                   rng=args.seed)
+        metric, fit_extra = "accuracy", {}
+    else:
+        from .finetune import exact_match as score, fit_sft as fit, instruction_examples
+        data = instruction_examples(args.task, n_train=args.n_train, n_val=50,
+                                    n_test=args.n_test, seed=args.seed)
+        metric, fit_extra = "exact match", {"val_examples": data["val"]}
+    before = score(model, tok, data["test"])
     lora = not args.full
     if lora:
         targets = ("q_proj", "v_proj") if entry.model_class == "Llama" else ("c_attn",)
         rank = args.lora_rank or 8
         apply_lora(model, targets, r=rank, alpha=2 * rank, rng=args.seed)
+        if classify:                      # the new head is trained in full (PEFT:
+            model.score.weight.requires_grad = True                    # modules_to_save)
     out = args.out or os.path.join("runs", f"{entry.name}-{args.task}" + ("" if lora else ".npz"))
     trainable = model.num_parameters(trainable_only=True)
     config = TrainConfig(steps=args.steps, lr=args.lr or (5e-3 if lora else 3e-4), warmup=20,
@@ -235,19 +280,22 @@ def _cmd_finetune(args) -> int:
                          save_interval=args.steps)
     curve = []
 
-    def progress(step, total, info):                  # exact match on the validation examples
-        if args.eval_every and (step % args.eval_every == 0 or step == total) and not (
+    def progress(step, total, info):                  # the metric on the validation examples
+        if args.eval_every and data["val"] and (
+                step % args.eval_every == 0 or step == total) and not (
                 curve and curve[-1][0] == step):
-            curve.append((step, exact_match(model, tok, data["val"])))
-            print(f"step {step}: validation exact match {curve[-1][1]:.1%}", flush=True)
+            curve.append((step, score(model, tok, data["val"])))
+            print(f"step {step}: validation {metric} {curve[-1][1]:.1%}", flush=True)
+    finetuned = {"task": args.task, "full": True} | ({"labels": data["labels"]} if classify
+                                                     else {})
     start = time.perf_counter()
-    fit_sft(model, data["train"], tok, config, batch_size=args.batch_size, seed=args.seed,
-            val_examples=data["val"], checkpoint=None if lora else out,
-            meta=None if lora else {**{k: v for k, v in meta.items() if k not in ("train", "loop")},
-                                    "finetune": {"task": args.task, "full": True}},
-            log=lambda m: None, progress=progress)
+    fit(model, data["train"], tok, config, batch_size=args.batch_size, seed=args.seed,
+        checkpoint=None if lora else out,
+        meta=None if lora else {**{k: v for k, v in meta.items() if k not in ("train", "loop")},
+                                "config": model.config_dict(), "finetune": finetuned},
+        log=lambda m: None, progress=progress, **fit_extra)
     seconds = time.perf_counter() - start
-    after = exact_match(model, tok, data["test"])
+    after = score(model, tok, data["test"])
     if lora:
         save_adapter(model, out)
         size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
@@ -257,10 +305,11 @@ def _cmd_finetune(args) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     what = ("LoRA r=" + str(model_rank(model)) if lora else "full") + (
         ", from scratch" if args.from_scratch else "")
-    print(f"finetune {entry.name} on {args.task} ({what}): "
+    task = f"classify ({', '.join(data['labels'])})" if classify else args.task
+    print(f"finetune {entry.name} on {task} ({what}): "
           f"{trainable:,} of {model.num_parameters():,} parameters trained, {args.steps} steps "
           f"in {seconds:.1f} s, peak memory {peak:.0f} MiB")
-    print(f"held-out exact match ({len(data['test'])} examples): {before:.1%} before, "
+    print(f"held-out {metric} ({len(data['test'])} examples): {before:.1%} before, "
           f"{after:.1%} after; {wrote}")
     return 0
 
@@ -271,7 +320,7 @@ def model_rank(model) -> int:
 
 
 def _cmd_eval(args) -> int:
-    model, tok, meta, entry = _load(args.checkpoint)
+    model, tok, meta, entry = _load(args.checkpoint, "eval")
     print(entry.pipeline_class.evaluate(entry, model, tok, meta, corpus=args.corpus))
     return 0
 
@@ -280,7 +329,7 @@ def _cmd_attention(args) -> int:
     from .training.evaluate import attention_maps
     from .training.pipelines import need_tokenizer
     from .training.plots import plot_attention
-    model, tok, _, entry = _load(args.checkpoint)
+    model, tok, _, entry = _load(args.checkpoint, "attention")
     if entry.model_class not in ("GPT", "Llama"):
         raise ValueError(f"{args.checkpoint} holds a {entry.name} model; attention maps are "
                          f"drawn for transformer and llama checkpoints")
@@ -295,7 +344,7 @@ def _cmd_attention(args) -> int:
 def _cmd_filters(args) -> int:
     from .training.pipelines import digits, run_options
     from .training.plots import plot_filters_and_maps
-    model, _, meta, entry = _load(args.checkpoint)
+    model, _, meta, entry = _load(args.checkpoint, "filters")
     if entry.model_class != "CNN":
         raise ValueError(f"{args.checkpoint} holds a {entry.name} model, not a cnn")
     _, test = digits(run_options(meta, "filters"))
@@ -392,18 +441,22 @@ def build_parser():
     s.set_defaults(func=_cmd_sample)
 
     ft = sub.add_parser("finetune", help="fine-tune a transformer or llama checkpoint on an "
-                        "instruction task (LoRA by default, or --full)")
+                        "instruction task or as a text classifier (LoRA by default, or --full)")
     for o in (CHECKPOINT,
-              opt("task", str, "reverse", "the built-in instruction task",
-                  choices=("reverse", "sort", "dates")),
+              opt("task", str, "reverse", "a built-in instruction task, or classify (a "
+                  "classification head: --data, or the built-in sorted-letters task)",
+                  choices=("reverse", "sort", "dates", "classify")),
+              opt("data", str, None, "classify: a UTF-8 CSV file with a header naming 'text' "
+                  "and 'label' columns"),
               positive("lora_rank", None, "LoRA rank (default 8; on q_proj and v_proj, or GPT's "
                        "c_attn)"),
               positive("steps", 300, "training steps"),
               positive("batch_size", 16, "examples per step"),
               positive("lr", None, "learning rate (default 5e-3 with LoRA, 3e-4 full)",
                        kind=float),
-              positive("n_train", 2000, "training examples"),
-              positive("n_test", 200, "held-out examples for exact match"),
+              positive("n_train", 2000, "training examples (built-in tasks)"),
+              positive("n_test", 200, "held-out examples for exact match or accuracy (--data: "
+                       "at most a fifth of the rows)"),
               opt("seed", int, 0, "seeds the task, the adapters and the batches", low=0),
               opt("out", str, None, "the adapter folder (LoRA; default runs/NAME-TASK) or the "
                   "checkpoint (--full; default runs/NAME-TASK.npz)")):
@@ -412,8 +465,8 @@ def build_parser():
     ft.add_argument("--from-scratch", action="store_true", help="re-initialise the model first "
                     "(the same architecture, untrained): the baseline that shows what "
                     "pretraining buys")
-    _add(ft, opt("eval_every", int, 0, "print the validation exact match every N steps (0: "
-                 "never; it includes generation time in the reported seconds)", low=0))
+    _add(ft, opt("eval_every", int, 0, "print the validation exact match (classify: accuracy) "
+                 "every N steps (0: never; its time is in the reported seconds)", low=0))
     ft.set_defaults(func=_cmd_finetune)
 
     e = sub.add_parser("eval", help="what a checkpoint scores on held-out data")

@@ -109,3 +109,42 @@ def test_finetune_cli(tmp_path, capsys, mode):
                      "Reverse: abc\n", "--length", "5", "--greedy"]) == 0
     assert capsys.readouterr().out.startswith("Reverse: abc")
     assert main(["finetune", "--checkpoint", str(ck), "--full", "--lora-rank", "4"]) == 2
+
+
+@pytest.mark.parametrize("model,mode", [("llama", ["--lora-rank", "2"]), ("llama", ["--full"]),
+                                        ("transformer", [])])
+def test_finetune_classify_cli(tmp_path, capsys, model, mode):
+    from scratchlm.finetune import accuracy, classification_examples
+    from scratchlm.training import load_model
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(TEXT + "abcdefghij\n", encoding="utf-8")
+    ck = tmp_path / "lm.npz"
+    size = TINY if model == "llama" else ["--n-layer", "1", "--n-head", "2", "--n-embd", "16"]
+    assert main(["train", model, "--steps", "3", "--corpus", str(corpus), "--out", str(ck),
+                 "--sample-length", "0", *size, "--block-size", "16"]) == 0
+    data = tmp_path / "data.csv"
+    rows = classification_examples(n_train=60, n_test=0, seed=1)["train"]
+    data.write_text("label,text\n" + "".join(f"{'yes' if y else 'no'},{t}\n" for t, y in rows),
+                    encoding="utf-8")
+    capsys.readouterr()
+    out = tmp_path / ("full.npz" if "--full" in mode else "adapter")
+    assert main(["finetune", "--checkpoint", str(ck), "--task", "classify", "--data", str(data),
+                 "--steps", "5", "--batch-size", "8", "--n-test", "10", "--out", str(out),
+                 *mode]) == 0
+    text = capsys.readouterr().out
+    assert "on classify (no, yes)" in text and "held-out accuracy (10 examples)" in text
+    if "--full" in mode:
+        clf, tok, meta, _ = load_model(out)              # the classifier, labels in its meta
+        assert type(clf).__name__ == "LlamaForSequenceClassification"
+        assert meta["finetune"]["labels"] == ["no", "yes"]
+        held_out = [(t, int(y)) for t, y in (rows[i] for i in np.random.default_rng(0)
+                                                          .permutation(60)[:10])]
+        assert f"before, {accuracy(clf, tok, held_out):.1%} after" in text   # what was saved
+        assert main(["sample", "--checkpoint", str(out)]) == 2
+        assert "holds a sequence classifier" in capsys.readouterr().err
+    else:
+        doc = (out / "adapter_config.json").read_text()
+        assert '"SEQ_CLS"' in doc and '"score"' in doc
+    assert main(["finetune", "--checkpoint", str(ck), "--task", "reverse", "--data",
+                 str(data)]) == 2
+    assert "--data is the CSV file of --task classify" in capsys.readouterr().err

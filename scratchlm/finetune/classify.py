@@ -110,7 +110,7 @@ def fit_text_classifier(model, examples, tokenizer, config, *, batch_size: int =
     batch_size = positive_int(batch_size, "batch_size")
     pad = model.pad_token_id
     encoded = _encode_all(tokenizer, examples, pad)
-    context = model.config.max_position_embeddings
+    context = model.config.block_size
     for _, label in encoded:
         if not 0 <= label < model.num_labels:
             raise ValueError(f"label {label} is outside the model's {model.num_labels} labels")
@@ -132,7 +132,7 @@ def accuracy(model, tokenizer, examples, batch_size: int = 64) -> float:
         hits = 0
         for i in range(0, len(encoded), batch_size):
             idx, labels = classification_batch(encoded[i:i + batch_size], model.pad_token_id,
-                                               model.config.max_position_embeddings)
+                                               model.config.block_size)
             hits += int((model(idx).argmax(axis=1) == labels).sum())
         return hits / len(encoded)
     finally:

@@ -200,6 +200,15 @@ def unmerge_lora(model) -> None:
 # ------------------------------------------------------------------------------------------------
 # PEFT's files
 # ------------------------------------------------------------------------------------------------
+def _saved_modules(model) -> dict:
+    """``{parameter name: Parameter}`` trained in full beside the adapters (PEFT's
+    ``modules_to_save``, e.g. a classifier's ``score``): the trainable parameters outside every
+    LoRA layer."""
+    layers = lora_layers(model)
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and not any(
+        n.startswith(name + ".") for name in layers)}
+
+
 def adapter_config(model) -> dict:
     layers = lora_layers(model)
     if not layers:
@@ -210,10 +219,12 @@ def adapter_config(model) -> dict:
         raise ValueError("PEFT's adapter_config holds one r, alpha and dropout; these LoRA layers "
                          "differ")
     targets = sorted({n.rsplit(".", 1)[-1] for n in layers})
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.r,
-            "lora_alpha": first.alpha, "lora_dropout": first.lora_dropout.p,
+    saved = sorted({n.rsplit(".", 1)[0] for n in _saved_modules(model)})
+    return {"peft_type": "LORA",
+            "task_type": "SEQ_CLS" if hasattr(model, "num_labels") else "CAUSAL_LM",
+            "r": first.r, "lora_alpha": first.alpha, "lora_dropout": first.lora_dropout.p,
             "target_modules": targets, "bias": "none", "fan_in_fan_out": False,
-            "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
+            "init_lora_weights": True, "inference_mode": True, "modules_to_save": saved or None,
             "use_rslora": False, "use_dora": False, "layers_to_transform": None,
             "base_model_name_or_path": None, "revision": None}
 
@@ -221,7 +232,8 @@ def adapter_config(model) -> dict:
 def save_adapter(model, path) -> None:
     """Write ``adapter_model.safetensors`` (the ``lora_A``/``lora_B`` weights under PEFT's keys)
     and ``adapter_config.json`` into the folder ``path`` (each file atomic). The adapters must
-    be unmerged."""
+    be unmerged. Parameters trained in full beside the adapters (a classifier's ``score``) go
+    in too, as PEFT's ``modules_to_save`` (``base_model.model.score.weight``)."""
     from ..io import atomic_write, save_safetensors
     layers = lora_layers(model)
     doc = adapter_config(model)
@@ -233,6 +245,8 @@ def save_adapter(model, path) -> None:
     for name, m in layers.items():
         tensors[f"{_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.data
         tensors[f"{_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.data
+    for name, p in _saved_modules(model).items():
+        tensors[f"{_PREFIX}{name}"] = p.data
     save_safetensors(os.path.join(path, ADAPTER_WEIGHTS), tensors, {"format": "pt"})
     text = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
     atomic_write(os.path.join(path, ADAPTER_CONFIG), lambda f: f.write(text))
@@ -241,7 +255,10 @@ def save_adapter(model, path) -> None:
 def load_adapter(model, path, rng=None) -> list:
     """Apply the LoRA adapter in the folder ``path`` (ours or one ``peft`` saved) to ``model``:
     the config's ``r``, ``lora_alpha``, ``lora_dropout`` and ``target_modules``, then its
-    weights, every one checked (names, shapes, finite). Returns the wrapped module names."""
+    weights; the ``modules_to_save`` it lists (a classifier's ``score``; names that match no
+    module, such as PEFT's default ``classifier``, are passed by) are loaded and left trainable,
+    as PEFT leaves them. Every tensor is checked (names, shapes, finite) before any is written.
+    Returns the wrapped module names."""
     from .._files import loads_json, read_bytes
     from ..io import load_safetensors
     path = os.fspath(path)
@@ -258,33 +275,44 @@ def load_adapter(model, path, rng=None) -> list:
                       ("bias", "none")):
         if doc.get(key, want) != want:
             raise ValueError(f"{cfg_path}: {key} must be {want!r} here, got {doc.get(key)!r}")
-    if doc.get("modules_to_save") or doc.get("layers_to_transform") is not None or \
-            doc.get("rank_pattern") or doc.get("alpha_pattern"):
-        raise ValueError(f"{cfg_path}: modules_to_save, layers_to_transform and rank/alpha "
-                         f"patterns are not supported")
+    if doc.get("layers_to_transform") is not None or doc.get("rank_pattern") or \
+            doc.get("alpha_pattern"):
+        raise ValueError(f"{cfg_path}: layers_to_transform and rank/alpha patterns are not "
+                         f"supported")
+    to_save = doc.get("modules_to_save") or []
+    if not isinstance(to_save, list) or not all(isinstance(n, str) and n for n in to_save):
+        raise ValueError(f"{cfg_path}: modules_to_save must be a list of module names, got "
+                         f"{to_save!r}")
+    saved = {n: p for n, p in model.named_parameters() if any(
+        n.rsplit(".", 1)[0] == m or n.rsplit(".", 1)[0].endswith("." + m) for m in to_save)}
+    tensors, _ = load_safetensors(w_path)           # read and checked before the model changes
     r, alpha = doc.get("r"), doc.get("lora_alpha")
     targets = doc.get("target_modules")
     if isinstance(targets, list):
         targets = tuple(targets)
     chosen = apply_lora(model, targets, r=r, alpha=alpha, dropout=doc.get("lora_dropout", 0.0),
                         rng=rng)
-    tensors, _ = load_safetensors(w_path)
     layers = lora_layers(model)
-    expected = {}
+    expected = {f"{_PREFIX}{n}": p for n, p in saved.items()}
     for name, m in layers.items():
         expected[f"{_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight
         expected[f"{_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight
+    writes = []
     for key, value in tensors.items():
         k = key.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
         if k not in expected:
-            raise ValueError(f"{w_path}: tensor {key!r} is not a LoRA weight of this model's "
-                             f"{', '.join(sorted(layers))[:200]}")
+            raise ValueError(f"{w_path}: tensor {key!r} is not a LoRA weight or a module to "
+                             f"save of this model's {', '.join(sorted(layers))[:200]}")
         p = expected.pop(k)
         if tuple(value.shape) != p.shape or value.dtype.kind != "f" or not np.isfinite(value).all():
             raise ValueError(f"{w_path}: tensor {key!r} must be a finite float array of shape "
                              f"{p.shape}, got {value.dtype} {tuple(value.shape)}")
-        p.data[...] = value.astype(p.dtype)
+        writes.append((p, value))
     if expected:
-        raise ValueError(f"{w_path} lacks {len(expected)} LoRA weight(s): "
+        raise ValueError(f"{w_path} lacks {len(expected)} weight(s) the adapter declares: "
                          f"{', '.join(list(expected)[:3])}")
+    for p, value in writes:
+        p.data[...] = value.astype(p.dtype)
+    for p in saved.values():
+        p.requires_grad = True
     return chosen

@@ -26,7 +26,7 @@ Training any of them is the one loop's job: :mod:`scratchlm.training` (``fit_lm`
 from .cnn import CNN, CNNConfig
 from .cnn import accuracy as classifier_accuracy
 from .convlm import ConvLM, ConvLMConfig
-from .gpt import GPT, GPTConfig
+from .gpt import GPT, GPTConfig, GPTForSequenceClassification
 from .llama import Llama, LlamaConfig, LlamaForSequenceClassification
 from .markov import MarkovChain
 from .ngram import NGramLM
@@ -37,7 +37,8 @@ from .seq2seq_transformer import Seq2SeqTransformer
 from .translation import CharVocab, exact_match, translate
 from .vae import VAE, VAEConfig, elbo, iwae_bound
 
-__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "Llama", "LlamaConfig", "LlamaForSequenceClassification", "RNNLM", "RNNLMConfig", "ConvLM",
-           "ConvLMConfig", "CNN", "CNNConfig", "classifier_accuracy",
-           "VAE", "VAEConfig", "DocumentVAE", "DocumentVAEConfig", "elbo", "iwae_bound", "Seq2SeqTransformer", "Seq2Seq", "GlobalAttention", "CharVocab",
-           "exact_match", "translate"]
+__all__ = ["MarkovChain", "NGramLM", "GPT", "GPTConfig", "GPTForSequenceClassification", "Llama",
+           "LlamaConfig", "LlamaForSequenceClassification", "RNNLM", "RNNLMConfig", "ConvLM",
+           "ConvLMConfig", "CNN", "CNNConfig", "classifier_accuracy", "VAE", "VAEConfig",
+           "DocumentVAE", "DocumentVAEConfig", "elbo", "iwae_bound", "Seq2SeqTransformer",
+           "Seq2Seq", "GlobalAttention", "CharVocab", "exact_match", "translate"]

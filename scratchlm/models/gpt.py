@@ -37,7 +37,7 @@ from .. import nn
 from .._checks import (boolean, index_array, make_rng, positive_int, probability, resolve_dtype,
                        trusted)
 from ..nn.module import NO_CACHE
-from .lm import CachedLanguageModel, any_trainable
+from .lm import CachedLanguageModel, SequenceClassifier, any_trainable
 
 
 @dataclass
@@ -202,7 +202,71 @@ def _replaying(module, rng_states):
         module.train(was_training)
 
 
-class GPT(CachedLanguageModel):
+class _GPTBody:
+    """What the language model and the sequence classifier share: ``self.transformer``
+    (``wte``, ``wpe``, ``drop``, ``h``, ``ln_f``), recomputation, GPT-2's initialisation, and the
+    forward and backward from token ids to the final LayerNorm's output."""
+
+    def _build_body(self, config, dtype, rng, recompute=False):
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.recompute = recompute
+        self.dtype = resolve_dtype(dtype)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd, dtype=dtype, rng=rng),
+            wpe=nn.Embedding(c.block_size, c.n_embd, dtype=dtype, rng=rng),
+            drop=nn.Dropout(c.dropout, rng=rng),
+            h=nn.ModuleList([Block(c, dtype, rng) for _ in range(c.n_layer)]),
+            ln_f=nn.LayerNorm(c.n_embd, bias=c.bias, dtype=dtype),
+        ))
+
+    @property
+    def recompute(self) -> bool:
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, value):
+        self._recompute = boolean(value, "recompute")
+
+    def _init_weights(self, rng):
+        std_residual = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.data[...] = rng.normal(0.0, std_residual, p.shape)
+            elif name.endswith(".weight") and p.ndim == 2:                  # Linear and Embedding
+                p.data[...] = rng.normal(0.0, 0.02, p.shape)
+            elif name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
+                p.data[...] = 0.0
+
+    def _body_forward(self, idx):
+        """idx (B, T) checked ids -> ln_f's output (B, T, C)."""
+        c = self.config
+        T = idx.shape[1]
+        if T > c.block_size:
+            raise ValueError(f"idx has sequence length {T}, more than block_size {c.block_size}")
+        tr = self.transformer
+        x = tr.wte(idx) + tr.wpe(np.arange(T))                                # (B, T, C)
+        x = tr.drop(x)
+        recompute = self.recompute and self.training            # evaluation runs as always
+        for block in tr.h:
+            x = block(x, recompute=recompute)                     # (B, T, C)
+        return tr.ln_f(x)                                                     # (B, T, C)
+
+    def _body_backward(self, dh):
+        tr = self.transformer
+        dx = tr.ln_f.backward(dh)                                             # (B, T, C)
+        blocks = list(tr.h)
+        for i in reversed(range(len(blocks))):
+            if not any_trainable(tr.wte, tr.wpe, *blocks[:i + 1]):
+                return                       # everything below is frozen: no work left to do
+            dx = blocks[i].backward(dx)
+        dx = tr.drop.backward(dx)
+        tr.wte.backward(dx)                                                   # into the tied weight
+        tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B
+
+
+class GPT(_GPTBody, CachedLanguageModel):
     """``GPT(GPTConfig(...), dtype=np.float32, rng=None)``.
 
     * ``logits = model(idx)`` -- ``(B, T, vocab_size)`` for every position (nanoGPT returns only
@@ -223,71 +287,23 @@ class GPT(CachedLanguageModel):
 
     def __init__(self, config: GPTConfig, dtype=np.float32, rng=None, recompute=False):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
-        self.config = config
-        self.recompute = recompute
-        self.dtype = resolve_dtype(dtype)
         rng = make_rng(rng)
-        c = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(c.vocab_size, c.n_embd, dtype=dtype, rng=rng),
-            wpe=nn.Embedding(c.block_size, c.n_embd, dtype=dtype, rng=rng),
-            drop=nn.Dropout(c.dropout, rng=rng),
-            h=nn.ModuleList([Block(c, dtype, rng) for _ in range(c.n_layer)]),
-            ln_f=nn.LayerNorm(c.n_embd, bias=c.bias, dtype=dtype),
-        ))
+        self._build_body(config, dtype, rng, recompute)
+        c = self.config
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False, dtype=dtype, rng=rng)
         self.lm_head.weight = self.transformer.wte.weight                   # weight tying
         self._init_weights(rng)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
 
-    @property
-    def recompute(self) -> bool:
-        return self._recompute
-
-    @recompute.setter
-    def recompute(self, value):
-        self._recompute = boolean(value, "recompute")
-
-    def _init_weights(self, rng):
-        std_residual = 0.02 / math.sqrt(2 * self.config.n_layer)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                p.data[...] = rng.normal(0.0, std_residual, p.shape)
-            elif name.endswith(".weight") and p.ndim == 2:                  # Linear and Embedding
-                p.data[...] = rng.normal(0.0, 0.02, p.shape)
-            elif name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
-                p.data[...] = 0.0
-
     @trusted                        # ids are checked here; the layers inside skip their NaN scans
     def forward(self, idx, targets=None):
-        c = self.config
-        idx = index_array(idx, "idx", c.vocab_size, ndim=2)
-        B, T = idx.shape
-        if T > c.block_size:
-            raise ValueError(f"idx has sequence length {T}, more than block_size {c.block_size}")
-        tr = self.transformer
-        x = tr.wte(idx) + tr.wpe(np.arange(T))                                # (B, T, C)
-        x = tr.drop(x)
-        recompute = self.recompute and self.training            # evaluation runs as always
-        for block in tr.h:
-            x = block(x, recompute=recompute)                     # (B, T, C)
-        logits = self.lm_head(tr.ln_f(x))                                     # (B, T, V)
+        idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
+        logits = self.lm_head(self._body_forward(idx))                        # (B, T, V)
         return self._logits_and_loss(logits, idx, targets)
 
     @trusted
     def _backward(self, dlogits):
-        tr = self.transformer
-        dx = tr.ln_f.backward(self.lm_head.backward(dlogits))                 # (B, T, C)
-        blocks = list(tr.h)
-        for i in reversed(range(len(blocks))):
-            if not any_trainable(tr.wte, tr.wpe, *blocks[:i + 1]):
-                return                       # everything below is frozen: no work left to do
-            dx = blocks[i].backward(dx)
-        dx = tr.drop.backward(dx)
-        tr.wte.backward(dx)                                                   # into the tied weight
-        tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B
+        self._body_backward(self.lm_head.backward(dlogits))                  # (B, T, C)
 
     @classmethod
     def from_config(cls, config, dtype=np.float32, rng=None):
@@ -453,3 +469,30 @@ class GPT(CachedLanguageModel):
             new_past.append(kv)
         x = tr.ln_f(x[:, -1:])                                                # (B, 1, C)
         return (x @ tr.wte.weight.data.T)[:, 0], new_past                    # (B, V)
+
+
+class GPTForSequenceClassification(_GPTBody, SequenceClassifier, nn.Module):
+    """``GPTForSequenceClassification(config, num_labels=2, pad_token_id=0)``: a GPT body
+    (``transformer.*``, nanoGPT's names as :class:`GPT`) and ``score``, pooled at the last token
+    that is not padding, as ``transformers``' ``GPT2ForSequenceClassification``; see
+    :class:`~scratchlm.models.lm.SequenceClassifier`. :meth:`from_causal_lm` starts one from a
+    trained :class:`GPT`."""
+
+    BODY_PREFIX = "transformer."
+    CONFIG = GPTConfig
+
+    def __init__(self, config: GPTConfig, num_labels: int = 2, pad_token_id: int = 0,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        rng = make_rng(rng)
+        self._build_body(config, dtype, rng)
+        self._init_head(config.n_embd, num_labels, pad_token_id, dtype, rng)
+        self._init_weights(rng)
+
+    @trusted
+    def forward(self, idx, labels=None):
+        return SequenceClassifier.forward(self, idx, labels)
+
+    @trusted
+    def backward(self, dlogits=None):
+        return SequenceClassifier.backward(self, dlogits)

@@ -40,7 +40,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from .._checks import index_array, make_rng, positive_int, resolve_dtype, trusted
-from .lm import CachedLanguageModel, any_trainable
+from .lm import CachedLanguageModel, SequenceClassifier, any_trainable
 
 
 @dataclass
@@ -382,84 +382,28 @@ class Llama(_LlamaBody, CachedLanguageModel):
         write_pretrained(self, path)
 
 
-class LlamaForSequenceClassification(_LlamaBody, nn.Module):
-    r"""A Llama body with a classification head, as ``transformers``'
-    ``LlamaForSequenceClassification``: ``score`` (``Linear(hidden_size, num_labels)``, no bias)
-    reads the final hidden state of each sequence's last token that is not ``pad_token_id``
-    (sequences are right-padded):
+class LlamaForSequenceClassification(_LlamaBody, SequenceClassifier, nn.Module):
+    """``LlamaForSequenceClassification(config, num_labels=2, pad_token_id=0)``: a Llama body
+    (``model.*``, as :class:`Llama`) and ``score``, with ``transformers``' class's names and
+    pooling (the last token that is not padding); see
+    :class:`~scratchlm.models.lm.SequenceClassifier` for the calling convention.
+    :meth:`from_causal_lm` starts one from a trained :class:`Llama`."""
 
-    .. math::  \ell_b = W_s\,h_{b,\,t_b},\qquad t_b = \max\{t : \text{idx}_{b,t} \ne
-               \text{pad}\}
-
-    * ``logits = model(idx)`` -- ``(B, num_labels)``; ``logits, loss = model(idx, labels)`` --
-      mean cross-entropy over the batch;
-    * ``model.backward(dlogits)`` or ``model.backward()``: the gradient enters the body at each
-      sequence's last token only.
-
-    ``state_dict()`` names: ``model.*`` as :class:`Llama`, and ``score.weight``.
-    :meth:`from_causal_lm` starts one from a trained :class:`Llama` (its body's weights, a fresh
-    ``score``).
-    """
+    BODY_PREFIX = "model."
+    CONFIG = LlamaConfig
 
     def __init__(self, config: LlamaConfig, num_labels: int = 2, pad_token_id: int = 0,
                  dtype=np.float32, rng=None):
         super().__init__()
         rng = make_rng(rng)
         self._build_body(config, dtype, rng)
-        self.num_labels = positive_int(num_labels, "num_labels")
-        self.pad_token_id = int(index_array(np.array([pad_token_id]), "pad_token_id",
-                                            config.vocab_size)[0])
-        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False, dtype=dtype,
-                               rng=rng)
+        self._init_head(config.hidden_size, num_labels, pad_token_id, dtype, rng)
         self._init_weights(rng)
-        self.loss_fn = nn.CrossEntropyLoss()
-
-    @classmethod
-    def from_causal_lm(cls, lm: "Llama", num_labels: int, pad_token_id: int = 0, rng=None):
-        """A classifier whose body is a copy of ``lm``'s (``score`` drawn fresh)."""
-        model = cls(lm.config, num_labels, pad_token_id, dtype=lm.dtype, rng=rng)
-        body = {k: v for k, v in lm.state_dict().items() if k.startswith("model.")}
-        model.load_state_dict(body | {"score.weight": model.score.weight.data}, strict=True)
-        return model
-
-    def last_token(self, idx) -> np.ndarray:
-        """``(B,)`` the index of each row's last token that is not padding."""
-        real = idx != self.pad_token_id                                       # (B, T)
-        if not real.any(axis=1).all():
-            row = int(np.flatnonzero(~real.any(axis=1))[0])
-            raise ValueError(f"idx row {row} is all padding (pad_token_id {self.pad_token_id}): "
-                             f"there is no token to classify from")
-        return idx.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1)
 
     @trusted
     def forward(self, idx, labels=None):
-        idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
-        h = self._body_forward(idx)                                           # (B, T, C)
-        last = self.last_token(idx)                                           # (B,)
-        logits = self.score(h[np.arange(idx.shape[0]), last])                 # (B, L)
-        self._cache = (h.shape, last)
-        if labels is None:
-            self._has_loss = False
-            return logits
-        labels = index_array(labels, "labels", self.num_labels, ndim=1)
-        if labels.shape != (idx.shape[0],):
-            raise ValueError(f"labels must have shape ({idx.shape[0]},), got {labels.shape}")
-        self._has_loss = True
-        return logits, self.loss_fn(logits, labels)
+        return SequenceClassifier.forward(self, idx, labels)
 
     @trusted
     def backward(self, dlogits=None):
-        shape, last = self._saved()
-        if dlogits is None:
-            if not self._has_loss:
-                raise RuntimeError("backward() without dlogits needs a forward call with labels")
-            dlogits = self.loss_fn.backward()
-        dpooled = self.score.backward(dlogits)                                # (B, C)
-        dh = np.zeros(shape, dpooled.dtype)                                   # (B, T, C)
-        dh[np.arange(shape[0]), last] = dpooled         # from pooled = h[b, last_b]
-        self._body_backward(dh)
-        return None
-
-    def config_dict(self) -> dict:
-        return asdict(self.config) | {"num_labels": self.num_labels,
-                                      "pad_token_id": self.pad_token_id}
+        return SequenceClassifier.backward(self, dlogits)

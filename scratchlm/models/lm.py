@@ -1,5 +1,6 @@
 """What the neural language models share (GPT, Llama, RNNLM, ConvLM): the loss head and the two
-forms of ``backward``; and the KV-cache ``generate`` of the decoders (GPT, Llama).
+forms of ``backward``; the KV-cache ``generate`` of the decoders (GPT, Llama); and their
+sequence-classification head.
 
 A subclass computes ``logits`` ``(B, T, V)`` in its ``forward`` and ends with
 ``return self._logits_and_loss(logits, idx, targets)``; it implements ``_backward(dlogits)``
@@ -16,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from .._checks import boolean, float_array, float_errors_checked, index_array, make_rng, positive_int
+from .._checks import (boolean, float_array, float_errors_checked, index_array, make_rng,
+                       positive_int)
 from ..decoding import check_sampling, sample_next
 
 
@@ -110,3 +112,92 @@ class CachedLanguageModel(LanguageModel):
             return out
         finally:
             self.train(was_training)
+
+
+class SequenceClassifier:
+    r"""The classification head both decoders share (``LlamaForSequenceClassification``,
+    ``GPTForSequenceClassification``; ``transformers``' heads of those names): ``score``
+    (``Linear(hidden, num_labels)``, no bias) reads the final hidden state of each sequence's
+    last token that is not ``pad_token_id`` (sequences are right-padded):
+
+    .. math::  \ell_b = W_s\,h_{b,\,t_b},\qquad t_b = \max\{t : \text{idx}_{b,t} \ne
+               \text{pad}\}
+
+    * ``logits = model(idx)`` -- ``(B, num_labels)``; ``logits, loss = model(idx, labels)`` --
+      mean cross-entropy over the batch;
+    * ``model.backward(dlogits)`` or ``model.backward()``: the gradient enters the body at each
+      sequence's last token only.
+
+    A subclass provides the body: ``_body_forward(idx) -> h (B, T, C)`` and
+    ``_body_backward(dh)``, its parameters under ``BODY_PREFIX``.
+    """
+
+    BODY_PREFIX = ""
+    CONFIG = None                                   # the body's config class
+
+    def _init_head(self, hidden, num_labels, pad_token_id, dtype, rng):
+        self.num_labels = positive_int(num_labels, "num_labels")
+        self.pad_token_id = int(index_array(np.array([pad_token_id]), "pad_token_id",
+                                            self.config.vocab_size)[0])
+        self.score = nn.Linear(hidden, self.num_labels, bias=False, dtype=dtype, rng=rng)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    @classmethod
+    def from_causal_lm(cls, lm, num_labels: int, pad_token_id: int = 0, rng=None):
+        """A classifier whose body is a copy of the language model ``lm``'s (``score`` fresh)."""
+        model = cls(lm.config, num_labels, pad_token_id, dtype=lm.dtype, rng=rng)
+        body = {k: v for k, v in lm.state_dict().items() if k.startswith(cls.BODY_PREFIX)}
+        model.load_state_dict(body | {"score.weight": model.score.weight.data}, strict=True)
+        return model
+
+    @classmethod
+    def from_config(cls, config: dict, dtype=np.float32, rng=None):
+        """Build from :meth:`config_dict` (a checkpoint's): the body's config plus
+        ``num_labels`` and ``pad_token_id``."""
+        if not isinstance(config, dict) or not {"num_labels", "pad_token_id"} <= set(config):
+            raise ValueError(f"a {cls.__name__} config must be a dict with num_labels and "
+                             f"pad_token_id, got {config!r:.80}")
+        body = {k: v for k, v in config.items() if k not in ("num_labels", "pad_token_id")}
+        return cls(cls.CONFIG(**body), config["num_labels"], config["pad_token_id"], dtype=dtype,
+                   rng=rng)
+
+    def last_token(self, idx) -> np.ndarray:
+        """``(B,)`` the index of each row's last token that is not padding."""
+        real = idx != self.pad_token_id                                       # (B, T)
+        if not real.any(axis=1).all():
+            row = int(np.flatnonzero(~real.any(axis=1))[0])
+            raise ValueError(f"idx row {row} is all padding (pad_token_id {self.pad_token_id}): "
+                             f"there is no token to classify from")
+        return idx.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1)
+
+    def forward(self, idx, labels=None):
+        idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
+        h = self._body_forward(idx)                                           # (B, T, C)
+        last = self.last_token(idx)                                           # (B,)
+        logits = self.score(h[np.arange(idx.shape[0]), last])                 # (B, L)
+        self._cache = (h.shape, last)
+        if labels is None:
+            self._has_loss = False
+            return logits
+        labels = index_array(labels, "labels", self.num_labels, ndim=1)
+        if labels.shape != (idx.shape[0],):
+            raise ValueError(f"labels must have shape ({idx.shape[0]},), got {labels.shape}")
+        self._has_loss = True
+        return logits, self.loss_fn(logits, labels)
+
+    def backward(self, dlogits=None):
+        shape, last = self._saved()
+        if dlogits is None:
+            if not self._has_loss:
+                raise RuntimeError("backward() without dlogits needs a forward call with labels")
+            dlogits = self.loss_fn.backward()
+        dpooled = self.score.backward(dlogits)                                # (B, C)
+        dh = np.zeros(shape, dpooled.dtype)                                   # (B, T, C)
+        dh[np.arange(shape[0]), last] = dpooled             # from pooled = h[b, last_b]
+        self._body_backward(dh)
+        return None
+
+    def config_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self.config) | {"num_labels": self.num_labels,
+                                      "pad_token_id": self.pad_token_id}

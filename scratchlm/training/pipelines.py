@@ -187,7 +187,15 @@ class Pipeline:
     @classmethod
     def load(cls, entry, path, doc, load_checkpoint):
         meta = doc["meta"]
-        model = entry.build(_config(meta, path), _float_dtype(path))
+        config = _config(meta, path)
+        if "num_labels" in config:    # a sequence classifier (finetune --task classify --full)
+            from .. import models
+            cls = getattr(models, f"{entry.model_class}ForSequenceClassification", None)
+            if cls is None:
+                raise ValueError(f"{path}: a {entry.name} model has no sequence classifier")
+            model = cls.from_config(config, _float_dtype(path))
+        else:
+            model = entry.build(config, _float_dtype(path))
         meta = load_checkpoint(path, model)
         tok = Tokenizer.from_dict(meta["tokenizer"]) if isinstance(meta.get("tokenizer"), dict) else None
         return model, tok, meta, entry
