@@ -9,6 +9,8 @@ Subcommands:
     finetune      fine-tune a GPT or Llama checkpoint on a built-in instruction task, or as a
                   classifier (--task classify, --data file.csv), with LoRA or in full,
                   reporting held-out exact match or accuracy before and after
+    quantize      quantize a GPT or Llama checkpoint (int8, q8_0, q4_0): perplexity, KL,
+                  top-1 agreement, size and generation speed against float32
     eval          what a checkpoint scores on held-out data
     attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
@@ -314,6 +316,58 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_quantize(args) -> int:
+    import copy
+    from .compress import FORMATS, bits_per_weight, quantize
+    from .compress.measure import compare_lms, generation_speed, state_bytes
+    from .io import save_checkpoint
+    from .training.pipelines import _eval_text, need_tokenizer
+    model, tok, meta, entry = _load(args.checkpoint, "quantize")
+    if entry.model_class not in ("GPT", "Llama"):
+        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; quantize takes "
+                         f"transformer and llama checkpoints")
+    if meta.get("quantized"):
+        raise ValueError(f"{args.checkpoint} is quantized already "
+                         f"({meta['quantized'].get('format')}); quantize its float checkpoint")
+    text, source = _eval_text(meta, args.corpus, tok)
+    ids = need_tokenizer(tok, "quantize").encode(text)
+    block = model.config.block_size
+    tokens = min(ids.size - 1, args.max_tokens)
+    print(f"quantize {entry.name} ({model.num_parameters():,} parameters): {source}, "
+          f"{tokens:,} tokens in windows of {block}; generation: batch 1, greedy, "
+          f"{args.new_tokens} new tokens with the KV cache")
+    head = (f"{'format':<7} {'bits/w':>6} {'size':>9} {'perplexity':>10} {'change':>8} "
+            f"{'mean KL':>8} {'top-1':>6} {'tok/s':>7} {'speed':>6}")
+    print(head)
+    base_speed = generation_speed(model, args.new_tokens)
+    base_ppl = None
+    chosen = None
+    for fmt in (FORMATS if args.all else (args.format,)):
+        q = copy.deepcopy(model)
+        names = quantize(q, fmt, fallback="int8")
+        r = compare_lms(model, q, ids, block, max_tokens=args.max_tokens)
+        if base_ppl is None:
+            base_ppl = r["perplexity_reference"]
+            print(f"{'float32':<7} {32:>6} {state_bytes(model) / 2**20:>7.2f}MiB "
+                  f"{base_ppl:>10.4f} {'':>8} {'':>8} {'':>6} {base_speed:>7.1f} {1:>5.2f}x")
+        speed = generation_speed(q, args.new_tokens)
+        print(f"{fmt:<7} {bits_per_weight(fmt):>6} {state_bytes(q) / 2**20:>7.2f}MiB "
+              f"{r['perplexity']:>10.4f} {r['change']:>+8.2%} {r['kl']:>8.5f} "
+              f"{r['top1']:>6.1%} {speed:>7.1f} {speed / base_speed:>5.2f}x", flush=True)
+        if fmt == args.format:
+            chosen = (q, names)
+    q, names = chosen
+    out = args.out or os.path.join("runs", f"{entry.name}-{args.format}.npz")
+    save_checkpoint(out, q, **{k: v for k, v in meta.items() if k not in ("train", "loop")},
+                    quantized={"format": args.format, "layers": names})
+    fell = sum(f != args.format for f in names.values())
+    print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB; {len(names) - fell} Linear "
+          f"layers in {args.format}" + (f", {fell} in int8 (input size not a multiple of 32)"
+                                        if fell else "") +
+          ", the embedding and norms in float); sample and eval read it")
+    return 0
+
+
 def model_rank(model) -> int:
     from .finetune import lora_layers
     return next(iter(lora_layers(model).values())).r
@@ -469,6 +523,20 @@ def build_parser():
                  "every N steps (0: never; its time is in the reported seconds)", low=0))
     ft.set_defaults(func=_cmd_finetune)
 
+    qz = sub.add_parser("quantize", help="quantize a transformer or llama checkpoint's Linear "
+                        "weights (int8, q8_0, q4_0) and report what it costs")
+    for o in (CHECKPOINT,
+              opt("format", str, "q8_0", "the format written", choices=("int8", "q8_0", "q4_0")),
+              opt("out", str, None, "the quantized checkpoint (default runs/NAME-FORMAT.npz)"),
+              opt("corpus", str, None, "score this text file instead of the checkpoint's "
+                  "validation split"),
+              positive("max_tokens", 50000, "score at most this many tokens"),
+              positive("new_tokens", 128, "tokens generated for the speed column")):
+        _add(qz, o)
+    qz.add_argument("--all", action="store_true", help="report every format (the checkpoint "
+                    "written is still --format's)")
+    qz.set_defaults(func=_cmd_quantize)
+
     e = sub.add_parser("eval", help="what a checkpoint scores on held-out data")
     _add(e, CHECKPOINT)
     _add(e, opt("corpus", str, None, "a UTF-8 text file to score (language models; default: "
@@ -510,9 +578,9 @@ def build_parser():
                    "as each case finishes)")
     g.set_defaults(func=_cmd_gradcheck)
 
-    parsers.update({("sample",): s, ("finetune",): ft, ("eval",): e, ("attention",): a, ("gradnorms",): n,
-                    ("filters",): f, ("gradcheck",): g})
-    for p in (s, e, a, f, ft):
+    parsers.update({("sample",): s, ("finetune",): ft, ("quantize",): qz, ("eval",): e,
+                    ("attention",): a, ("gradnorms",): n, ("filters",): f, ("gradcheck",): g})
+    for p in (s, e, a, f, ft, qz):
         for action in p._actions:
             if action.dest == "checkpoint" or (p is a and action.dest == "prompt"):
                 action.required = True

@@ -13,6 +13,7 @@ from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
 from .llama import LlamaGenerate, LlamaTrainStep
 from .mlp import MLPBlock
 from .ngram import NGramFit, NGramFit5, NGramSample, NGramScore
+from .quantize import QuantizedGenerate
 from .recompute import GPTRecompute1024
 from .rnn import GRUTrainStep, LSTMTrainStep, RNNTrainStep
 from .sgemm import Sgemm
@@ -40,6 +41,7 @@ WORKLOADS: list[type[Workload]] = [
     LlamaTrainStep,
     LlamaGenerate,
     LlamaLoRAStep,
+    QuantizedGenerate,
     GPTRecompute1024,
     Attention512,
     Attention2048,

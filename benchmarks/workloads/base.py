@@ -13,7 +13,9 @@ _BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "n
                "scratchlm-cache": "numba", "scratchlm-nocache": "numba",
                "scratchlm-stored": "numba", "scratchlm-recompute": "numba",
                "scratchlm-tiled": "numba", "scratchlm-tiled-numpy": "numpy", "scratchlm-dense": "numba",
-               "scratchlm-lora": "numba", "scratchlm-full": "numba"}
+               "scratchlm-lora": "numba", "scratchlm-full": "numba",
+               "scratchlm-f32": "numba", "scratchlm-int8": "numba", "scratchlm-q8_0": "numba",
+               "scratchlm-q4_0": "numba"}
 
 
 class Unavailable(Exception):

@@ -228,8 +228,13 @@ class Module:
         for p in self.parameters():
             p.zero_grad()
 
+    #: buffers whose dtype is a storage format, which :meth:`to` leaves alone (a quantized
+    #: layer's float16 scales)
+    STORAGE_BUFFERS = ()
+
     def to(self, dtype):
-        """Cast every parameter (data and grad) and float buffer to ``dtype``, in place."""
+        """Cast every parameter (data and grad) and float buffer to ``dtype``, in place (except
+        a module's :attr:`STORAGE_BUFFERS`)."""
         dt = resolve_dtype(dtype)
         for m in self.modules():
             for p in m._parameters.values():
@@ -238,7 +243,8 @@ class Module:
                     p.grad = None if p.grad is None else p.grad.astype(dt)
             for name in m._buffers:
                 value = getattr(m, name)
-                if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and \
+                        name not in m.STORAGE_BUFFERS:
                     object.__setattr__(m, name, value.astype(dt))
             if "dtype" in m.__dict__:
                 object.__setattr__(m, "dtype", dt)

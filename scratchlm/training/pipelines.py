@@ -196,6 +196,17 @@ class Pipeline:
             model = cls.from_config(config, _float_dtype(path))
         else:
             model = entry.build(config, _float_dtype(path))
+        quantized = meta.get("quantized")
+        if quantized is not None:               # written by `quantize`: the same layers first
+            from ..compress import quantize
+            if not isinstance(quantized, dict):
+                raise ValueError(f"{path}: meta['quantized'] must be a dict, got "
+                                 f"{type(quantized).__name__}")
+            try:
+                quantize(model, quantized.get("format"), layers=quantized.get("layers"))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: meta['quantized'] does not fit the model: {exc}") \
+                    from None
         meta = load_checkpoint(path, model)
         tok = Tokenizer.from_dict(meta["tokenizer"]) if isinstance(meta.get("tokenizer"), dict) else None
         return model, tok, meta, entry

@@ -1,0 +1,8 @@
+"""Making models cheaper to store and run: post-training weight quantization (``quantize.py``:
+``int8``, llama.cpp's ``q8_0`` and ``q4_0``)."""
+
+from .quantize import (BLOCK, FORMATS, QuantizedLinear, bits_per_weight, dequantize_weight,
+                       quantize, quantize_weight, quantized_layers)
+
+__all__ = ["FORMATS", "BLOCK", "QuantizedLinear", "quantize", "quantize_weight",
+           "dequantize_weight", "quantized_layers", "bits_per_weight"]
