@@ -360,6 +360,12 @@ def _cmd_quantize(args) -> int:
     out = args.out or os.path.join("runs", f"{entry.name}-{args.format}.npz")
     save_checkpoint(out, q, **{k: v for k, v in meta.items() if k not in ("train", "loop")},
                     quantized={"format": args.format, "layers": names})
+    if args.gguf is not None:
+        from .compress.gguf import export_gguf
+        export_gguf(q, args.gguf, tokenizer=tok)
+        note = " (int8 has no llama.cpp type: its layers are written dequantized, as F32)" \
+            if "int8" in names.values() else ""
+        print(f"wrote {args.gguf} ({os.path.getsize(args.gguf) / 2**20:.2f} MiB, GGUF v3){note}")
     fell = sum(f != args.format for f in names.values())
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB; {len(names) - fell} Linear "
           f"layers in {args.format}" + (f", {fell} in int8 (input size not a multiple of 32)"
@@ -528,6 +534,8 @@ def build_parser():
     for o in (CHECKPOINT,
               opt("format", str, "q8_0", "the format written", choices=("int8", "q8_0", "q4_0")),
               opt("out", str, None, "the quantized checkpoint (default runs/NAME-FORMAT.npz)"),
+              opt("gguf", str, None, "also write the quantized model as a GGUF v3 file "
+                  "(llama.cpp's format) here"),
               opt("corpus", str, None, "score this text file instead of the checkpoint's "
                   "validation split"),
               positive("max_tokens", 50000, "score at most this many tokens"),

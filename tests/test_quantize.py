@@ -231,8 +231,10 @@ def test_quantize_cli(tmp_path, capsys, model):
     capsys.readouterr()
     out = tmp_path / "q.npz"
     assert main(["quantize", "--checkpoint", str(ck), "--all", "--format", "q4_0",
-                 "--max-tokens", "200", "--new-tokens", "4", "--out", str(out)]) == 0
+                 "--max-tokens", "200", "--new-tokens", "4", "--out", str(out),
+                 "--gguf", str(tmp_path / "q.gguf")]) == 0
     text = capsys.readouterr().out
+    assert "GGUF v3" in text
     for fmt in ("float32", "int8", "q8_0", "q4_0"):
         assert f"\n{fmt} " in text, text
     if model == "llama":                            # intermediate 40: down_proj falls back
@@ -245,6 +247,11 @@ def test_quantize_cli(tmp_path, capsys, model):
     assert expected == meta["quantized"]["layers"]
     idx = np.arange(8)[None] % q.config.vocab_size
     np.testing.assert_array_equal(q.eval()(idx), lm.eval()(idx))     # what was saved
+    from scratchlm.compress.gguf import load_gguf
+    g, gtok = load_gguf(tmp_path / "q.gguf")
+    assert gtok.to_dict() == tok.to_dict()
+    np.testing.assert_allclose(g.eval()(idx), lm(idx), rtol=1e-5,       # (its int8 layers
+                               atol=1e-5)                                # as F32 there)
     assert main(["eval", "--checkpoint", str(out)]) == 0
     assert main(["sample", "--checkpoint", str(out), "--length", "5", "--greedy"]) == 0
     capsys.readouterr()

@@ -1,5 +1,7 @@
 """Making models cheaper to store and run: post-training weight quantization (``quantize.py``:
-``int8``, llama.cpp's ``q8_0`` and ``q4_0``)."""
+``int8``, llama.cpp's ``q8_0`` and ``q4_0``), what it costs (``measure.py``), and llama.cpp's
+GGUF files (``gguf.py``: :func:`~scratchlm.compress.gguf.export_gguf`,
+:func:`~scratchlm.compress.gguf.load_gguf`)."""
 
 from .quantize import (BLOCK, FORMATS, QuantizedLinear, bits_per_weight, dequantize_weight,
                        quantize, quantize_weight, quantized_layers)
