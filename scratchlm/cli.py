@@ -11,6 +11,8 @@ Subcommands:
                   reporting held-out exact match or accuracy before and after
     quantize      quantize a GPT or Llama checkpoint (int8, q8_0, q4_0): perplexity, KL,
                   top-1 agreement, size and generation speed against float32
+    prune         prune a GPT or Llama checkpoint (magnitude, Wanda, 2:4), fine-tune it
+                  pruned, and report the perplexity it costs (--sweep: a PNG over sparsity)
     eval          what a checkpoint scores on held-out data
     attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
@@ -374,6 +376,94 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
+def _cmd_prune(args) -> int:
+    import copy
+    import numpy as np
+    from .compress import prune
+    from .compress.measure import perplexity
+    from .io import save_checkpoint
+    from .training import TrainConfig
+    from .training.fit import fit_lm
+    from .training.pipelines import _text_split, need_tokenizer, run_options
+    model, tok, meta, entry = _load(args.checkpoint, "prune")
+    if entry.model_class not in ("GPT", "Llama"):
+        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; prune takes "
+                         f"transformer and llama checkpoints")
+    if meta.get("quantized") or meta.get("pruned"):
+        raise ValueError(f"{args.checkpoint} is {'quantized' if meta.get('quantized') else 'pruned'}"
+                         f" already; prune its dense checkpoint")
+    if args.method == "2:4" and args.sparsity != 0.5:
+        raise ValueError(f"--method 2:4 prunes exactly half: --sparsity must be 0.5, got "
+                         f"{args.sparsity}")
+    opts = run_options(meta, "prune")
+    train_text, val_text, _ = _text_split(opts)
+    tok = need_tokenizer(tok, "prune")
+    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    block = model.config.block_size
+    rng = np.random.default_rng(args.seed)                   # Wanda's calibration windows
+    starts = rng.integers(0, train_ids.size - block, args.calibration)
+    calibration = [np.stack([train_ids[s:s + block] for s in starts[i:i + 8]])
+                   for i in range(0, len(starts), 8)]
+
+    def pruned(method, sparsity):
+        m = copy.deepcopy(model)
+        if sparsity > 0:
+            prune(m, sparsity, criterion="magnitude" if method == "magnitude" else "wanda",
+                  pattern="2:4" if method == "2:4" else "unstructured", calibration=calibration)
+        return m
+
+    def ppl(m):
+        return perplexity(m, val_ids, block, max_tokens=args.max_tokens)
+    dense = ppl(model)
+    print(f"prune {entry.name} ({model.num_parameters():,} parameters), every untied Linear but "
+          f"lm_head; validation perplexity over {min(val_ids.size - 1, args.max_tokens):,} "
+          f"tokens; Wanda calibrated on {args.calibration} windows of {block} training tokens")
+    print(f"dense: {dense:.4f}")
+    if args.sweep:
+        curves = {}
+        for method in ("magnitude", "wanda"):
+            curves[method] = [(s, dense if s == 0 else ppl(pruned(method, s)))
+                              for s in np.round(np.arange(0, 0.91, 0.1), 2)]
+            print(f"{method:>9}: " + "  ".join(f"{s:.0%} {p:.3f}" for s, p in curves[method]),
+                  flush=True)
+        curves["2:4 (wanda)"] = [(0.5, ppl(pruned("2:4", 0.5)))]
+        print(f"{'2:4':>9}: 50% {curves['2:4 (wanda)'][0][1]:.3f}")
+        from .training.plots import plot_pruning_sweep
+        png = args.png or os.path.join("runs", f"{entry.name}-prune-sweep.png")
+        if not plot_pruning_sweep(curves, dense, png, f"{entry.name}: perplexity against "
+                                                     f"sparsity, before fine-tuning"):
+            raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")
+        print(f"wrote {png}")
+        return 0
+    m = pruned(args.method, args.sparsity)
+    before = ppl(m)
+    print(f"{args.method} at {args.sparsity:.0%}: {before:.4f} ({before / dense - 1:+.2%})")
+    out = args.out or os.path.join("runs", f"{entry.name}-{args.method.replace(':', '')}-"
+                                           f"{round(args.sparsity * 100)}.npz")
+    names = sorted(n for n, _ in m.named_modules() if type(_).__name__ == "MaskedLinear")
+    extra = {k: v for k, v in meta.items() if k not in ("train", "loop")} | {
+        "pruned": names, "prune": {"method": args.method, "sparsity": args.sparsity}}
+    if args.finetune_steps:
+        config = TrainConfig(steps=args.finetune_steps, optimizer="adamw", lr=args.lr,
+                             warmup=min(20, args.finetune_steps // 4), weight_decay=0.0,
+                             grad_clip=1.0, eval_interval=args.finetune_steps)
+        fit_lm(m, train_ids, val_ids, config, batch_size=opts["batch_size"], block_size=block,
+               seed=args.seed, checkpoint=out, meta=extra, log=lambda message: None)
+        after = ppl(m)
+        base = copy.deepcopy(model)          # the fair baseline: the dense model trained as long
+        fit_lm(base, train_ids, val_ids, config, batch_size=opts["batch_size"],
+               block_size=block, seed=args.seed, log=lambda message: None)
+        dense_after = ppl(base)
+        print(f"after {args.finetune_steps} fine-tuning steps (AdamW, lr {args.lr:g}): "
+              f"{after:.4f} ({after / dense - 1:+.2%} against the dense checkpoint); the dense "
+              f"model trained the same steps: {dense_after:.4f}, so pruning costs "
+              f"{after / dense_after - 1:+.2%}")
+    else:
+        save_checkpoint(out, m, **extra)
+    print(f"wrote {out}; sample and eval read it")
+    return 0
+
+
 def model_rank(model) -> int:
     from .finetune import lora_layers
     return next(iter(lora_layers(model).values())).r
@@ -545,6 +635,26 @@ def build_parser():
                     "written is still --format's)")
     qz.set_defaults(func=_cmd_quantize)
 
+    pr = sub.add_parser("prune", help="prune a transformer or llama checkpoint's Linear weights "
+                        "(magnitude, Wanda, 2:4) and report the perplexity it costs")
+    for o in (CHECKPOINT,
+              opt("method", str, "wanda", "which weights go", choices=("magnitude", "wanda",
+                                                                       "2:4")),
+              opt("sparsity", float, 0.5, "the fraction of each Linear's weights pruned", low=0,
+                  high=1, open_high=True),
+              opt("finetune_steps", int, 0, "then fine-tune this many steps on the training "
+                  "split (the masks keep it pruned)", low=0),
+              positive("lr", 3e-4, "fine-tuning learning rate", kind=float),
+              positive("calibration", 32, "training windows Wanda measures input norms on"),
+              positive("max_tokens", 50000, "validation tokens scored"),
+              opt("seed", int, 0, "seeds the calibration windows and fine-tuning", low=0),
+              opt("out", str, None, "the pruned checkpoint (default runs/NAME-METHOD-PCT.npz)"),
+              opt("png", str, None, "--sweep: the chart (default runs/NAME-prune-sweep.png)")):
+        _add(pr, o)
+    pr.add_argument("--sweep", action="store_true", help="perplexity at 0-90%% sparsity for "
+                    "magnitude and Wanda (and 2:4), before fine-tuning, as a PNG")
+    pr.set_defaults(func=_cmd_prune)
+
     e = sub.add_parser("eval", help="what a checkpoint scores on held-out data")
     _add(e, CHECKPOINT)
     _add(e, opt("corpus", str, None, "a UTF-8 text file to score (language models; default: "
@@ -586,9 +696,10 @@ def build_parser():
                    "as each case finishes)")
     g.set_defaults(func=_cmd_gradcheck)
 
-    parsers.update({("sample",): s, ("finetune",): ft, ("quantize",): qz, ("eval",): e,
+    parsers.update({("sample",): s, ("finetune",): ft, ("quantize",): qz, ("prune",): pr,
+                    ("eval",): e,
                     ("attention",): a, ("gradnorms",): n, ("filters",): f, ("gradcheck",): g})
-    for p in (s, e, a, f, ft, qz):
+    for p in (s, e, a, f, ft, qz, pr):
         for action in p._actions:
             if action.dest == "checkpoint" or (p is a and action.dest == "prompt"):
                 action.required = True

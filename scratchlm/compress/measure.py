@@ -22,7 +22,7 @@ import numpy as np
 
 from .._checks import positive_int
 
-__all__ = ["compare_lms", "generation_speed", "state_bytes"]
+__all__ = ["compare_lms", "perplexity", "generation_speed", "state_bytes"]
 
 
 def _log_softmax(logits):
@@ -63,6 +63,28 @@ def compare_lms(reference, candidate, ids, block: int, max_tokens: int | None = 
     ppl_p, ppl_q = math.exp(nll_p / count), math.exp(nll_q / count)
     return {"perplexity_reference": ppl_p, "perplexity": ppl_q, "change": ppl_q / ppl_p - 1,
             "kl": kl / count, "top1": agree / count, "tokens": count}
+
+
+def perplexity(model, ids, block: int, max_tokens: int | None = None) -> float:
+    """The perplexity of ``ids`` under ``model`` in the windows :func:`compare_lms` uses."""
+    ids = np.asarray(ids, np.int64)
+    block = positive_int(block, "block")
+    if max_tokens is not None:
+        ids = ids[:positive_int(max_tokens, "max_tokens") + 1]
+    if ids.ndim != 1 or ids.size < 2:
+        raise ValueError(f"ids must be 1-D with at least 2 tokens, got shape {ids.shape}")
+    was = model.training
+    model.eval()
+    try:
+        nll = count = 0
+        for s in range(0, ids.size - 1, block):
+            y = ids[s + 1:s + 1 + block]
+            x = ids[s:s + block][:y.size][None, :]
+            nll -= _log_softmax(model(x))[0][np.arange(y.size), y].sum()
+            count += y.size
+    finally:
+        model.train(was)
+    return math.exp(nll / count)
 
 
 def generation_speed(model, new_tokens: int = 128, prompt_tokens: int = 8, rounds: int = 3,

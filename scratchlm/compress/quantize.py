@@ -219,8 +219,9 @@ def quantize(model, fmt: str, skip=(), layers=None, fallback=None) -> dict:
     for _, mod in model.named_modules():
         for p in mod._parameters.values():
             holders[id(p)] = holders.get(id(p), 0) + 1
-    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear
-               and holders.get(id(m.weight), 0) == 1}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)
+               and holders.get(id(m.weight), 0) == 1}     # (a pruned MaskedLinear too: its
+    #                                                     zeros quantize to exact zeros)
     if layers is None:
         plan = {n: fmt if fmt == "int8" or m.in_features % BLOCK == 0 or fallback is None
                 else fallback

@@ -196,6 +196,18 @@ class Pipeline:
             model = cls.from_config(config, _float_dtype(path))
         else:
             model = entry.build(config, _float_dtype(path))
+        pruned = meta.get("pruned")
+        if pruned is not None:                  # written by `prune`: the masked layers first
+            from ..compress.prune import MaskedLinear, _candidates
+            from ..finetune.lora import _parent
+            layers = _candidates(model, ())
+            if not isinstance(pruned, list) or not all(n in layers for n in pruned):
+                raise ValueError(f"{path}: meta['pruned'] must list Linear layers of the "
+                                 f"model, got {pruned!r:.80}")
+            for name in pruned:
+                parent, child = _parent(model, name)
+                setattr(parent, child, MaskedLinear(layers[name], np.ones(
+                    layers[name].weight.shape)))
         quantized = meta.get("quantized")
         if quantized is not None:               # written by `quantize`: the same layers first
             from ..compress import quantize

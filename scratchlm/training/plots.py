@@ -360,3 +360,30 @@ def plot_samples(images, path, title="images drawn from the prior") -> bool:
     if not _have_matplotlib():
         return False
     return _save(_samples_figure(images, title), path, dpi=120)
+
+
+# ------------------------------------------------------------------------------------------------
+# pruning: perplexity against sparsity
+# ------------------------------------------------------------------------------------------------
+def _sweep_figure(curves, dense, title):
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for method, points in curves.items():
+        xs, ys = zip(*points)
+        ax.semilogy(np.array(xs) * 100, ys, marker="o", label=method)
+    ax.axhline(dense, color="k", lw=0.8, ls="--", label="dense")
+    ax.set_xlabel("sparsity (% of Linear weights pruned)")
+    ax.set_ylabel("validation perplexity (log scale)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_pruning_sweep(curves, dense, path, title="perplexity against sparsity") -> bool:
+    """``curves`` ``{method: [(sparsity, perplexity)]}`` and the dense perplexity as one
+    log-scale chart. False without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_sweep_figure(curves, dense, title), path, dpi=130)
