@@ -203,6 +203,15 @@ def _load(path, what):
     return model, tok, meta, entry
 
 
+def _load_decoder(path, what):
+    """:func:`_load` for the commands that take only the decoders (GPT, Llama)."""
+    model, tok, meta, entry = _load(path, what)
+    if entry.model_class not in ("GPT", "Llama"):
+        raise ValueError(f"{path} holds a {entry.name} model; {what} takes transformer and "
+                         f"llama checkpoints")
+    return model, tok, meta, entry
+
+
 def _cmd_sample(args) -> int:
     model, tok, meta, entry = _load(args.checkpoint, "sample")
     if args.adapter is not None:
@@ -242,10 +251,7 @@ def _cmd_finetune(args) -> int:
     import time
     from .finetune import apply_lora, eos_id_of, save_adapter
     from .training import TrainConfig
-    model, tok, meta, entry = _load(args.checkpoint, "finetune")
-    if entry.model_class not in ("GPT", "Llama"):
-        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; finetune takes "
-                         f"transformer and llama checkpoints")
+    model, tok, meta, entry = _load_decoder(args.checkpoint, "finetune")
     if tok is None:
         raise ValueError(f"{args.checkpoint} carries no tokenizer")
     if args.lora_rank is not None and args.full:
@@ -324,10 +330,7 @@ def _cmd_quantize(args) -> int:
     from .compress.measure import compare_lms, generation_speed, state_bytes
     from .io import save_checkpoint
     from .training.pipelines import _eval_text, need_tokenizer
-    model, tok, meta, entry = _load(args.checkpoint, "quantize")
-    if entry.model_class not in ("GPT", "Llama"):
-        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; quantize takes "
-                         f"transformer and llama checkpoints")
+    model, tok, meta, entry = _load_decoder(args.checkpoint, "quantize")
     if meta.get("quantized"):
         raise ValueError(f"{args.checkpoint} is quantized already "
                          f"({meta['quantized'].get('format')}); quantize its float checkpoint")
@@ -385,10 +388,7 @@ def _cmd_prune(args) -> int:
     from .training import TrainConfig
     from .training.fit import fit_lm
     from .training.pipelines import _text_split, need_tokenizer, run_options
-    model, tok, meta, entry = _load(args.checkpoint, "prune")
-    if entry.model_class not in ("GPT", "Llama"):
-        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; prune takes "
-                         f"transformer and llama checkpoints")
+    model, tok, meta, entry = _load_decoder(args.checkpoint, "prune")
     if meta.get("quantized") or meta.get("pruned"):
         raise ValueError(f"{args.checkpoint} is {'quantized' if meta.get('quantized') else 'pruned'}"
                          f" already; prune its dense checkpoint")
@@ -479,10 +479,7 @@ def _cmd_attention(args) -> int:
     from .training.evaluate import attention_maps
     from .training.pipelines import need_tokenizer
     from .training.plots import plot_attention
-    model, tok, _, entry = _load(args.checkpoint, "attention")
-    if entry.model_class not in ("GPT", "Llama"):
-        raise ValueError(f"{args.checkpoint} holds a {entry.name} model; attention maps are "
-                         f"drawn for transformer and llama checkpoints")
+    model, tok, _, entry = _load_decoder(args.checkpoint, "attention")
     maps, labels = attention_maps(model, need_tokenizer(tok, "attention"), args.prompt)
     if not plot_attention(maps, labels, args.out, title=f"attention for {args.prompt!r}"):
         raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")

@@ -97,7 +97,7 @@ def test_transformer_cli_errors(tmp_path, corpus_file, capsys):
     ngram = tmp_path / "ng.npz"
     assert main(["train", "markov", "--order", "2", "--corpus", str(corpus_file), "--out", str(ngram)]) == 0
     assert main(["attention", "--checkpoint", str(ngram), "--prompt", "x"]) == 2
-    assert "holds a markov model; attention maps are drawn for transformer" in capsys.readouterr().err
+    assert "holds a markov model; attention takes transformer and llama" in capsys.readouterr().err
 
 
 def test_load_model_restores_a_gpt(tmp_path, corpus_file):

@@ -31,25 +31,32 @@ def _log_softmax(logits):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def compare_lms(reference, candidate, ids, block: int, max_tokens: int | None = None) -> dict:
-    """Score ``ids`` (1-D token ids) with both models in evaluation mode. Returns
-    ``{'perplexity_reference', 'perplexity', 'change', 'kl', 'top1', 'tokens'}``: ``change`` is
-    the relative change of perplexity (0.01 = +1%)."""
+def _windows(ids, block, max_tokens):
+    """``(x (1, t), y (t,))`` for consecutive windows of ``ids``: ``x`` predicts ``y``."""
     ids = np.asarray(ids, np.int64)
     block = positive_int(block, "block")
     if max_tokens is not None:
         ids = ids[:positive_int(max_tokens, "max_tokens") + 1]
     if ids.ndim != 1 or ids.size < 2:
         raise ValueError(f"ids must be 1-D with at least 2 tokens, got shape {ids.shape}")
+    out = []
+    for s in range(0, ids.size - 1, block):
+        y = ids[s + 1:s + 1 + block]
+        out.append((ids[s:s + block][:y.size][None, :], y))
+    return out
+
+
+def compare_lms(reference, candidate, ids, block: int, max_tokens: int | None = None) -> dict:
+    """Score ``ids`` (1-D token ids) with both models in evaluation mode. Returns
+    ``{'perplexity_reference', 'perplexity', 'change', 'kl', 'top1', 'tokens'}``: ``change`` is
+    the relative change of perplexity (0.01 = +1%)."""
+    windows = _windows(ids, block, max_tokens)
     was = reference.training, candidate.training
     reference.eval(), candidate.eval()
     try:
         nll_p = nll_q = kl = 0.0
         agree = count = 0
-        for s in range(0, ids.size - 1, block):
-            x = ids[s:s + block]
-            y = ids[s + 1:s + 1 + block]
-            x = x[:y.size][None, :]                                             # (1, t)
+        for x, y in windows:                                                # x (1, t), y (t,)
             lp = _log_softmax(reference(x))[0]                                  # (t, V)
             lq = _log_softmax(candidate(x))[0]                                  # (t, V)
             rows = np.arange(y.size)
@@ -67,19 +74,12 @@ def compare_lms(reference, candidate, ids, block: int, max_tokens: int | None = 
 
 def perplexity(model, ids, block: int, max_tokens: int | None = None) -> float:
     """The perplexity of ``ids`` under ``model`` in the windows :func:`compare_lms` uses."""
-    ids = np.asarray(ids, np.int64)
-    block = positive_int(block, "block")
-    if max_tokens is not None:
-        ids = ids[:positive_int(max_tokens, "max_tokens") + 1]
-    if ids.ndim != 1 or ids.size < 2:
-        raise ValueError(f"ids must be 1-D with at least 2 tokens, got shape {ids.shape}")
+    windows = _windows(ids, block, max_tokens)
     was = model.training
     model.eval()
     try:
         nll = count = 0
-        for s in range(0, ids.size - 1, block):
-            y = ids[s + 1:s + 1 + block]
-            x = ids[s:s + block][:y.size][None, :]
+        for x, y in windows:
             nll -= _log_softmax(model(x))[0][np.arange(y.size), y].sum()
             count += y.size
     finally:

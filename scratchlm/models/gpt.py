@@ -480,19 +480,4 @@ class GPTForSequenceClassification(_GPTBody, SequenceClassifier, nn.Module):
 
     BODY_PREFIX = "transformer."
     CONFIG = GPTConfig
-
-    def __init__(self, config: GPTConfig, num_labels: int = 2, pad_token_id: int = 0,
-                 dtype=np.float32, rng=None):
-        super().__init__()
-        rng = make_rng(rng)
-        self._build_body(config, dtype, rng)
-        self._init_head(config.n_embd, num_labels, pad_token_id, dtype, rng)
-        self._init_weights(rng)
-
-    @trusted
-    def forward(self, idx, labels=None):
-        return SequenceClassifier.forward(self, idx, labels)
-
-    @trusted
-    def backward(self, dlogits=None):
-        return SequenceClassifier.backward(self, dlogits)
+    HIDDEN = "n_embd"

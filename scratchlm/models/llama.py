@@ -391,19 +391,4 @@ class LlamaForSequenceClassification(_LlamaBody, SequenceClassifier, nn.Module):
 
     BODY_PREFIX = "model."
     CONFIG = LlamaConfig
-
-    def __init__(self, config: LlamaConfig, num_labels: int = 2, pad_token_id: int = 0,
-                 dtype=np.float32, rng=None):
-        super().__init__()
-        rng = make_rng(rng)
-        self._build_body(config, dtype, rng)
-        self._init_head(config.hidden_size, num_labels, pad_token_id, dtype, rng)
-        self._init_weights(rng)
-
-    @trusted
-    def forward(self, idx, labels=None):
-        return SequenceClassifier.forward(self, idx, labels)
-
-    @trusted
-    def backward(self, dlogits=None):
-        return SequenceClassifier.backward(self, dlogits)
+    HIDDEN = "hidden_size"

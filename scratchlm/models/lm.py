@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import nn
 from .._checks import (boolean, float_array, float_errors_checked, index_array, make_rng,
-                       positive_int)
+                       positive_int, trusted)
 from ..decoding import check_sampling, sample_next
 
 
@@ -128,12 +128,22 @@ class SequenceClassifier:
     * ``model.backward(dlogits)`` or ``model.backward()``: the gradient enters the body at each
       sequence's last token only.
 
-    A subclass provides the body: ``_body_forward(idx) -> h (B, T, C)`` and
-    ``_body_backward(dh)``, its parameters under ``BODY_PREFIX``.
+    A subclass provides the body: ``_build_body``, ``_init_weights``,
+    ``_body_forward(idx) -> h (B, T, C)`` and ``_body_backward(dh)``, its parameters under
+    ``BODY_PREFIX``, its config class ``CONFIG`` and the config's width field ``HIDDEN``.
     """
 
     BODY_PREFIX = ""
     CONFIG = None                                   # the body's config class
+    HIDDEN = ""                                     # its field holding the width C
+
+    def __init__(self, config, num_labels: int = 2, pad_token_id: int = 0, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        rng = make_rng(rng)
+        self._build_body(config, dtype, rng)
+        self._init_head(getattr(config, self.HIDDEN), num_labels, pad_token_id, dtype, rng)
+        self._init_weights(rng)
 
     def _init_head(self, hidden, num_labels, pad_token_id, dtype, rng):
         self.num_labels = positive_int(num_labels, "num_labels")
@@ -170,6 +180,7 @@ class SequenceClassifier:
                              f"there is no token to classify from")
         return idx.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1)
 
+    @trusted                        # ids are checked here; the layers inside skip their NaN scans
     def forward(self, idx, labels=None):
         idx = index_array(idx, "idx", self.config.vocab_size, ndim=2)
         h = self._body_forward(idx)                                           # (B, T, C)
@@ -185,6 +196,7 @@ class SequenceClassifier:
         self._has_loss = True
         return logits, self.loss_fn(logits, labels)
 
+    @trusted
     def backward(self, dlogits=None):
         shape, last = self._saved()
         if dlogits is None:
