@@ -257,6 +257,13 @@ def _cmd_finetune(args) -> int:
     if args.lora_rank is not None and args.full:
         raise ValueError("--lora-rank and --full exclude each other: choose one")
     classify = args.task == "classify"
+    if meta.get("quantized"):
+        raise ValueError(f"{args.checkpoint} is quantized: finetune trains float weights (or "
+                         f"LoRA on float Linear layers); use its float checkpoint")
+    if meta.get("pruned") and (classify or not args.full):
+        raise ValueError(f"{args.checkpoint} is pruned: LoRA would fill its pruned entries and "
+                         f"the classifier heads start from dense models; use --full on an "
+                         f"instruction task, or the dense checkpoint")
     if args.data is not None and not classify:
         raise ValueError(f"--data is the CSV file of --task classify; --task {args.task} is "
                          f"built in")
@@ -308,6 +315,12 @@ def _cmd_finetune(args) -> int:
     after = score(model, tok, data["test"])
     if lora:
         save_adapter(model, out)
+        if classify:                  # what PEFT's files do not say: which output is which label
+            import json
+            from .io import atomic_write
+            text = json.dumps({"labels": data["labels"], "num_labels": len(data["labels"]),
+                               "pad_token_id": model.pad_token_id}, indent=2).encode("utf-8")
+            atomic_write(os.path.join(out, "classifier.json"), lambda f: f.write(text))
         size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
         wrote = f"wrote the adapter {out} ({size / 1024:.1f} KiB)"
     else:
@@ -334,6 +347,9 @@ def _cmd_quantize(args) -> int:
     if meta.get("quantized"):
         raise ValueError(f"{args.checkpoint} is quantized already "
                          f"({meta['quantized'].get('format')}); quantize its float checkpoint")
+    if args.gguf is not None:            # what GGUF cannot hold is refused before any work
+        from .compress.gguf import _arch
+        _arch(model)
     text, source = _eval_text(meta, args.corpus, tok)
     ids = need_tokenizer(tok, "quantize").encode(text)
     block = model.config.block_size
@@ -400,6 +416,10 @@ def _cmd_prune(args) -> int:
     tok = need_tokenizer(tok, "prune")
     train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
     block = model.config.block_size
+    if min(train_ids.size, val_ids.size) <= block:
+        raise ValueError(f"prune needs training and validation splits longer than the model's "
+                         f"block_size {block}; they have {train_ids.size} and {val_ids.size} "
+                         f"tokens")
     rng = np.random.default_rng(args.seed)                   # Wanda's calibration windows
     starts = rng.integers(0, train_ids.size - block, args.calibration)
     calibration = [np.stack([train_ids[s:s + block] for s in starts[i:i + 8]])

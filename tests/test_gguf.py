@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from scratchlm.compress import quantize
+from scratchlm.compress import quantize, quantized_layers
 from scratchlm.compress.gguf import _permute, _unpermute, export_gguf, load_gguf
 from scratchlm.data import CharTokenizer
 from scratchlm.models import GPT, GPTConfig, Llama, LlamaConfig
@@ -21,7 +21,8 @@ IDX = np.random.default_rng(0).integers(0, 40, (2, 12))
 
 def _models():
     return [Llama(LLAMA, rng=0), Llama(LlamaConfig(**{**vars(LLAMA), "tie_word_embeddings":
-                                                      True}), rng=1), GPT(GPT_CFG, rng=2)]
+                                                      True}), rng=1), GPT(GPT_CFG, rng=2),
+            Llama(LlamaConfig(**{**vars(LLAMA), "intermediate_size": 40}), rng=3)]
 
 
 @pytest.mark.parametrize("fmt", ["f32", "q8_0", "q4_0"])
@@ -35,6 +36,13 @@ def test_round_trip(tmp_path, fmt):
         export_gguf(model, path, fmt, tokenizer=tok)
         loaded, tok2 = load_gguf(path)
         assert type(loaded) is type(model) and loaded.config == model.config
+        if model.config.__dict__.get("intermediate_size") == 40 and fmt != "f32":
+            # down_proj (input 40) fell back to int8; GGUF holds it dequantized, as F32, so it
+            # loads as a float Linear: the same weights, summed in another order
+            assert "model.layers.0.mlp.down_proj" not in quantized_layers(loaded)
+            np.testing.assert_allclose(loaded.eval()(IDX), expected.eval()(IDX), rtol=1e-5,
+                                       atol=1e-6)
+            continue
         np.testing.assert_array_equal(loaded.eval()(IDX), expected.eval()(IDX))
         assert tok2.to_dict() == tok.to_dict()
         export_gguf(expected, tmp_path / "again.gguf", tokenizer=tok)  # quantized: as it is
@@ -157,12 +165,34 @@ def test_export_refuses():
         export_gguf(q, "x.gguf", "q4_0")
     with pytest.raises(TypeError, match="takes a GPT or a Llama"):
         export_gguf(object(), "x.gguf")
+    from scratchlm.finetune import apply_lora
+    lora = Llama(LLAMA)
+    apply_lora(lora, ("q_proj",), r=2)
+    with pytest.raises(ValueError, match="the model has LoRA layers"):
+        export_gguf(lora, "x.gguf", "f32")
 
 
 def _rewrite(data, offset, fmt, value):
     out = bytearray(data)
     struct.pack_into(fmt, out, offset, value)
     return bytes(out)
+
+
+def _entry(key, value):
+    k = key.encode()
+    return struct.pack("<Q", len(k)) + k + (
+        struct.pack("<IQ", 8, len(value)) + value.encode() if isinstance(value, str)
+        else struct.pack("<II", 4, value))
+
+
+def _with_key(data, key, value):
+    """``data`` with one more metadata key (a string, or a uint32) right after the counts, and
+    a padding key that keeps the tensor data where it was (a multiple of 32 bytes inserted)."""
+    n_kv = struct.unpack_from("<Q", data, 16)[0]
+    entry = _entry(key, value)
+    pad = _entry("x.pad", "")
+    pad = _entry("x.pad", "p" * (-(len(entry) + len(pad)) % 32))
+    return data[:16] + struct.pack("<Q", n_kv + 2) + entry + pad + data[24:]
 
 
 def test_hostile_files(tmp_path):
@@ -186,11 +216,26 @@ def test_hostile_files(tmp_path):
     p = tmp_path / "lying.gguf"                        # a header promising a huge model
     key = data.index(b"llama.embedding_length") + len(b"llama.embedding_length") + 4
     p.write_bytes(_rewrite(data, key, "<I", 1 << 30))
-    with pytest.raises(ValueError, match="implies token_embd.weight of size 1073741824"):
+    with pytest.raises(ValueError, match=r"has shape \(40, 64\); the metadata implies "
+                                         r"\(40, 1073741824\)"):
         load_gguf(p)
     key = data.index(b"llama.block_count") + len(b"llama.block_count") + 4
     p.write_bytes(_rewrite(data, key, "<I", 1 << 30))
-    with pytest.raises(ValueError, match="block_count says 1073741824 layers"):
+    with pytest.raises(ValueError, match="a llama of 1073741824 layers has 9663676419 tensors"):
+        load_gguf(p)
+    key = data.index(b"llama.feed_forward_length") + len(b"llama.feed_forward_length") + 4
+    p.write_bytes(_rewrite(data, key, "<I", 1 << 30))   # every axis is checked, not just one
+    with pytest.raises(ValueError, match="'blk.0.ffn_gate.weight' has shape"):
+        load_gguf(p)
+    name = data.index(b"blk.1.ffn_up.weight") + len(b"blk.1.ffn_up.weight")
+    p.write_bytes(_rewrite(data, name + 4, "<Q", 0))    # a zero dimension
+    with pytest.raises(ValueError, match="'blk.1.ffn_up.weight' has a dimension of size 0"):
+        load_gguf(p)
+    p.write_bytes(_with_key(data, "llama.rope.scaling.type", "linear"))
+    with pytest.raises(ValueError, match="rope scaling .* is not supported"):
+        load_gguf(p)
+    p.write_bytes(_with_key(data, "scratchlm.tokenizer", 7))
+    with pytest.raises(ValueError, match="scratchlm.tokenizer must be a string"):
         load_gguf(p)
     p = tmp_path / "missing.gguf"                      # a tensor renamed: unexpected + missing
     p.write_bytes(data.replace(b"blk.1.ffn_up.weight", b"blk.1.ffn_UP.weight"))
@@ -198,7 +243,9 @@ def test_hostile_files(tmp_path):
         load_gguf(p)
     rng = np.random.default_rng(0)                     # random corruption: a ValueError or a
     header = data.index(b"token_embd.weight") + 200    # model, never another exception
-    for k in range(100):
+    export_gguf(Llama(LLAMA, rng=0), good, "q4_0", tokenizer=CharTokenizer.train("abcdef"))
+    data = good.read_bytes()                           # (with a tokenizer key to corrupt too)
+    for k in range(300):
         blob = bytearray(data)
         for i in rng.integers(0, header if k % 2 else len(blob), 3):
             blob[i] = rng.integers(0, 256)

@@ -212,3 +212,25 @@ def _compare_steps(ours, pm, torch):
                 getattr(m, f"lora_{ab}").weight.data,
                 theirs[f"base_model.model.{name}.lora_{ab}.default.weight"].detach().numpy(),
                 rtol=1e-9, atol=1e-12)
+
+
+def test_nothing_changes_before_an_error(tmp_path):
+    """apply_lora and load_adapter check everything first: a failure leaves the model as it was
+    (nothing frozen, nothing wrapped)."""
+    from scratchlm.compress import prune
+    m = Llama(CFG, rng=0)
+    prune(m, 0.5)
+    with pytest.raises(ValueError, match="is pruned .*LoRA's dense update"):
+        apply_lora(m, ("q_proj",), r=2)
+    assert not lora_layers(m) and all(p.requires_grad for p in m.parameters())
+    with pytest.raises(ValueError, match="alpha"):
+        apply_lora(Llama(CFG, rng=0), ("q_proj",), r=2, alpha=float("nan"))
+    src = Llama(CFG, rng=0)
+    apply_lora(src, ("q_proj",), r=2)
+    save_adapter(src, tmp_path)
+    doc = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps(doc | {"r": 3}))
+    fresh = Llama(CFG, rng=0)
+    with pytest.raises(ValueError, match="must be a finite float array of shape"):
+        load_adapter(fresh, tmp_path)
+    assert not lora_layers(fresh) and all(p.requires_grad for p in fresh.parameters())

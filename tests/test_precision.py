@@ -21,13 +21,20 @@ def _every_float32_pattern(n=1 << 20, seed=0):
     return np.concatenate([x, edges])
 
 
-def test_round_fp16_is_numpys_conversion():
+def test_round_fp16_matches_torch_half(torch):
+    """An independent conversion: torch's float -> half -> float over the whole range."""
     x = _every_float32_pattern()
     out = round_fp16(x)
-    with np.errstate(over="ignore"):
-        ref = x.astype(np.float16).astype(np.float32)
+    ref = torch.from_numpy(x).half().float().numpy()
     np.testing.assert_array_equal(out, ref)
     assert out.dtype == np.float32
+
+
+def test_round_fp16_edges():
+    x = np.array([65504, 65519.99, 65520, 2.0 ** -24, 2.0 ** -25, 2.0 ** -25 * 1.0001,
+                  1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11], np.float32)
+    np.testing.assert_array_equal(round_fp16(x), np.array(
+        [65504, 65504, np.inf, 2.0 ** -24, 0.0, 2.0 ** -24, 1.0, 1 + 2.0 ** -9], np.float32))
     with pytest.raises(TypeError, match="x must be a float32 array, got float64"):
         round_fp16(np.zeros(3))
 

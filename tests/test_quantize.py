@@ -77,6 +77,17 @@ def test_quantize_twins_agree_everywhere(fmt):
     assert (q1[4] == zero_code).all()                      # subnormal row: 1/d overflows -> 0
 
 
+def test_an_all_zero_q4_0_block_has_ggmls_negative_zero_scale():
+    """ggml's C quantizer starts its max at +0, so a block of zeros (even of -0.0s, which a
+    pruned negative weight becomes) gets d = 0 / -8 = -0.0 (bits 0x8000); gguf's Python port
+    takes the block's first entry instead and gives +0.0 there. Both routes follow the C code."""
+    x = np.full((1, 64), -0.0, np.float32)
+    x[0, 32:] = 0.0
+    for route, (d, q) in _quantize_both("q4_0", x).items():
+        assert (d.astype(np.float16).view(np.uint16) == 0x8000).all(), route
+        assert (q == 8 | 8 << 4).all()
+
+
 def test_rounding_bounds():
     """Each weight is within half a step (q8_0) or one step (q4_0) of its value, plus what
     rounding the step to float16 moves the largest code (127 or 8 steps of 2^-11 relative)."""

@@ -133,18 +133,28 @@ def test_finetune_classify_cli(tmp_path, capsys, model, mode):
                  *mode]) == 0
     text = capsys.readouterr().out
     assert "on classify (no, yes)" in text and "held-out accuracy (10 examples)" in text
+    held_out = [(t, int(y)) for t, y in (rows[i] for i in np.random.default_rng(0)
+                                                      .permutation(60)[:10])]
     if "--full" in mode:
         clf, tok, meta, _ = load_model(out)              # the classifier, labels in its meta
         assert type(clf).__name__ == "LlamaForSequenceClassification"
         assert meta["finetune"]["labels"] == ["no", "yes"]
-        held_out = [(t, int(y)) for t, y in (rows[i] for i in np.random.default_rng(0)
-                                                          .permutation(60)[:10])]
         assert f"before, {accuracy(clf, tok, held_out):.1%} after" in text   # what was saved
         assert main(["sample", "--checkpoint", str(out)]) == 2
         assert "holds a sequence classifier" in capsys.readouterr().err
     else:
+        import json
+        from scratchlm import models
+        from scratchlm.finetune import load_adapter
         doc = (out / "adapter_config.json").read_text()
         assert '"SEQ_CLS"' in doc and '"score"' in doc
+        info = json.loads((out / "classifier.json").read_text())
+        assert info["labels"] == ["no", "yes"]
+        lm, tok, _, entry = load_model(ck)               # the base model plus the adapter
+        cls = getattr(models, f"{entry.model_class}ForSequenceClassification")
+        clf = cls.from_causal_lm(lm, info["num_labels"], info["pad_token_id"])
+        load_adapter(clf, out)
+        assert f"before, {accuracy(clf, tok, held_out):.1%} after" in text   # what was saved
     assert main(["finetune", "--checkpoint", str(ck), "--task", "reverse", "--data",
                  str(data)]) == 2
     assert "--data is the CSV file of --task classify" in capsys.readouterr().err

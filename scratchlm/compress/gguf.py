@@ -124,7 +124,13 @@ def _heads_of(model, ours):
 
 
 def _arch(model):
+    from ..finetune.lora import LoRALinear
     from ..models import GPT, Llama
+    if not isinstance(model, (GPT, Llama)):
+        raise TypeError(f"export_gguf takes a GPT or a Llama, got {type(model).__name__}")
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("the model has LoRA layers: merge_lora and reload it as a plain model "
+                         "(or export the base model and save the adapter) before export_gguf")
     if isinstance(model, Llama):
         c = model.config
         for flag in ("attention_bias", "qk_norm"):
@@ -170,7 +176,8 @@ def _metadata(model, arch, fmt, tokenizer) -> list:
                ("gpt2.block_count", _U32, c.n_layer),
                ("gpt2.feed_forward_length", _U32, 4 * c.n_embd),
                ("gpt2.attention.head_count", _U32, c.n_head),
-               ("gpt2.attention.layer_norm_epsilon", _F32, 1e-5)]
+               ("gpt2.attention.layer_norm_epsilon", _F32, 1e-5),
+               ("gpt2.vocab_size", _U32, c.vocab_size)]
     kv.append(("tokenizer.ggml.model", _STR, "none"))
     if tokenizer is not None:
         kv.append(("scratchlm.tokenizer", _STR, json.dumps(tokenizer.to_dict())))
@@ -366,6 +373,8 @@ def read_gguf(path) -> tuple[dict, dict]:
             if not 1 <= n_dims <= _MAX_DIMS:
                 raise ValueError(f"{path}: tensor {name!r} has {n_dims} dimensions")
             ne = struct.unpack(f"<{n_dims}Q", r.take(8 * n_dims, name))
+            if 0 in ne:
+                raise ValueError(f"{path}: tensor {name!r} has a dimension of size 0")
             gtype, offset = struct.unpack("<IQ", r.take(12, name))
             infos.append((name, tuple(reversed(ne)), gtype, offset))
         alignment = meta.get("general.alignment", ALIGNMENT)
@@ -397,32 +406,66 @@ def read_gguf(path) -> tuple[dict, dict]:
     return meta, tensors
 
 
-def _check_sizes(arch, c, tensors, path):
-    """Before the model is built (its size follows the metadata): the metadata's sizes must be
-    the tensors' own, so that a lying header cannot make us allocate what the file lacks."""
-    blocks = {int(n.split(".")[1]) for n in tensors if n.startswith("blk.") and
-              n.split(".")[1].isdigit()}
-    layers = c.num_hidden_layers if arch == "llama" else c.n_layer
-    if len(blocks) != layers or max(blocks, default=-1) != layers - 1:   # (no set of `layers`)
-        raise ValueError(f"{path}: block_count says {layers} layers, the tensors hold "
-                         f"{len(blocks)}")
+def _expected_shapes(arch, c) -> dict:
+    """``{gguf name: numpy shape}`` that a model of config ``c`` has, from the config alone."""
     if arch == "llama":
-        d = c.head_dim or c.hidden_size // c.num_attention_heads
-        want = {("token_embd.weight", 1): c.hidden_size,
-                ("blk.0.ffn_up.weight", 0): c.intermediate_size,
-                ("blk.0.attn_q.weight", 0): c.num_attention_heads * d,
-                ("blk.0.attn_k.weight", 0): (c.num_key_value_heads or c.num_attention_heads) * d}
+        V, C, I, L = c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers
+        d = c.head_dim or C // c.num_attention_heads
+        q, kv = c.num_attention_heads * d, (c.num_key_value_heads or c.num_attention_heads) * d
+        out = {"token_embd.weight": (V, C), "output_norm.weight": (C,)}
+        if not c.tie_word_embeddings:
+            out["output.weight"] = (V, C)
+        per = {"attn_norm.weight": (C,), "attn_q.weight": (q, C), "attn_k.weight": (kv, C),
+               "attn_v.weight": (kv, C), "attn_output.weight": (C, q), "ffn_norm.weight": (C,),
+               "ffn_gate.weight": (I, C), "ffn_up.weight": (I, C), "ffn_down.weight": (C, I)}
     else:
-        want = {("token_embd.weight", 1): c.n_embd, ("position_embd.weight", 0): c.block_size}
-    for (name, axis), value in want.items():
-        if name not in tensors or len(tensors[name][1]) != 2 or \
-                tensors[name][1][axis] != value:
-            raise ValueError(f"{path}: the metadata implies {name} of size {value} along axis "
-                             f"{axis}; the file's is {tensors.get(name, (0, None))[1]}")
+        V, C, L = c.vocab_size, c.n_embd, c.n_layer
+        out = {"token_embd.weight": (V, C), "position_embd.weight": (c.block_size, C),
+               "output_norm.weight": (C,), "output_norm.bias": (C,)}
+        per = {"attn_norm.weight": (C,), "attn_norm.bias": (C,), "attn_qkv.weight": (3 * C, C),
+               "attn_qkv.bias": (3 * C,), "attn_output.weight": (C, C),
+               "attn_output.bias": (C,), "ffn_norm.weight": (C,), "ffn_norm.bias": (C,),
+               "ffn_up.weight": (4 * C, C), "ffn_up.bias": (4 * C,),
+               "ffn_down.weight": (C, 4 * C), "ffn_down.bias": (C,)}
+    for i in range(L):
+        out.update({f"blk.{i}.{k}": v for k, v in per.items()})
+    return out, len(per)
+
+
+def _check_sizes(arch, c, tensors, path):
+    """Before the model is built (its size follows the metadata): exactly the tensors a model
+    of this config has, each of the shape the config implies, so that a lying header cannot
+    make us allocate more than a small multiple of what the file holds."""
+    layers = c.num_hidden_layers if arch == "llama" else c.n_layer
+    fixed = 2 + (arch == "gpt2") * 2 + (arch == "llama" and not c.tie_word_embeddings)
+    per = 9 if arch == "llama" else 12
+    if fixed + per * layers != len(tensors):         # (checked before any name is generated)
+        raise ValueError(f"{path}: a {arch} of {layers} layers has {fixed + per * layers} "
+                         f"tensors; the file holds {len(tensors)}")
+    want, _ = _expected_shapes(arch, c)
+    extra, missing = sorted(set(tensors) - set(want)), sorted(set(want) - set(tensors))
+    if extra or missing:
+        raise ValueError(f"{path}: tensors do not match a {arch} of this config: "
+                         + (f"unexpected {extra[:3]}" if extra else f"missing {missing[:3]}"))
+    for name, shape in want.items():
+        if tensors[name][1] != shape:
+            raise ValueError(f"{path}: tensor {name!r} has shape {tensors[name][1]}; the "
+                             f"metadata implies {shape}")
 
 
 def _config(meta, tensors, path):
+    try:
+        return _make_config(meta, tensors, path)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        raise ValueError(text if text.startswith(str(path)) else f"{path}: {text}") from None
+
+
+def _make_config(meta, tensors, path):
     from ..models import GPTConfig, LlamaConfig
+    scaled = sorted(k for k in meta if ".rope.scaling" in k)
+    if scaled:
+        raise ValueError(f"{path}: rope scaling ({scaled[0]}) is not supported by this reader")
 
     def get(key, kinds=(int,), default=None):
         v = meta.get(key, default)
@@ -475,11 +518,6 @@ def load_gguf(path, dtype=np.float32):
     model = (Llama if arch == "llama" else GPT)(config, dtype=dtype, rng=0)
     names = _llama_names(config) if arch == "llama" else _gpt_names(config)
     theirs = {v: k for k, v in names.items()}
-    extra = sorted(set(tensors) - set(theirs))
-    missing = sorted(set(theirs) - set(tensors))
-    if extra or missing:
-        raise ValueError(f"{path}: tensors do not match a {arch} of this config: "
-                         + (f"unexpected {extra[:3]}" if extra else f"missing {missing[:3]}"))
     state = model.state_dict()
     linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
     plan, floats, blocks = {}, {}, {}
@@ -522,6 +560,9 @@ def load_gguf(path, dtype=np.float32):
             modules[layer].qweight[...] = q
             modules[layer].scales[...] = d
     tok = meta.get("scratchlm.tokenizer")
+    if tok is not None and not isinstance(tok, str):
+        raise ValueError(f"{path}: scratchlm.tokenizer must be a string (JSON), got "
+                         f"{type(tok).__name__}")
     if tok is not None:
         from .._files import loads_json
         tok = Tokenizer.from_dict(loads_json(tok, f"{path}: scratchlm.tokenizer"))

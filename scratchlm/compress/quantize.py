@@ -14,8 +14,9 @@ For a ``Linear`` with weight :math:`W` (out, in):
 :class:`QuantizedLinear` keeps only the packed weight (``qweight``) and its ``scales`` (buffers:
 they are in ``state_dict()``, not trained) and the float bias. Its backward gives the input
 gradient through the dequantized weight, :math:`dx = dy\,\hat W` (for ``q8_0``/``q4_0`` the
-activations' rounding is passed straight through, as quantization-aware training does), so LoRA
-and fine-tuning can run on top; the weight itself is never trained.
+activations' rounding is passed straight through, as quantization-aware training does), so
+gradients reach the layers below; the weight itself is never trained (and LoRA wraps float
+``Linear`` layers only).
 
 :func:`quantize` swaps every ``Linear`` of a model for one. A weight whose input size is not a
 multiple of 32 is refused for the block formats (no padding: llama.cpp refuses such tensors

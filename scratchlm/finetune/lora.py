@@ -136,14 +136,10 @@ def _linear_names(model) -> list:
             and not n.endswith((".lora_A", ".lora_B"))]
 
 
-def apply_lora(model, target_modules=("q_proj", "v_proj"), r: int = 8, alpha: float = 16,
-               dropout: float = 0.0, rng=None) -> list:
-    """Freeze every parameter of ``model`` and wrap each ``Linear`` whose name matches
-    ``target_modules`` (PEFT's rule, :func:`_matches`) in a :class:`LoRALinear`. Returns the
-    wrapped module names. A pattern that matches no ``Linear`` is an error naming it and listing
-    the model's Linear layers. A tied ``Linear`` (GPT's ``lm_head``) is refused."""
+def _lora_plan(model, target_modules) -> list:
+    """The names of the ``Linear`` layers ``target_modules`` selects, after every check that
+    :func:`apply_lora` makes, so that nothing is changed before an error."""
     targets = _check_targets(target_modules)
-    rng = make_rng(rng)
     names = _linear_names(model)
     chosen = [n for n in names if _matches(n, targets)]
     for t in ([targets] if isinstance(targets, str) else targets):
@@ -157,14 +153,32 @@ def apply_lora(model, target_modules=("q_proj", "v_proj"), r: int = 8, alpha: fl
     for _, mod in model.named_modules():
         for p in mod._parameters.values():
             holders[id(p)] = holders.get(id(p), 0) + 1
+    modules = dict(model.named_modules())
+    for name in chosen:
+        if holders.get(id(modules[name].weight), 0) > 1:
+            raise ValueError(f"{name}'s weight is tied to another parameter; LoRA on a tied "
+                             f"layer is not supported (PEFT refuses it too)")
+        if hasattr(modules[name], "weight_mask"):
+            raise ValueError(f"{name} is pruned (a MaskedLinear): LoRA's dense update would "
+                             f"fill its pruned entries; prune after merging instead")
+    return chosen
+
+
+def apply_lora(model, target_modules=("q_proj", "v_proj"), r: int = 8, alpha: float = 16,
+               dropout: float = 0.0, rng=None) -> list:
+    """Freeze every parameter of ``model`` and wrap each ``Linear`` whose name matches
+    ``target_modules`` (PEFT's rule, :func:`_matches`) in a :class:`LoRALinear`. Returns the
+    wrapped module names. A pattern that matches no ``Linear`` is an error naming it and listing
+    the model's Linear layers. A tied ``Linear`` (GPT's ``lm_head``) and a pruned one are
+    refused. Every check runs before the model changes."""
+    chosen = _lora_plan(model, target_modules)
+    positive_int(r, "r"), scalar(alpha, "alpha")                      # (LoRALinear's checks,
+    probability(dropout, "dropout", allow_one=False)                  # before anything changes)
+    rng = make_rng(rng)
     model.requires_grad_(False)
     for name in chosen:
         parent, child = _parent(model, name)
-        layer = getattr(parent, child)
-        if holders.get(id(layer.weight), 0) > 1:
-            raise ValueError(f"{name}'s weight is tied to another parameter; LoRA on a tied "
-                             f"layer is not supported (PEFT refuses it too)")
-        setattr(parent, child, LoRALinear(layer, r, alpha, dropout, rng))
+        setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha, dropout, rng))
     return chosen
 
 
@@ -285,34 +299,43 @@ def load_adapter(model, path, rng=None) -> list:
                          f"{to_save!r}")
     saved = {n: p for n, p in model.named_parameters() if any(
         n.rsplit(".", 1)[0] == m or n.rsplit(".", 1)[0].endswith("." + m) for m in to_save)}
-    tensors, _ = load_safetensors(w_path)           # read and checked before the model changes
     r, alpha = doc.get("r"), doc.get("lora_alpha")
     targets = doc.get("target_modules")
     if isinstance(targets, list):
         targets = tuple(targets)
-    chosen = apply_lora(model, targets, r=r, alpha=alpha, dropout=doc.get("lora_dropout", 0.0),
-                        rng=rng)
-    layers = lora_layers(model)
-    expected = {f"{_PREFIX}{n}": p for n, p in saved.items()}
-    for name, m in layers.items():
-        expected[f"{_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight
-        expected[f"{_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight
-    writes = []
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{cfg_path}: r must be a positive int, got {r!r}")
+    chosen = _lora_plan(model, targets)                 # every check before the model changes
+    modules = dict(model.named_modules())
+    shapes = {f"{_PREFIX}{n}": p.shape for n, p in saved.items()}
+    for name in chosen:
+        m = modules[name]
+        shapes[f"{_PREFIX}{name}.lora_A.weight"] = (r, m.in_features)
+        shapes[f"{_PREFIX}{name}.lora_B.weight"] = (m.out_features, r)
+    tensors, _ = load_safetensors(w_path)
+    found = {}
     for key, value in tensors.items():
         k = key.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
-        if k not in expected:
+        if k not in shapes:
             raise ValueError(f"{w_path}: tensor {key!r} is not a LoRA weight or a module to "
-                             f"save of this model's {', '.join(sorted(layers))[:200]}")
-        p = expected.pop(k)
-        if tuple(value.shape) != p.shape or value.dtype.kind != "f" or not np.isfinite(value).all():
+                             f"save of this model's {', '.join(sorted(chosen))[:200]}")
+        if tuple(value.shape) != tuple(shapes[k]) or value.dtype.kind != "f" or \
+                not np.isfinite(value).all():
             raise ValueError(f"{w_path}: tensor {key!r} must be a finite float array of shape "
-                             f"{p.shape}, got {value.dtype} {tuple(value.shape)}")
-        writes.append((p, value))
-    if expected:
-        raise ValueError(f"{w_path} lacks {len(expected)} weight(s) the adapter declares: "
-                         f"{', '.join(list(expected)[:3])}")
-    for p, value in writes:
-        p.data[...] = value.astype(p.dtype)
+                             f"{tuple(shapes[k])}, got {value.dtype} {tuple(value.shape)}")
+        found[k] = value
+    missing = [k for k in shapes if k not in found]
+    if missing:
+        raise ValueError(f"{w_path} lacks {len(missing)} weight(s) the adapter declares: "
+                         f"{', '.join(missing[:3])}")
+    apply_lora(model, targets, r=r, alpha=alpha, dropout=doc.get("lora_dropout", 0.0), rng=rng)
+    layers = lora_layers(model)
+    params = {f"{_PREFIX}{n}": p for n, p in saved.items()}
+    for name, m in layers.items():
+        params[f"{_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight
+        params[f"{_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight
+    for k, value in found.items():
+        params[k].data[...] = value.astype(params[k].dtype)
     for p in saved.values():
         p.requires_grad = True
     return chosen

@@ -121,7 +121,9 @@ def quantize_q4_0_numpy(x, d, q):
     bad = ~np.isfinite(blocks).all(axis=2)                                # (M, nb)
     safe = np.where(bad[..., None], np.float32(0), blocks)
     imax = np.abs(safe).argmax(axis=2)[..., None]                         # (M, nb, 1): the first
-    dd = np.take_along_axis(safe, imax, axis=2)[..., 0] / np.float32(-8)  # (M, nb)
+    mx = np.take_along_axis(safe, imax, axis=2)[..., 0]                   # largest magnitude
+    mx = np.where(mx == 0, np.float32(0), mx)      # ggml's max starts at +0: an all-zero block
+    dd = mx / np.float32(-8)                       # (even of -0.0s) gets d = -0.0   # (M, nb)
     inv = _inverse_numpy(dd)
     qs = np.minimum(np.trunc(safe * inv[..., None] + np.float32(8.5)), 15).astype(np.uint8)
     qs = np.where(bad[..., None], np.uint8(0), qs)                        # (M, nb, 32)
@@ -138,8 +140,8 @@ def quantize_q4_0_numba(x, d, q):
     for m in range(M):
         for b in range(K // QK):
             base = b * QK
-            amax = np.float32(-1)
-            mx = zero
+            amax = zero                                 # as ggml: max starts at +0, so an
+            mx = zero                                   # all-zero block gets d = 0 / -8 = -0
             finite = True
             for j in range(QK):
                 v = x[m, base + j]
