@@ -203,6 +203,12 @@ class ModelEntry:
         return model
 
 
+#: mixed-precision training for the decoders (their products are Linear and attention)
+PRECISION = opt("precision", str, "fp32", "fp16 (with loss scaling) or bf16: Linear and attention "
+                "products in 16 bits, float32 master weights and optimizer",
+                choices=("fp32", "fp16", "bf16"))
+
+
 _TRANSFORMER = ModelEntry(
     name="transformer", help="a GPT (the GPT-2 architecture): the main job",
     model_class="GPT", pipeline="LMPipeline",
@@ -220,6 +226,7 @@ _TRANSFORMER = ModelEntry(
         opt("recompute", bool, False, "activation recomputation: keep only each block's input "
             "and run its forward again in the backward (less memory, about one extra forward "
             "per step; the same gradients bit for bit)"),
+        PRECISION,
     ),
     attributes=("recompute",),
     tiny=dict(steps=6, batch_size=4, block_size=16, n_layer=1, n_head=2, n_embd=16,
@@ -252,6 +259,7 @@ _LLAMA = ModelEntry(
         positive("rope_theta", 10000.0, "the rotary embeddings' base", kind=float),
         opt("tie_word_embeddings", bool, False, "lm_head shares the token embedding"),
         opt("qk_norm", bool, False, "RMSNorm on each head's q and k (Qwen3)"),
+        PRECISION,
     ),
     tiny=dict(steps=6, batch_size=4, block_size=16, hidden_size=16, intermediate_size=24,
               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, eval_interval=3),

@@ -122,3 +122,175 @@ def test_grad_scaler_rules_and_errors():
     assert restored.state_dict() == s.state_dict()
     with pytest.raises(ValueError, match="_growth_tracker must be an int"):
         restored.load_state_dict({**s.state_dict(), "_growth_tracker": 5})
+
+
+# ------------------------------------------------------------------------------------------------
+# autocast and the loop
+# ------------------------------------------------------------------------------------------------
+def test_linear_under_autocast_is_a_tensor_core(torch):
+    """The forward and backward of a Linear under autocast equal the same products of rounded
+    operands computed in float64 and rounded once (float32 accumulation differs from float64
+    only below the 16-bit result's rounding, so the rounded results agree); the input is kept in
+    2 bytes an entry."""
+    from scratchlm import functional as F
+    from scratchlm.compress.precision import autocast
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 32)).astype(np.float32) * 0.1
+    b = rng.standard_normal(16).astype(np.float32)
+    for mode, r, tol in (("fp16", round_fp16, 2.0 ** -10), ("bf16", round_bf16, 2.0 ** -7)):
+        with autocast(mode):
+            y, cache = F.linear_forward(x, w, b)
+        ref = r((r(x).astype(np.float64) @ r(w).T.astype(np.float64)
+                 + r(b)).astype(np.float32))
+        np.testing.assert_allclose(y, ref, rtol=tol, atol=0)          # at most a 16-bit ulp
+        assert (r(y) == y).all() and cache.x.itemsize == 2 and cache.precision == mode
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx, dw, db = F.linear_backward(dy, cache)                      # (no autocast needed)
+        np.testing.assert_allclose(dx, r((r(dy) @ r(w)).astype(np.float32)), rtol=tol)
+        np.testing.assert_allclose(dw, r((r(dy).reshape(-1, 16).T @ r(x).reshape(-1, 32))
+                                         .astype(np.float32)), rtol=tol, atol=1e-6)
+        assert (r(dx) == dx).all() and (r(dw) == dw).all() and (r(db) == db).all()
+    with pytest.raises(TypeError, match="fp16 autocast needs float32 arrays, got float64"):
+        with autocast("fp16"):
+            F.linear_forward(x.astype(np.float64), w.astype(np.float64))
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16"):
+        with autocast("fp8"):
+            pass
+
+
+def test_attention_under_autocast_rounds_its_operands():
+    from scratchlm import functional as F
+    from scratchlm.compress.precision import autocast
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 2, 6, 8)).astype(np.float32) for _ in range(3))
+    with autocast("bf16"):
+        y, cache = F.attention_forward(q, k, v, is_causal=True)
+    ref, _ = F.attention_forward(round_bf16(q), round_bf16(k), round_bf16(v), is_causal=True)
+    np.testing.assert_array_equal(y, round_bf16(ref))
+    dq, dk, dv, _ = F.attention_backward(np.ones_like(y), cache)
+    assert (round_bf16(dq) == dq).all() and F.attention_weights(cache).shape == (2, 2, 6, 6)
+
+
+def test_loss_scaling_keeps_small_gradients():
+    """float16 flushes gradient entries below 2^-24: without a loss scale some weight-gradient
+    entries of a GPT at initialisation vanish; with GradScaler's 2^16 none do."""
+    from scratchlm.compress.precision import autocast
+    from scratchlm.models import GPT, GPTConfig
+    m = GPT(GPTConfig(vocab_size=12, block_size=32, n_layer=2, n_head=4, n_embd=64), rng=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 12, (16, 32)), rng.integers(0, 12, (16, 32))
+
+    def grads(mode, scale):
+        m.zero_grad()
+        with autocast(mode, loss_scale=scale):
+            m(x, y)
+            m.backward()
+        return [p.grad / scale for p in m.parameters() if p.grad.ndim == 2]
+    ref = grads("fp32", 1.0)
+
+    def flushed(gs):
+        return sum(int(((g == 0) & (r != 0)).sum()) for g, r in zip(gs, ref))
+    assert flushed(grads("fp16", 1.0)) > 0
+    assert flushed(grads("fp16", 2.0 ** 16)) == 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_training_matches_fp32(precision):
+    """The same steps and batches on an order-2 Markov source: fp16 with loss scaling and bf16
+    end within 1% of float32's held-out loss."""
+    from scratchlm.data import MarkovSource
+    from scratchlm.models import GPT, GPTConfig
+    from scratchlm.training import TrainConfig
+    from scratchlm.training.fit import fit_lm
+    src = MarkovSource(12, order=2, concentration=0.3, seed=0)
+    train, val = src.sample(50_000, rng=1), src.sample(5_000, rng=2)
+    losses = {}
+    for p in ("fp32", precision):
+        m = GPT(GPTConfig(vocab_size=12, block_size=32, n_layer=1, n_head=4, n_embd=32), rng=0)
+        h = fit_lm(m, train, val, TrainConfig(steps=150, lr=3e-3, warmup=10, precision=p,
+                                              eval_interval=150), batch_size=8,
+                   log=lambda s: None)
+        losses[p] = h["val_loss"][-1]
+        if p == "fp16":
+            assert h["loss_scale"] == [2.0 ** 16] * 150
+    assert abs(losses[precision] / losses["fp32"] - 1) < 0.01, losses
+
+
+def test_the_loop_skips_a_step_with_an_inf_gradient_and_refuses_misuse(tmp_path):
+    from scratchlm.models import GPT, GPTConfig
+    from scratchlm.training import TrainConfig
+    from scratchlm.training.loop import train
+    m = GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=2, n_embd=16), rng=0)
+    rng = np.random.default_rng(0)
+
+    class Source:
+        def __next__(self):
+            return rng.integers(0, 8, (2, 8))
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    def forward(batch, step):
+        _, loss = m(batch, batch)
+        if step == 2:                                 # poison this step's gradient
+            m.transformer.ln_f.weight.grad[...] = np.inf
+        return loss
+    before = None
+
+    def progress(step, total, info):
+        nonlocal before
+        if step == 2:
+            before = m.state_dict()["transformer.wte.weight"].copy()
+        if step == 3:                                 # step 3 (index 2) was skipped
+            np.testing.assert_array_equal(m.state_dict()["transformer.wte.weight"], before)
+    h = train(m, Source(), forward, TrainConfig(steps=5, lr=1e-2, precision="fp16"),
+              progress=progress, log=lambda s: None)
+    assert np.isinf(h["grad_norm"][2]) and h["loss_scale"][3] == h["loss_scale"][2] / 2
+    with pytest.raises(ValueError, match=r"precision must be one of .*'fp16'.*got 'fp8'"):
+        TrainConfig(steps=1, precision="fp8")
+    m64 = GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=2, n_embd=16),
+              dtype=np.float64, rng=0)
+    with pytest.raises(ValueError, match="trains a float32 model"):
+        train(m64, Source(), lambda b, s: m64(b, b)[1], TrainConfig(steps=1, precision="bf16"),
+              log=lambda s: None)
+
+
+def test_fp16_resume_is_bit_identical_and_the_cli_takes_precision(tmp_path, capsys):
+    from scratchlm.cli import main
+    from scratchlm.models import GPT, GPTConfig
+    from scratchlm.training import TrainConfig
+    from scratchlm.training.fit import fit_lm
+    ids = np.random.default_rng(0).integers(0, 10, 3000)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step, total, info):                 # after the step-3 checkpoint
+        if step == 3:
+            raise Stop
+
+    def run(ck=None, resume=False, progress=None):
+        m = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=16), rng=0)
+        fit_lm(m, ids[:2500], ids[2500:], TrainConfig(steps=6, lr=1e-2, precision="fp16",
+                                                      save_interval=3),
+               batch_size=4, checkpoint=ck, resume=resume, progress=progress,
+               log=lambda s: None)
+        return m
+    straight = run()
+    ck = tmp_path / "half.npz"
+    with pytest.raises(Stop):
+        run(ck, progress=stop_at_3)
+    again = run(ck, resume=True)
+    for (n, a), (_, b) in zip(straight.state_dict().items(), again.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=n)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\n" * 100, encoding="utf-8")
+    assert main(["train", "transformer", "--steps", "3", "--corpus", str(corpus), "--out",
+                 str(tmp_path / "g.npz"), "--sample-length", "0", "--n-layer", "1", "--n-head",
+                 "2", "--n-embd", "16", "--block-size", "16", "--precision", "bf16"]) == 0
+    assert main(["train", "transformer", "--precision", "fp8"]) == 2
+    assert "--precision: invalid choice: 'fp8'" in capsys.readouterr().err

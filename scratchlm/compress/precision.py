@@ -16,52 +16,26 @@ float32. :class:`GradScaler` picks :math:`s` as torch does: start at :math:`2^{1
 whose gradients hold an inf or a NaN is skipped and halves :math:`s`; every 2000 clean steps in
 a row double it.
 
-Not built yet (issue 19, part 1): running every matmul in 16-bit (``precision=`` in the training
-loop and ``--precision`` in ``train``), activations stored in 16-bit, and the ``precision``
-command's histogram of gradients.
+**Autocast.** Inside ``with autocast("fp16")`` (or ``"bf16"``), the products of
+:func:`~scratchlm.functional.linear_forward` and :func:`~scratchlm.functional.attention_forward`
+run as a tensor core runs them: operands rounded to the 16-bit format, products accumulated in
+float32, results rounded back; their backward does the same with the upstream gradient, and a
+``Linear`` keeps its input for the backward in 16 bits (half the memory). Everything else --
+LayerNorm/RMSNorm statistics, softmax, the loss, element-wise functions -- stays float32, as
+AMP keeps them. The training loop turns it on (``TrainConfig(precision="fp16")``, ``train
+--precision fp16``), with a :class:`GradScaler` for float16.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._checks import make_rng, positive_int
+from .._autocast import (PRECISIONS, active, autocast, loss_scale, pack16, round_bf16, round_fp16,
+                         scaled_backwards, to16, unpack16)
+from .._checks import positive_int
 
-__all__ = ["round_fp16", "round_bf16", "GradScaler"]
-
-
-def _float32(x, name):
-    x = np.asarray(x)
-    if x.dtype != np.float32:
-        raise TypeError(f"{name} must be a float32 array, got {x.dtype}")
-    return x
-
-
-def round_fp16(x) -> np.ndarray:
-    """``x`` (float32) rounded to the nearest float16, ties to even (overflow to +-inf,
-    underflow through the subnormals to zero), as float32."""
-    x = _float32(x, "x")
-    with np.errstate(over="ignore"):
-        return x.astype(np.float16).astype(np.float32)
-
-
-def round_bf16(x, stochastic: bool = False, rng=None) -> np.ndarray:
-    """``x`` (float32) rounded to bfloat16, as float32: to the nearest, ties to even; or, with
-    ``stochastic``, up or down with probabilities given by the distance to each neighbour
-    (``rng`` seeds the draw). NaN stays NaN and +-inf stays +-inf; a finite value may round to
-    +-inf when it is within half a step of float32's largest value."""
-    x = _float32(x, "x")
-    bits = np.ascontiguousarray(x).view(np.uint32).astype(np.uint64)
-    if stochastic:                     # add a uniform 16-bit draw below the kept bits, truncate
-        noise = make_rng(rng).integers(0, 1 << 16, size=bits.shape, dtype=np.uint64)
-        rounded = (bits + noise) & 0xFFFF0000
-    else:                              # ties to even: add 0x7FFF plus the lowest kept bit
-        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    out = rounded.astype(np.uint32).view(np.float32).reshape(x.shape)
-    nan = np.isnan(x)
-    if nan.any():                      # the carry must not turn a NaN's payload into inf
-        out = np.where(nan, np.float32(np.nan), out)
-    return out
+__all__ = ["round_fp16", "round_bf16", "GradScaler", "autocast", "active", "to16", "pack16",
+           "unpack16", "loss_scale", "scaled_backwards", "PRECISIONS"]
 
 
 class GradScaler:

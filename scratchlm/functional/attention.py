@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _autocast
 from .._checks import boolean, choice, float_array, probability, scalar, upstream
 from ..kernels import attention as K
 from ..kernels import flash_attention as FK
@@ -58,7 +59,7 @@ class TiledAttentionCache(NamedTuple):
 
 
 def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
-                      training=True, rng=None, method="auto"):
+                      training=True, rng=None, method="auto", _in16=False):
     r"""Attention over the last two axes, any leading (batch, head) axes:
 
     .. math::  P = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d}} + M\right),\qquad
@@ -116,6 +117,12 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
     if k.shape[-1] != q.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k must be (..., Tk, {q.shape[-1]}) and v (..., Tk, dv) with the same Tk, "
                          f"got k {k.shape}, v {v.shape}")
+    mode = None if _in16 else _autocast.active()
+    if mode is not None:        # a tensor core: 16-bit q, k, v; scores, softmax and sums in
+        q, k, v = (_autocast.to16(a, mode) for a in (q, k, v))      # float32; y rounded back
+        y, inner = attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                     training=training, rng=rng, method=method, _in16=True)
+        return _autocast.to16(y, mode), Attention16Cache(inner, mode)
     p = probability(dropout_p, "dropout_p", allow_one=False)
     is_causal = boolean(is_causal, "is_causal")
     training = boolean(training, "training")
@@ -301,6 +308,10 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
     equations tile by tile with :math:`P` recomputed from q, k and the saved log-sum-exp
     (:func:`_tiled_backward`); it has no weights, so ``dweights`` is refused there.
     """
+    if isinstance(cache, Attention16Cache):          # the forward ran under autocast
+        r = cache.precision
+        dq, dk, dv, _ = attention_backward(_autocast.to16(dy, r), cache.inner, dweights)
+        return _autocast.to16(dq, r), _autocast.to16(dk, r), _autocast.to16(dv, r), None
     if isinstance(cache, TiledAttentionCache):
         if dweights is not None:
             raise ValueError("dweights needs the attention weights, which the tiled path never "
@@ -352,6 +363,8 @@ def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray
     :class:`TiledAttentionCache` they are recomputed from q, k and the saved log-sum-exp,
     :math:`P = e^{sQK^\top - L}` (0 where masked) -- a ``Tq x Tk`` array per (batch, head), for
     inspecting attention (attention maps), not for training."""
+    if isinstance(cache, Attention16Cache):
+        cache = cache.inner
     if isinstance(cache, AttentionCache):
         return cache.weights
     if not isinstance(cache, TiledAttentionCache):
@@ -373,6 +386,12 @@ def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray
 # ------------------------------------------------------------------------------------------------
 # grouped-query attention (Ainslie et al., 2023, "GQA"; Shazeer, 2019, multi-query)
 # ------------------------------------------------------------------------------------------------
+class Attention16Cache(NamedTuple):
+    """An attention run under autocast: the inner cache (of the 16-bit-rounded q, k, v)."""
+    inner: AttentionCache | TiledAttentionCache
+    precision: str                                # "fp16" or "bf16"
+
+
 class GroupedAttentionCache(NamedTuple):
     inner: AttentionCache | TiledAttentionCache   # the attention over the repeated heads
     groups: int                                   # query heads per key/value head (n_rep)

@@ -11,6 +11,7 @@ silently mean something else. Not implemented: ``weight``, ``pos_weight``, proba
 targets for ``CrossEntropyLoss``.
 """
 
+from .. import _autocast
 from .. import functional as F
 from .._checks import choice, integer, probability
 from .module import Module
@@ -45,7 +46,11 @@ class CrossEntropyLoss(_Loss):
         return loss
 
     def backward(self, dloss=1.0):
-        return F.cross_entropy_backward(dloss, self._saved())[0]
+        # under autocast with a loss scale (fp16 training), the scaled loss is what is
+        # differentiated, as torch's scaler.scale(loss).backward()
+        dx = F.cross_entropy_backward(dloss, self._saved())[0]
+        scale = _autocast.loss_scale()
+        return dx if scale == 1.0 else dx * dx.dtype.type(scale)
 
 
 class NLLLoss(_Loss):

@@ -25,6 +25,11 @@ What :func:`train` owns, so no model repeats it:
   every model. ``resume=True`` continues from it bit-identically (a ``steps`` run);
 * **the backward**: ``forward(batch, step)`` computes the loss (the model's forward with its
   targets); the loop checks it is finite and calls ``model.backward()``;
+* **the precision** (``precision``): ``"fp16"``/``"bf16"`` run the forward and the backward
+  under :func:`~scratchlm.compress.precision.autocast` (Linear and attention products in 16
+  bits, float32 master weights and optimizer); ``"fp16"`` adds a
+  :class:`~scratchlm.compress.precision.GradScaler` (the cross-entropy's gradient scaled, a
+  step with an inf/NaN gradient skipped, its state in the checkpoint). Evaluation stays float32;
 * **the stop condition**: ``steps`` steps, or the deadline: training, evaluations and saves end
   within ``time_limit`` seconds of the first step. Compilation is not training: before the clock
   starts, :func:`warm_up` runs one step's forward and backward, the optimizer update and one
@@ -49,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .._autocast import PRECISIONS, autocast, scaled_backwards
 from .._checks import choice, nonnegative, positive_int
 
 __all__ = ["TrainConfig", "train", "warm_up", "make_optimizer", "scheduled_lr", "Deadline",
@@ -78,6 +84,7 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     eval_interval: int | None = None
     save_interval: int | None = None
+    precision: str = "fp32"
 
     def __post_init__(self):
         if (self.steps is None) == (self.time_limit is None):
@@ -110,6 +117,7 @@ class TrainConfig:
         for name in ("eval_interval", "save_interval"):
             if getattr(self, name) is not None:
                 setattr(self, name, positive_int(getattr(self, name), name))
+        self.precision = choice(self.precision, "precision", PRECISIONS)
 
     @property
     def floor_lr(self) -> float:
@@ -414,6 +422,22 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         if config.steps is not None and loop.get("total_steps") not in (None, config.steps):
             log(f"resuming {checkpoint} (a {loop['total_steps']}-step run) to {config.steps} steps")
         log(f"resumed from {checkpoint} at step {step}")
+    scaler = None
+    if config.precision != "fp32":
+        wide = [n for n, p in model.named_parameters() if p.requires_grad
+                and p.data.dtype != np.float32]
+        if wide:
+            raise ValueError(f"precision {config.precision!r} trains a float32 model (float32 "
+                             f"master weights); {wide[0]} is {model.state_dict()[wide[0]].dtype}")
+        if config.precision == "fp16":
+            from ..compress.precision import GradScaler
+            scaler = GradScaler()
+            if resume and isinstance(loop.get("scaler"), dict):
+                try:
+                    scaler.load_state_dict(loop["scaler"])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{checkpoint}: the saved loss scaler does not fit: "
+                                     f"{exc}") from None
     if checkpoint is not None:
         os.makedirs(os.path.dirname(os.path.abspath(checkpoint)) or ".", exist_ok=True)
     interval = config.checkpoint_interval
@@ -443,7 +467,8 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         s0 = clock()
         loop_state = {"step": step, "total_steps": total, "elapsed": clock() - t0,
                       "history": history, "source": source.state_dict(),
-                      "step_state": forward.state_dict() if hasattr(forward, "state_dict") else None}
+                      "step_state": forward.state_dict() if hasattr(forward, "state_dict") else None,
+                      "scaler": None if scaler is None else scaler.state_dict()}
         save_checkpoint(checkpoint, model, opt, train=config.to_dict(), loop=loop_state, **meta)
         if deadline is not None:
             deadline.observe("save", clock() - s0)
@@ -478,13 +503,29 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         batch = next(source)
         s0 = clock()
         opt.zero_grad()
-        loss, extra = _step_result(forward(batch, step))
-        check_finite_loss(loss, step, rate)
-        model.backward()
+        with autocast(config.precision, loss_scale=1.0 if scaler is None else scaler.scale):
+            loss, extra = _step_result(forward(batch, step))
+            check_finite_loss(loss, step, rate)
+            model.backward()
+            scaled = scaled_backwards()
         params = [p for g in opt.param_groups for p in g["params"]]
-        norm = (grad_norm(params) if config.grad_clip is None
-                else clip_grad_norm_(params, config.grad_clip))
-        opt.step()
+        if scaler is not None:                          # fp16: unscale, skip on inf/NaN, adapt
+            if not scaled:
+                raise ValueError("precision 'fp16' scales the cross-entropy's gradient; this "
+                                 "model's backward used no CrossEntropyLoss: use 'bf16' (no "
+                                 "scaling needed) or 'fp32'")
+            extra["loss_scale"] = scaler.scale
+            if scaler.unscale_(opt):
+                norm = float("inf")                     # this step's update is skipped
+            else:
+                norm = (grad_norm(params) if config.grad_clip is None
+                        else clip_grad_norm_(params, config.grad_clip))
+            scaler.step(opt)
+            scaler.update()
+        else:
+            norm = (grad_norm(params) if config.grad_clip is None
+                    else clip_grad_norm_(params, config.grad_clip))
+            opt.step()
         step += 1
         if deadline is not None:
             deadline.observe("step", clock() - s0)

@@ -250,7 +250,8 @@ class LMPipeline(Pipeline):
         return TrainConfig(steps=opts["steps"], time_limit=None if opts["steps"] else opts["time"],
                            optimizer="adamw", lr=opts["lr"], min_lr=min(1e-4, opts["lr"]),
                            warmup=50, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0,
-                           eval_interval=opts["eval_interval"])
+                           eval_interval=opts["eval_interval"],
+                           precision=opts.get("precision", "fp32"))
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
