@@ -13,6 +13,8 @@ Subcommands:
                   top-1 agreement, size and generation speed against float32
     prune         prune a GPT or Llama checkpoint (magnitude, Wanda, 2:4), fine-tune it
                   pruned, and report the perplexity it costs (--sweep: a PNG over sparsity)
+    precision     where a GPT's or Llama's activation gradients fall against float16 and
+                  bfloat16 (flushed, subnormal, overflow; with and without loss scaling; PNG)
     eval          what a checkpoint scores on held-out data
     attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
@@ -484,6 +486,47 @@ def _cmd_prune(args) -> int:
     return 0
 
 
+def _cmd_precision(args) -> int:
+    import numpy as np
+    from .compress.precision import RANGES, activation_gradients, gradient_ranges
+    from .training.pipelines import _text_split, need_tokenizer, run_options
+    from .training.plots import plot_gradient_ranges
+    model, tok, meta, entry = _load_decoder(args.checkpoint, "precision")
+    if meta.get("quantized"):
+        raise ValueError(f"{args.checkpoint} is quantized; precision studies a float model")
+    if model.dtype != np.float32:
+        model.float()
+    train_text, _, _ = _text_split(run_options(meta, "precision"))
+    ids = need_tokenizer(tok, "precision").encode(train_text)
+    T = model.config.block_size
+    if ids.size <= T + 1:
+        raise ValueError(f"the training split has {ids.size} tokens, too few for windows of {T}")
+    rng = np.random.default_rng(args.seed)
+    batches = []
+    for _ in range(args.batches):
+        s = rng.integers(0, ids.size - T - 1, args.batch_size)
+        batches.append((np.stack([ids[i:i + T] for i in s]),
+                        np.stack([ids[i + 1:i + T + 1] for i in s])))
+    grads = activation_gradients(model, batches)
+    r = gradient_ranges(grads, args.scale)
+    print(f"precision {entry.name}: {r['entries']:,} nonzero activation-gradient entries (the "
+          f"gradients reaching every Linear from above), {args.batches} batches of "
+          f"{args.batch_size} x {T}, float32; log2 |g| from {np.log2(np.abs(grads[grads != 0])).min():.1f} "
+          f"to {np.log2(np.abs(grads).max()):.1f}")
+    print(f"{'':<24}{'flushed to 0':>14}{'subnormal':>12}{'overflow':>10}")
+    for key, label in (("fp16", "fp16, no scaling"),
+                       ("fp16_scaled", f"fp16, loss scale 2^{np.log2(args.scale):g}"),
+                       ("bf16", "bf16")):
+        print(f"{label:<24}{r[key]['flushed']:>14.4%}{r[key]['subnormal']:>12.4%}"
+              f"{r[key]['overflow']:>10.4%}")
+    out = args.out or os.path.join("runs", f"{entry.name}-precision.png")
+    if not plot_gradient_ranges(grads, args.scale, RANGES, out,
+                                f"{entry.name}: activation gradients against float16's range"):
+        raise ValueError("drawing needs matplotlib: pip install -e '.[plot]'")
+    print(f"wrote {out}")
+    return 0
+
+
 def model_rank(model) -> int:
     from .finetune import lora_layers
     return next(iter(lora_layers(model).values())).r
@@ -672,6 +715,18 @@ def build_parser():
                     "magnitude and Wanda (and 2:4), before fine-tuning, as a PNG")
     pr.set_defaults(func=_cmd_prune)
 
+    pc = sub.add_parser("precision", help="where a transformer's or llama's activation "
+                        "gradients fall against float16's and bfloat16's ranges (PNG)")
+    for o in (CHECKPOINT,
+              positive("batches", 4, "training batches to take the gradients of"),
+              positive("batch_size", 8, "windows per batch"),
+              positive("scale", 2.0 ** 16, "the loss scale to show (GradScaler starts at 2^16)",
+                       kind=float),
+              opt("seed", int, 0, "seeds the windows", low=0),
+              opt("out", str, None, "the PNG (default runs/NAME-precision.png)")):
+        _add(pc, o)
+    pc.set_defaults(func=_cmd_precision)
+
     e = sub.add_parser("eval", help="what a checkpoint scores on held-out data")
     _add(e, CHECKPOINT)
     _add(e, opt("corpus", str, None, "a UTF-8 text file to score (language models; default: "
@@ -714,9 +769,9 @@ def build_parser():
     g.set_defaults(func=_cmd_gradcheck)
 
     parsers.update({("sample",): s, ("finetune",): ft, ("quantize",): qz, ("prune",): pr,
-                    ("eval",): e,
+                    ("precision",): pc, ("eval",): e,
                     ("attention",): a, ("gradnorms",): n, ("filters",): f, ("gradcheck",): g})
-    for p in (s, e, a, f, ft, qz, pr):
+    for p in (s, e, a, f, ft, qz, pr, pc):
         for action in p._actions:
             if action.dest == "checkpoint" or (p is a and action.dest == "prompt"):
                 action.required = True

@@ -294,3 +294,34 @@ def test_fp16_resume_is_bit_identical_and_the_cli_takes_precision(tmp_path, caps
                  "2", "--n-embd", "16", "--block-size", "16", "--precision", "bf16"]) == 0
     assert main(["train", "transformer", "--precision", "fp8"]) == 2
     assert "--precision: invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_gradient_ranges_and_the_precision_command(tmp_path, capsys):
+    from scratchlm.cli import main
+    from scratchlm.compress.precision import gradient_ranges
+    g = np.array([2.0 ** -30, -(2.0 ** -20), 2.0 ** -10, 2.0 ** 17, 0.0, 2.0 ** -25,
+                  2.0 ** -24])
+    r = gradient_ranges(g, scale=2.0 ** 16)
+    assert r["entries"] == 6
+    # 2^-30 and 2^-25 (half the smallest subnormal: a tie, to even) flush; 2^-24 and 2^-20 are
+    # subnormal; 2^17 overflows
+    assert r["fp16"] == {"flushed": 2 / 6, "subnormal": 2 / 6, "overflow": 1 / 6}
+    assert r["fp16_scaled"] == {"flushed": 0.0, "subnormal": 0.0, "overflow": 1 / 6}
+    assert r["bf16"] == {"flushed": 0.0, "subnormal": 0.0, "overflow": 0.0}
+    assert float(round_fp16(np.float32([2.0 ** -25]))[0]) == 0.0       # the tie, as float16
+    with pytest.raises(ValueError, match="no nonzero entry"):
+        gradient_ranges(np.zeros(3))
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\n" * 100, encoding="utf-8")
+    ck = tmp_path / "g.npz"
+    assert main(["train", "transformer", "--steps", "2", "--corpus", str(corpus), "--out",
+                 str(ck), "--sample-length", "0", "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "16", "--block-size", "16"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "p.png"
+    assert main(["precision", "--checkpoint", str(ck), "--batches", "1", "--batch-size", "2",
+                 "--out", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "fp16, no scaling" in text and "fp16, loss scale 2^16" in text and "bf16" in text
+    pytest.importorskip("matplotlib")
+    assert png.stat().st_size > 1000

@@ -35,7 +35,8 @@ from .._autocast import (PRECISIONS, active, autocast, loss_scale, pack16, round
 from .._checks import positive_int
 
 __all__ = ["round_fp16", "round_bf16", "GradScaler", "autocast", "active", "to16", "pack16",
-           "unpack16", "loss_scale", "scaled_backwards", "PRECISIONS"]
+           "unpack16", "loss_scale", "scaled_backwards", "PRECISIONS", "activation_gradients",
+           "gradient_ranges", "RANGES"]
 
 
 class GradScaler:
@@ -142,3 +143,59 @@ class GradScaler:
             raise ValueError(f"_growth_tracker must be an int in [0, growth_interval), got "
                              f"{tracker!r}")
         self.__dict__.update(fresh.__dict__, _growth_tracker=tracker)
+
+
+# ------------------------------------------------------------------------------------------------
+# why loss scaling: where a model's activation gradients fall against the 16-bit ranges
+# ------------------------------------------------------------------------------------------------
+#: log2 of the edges: (smallest subnormal, smallest normal, largest finite) of each format
+RANGES = {"fp16": (-24.0, -14.0, float(np.log2(65504.0))),
+          "bf16": (-133.0, -126.0, float(np.log2(np.finfo(np.float32).max)))}
+
+
+def activation_gradients(model, batches) -> np.ndarray:
+    """Every entry of the gradients that reach the model's ``Linear`` layers from above (the
+    activation gradients ``dL/dy`` of each Linear's output), over a float32 forward and backward
+    of each ``(x, y)`` batch: a flat float32 array."""
+    from .. import nn
+    layers = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]
+    seen = []
+
+    def hook(layer):
+        def backward(dy):
+            seen.append(np.asarray(dy, np.float32).ravel())
+            return type(layer).backward(layer, dy)
+        return backward
+    try:
+        for layer in layers:
+            layer.backward = hook(layer)             # (an instance attribute, removed below)
+        for x, y in batches:
+            model.zero_grad()
+            model(x, y)
+            model.backward()
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("backward", None)
+        model.zero_grad()
+    if not seen:
+        raise ValueError(f"{type(model).__name__} has no Linear layer whose gradient to record")
+    return np.concatenate(seen)
+
+
+def gradient_ranges(grads, scale: float = 2.0 ** 16) -> dict:
+    """What each 16-bit format does to the gradient entries ``grads`` (before and after
+    multiplying by ``scale``): the fractions of the nonzero entries that flush to zero, that land
+    among the subnormals (fewer significant bits) and that overflow."""
+    g = np.abs(np.asarray(grads, np.float64))
+    g = g[g > 0]
+    if g.size == 0:
+        raise ValueError("grads holds no nonzero entry")
+    out = {"entries": int(g.size)}
+    for name, s in (("fp16", 1.0), ("fp16_scaled", scale), ("bf16", 1.0)):
+        fmt = "bf16" if name == "bf16" else "fp16"
+        sub, normal, top = RANGES[fmt]
+        v = g * s
+        out[name] = {"flushed": float((v <= 2.0 ** (sub - 1)).mean()),   # below half the
+                     "subnormal": float(((v > 2.0 ** (sub - 1)) & (v < 2.0 ** normal)).mean()),
+                     "overflow": float((v > 2.0 ** top).mean())}          # smallest: to zero
+    return out

@@ -387,3 +387,40 @@ def plot_pruning_sweep(curves, dense, path, title="perplexity against sparsity")
     if not _have_matplotlib():
         return False
     return _save(_sweep_figure(curves, dense, title), path, dpi=130)
+
+
+# ------------------------------------------------------------------------------------------------
+# mixed precision: gradients against the 16-bit ranges
+# ------------------------------------------------------------------------------------------------
+def _gradient_ranges_figure(grads, scale, ranges, title):
+    fig = _figure(figsize=(8, 4.2))
+    ax = fig.subplots()
+    g = np.abs(np.asarray(grads, np.float64))
+    g = g[g > 0]
+    for values, label in ((np.log2(g), "activation gradients"),
+                          (np.log2(g * scale), f"x loss scale 2^{int(np.log2(scale))}")):
+        ax.hist(values, bins=120, histtype="step", lw=1.4, label=label)
+    sub, normal, top = ranges["fp16"]
+    ax.axvspan(min(np.log2(g).min(), sub) - 2, sub - 1, color="tab:red", alpha=0.12,
+               label="fp16: flushed to zero")
+    ax.axvspan(sub - 1, normal, color="tab:orange", alpha=0.12, label="fp16: subnormal")
+    ax.axvspan(top, max(np.log2(g * scale).max(), top) + 2, color="tab:purple", alpha=0.12,
+               label="fp16: overflow")
+    bsub, bnormal, _ = ranges["bf16"]
+    if np.log2(g).min() < bnormal:
+        ax.axvline(bnormal, color="tab:green", ls="--", lw=1, label="bf16: smallest normal")
+    ax.set_xlabel("log2 |gradient|")
+    ax.set_ylabel("entries")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gradient_ranges(grads, scale, ranges, path, title="") -> bool:
+    """The histogram of log2 |g| for the gradient entries ``grads``, before and after the loss
+    scale, over float16's flush-to-zero, subnormal and overflow regions. False without
+    matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_gradient_ranges_figure(grads, scale, ranges, title), path, dpi=130)
