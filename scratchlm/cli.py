@@ -402,12 +402,13 @@ def _cmd_prune(args) -> int:
     import numpy as np
     from .compress import prune
     from .compress.measure import perplexity
+    from .compress.prune import prune_structured, structure_of
     from .io import save_checkpoint
     from .training import TrainConfig
     from .training.fit import fit_lm
     from .training.pipelines import _text_split, need_tokenizer, run_options
     model, tok, meta, entry = _load_decoder(args.checkpoint, "prune")
-    if meta.get("quantized") or meta.get("pruned"):
+    if meta.get("quantized") or meta.get("pruned") or meta.get("structure"):
         raise ValueError(f"{args.checkpoint} is {'quantized' if meta.get('quantized') else 'pruned'}"
                          f" already; prune its dense checkpoint")
     if args.method == "2:4" and args.sparsity != 0.5:
@@ -429,7 +430,9 @@ def _cmd_prune(args) -> int:
 
     def pruned(method, sparsity):
         m = copy.deepcopy(model)
-        if sparsity > 0:
+        if sparsity > 0 and method in ("heads", "neurons"):     # structured: matrices shrink
+            prune_structured(m, **{method: sparsity}, calibration=calibration)
+        elif sparsity > 0:
             prune(m, sparsity, criterion="magnitude" if method == "magnitude" else "wanda",
                   pattern="2:4" if method == "2:4" else "unstructured", calibration=calibration)
         return m
@@ -459,12 +462,19 @@ def _cmd_prune(args) -> int:
         return 0
     m = pruned(args.method, args.sparsity)
     before = ppl(m)
-    print(f"{args.method} at {args.sparsity:.0%}: {before:.4f} ({before / dense - 1:+.2%})")
+    what = (f"{args.sparsity:.0%} of the {args.method}" + (" (key/value groups)"
+                                                          if entry.model_class == "Llama" and
+                                                          args.method == "heads" else "")
+            if args.method in ("heads", "neurons") else f"{args.method} at {args.sparsity:.0%}")
+    print(f"{what}: {before:.4f} ({before / dense - 1:+.2%}); {m.num_parameters():,} of "
+          f"{model.num_parameters():,} parameters left")
     out = args.out or os.path.join("runs", f"{entry.name}-{args.method.replace(':', '')}-"
                                            f"{round(args.sparsity * 100)}.npz")
     names = sorted(n for n, _ in m.named_modules() if type(_).__name__ == "MaskedLinear")
     extra = {k: v for k, v in meta.items() if k not in ("train", "loop")} | {
-        "pruned": names, "prune": {"method": args.method, "sparsity": args.sparsity}}
+        "prune": {"method": args.method, "sparsity": args.sparsity}} | (
+        {"structure": structure_of(m)} if args.method in ("heads", "neurons")
+        else {"pruned": names})
     if args.finetune_steps:
         config = TrainConfig(steps=args.finetune_steps, optimizer="adamw", lr=args.lr,
                              warmup=min(20, args.finetune_steps // 4), weight_decay=0.0,
@@ -698,10 +708,11 @@ def build_parser():
     pr = sub.add_parser("prune", help="prune a transformer or llama checkpoint's Linear weights "
                         "(magnitude, Wanda, 2:4) and report the perplexity it costs")
     for o in (CHECKPOINT,
-              opt("method", str, "wanda", "which weights go", choices=("magnitude", "wanda",
-                                                                       "2:4")),
-              opt("sparsity", float, 0.5, "the fraction of each Linear's weights pruned", low=0,
-                  high=1, open_high=True),
+              opt("method", str, "wanda", "which weights go: single weights (magnitude, wanda, "
+                  "2:4), or whole attention heads or MLP neurons (heads, neurons: the matrices "
+                  "shrink)", choices=("magnitude", "wanda", "2:4", "heads", "neurons")),
+              opt("sparsity", float, 0.5, "the fraction of each Linear's weights (or of each "
+                  "block's heads or neurons) pruned", low=0, high=1, open_high=True),
               opt("finetune_steps", int, 0, "then fine-tune this many steps on the training "
                   "split (the masks keep it pruned)", low=0),
               positive("lr", 3e-4, "fine-tuning learning rate", kind=float),

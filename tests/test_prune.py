@@ -2,6 +2,8 @@
 against computations by hand, a pruned model that fine-tunes through the one loop and stays
 pruned bit for bit, pruned checkpoints, the prune command, and bad input."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -154,3 +156,59 @@ def test_prune_cli(tmp_path, capsys):
     assert main(["prune", "--checkpoint", str(out)]) == 2
     assert "pruned already" in capsys.readouterr().err
     assert main(["prune", "--checkpoint", str(ck), "--method", "2:4", "--sparsity", "0.7"]) == 2
+    heads = tmp_path / "h.npz"
+    assert main(["prune", "--checkpoint", str(ck), "--method", "heads", "--sparsity", "0.5",
+                 "--calibration", "4", "--out", str(heads)]) == 0
+    assert "50% of the heads" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(heads), "--length", "5", "--greedy"]) == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt"])
+def test_structured_pruning_shrinks_and_stays_a_model(arch, tmp_path):
+    """Removing heads (a Llama's: whole key/value groups) and MLP neurons slices the matrices;
+    the smaller model equals the full one with those units' outputs zeroed, gradient-checks,
+    generates, and its checkpoint reloads with the smaller shapes."""
+    from scratchlm.compress.prune import prune_structured, shrink, structure_of
+    from scratchlm.io import save_checkpoint
+    from scratchlm.training import load_model
+    if arch == "llama":
+        cfg = LlamaConfig(**{**vars(LLAMA), "num_hidden_layers": 1})
+        full = Llama(cfg, dtype=np.float64, rng=0)
+        attn, mlp = full.model.layers[0].self_attn, full.model.layers[0].mlp
+        block, name = "model.layers.0", "llama"
+    else:
+        cfg = GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=4, n_embd=32)
+        full = GPT(cfg, dtype=np.float64, rng=0)
+        attn, mlp = full.transformer.h[0].attn, full.transformer.h[0].mlp
+        block, name = "transformer.h.0", "transformer"
+    idx = RNG.integers(0, 32, (2, 10))
+    small = copy.deepcopy(full)
+    shrink(small, {block: {"heads": [1], "neurons": list(range(0, 48 if arch == "llama"
+                                                                  else 128, 2))}})
+    # the same function as the full model with the removed units' output columns zeroed
+    o = attn.o_proj if arch == "llama" else attn.c_proj
+    down = mlp.down_proj if arch == "llama" else mlp.c_proj
+    size = o.in_features // (attn.kv_heads if arch == "llama" else attn.n_head)
+    keep = np.zeros(o.in_features, bool)
+    keep[size:2 * size] = True
+    o.weight.data[:, ~keep] = 0
+    down.weight.data[:, 1::2] = 0
+    np.testing.assert_allclose(small.eval()(idx), full.eval()(idx), rtol=1e-12, atol=1e-12)
+    report = check_module(small.train(), idx, max_entries=12)
+    assert report.ok, str(report)
+    assert small.generate(idx[:1, :3], 3, greedy=True).shape == (1, 6)
+    m32 = (Llama if arch == "llama" else GPT)(cfg, rng=1)
+    structure = prune_structured(m32, heads=0.5, neurons=0.25, calibration=[idx])
+    assert all(v["heads"] == (1 if arch == "llama" else 2) for v in structure.values())
+    path = tmp_path / "s.npz"
+    save_checkpoint(path, m32, model=name, config=m32.config_dict(), structure=structure)
+    again = load_model(path)[0]
+    assert structure_of(again) == structure
+    np.testing.assert_array_equal(again.eval()(idx), m32.eval()(idx))
+    from scratchlm.compress.gguf import export_gguf
+    with pytest.raises(ValueError, match="structurally pruned model has no GGUF form"):
+        export_gguf(m32, tmp_path / "x.gguf", "f32")
+    with pytest.raises(ValueError, match="heads must be a fraction"):
+        prune_structured(m32, heads=1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        shrink(m32, {block: {"heads": []}})

@@ -253,9 +253,20 @@ def export_gguf(model, path, fmt: str | None = None, tokenizer=None) -> None:
         if fmt != "f32":
             model = copy.deepcopy(model)
             quantize(model, fmt, fallback="int8")
+    names = _llama_names(model.config) if arch == "llama" else _gpt_names(model.config)
+    want, _ = _expected_shapes(arch, model.config)
+    state, modules = model.state_dict(), dict(model.named_modules())
+    shapes = {}
+    for ours, theirs in names.items():
+        layer = modules.get(ours.rsplit(".", 1)[0])
+        shapes[theirs] = ((layer.out_features, layer.in_features) if hasattr(layer, "qweight")
+                          and ours.endswith(".weight") else state[ours].shape)
+    odd = [n for n, shape in want.items() if tuple(shapes[n]) != shape]
+    if odd:                         # per-layer sizes (structured pruning) GGUF cannot describe
+        raise ValueError(f"{odd[0]} has shape {shapes.get(odd[0])}, not the config's "
+                         f"{want[odd[0]]}: a structurally pruned model has no GGUF form here")
     formats = {m.fmt for m in quantized_layers(model).values()} - {"int8"}
     file_fmt = fmt or (formats.pop() if len(formats) == 1 else "f32")
-    names = _llama_names(model.config) if arch == "llama" else _gpt_names(model.config)
     kv = _metadata(model, arch, file_fmt, tokenizer)
     tensors = _tensors(model, names, file_fmt)
 

@@ -35,7 +35,7 @@ from .._checks import same_dtype
 from ..nn.module import Module
 
 __all__ = ["MaskedLinear", "prune", "pruned_layers", "input_norms", "sparsity_of",
-           "CRITERIA", "PATTERNS", "SCOPES"]
+           "CRITERIA", "PATTERNS", "SCOPES", "prune_structured", "shrink", "structure_of"]
 
 CRITERIA = ("magnitude", "wanda")
 PATTERNS = ("unstructured", "2:4")
@@ -238,3 +238,138 @@ def prune(model, sparsity: float = 0.5, criterion: str = "magnitude",
             setattr(parent, child, layer)
         out[name] = layer.sparsity()
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# structured: whole attention heads and MLP neurons, the matrices shrunk
+# ------------------------------------------------------------------------------------------------
+def _sliced(layer: nn.Linear, rows=None, cols=None) -> nn.Linear:
+    """A new ``Linear`` holding the ``rows`` (outputs) and ``cols`` (inputs) of ``layer``."""
+    w = layer.weight.data
+    w = w if rows is None else w[rows]
+    w = w if cols is None else w[:, cols]
+    new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None, dtype=w.dtype)
+    new.weight.data = np.ascontiguousarray(w)
+    new.weight.grad = np.zeros_like(new.weight.data)
+    if layer.bias is not None:
+        b = layer.bias.data if rows is None else layer.bias.data[rows]
+        new.bias.data, new.bias.grad = np.ascontiguousarray(b), np.zeros_like(b)
+    new.train(layer.training)
+    return new
+
+
+def _blocks(units, size):
+    """The row indices of the kept units (heads of ``size`` rows each)."""
+    return np.concatenate([np.arange(u * size, (u + 1) * size) for u in units]) if len(units) \
+        else np.zeros(0, np.int64)
+
+
+def _attention_parts(model):
+    """``[(name, attention module, mlp module)]`` of a GPT's or a Llama's blocks."""
+    from ..models import GPT, Llama
+    if isinstance(model, Llama):
+        return [(f"model.layers.{i}", l.self_attn, l.mlp) for i, l in enumerate(model.model.layers)]
+    if isinstance(model, GPT):
+        return [(f"transformer.h.{i}", b.attn, b.mlp) for i, b in enumerate(model.transformer.h)]
+    raise TypeError(f"structured pruning takes a GPT or a Llama, got {type(model).__name__}")
+
+
+def shrink(model, plan: dict) -> None:
+    """Apply a structured-pruning ``plan`` ``{block name: {"heads": [kept head or KV-group
+    indices], "neurons": [kept MLP neuron indices]}}`` (either key optional): slice the
+    matrices and set the attention modules' head counts. For a Llama, ``heads`` lists kept
+    key/value heads, each with its query heads (grouped-query attention keeps its groups)."""
+    parts = {name: (attn, mlp) for name, attn, mlp in _attention_parts(model)}
+    for name, keep in plan.items():
+        if name not in parts:
+            raise ValueError(f"plan names {name!r}, which is not a block of "
+                             f"{type(model).__name__}")
+        attn, mlp = parts[name]
+        if "heads" in keep:
+            units = sorted(int(u) for u in keep["heads"])
+            if hasattr(attn, "kv_heads"):                                   # Llama: KV groups
+                g, d = attn.heads // attn.kv_heads, attn.head_dim
+                if not units or units[-1] >= attn.kv_heads or len(set(units)) != len(units):
+                    raise ValueError(f"{name}: heads must be distinct key/value head indices "
+                                     f"below {attn.kv_heads}, at least one, got {units}")
+                q_heads = [u * g + j for u in units for j in range(g)]
+                attn.q_proj = _sliced(attn.q_proj, rows=_blocks(q_heads, d))
+                attn.k_proj = _sliced(attn.k_proj, rows=_blocks(units, d))
+                attn.v_proj = _sliced(attn.v_proj, rows=_blocks(units, d))
+                attn.o_proj = _sliced(attn.o_proj, cols=_blocks(q_heads, d))
+                attn.heads, attn.kv_heads = len(q_heads), len(units)
+            else:                                                           # GPT: fused qkv
+                nh, hs = attn.n_head, attn.head_size
+                if not units or units[-1] >= nh or len(set(units)) != len(units):
+                    raise ValueError(f"{name}: heads must be distinct head indices below {nh}, "
+                                     f"at least one, got {units}")
+                rows = _blocks(units, hs)
+                attn.c_attn = _sliced(attn.c_attn, rows=np.concatenate(
+                    [rows, rows + nh * hs, rows + 2 * nh * hs]))
+                attn.c_proj = _sliced(attn.c_proj, cols=rows)
+                attn.n_head = len(units)
+        if "neurons" in keep:
+            units = np.array(sorted(int(u) for u in keep["neurons"]), np.int64)
+            up = mlp.up_proj if hasattr(mlp, "up_proj") else mlp.c_fc
+            if units.size == 0 or units[-1] >= up.out_features or \
+                    len(set(units.tolist())) != units.size:
+                raise ValueError(f"{name}: neurons must be distinct indices below "
+                                 f"{up.out_features}, at least one")
+            if hasattr(mlp, "up_proj"):
+                mlp.gate_proj = _sliced(mlp.gate_proj, rows=units)
+                mlp.up_proj = _sliced(mlp.up_proj, rows=units)
+                mlp.down_proj = _sliced(mlp.down_proj, cols=units)
+            else:
+                mlp.c_fc = _sliced(mlp.c_fc, rows=units)
+                mlp.c_proj = _sliced(mlp.c_proj, cols=units)
+
+
+def structure_of(model) -> dict:
+    """``{block name: {"heads": n, "neurons": n}}``: each block's attention heads (a Llama's:
+    key/value heads) and MLP neurons now -- what a checkpoint records to rebuild the shapes."""
+    out = {}
+    for name, attn, mlp in _attention_parts(model):
+        heads = attn.kv_heads if hasattr(attn, "kv_heads") else attn.n_head
+        up = mlp.up_proj if hasattr(mlp, "up_proj") else mlp.c_fc
+        out[name] = {"heads": int(heads), "neurons": int(up.out_features)}
+    return out
+
+
+def prune_structured(model, heads: float = 0.0, neurons: float = 0.0, calibration=None) -> dict:
+    """Remove the fraction ``heads`` of each block's attention heads (a Llama's: of its
+    key/value groups) and ``neurons`` of its MLP neurons, the least important first, shrinking
+    the matrices. Importance is what each unit adds to the residual stream: for output
+    features ``f`` of the unit feeding the output projection ``W_o``,
+    :math:`\\sum_f \\lVert W_o[:, f] \\rVert_2 \\, \\lVert X_f \\rVert_2` with the input norms
+    measured over ``calibration`` (token-id batches; without it, 1). At least one head and one
+    neuron stay. Returns the new :func:`structure_of`."""
+    for name, v in (("heads", heads), ("neurons", neurons)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"{name} must be a fraction in [0, 1), got {v!r}")
+    parts = _attention_parts(model)
+    outs = {}
+    for name, attn, mlp in parts:
+        outs[name + ".o"] = attn.o_proj if hasattr(attn, "o_proj") else attn.c_proj
+        outs[name + ".down"] = mlp.down_proj if hasattr(mlp, "down_proj") else mlp.c_proj
+    norms = input_norms(model, outs, calibration) if calibration is not None else \
+        {k: np.ones(m.in_features) for k, m in outs.items()}
+    plan = {}
+    for name, attn, mlp in parts:
+        o, down = outs[name + ".o"], outs[name + ".down"]
+        feat = np.linalg.norm(o.weight.data.astype(np.float64), axis=0) * norms[name + ".o"]
+        if hasattr(attn, "kv_heads"):
+            n_units, size = attn.kv_heads, attn.head_dim * (attn.heads // attn.kv_heads)
+        else:
+            n_units, size = attn.n_head, attn.head_size
+        head_score = feat.reshape(n_units, size).sum(axis=1)
+        neuron_score = np.linalg.norm(down.weight.data.astype(np.float64), axis=0) * \
+            norms[name + ".down"]
+        keep = {}
+        for key, score, frac in (("heads", head_score, heads), ("neurons", neuron_score, neurons)):
+            if frac > 0:
+                n_keep = max(1, score.size - int(round(frac * score.size)))
+                keep[key] = np.sort(np.argsort(-score, kind="stable")[:n_keep])
+        if keep:
+            plan[name] = keep
+    shrink(model, plan)
+    return structure_of(model)

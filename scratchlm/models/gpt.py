@@ -66,7 +66,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, dtype, rng):
         super().__init__()
         C = cfg.n_embd
-        self.n_head = cfg.n_head
+        self.n_head, self.head_size = cfg.n_head, C // cfg.n_head   # (fewer heads when pruned)
         self.c_attn = nn.Linear(C, 3 * C, bias=cfg.bias, dtype=dtype, rng=rng)
         self.c_proj = nn.Linear(C, C, bias=cfg.bias, dtype=dtype, rng=rng)
         self.dropout = cfg.dropout
@@ -75,37 +75,37 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x):
         B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
+        nh, hs = self.n_head, self.head_size
         qkv = self.c_attn(x)                                                  # (B, T, 3C)
         q, k, v = (t.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)              # 3 x (B, nh, T, hs)
                    for t in np.split(qkv, 3, axis=-1))
         y, self._cache = F.attention_forward(q, k, v, is_causal=True, dropout_p=self.dropout,
                                              training=self.training, rng=self.rng)  # (B, nh, T, hs)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                          # (B, T, C)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)                    # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     def step(self, x, past):
         """Inference on new positions ``x`` (B, t, C) with ``past = (k, v)`` of the earlier ones
         ((B, nh, Tp, hs) each, or None): returns y and the extended (k, v). No cache for backward."""
         B, t, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
+        nh, hs = self.n_head, self.head_size
         qkv = self.c_attn.inference(x)                                        # (B, t, 3C)
         q, k, v = (a.reshape(B, t, nh, hs).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, axis=-1))
         if past is not None:
             k = np.concatenate([past[0], k], axis=2)                          # (B, nh, Tp + t, hs)
             v = np.concatenate([past[1], v], axis=2)
         y, _ = F.attention_forward(q, k, v, is_causal=True)                   # q: the last t positions
-        y = self.c_proj.inference(y.transpose(0, 2, 1, 3).reshape(B, t, C))
+        y = self.c_proj.inference(y.transpose(0, 2, 1, 3).reshape(B, t, nh * hs))
         return y, (k, v)
 
     def backward(self, dout):
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))          # (B, T, C)
-        B, T, C = dy.shape
-        nh, hs = self.n_head, C // self.n_head
+        B, T, _ = dy.shape
+        nh, hs = self.n_head, self.head_size
         dy = np.ascontiguousarray(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))
         dq, dk, dv, _ = F.attention_backward(dy, self._saved())               # 3 x (B, nh, T, hs)
-        dqkv = np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, C) for g in (dq, dk, dv)],
-                              axis=-1)                                        # (B, T, 3C)
+        dqkv = np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
+                               for g in (dq, dk, dv)], axis=-1)              # (B, T, 3C)
         return self.c_attn.backward(dqkv)
 
 

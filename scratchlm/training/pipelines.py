@@ -196,6 +196,21 @@ class Pipeline:
             model = cls.from_config(config, _float_dtype(path))
         else:
             model = entry.build(config, _float_dtype(path))
+        structure = meta.get("structure")
+        if structure is not None:               # written by `prune --method heads|neurons`
+            from ..compress.prune import shrink
+            if not isinstance(structure, dict) or not all(
+                    isinstance(v, dict) and all(isinstance(n, int) and not isinstance(n, bool)
+                                                and n >= 1 for n in v.values())
+                    for v in structure.values()):
+                raise ValueError(f"{path}: meta['structure'] must map blocks to head and "
+                                 f"neuron counts, got {structure!r:.80}")
+            try:                                # the shapes; the values come with the weights
+                shrink(model, {b: {k: range(n) for k, n in v.items()}
+                               for b, v in structure.items()})
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: meta['structure'] does not fit the model: {exc}") \
+                    from None
         pruned = meta.get("pruned")
         if pruned is not None:                  # written by `prune`: the masked layers first
             from ..compress.prune import MaskedLinear, _candidates
