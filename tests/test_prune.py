@@ -208,6 +208,9 @@ def test_structured_pruning_shrinks_and_stays_a_model(arch, tmp_path):
     from scratchlm.compress.gguf import export_gguf
     with pytest.raises(ValueError, match="structurally pruned model has no GGUF form"):
         export_gguf(m32, tmp_path / "x.gguf", "f32")
+    if arch == "llama":
+        with pytest.raises(ValueError, match="a Hugging Face config cannot describe"):
+            m32.save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match="heads must be a fraction"):
         prune_structured(m32, heads=1.0)
     with pytest.raises(ValueError, match="at least one"):

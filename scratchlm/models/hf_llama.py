@@ -249,13 +249,26 @@ def hf_config(config) -> dict:
 def write_pretrained(model, path) -> None:
     """``config.json`` + ``model.safetensors`` of ``model`` in the folder ``path`` (each file
     written atomically); the tied head is left out, as ``transformers`` saves it."""
+    from ..compress.prune import structure_of
     from ..io import atomic_write, save_safetensors
+    c = model.config
+    for name, counts in structure_of(model).items():     # what transformers' config can hold
+        if counts != {"heads": c.num_key_value_heads or c.num_attention_heads,
+                      "neurons": c.intermediate_size}:
+            raise ValueError(f"{name} has {counts}: a structurally pruned model has per-layer "
+                             f"sizes that a Hugging Face config cannot describe")
+    odd = next((n for n, m in model.named_modules() if hasattr(m, "qweight") or
+                hasattr(m, "lora_A")), None)
+    if odd is not None:
+        raise ValueError(f"{odd} is quantized or a LoRA layer: save_pretrained writes float "
+                         f"weights (merge or reload the float model first)")
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     doc = hf_config(model.config)
     doc["torch_dtype"] = "float64" if model.dtype == np.float64 else "float32"
-    tensors = {k: v for k, v in model.state_dict().items()
-               if not (k == "lm_head.weight" and model.config.tie_word_embeddings)}
+    tensors = {k: v for k, v in model.state_dict().items()      # (a pruned layer's mask: its
+               if not (k == "lm_head.weight" and model.config.tie_word_embeddings)  # weights
+               and not k.endswith(".weight_mask")}                          # hold the zeros)
     save_safetensors(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
     text = (json.dumps(doc, indent=2) + "\n").encode("utf-8")
     atomic_write(os.path.join(path, "config.json"), lambda f: f.write(text))
