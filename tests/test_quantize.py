@@ -114,7 +114,7 @@ def test_block_products_bit_for_bit(fmt):
     outs = {}
     for route in ("numba", "numpy"):
         out = np.full((M, N), np.nan, np.float32)
-        getattr(K, f"{fmt}_matmul_{route}")(xd, xq, s.astype(np.float32), qw, out, 3, 29)
+        getattr(K, f"{fmt}_matmul_{route}")(xd, xq, s.view(np.uint16), qw, out, 3, 29)
         outs[route] = out
     np.testing.assert_array_equal(outs["numba"], outs["numpy"])
     assert np.isnan(outs["numba"][:, :3]).all() and np.isnan(outs["numba"][:, 29:]).all()

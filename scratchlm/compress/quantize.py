@@ -153,7 +153,7 @@ class QuantizedLinear(Module):
         xq = np.empty((M, self.in_features), np.int8)
         K.quantize_q8_0(xs, xd, xq)                         # activations: Q8_0, as llama.cpp
         xd = xd.astype(np.float16).astype(np.float32)       # (its block_q8_0 keeps d in fp16)
-        wd = self.scales.astype(np.float32)                 # (N, nb): exact
+        wd = self.scales.view(np.uint16)                    # float16 bits: read in the kernel
         kernel = K.q8_0_matmul if self.fmt == "q8_0" else K.q4_0_matmul
         split_run(lambda lo, hi: kernel(xd, xq, wd, self.qweight, out, lo, hi), N, grain)
         return out

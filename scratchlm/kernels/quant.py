@@ -22,9 +22,8 @@ ggml's reference dot product (``ggml_vec_dot_q8_0_q8_0``, scalar path) does::
 
     y[m, n] = sum_b  float(sum_j qx[m, b, j] * qw[n, b, j]) * (dx[m, b] * dw[n, b])
 
-Both twins compute exactly that, in that order, so they agree bit for bit. The weights' float16
-scales enter as float32 (converted by NumPy per call: decoding them in the kernel, a branch per
-scale, cost more). ``int8_matmul`` (one
+Both twins compute exactly that, in that order, so they agree bit for bit. The weights' scales
+enter as their float16 bits (``uint16``), decoded exactly in the kernel. ``int8_matmul`` (one
 scale per output row; no activation quantization) accumulates in the activations' float type,
 and its twins agree to round-off.
 
@@ -180,6 +179,7 @@ def _q4_0_values(q):
 def _blocks_matmul_numpy(xd, xq, wd, w, out, lo, hi):
     """w (n, K) int8 values of columns lo:hi; the block sums exact in int32, then block order."""
     M, K = xq.shape
+    wd = wd.view(np.float16).astype(np.float32)                           # (N, nb)
     wb = w.reshape(w.shape[0], K // QK, QK).astype(np.int32)              # (n, nb, 32)
     for r in range(0, M, _CHUNK):
         xb = xq[r:r + _CHUNK].reshape(-1, K // QK, QK).astype(np.int32)   # (m, nb, 32)
@@ -193,13 +193,35 @@ def _blocks_matmul_numpy(xd, xq, wd, w, out, lo, hi):
 
 
 def q8_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
-    """xd (M, nb) f32, xq (M, K) int8, wd (N, nb) f32, wq (N, K) int8 -> out[:, lo:hi] (M, N)."""
+    """xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16 (float16 bits), wq (N, K) int8 ->
+    out[:, lo:hi] (M, N)."""
     return _blocks_matmul_numpy(xd, xq, wd, wq[lo:hi], out, lo, hi)
 
 
 def q4_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
     """As :func:`q8_0_matmul_numpy` with wq (N, K/2) uint8 packed Q4_0."""
     return _blocks_matmul_numpy(xd, xq, wd, _q4_0_values(wq[lo:hi]), out, lo, hi)
+
+
+@njit(cache=True, nogil=True)
+def _halves(h, bits):
+    # h (nb,) uint16 float16 bits -> (nb,) float32 values, exactly, through bits (nb,) uint32
+    # (Numba has no float16 type): the sign moves to bit 31, the exponent is rebiased (15 ->
+    # 127), the mantissa shifts by 13; zeros and subnormals (exponent 0) are f 2^-24, computed.
+    out = bits.view(np.float32)
+    for i in range(h.shape[0]):
+        v = np.uint32(h[i])
+        sign = (v & np.uint32(0x8000)) << np.uint32(16)
+        e, f = (v >> np.uint32(10)) & np.uint32(31), v & np.uint32(1023)
+        if e == 0:
+            bits[i] = sign
+            mag = np.float32(f) * np.float32(2.0 ** -24)
+            out[i] = -mag if sign else mag
+        elif e == 31:
+            bits[i] = sign | np.uint32(0x7F800000) | (f << np.uint32(13))
+        else:
+            bits[i] = sign | ((e + np.uint32(112)) << np.uint32(23)) | (f << np.uint32(13))
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -224,20 +246,22 @@ def _blocks_matmul_numba(xd, xq, wd, w, out, n, prod):
 
 @njit(cache=True, nogil=True)
 def q8_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
-    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) f32, wq (N, K) int8 -> out (M, N), lo:hi
+    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K) int8 -> out (M, N), lo:hi
     K = xq.shape[1]
     prod = np.empty(K, np.int16)
+    bits = np.empty(K // QK, np.uint32)
     for n in range(lo, hi):
-        _blocks_matmul_numba(xd, xq, wd[n], wq[n], out, n, prod)
+        _blocks_matmul_numba(xd, xq, _halves(wd[n], bits), wq[n], out, n, prod)
     return out
 
 
 @njit(cache=True, nogil=True)
 def q4_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
-    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) f32, wq (N, K/2) uint8 -> out (M, N), lo:hi
+    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K/2) uint8 -> out (M, N), lo:hi
     K = xq.shape[1]
     half = QK // 2
     prod = np.empty(K, np.int16)
+    bits = np.empty(K // QK, np.uint32)
     w = np.empty(K, np.int8)                                 # one row of weights, unpacked
     for n in range(lo, hi):
         for b in range(K // QK):
@@ -245,7 +269,7 @@ def q4_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
                 byte = wq[n, b * half + j]
                 w[b * QK + j] = np.int8(byte & np.uint8(15)) - np.int8(8)
                 w[b * QK + half + j] = np.int8(byte >> np.uint8(4)) - np.int8(8)
-        _blocks_matmul_numba(xd, xq, wd[n], w, out, n, prod)
+        _blocks_matmul_numba(xd, xq, _halves(wd[n], bits), w, out, n, prod)
     return out
 
 
