@@ -446,10 +446,11 @@ def _cmd_prune(args) -> int:
     print(f"dense: {dense:.4f}")
     if args.sweep:
         curves = {}
-        for method in ("magnitude", "wanda"):
-            curves[method] = [(s, dense if s == 0 else ppl(pruned(method, s)))
-                              for s in np.round(np.arange(0, 0.91, 0.1), 2)]
-            print(f"{method:>9}: " + "  ".join(f"{s:.0%} {p:.3f}" for s, p in curves[method]),
+        for method in ("magnitude", "wanda", "neurons", "heads"):
+            label = method if method in ("magnitude", "wanda") else f"{method} (structured)"
+            curves[label] = [(s, dense if s == 0 else ppl(pruned(method, s)))
+                             for s in np.round(np.arange(0, 0.91, 0.1), 2)]
+            print(f"{method:>9}: " + "  ".join(f"{s:.0%} {p:.3f}" for s, p in curves[label]),
                   flush=True)
         curves["2:4 (wanda)"] = [(0.5, ppl(pruned("2:4", 0.5)))]
         print(f"{'2:4':>9}: 50% {curves['2:4 (wanda)'][0][1]:.3f}")
@@ -723,7 +724,7 @@ def build_parser():
               opt("png", str, None, "--sweep: the chart (default runs/NAME-prune-sweep.png)")):
         _add(pr, o)
     pr.add_argument("--sweep", action="store_true", help="perplexity at 0-90%% sparsity for "
-                    "magnitude and Wanda (and 2:4), before fine-tuning, as a PNG")
+                    "magnitude, Wanda, neurons and heads (and 2:4), before fine-tuning, as a PNG")
     pr.set_defaults(func=_cmd_prune)
 
     pc = sub.add_parser("precision", help="where a transformer's or llama's activation "

@@ -372,7 +372,7 @@ def _sweep_figure(curves, dense, title):
         xs, ys = zip(*points)
         ax.semilogy(np.array(xs) * 100, ys, marker="o", label=method)
     ax.axhline(dense, color="k", lw=0.8, ls="--", label="dense")
-    ax.set_xlabel("sparsity (% of Linear weights pruned)")
+    ax.set_xlabel("sparsity (% of Linear weights, or of heads / MLP neurons, pruned)")
     ax.set_ylabel("validation perplexity (log scale)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
