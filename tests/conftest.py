@@ -68,6 +68,23 @@ def copy_weights_to_torch(torch, ours, theirs):
 REFERENCES = ("torch", "kenlm", "transformers", "tokenizers", "safetensors", "peft")   # .ci/run installs these
 
 
+def train_tiny(tmp_path, model="transformer", steps=3, text=None, width=16, extra=()):
+    """A small checkpoint trained from the command line on ``text`` (default: a short repeated
+    sentence): ``(checkpoint path, corpus path)``. The compression and fine-tuning commands'
+    tests start from one."""
+    from scratchlm.cli import main
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(text or "the cat sat on the mat\n" * 100, encoding="utf-8")
+    ck = tmp_path / f"{model}.npz"
+    size = (["--n-layer", "1", "--n-head", "2", "--n-embd", str(width)] if model == "transformer"
+            else ["--num-hidden-layers", "1", "--num-attention-heads", "2",
+                  "--num-key-value-heads", "1", "--hidden-size", str(width),
+                  "--intermediate-size", str(width + 8)])
+    assert main(["train", model, "--steps", str(steps), "--corpus", str(corpus), "--out",
+                 str(ck), "--sample-length", "0", *size, "--block-size", "16", *extra]) == 0
+    return ck, corpus
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say in one line which parity tests were skipped because a reference is not installed, and
     how to run them (``bash .ci/run`` installs the references), instead of leaving a newcomer

@@ -287,11 +287,8 @@ def test_fp16_resume_is_bit_identical_and_the_cli_takes_precision(tmp_path, caps
     again = run(ck, resume=True)
     for (n, a), (_, b) in zip(straight.state_dict().items(), again.state_dict().items()):
         np.testing.assert_array_equal(a, b, err_msg=n)
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("the cat sat on the mat\n" * 100, encoding="utf-8")
-    assert main(["train", "transformer", "--steps", "3", "--corpus", str(corpus), "--out",
-                 str(tmp_path / "g.npz"), "--sample-length", "0", "--n-layer", "1", "--n-head",
-                 "2", "--n-embd", "16", "--block-size", "16", "--precision", "bf16"]) == 0
+    from conftest import train_tiny
+    train_tiny(tmp_path, extra=("--precision", "bf16"))
     assert main(["train", "transformer", "--precision", "fp8"]) == 2
     assert "--precision: invalid choice: 'fp8'" in capsys.readouterr().err
 
@@ -311,12 +308,8 @@ def test_gradient_ranges_and_the_precision_command(tmp_path, capsys):
     assert float(round_fp16(np.float32([2.0 ** -25]))[0]) == 0.0       # the tie, as float16
     with pytest.raises(ValueError, match="no nonzero entry"):
         gradient_ranges(np.zeros(3))
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("the cat sat on the mat\n" * 100, encoding="utf-8")
-    ck = tmp_path / "g.npz"
-    assert main(["train", "transformer", "--steps", "2", "--corpus", str(corpus), "--out",
-                 str(ck), "--sample-length", "0", "--n-layer", "1", "--n-head", "2",
-                 "--n-embd", "16", "--block-size", "16"]) == 0
+    from conftest import train_tiny
+    ck, _ = train_tiny(tmp_path, steps=2)
     capsys.readouterr()
     png = tmp_path / "p.png"
     assert main(["precision", "--checkpoint", str(ck), "--batches", "1", "--batch-size", "2",

@@ -135,13 +135,9 @@ def test_bad_input():
 @pytest.mark.slow
 def test_prune_cli(tmp_path, capsys):
     from scratchlm.cli import main
-    corpus = tmp_path / "tiny.txt"
-    corpus.write_text("\n".join(["abcabcabcabc defdefdef", "the cat sat on the mat"] * 80),
-                      encoding="utf-8")
-    ck = tmp_path / "gpt.npz"
-    assert main(["train", "transformer", "--steps", "30", "--corpus", str(corpus), "--out",
-                 str(ck), "--sample-length", "0", "--n-layer", "1", "--n-head", "2",
-                 "--n-embd", "32", "--block-size", "16"]) == 0
+    from conftest import train_tiny
+    ck, _ = train_tiny(tmp_path, steps=30, width=32, text="\n".join(
+        ["abcabcabcabc defdefdef", "the cat sat on the mat"] * 80))
     capsys.readouterr()
     out = tmp_path / "p.npz"
     assert main(["prune", "--checkpoint", str(ck), "--method", "wanda", "--sparsity", "0.5",

@@ -230,15 +230,9 @@ def test_quantize_cli(tmp_path, capsys, model):
     from scratchlm.cli import main
     from scratchlm.io import save_checkpoint
     from scratchlm.training import load_model
-    corpus = tmp_path / "tiny.txt"
-    corpus.write_text("\n".join(["abcabcabcabc defdefdef", "the cat sat on the mat"] * 60),
-                      encoding="utf-8")
-    ck = tmp_path / "lm.npz"
-    size = (["--num-hidden-layers", "1", "--num-attention-heads", "2", "--num-key-value-heads",
-             "1", "--hidden-size", "32", "--intermediate-size", "40"] if model == "llama" else
-            ["--n-layer", "1", "--n-head", "2", "--n-embd", "32"])
-    assert main(["train", model, "--steps", "3", "--corpus", str(ck.parent / "tiny.txt"),
-                 "--out", str(ck), "--sample-length", "0", *size, "--block-size", "16"]) == 0
+    from conftest import train_tiny
+    ck, _ = train_tiny(tmp_path, model, width=32, text="\n".join(
+        ["abcabcabcabc defdefdef", "the cat sat on the mat"] * 60))   # llama: intermediate 40
     capsys.readouterr()
     out = tmp_path / "q.npz"
     assert main(["quantize", "--checkpoint", str(ck), "--all", "--format", "q4_0",
