@@ -318,3 +318,32 @@ def test_gradient_ranges_and_the_precision_command(tmp_path, capsys):
     assert "fp16, no scaling" in text and "fp16, loss scale 2^16" in text and "bf16" in text
     pytest.importorskip("matplotlib")
     assert png.stat().st_size > 1000
+
+
+def test_bf16_autocast_linear_matches_torch_autocast(torch):
+    """torch.autocast on the CPU in bfloat16 -- the reference this emulates: the same outputs
+    and the same (float32 master) weight and bias gradients, bit for bit."""
+    import warnings
+    from scratchlm import functional as F
+    from scratchlm.compress.precision import autocast
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 5, 64)).astype(np.float32)
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    dy = rng.standard_normal((4, 5, 32)).astype(np.float32)
+    lin = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w))
+        lin.bias.copy_(torch.from_numpy(b))
+    tx = torch.from_numpy(x).requires_grad_(True)
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("ignore")
+        ty = lin(tx)
+    ty.backward(torch.from_numpy(dy).to(torch.bfloat16))
+    with autocast("bf16"):
+        y, cache = F.linear_forward(x, w, b)
+    dx, dw, db = F.linear_backward(dy, cache)
+    np.testing.assert_array_equal(y, ty.float().detach().numpy())
+    np.testing.assert_array_equal(dw, lin.weight.grad.numpy())
+    np.testing.assert_array_equal(db, lin.bias.grad.numpy())
+    np.testing.assert_array_equal(dx, tx.grad.float().numpy())

@@ -211,3 +211,27 @@ def test_structured_pruning_shrinks_and_stays_a_model(arch, tmp_path):
         prune_structured(m32, heads=1.0)
     with pytest.raises(ValueError, match="at least one"):
         shrink(m32, {block: {"heads": []}})
+
+
+def test_masked_linear_is_torchs_pruning(torch):
+    """torch.nn.utils.prune with the same mask: the same outputs, and the gradient of the
+    pruned weight (torch's weight_orig.grad times the mask) equal to ours."""
+    mask = RNG.random((5, 6)) > 0.5
+    lin = nn.Linear(6, 5, dtype=np.float64, rng=0)
+    theirs = torch.nn.Linear(6, 5).double()
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(lin.weight.data))
+        theirs.bias.copy_(torch.from_numpy(lin.bias.data))
+    from torch.nn.utils import prune as torch_prune
+    torch_prune.custom_from_mask(theirs, "weight", torch.from_numpy(mask))
+    ours = MaskedLinear(lin, mask)
+    x, dy = RNG.standard_normal((3, 6)), RNG.standard_normal((3, 5))
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty = theirs(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(ours(x), ty.detach().numpy(), rtol=1e-12)
+    dx = ours.backward(dy)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours.weight.grad, theirs.weight_orig.grad.numpy() * mask,
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(ours.weight_mask, theirs.weight_mask.numpy())

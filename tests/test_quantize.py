@@ -269,3 +269,23 @@ def test_quantize_cli(tmp_path, capsys, model):
     save_checkpoint(bad, q, **{**meta, "quantized": {"format": "q4_0", "layers": layers}})
     assert main(["eval", "--checkpoint", str(bad)]) == 2
     assert "meta['quantized'] does not fit the model" in capsys.readouterr().err
+
+
+def test_int8_is_torchs_per_channel_quantization(torch):
+    """int8's codes are torch.quantize_per_channel's (symmetric, zero point 0, the same
+    scales): rint of w / scale, halves to even."""
+    import warnings
+    w = RNG.standard_normal((8, 40)).astype(np.float32)
+    w[0, :4] = [0.5, 1.5, 2.5, -2.5]                     # ties once scaled: a row of its own
+    w[0, 4:] = 0
+    w[0, 5] = 127.0
+    q, s = quantize_weight(w, "int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            theirs = torch.quantize_per_channel(torch.from_numpy(w), torch.from_numpy(
+                s.astype(np.float64)), torch.zeros(8, dtype=torch.long), 0, torch.qint8)
+        except (AttributeError, RuntimeError) as exc:  # (deprecated in torch)
+            pytest.skip(f"torch.quantize_per_channel unavailable: {exc}")
+    np.testing.assert_array_equal(q, theirs.int_repr().numpy())
+    assert list(q[0, :4]) == [0, 2, 2, -2]               # halves to even

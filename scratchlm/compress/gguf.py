@@ -208,7 +208,7 @@ def _blocks(layer, rows=None) -> bytes:
     return out if rows is None else out[rows]
 
 
-def _tensors(model, names, fmt):
+def _tensors(model, names):
     """``[(gguf name, numpy shape, ggml type, bytes)]`` in our state_dict order."""
     state = model.state_dict()
     qlayers = quantized_layers(model)
@@ -254,7 +254,7 @@ def export_gguf(model, path, fmt: str | None = None, tokenizer=None) -> None:
             model = copy.deepcopy(model)
             quantize(model, fmt, fallback="int8")
     names = _llama_names(model.config) if arch == "llama" else _gpt_names(model.config)
-    want, _ = _expected_shapes(arch, model.config)
+    want = _expected_shapes(arch, model.config)
     state, modules = model.state_dict(), dict(model.named_modules())
     shapes = {}
     for ours, theirs in names.items():
@@ -268,7 +268,7 @@ def export_gguf(model, path, fmt: str | None = None, tokenizer=None) -> None:
     formats = {m.fmt for m in quantized_layers(model).values()} - {"int8"}
     file_fmt = fmt or (formats.pop() if len(formats) == 1 else "f32")
     kv = _metadata(model, arch, file_fmt, tokenizer)
-    tensors = _tensors(model, names, file_fmt)
+    tensors = _tensors(model, names)
 
     head = io.BytesIO()
     head.write(MAGIC + struct.pack("<IQQ", VERSION, len(tensors), len(kv)))
@@ -440,7 +440,7 @@ def _expected_shapes(arch, c) -> dict:
                "ffn_down.weight": (C, 4 * C), "ffn_down.bias": (C,)}
     for i in range(L):
         out.update({f"blk.{i}.{k}": v for k, v in per.items()})
-    return out, len(per)
+    return out
 
 
 def _check_sizes(arch, c, tensors, path):
@@ -453,7 +453,7 @@ def _check_sizes(arch, c, tensors, path):
     if fixed + per * layers != len(tensors):         # (checked before any name is generated)
         raise ValueError(f"{path}: a {arch} of {layers} layers has {fixed + per * layers} "
                          f"tensors; the file holds {len(tensors)}")
-    want, _ = _expected_shapes(arch, c)
+    want = _expected_shapes(arch, c)
     extra, missing = sorted(set(tensors) - set(want)), sorted(set(want) - set(tensors))
     if extra or missing:
         raise ValueError(f"{path}: tensors do not match a {arch} of this config: "
