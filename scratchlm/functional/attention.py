@@ -92,6 +92,11 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
             Callers that need ``cache.weights`` (or pass ``dweights`` to the backward) ask for
             ``"dense"``; :func:`attention_weights` gives the probabilities of either cache.
 
+    Under :func:`~scratchlm.compress.precision.autocast` (mixed precision), q, k and v are
+    rounded to the 16-bit format first and ``y`` after (the scores, softmax and sums stay
+    float32), and the cache is an :class:`Attention16Cache` around the inner one (``_in16`` is
+    that inner call's marker, not for callers).
+
     A query that may attend to nothing gets zero output (PyTorch gives NaN there).
     On the dense path the scale, the causal mask and the softmax run as one fused Numba pass
     (``kernels/attention.py``).
