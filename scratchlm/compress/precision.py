@@ -1,5 +1,6 @@
-r"""The pieces of mixed-precision training that stand on their own: rounding float32 to the two
-16-bit formats, and dynamic loss scaling with ``torch.amp.GradScaler``'s semantics.
+r"""Mixed-precision training: rounding float32 to the two 16-bit formats, autocast (the products
+in 16 bits), dynamic loss scaling with ``torch.amp.GradScaler``'s semantics, and where a model's
+gradients fall against the 16-bit ranges.
 
 **The formats.** float16 keeps 10 mantissa bits and 5 exponent bits (largest 65504, smallest
 normal :math:`2^{-14}`, smallest subnormal :math:`2^{-24}`); bfloat16 keeps float32's 8
@@ -19,8 +20,9 @@ a row double it.
 **Autocast.** Inside ``with autocast("fp16")`` (or ``"bf16"``), the products of
 :func:`~scratchlm.functional.linear_forward` and :func:`~scratchlm.functional.attention_forward`
 run as a tensor core runs them: operands rounded to the 16-bit format, products accumulated in
-float32, results rounded back; their backward does the same with the upstream gradient, and a
-``Linear`` keeps its input for the backward in 16 bits (half the memory). Everything else --
+float32, results rounded back; their backward does the same with the upstream gradient. What
+the backward reads -- a ``Linear``'s input, attention's q, k, v and output, GELU's derivative --
+is kept in 16 bits. Everything else --
 LayerNorm/RMSNorm statistics, softmax, the loss, element-wise functions -- stays float32, as
 AMP keeps them. The training loop turns it on (``TrainConfig(precision="fp16")``, ``train
 --precision fp16``), with a :class:`GradScaler` for float16.

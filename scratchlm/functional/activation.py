@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _autocast
 from .._checks import choice, float_array, upstream
 from ..kernels import gelu as K
 from ..kernels import relu as KR
@@ -90,6 +91,7 @@ def sigmoid_backward(dy, cache: SigmoidCache):
 
 class GeluCache(NamedTuple):
     dydx: np.ndarray         # (...) dy/dx at every x, computed by the forward's kernel
+    precision: str | None = None   # under autocast: dydx kept in 16 bits (AMP runs GELU there)
 
 
 def gelu_forward(x, approximate: str = "none"):
@@ -109,13 +111,18 @@ def gelu_forward(x, approximate: str = "none"):
     y, dydx = np.empty_like(flat), np.empty_like(flat)        # (n,), (n,): y and its derivative
     split_run(lambda lo, hi: K.gelu_forward(flat[lo:hi], tanh, y[lo:hi], dydx[lo:hi]), flat.size,
               GRAIN)
+    mode = _autocast.active() if x.dtype == np.float32 else None
+    if mode is not None:       # as AMP, which runs GELU in the 16-bit type: its derivative too
+        return y.reshape(x.shape), GeluCache(_autocast.pack16(
+            _autocast.to16(dydx, mode), mode).reshape(x.shape), mode)
     return y.reshape(x.shape), GeluCache(dydx.reshape(x.shape))
 
 
 def gelu_backward(dy, cache: GeluCache):
     r"""From ``y = x Phi(x)``: :math:`\partial y/\partial x = \Phi(x) + x\,\varphi(x)`
     (tanh form: see ``scratchlm.kernels.gelu``), computed by the forward and kept in the cache."""
-    dydx = cache.dydx
+    dydx = cache.dydx if cache.precision is None else _autocast.unpack16(cache.dydx,
+                                                                          cache.precision)
     upstream(dy, dydx.shape, dydx.dtype)
     return dy * dydx
 

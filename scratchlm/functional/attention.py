@@ -127,7 +127,11 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
         q, k, v = (_autocast.to16(a, mode) for a in (q, k, v))      # float32; y rounded back
         y, inner = attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
                                      training=training, rng=rng, method=method, _in16=True)
-        return _autocast.to16(y, mode), Attention16Cache(inner, mode)
+        # q, k, v are on the 16-bit grid already: kept in 2 bytes an entry, losslessly (the
+        # tiled path's float32 output O, which its backward reads, is rounded to it too)
+        packed = {f: _autocast.pack16(_autocast.to16(getattr(inner, f), mode), mode)
+                  for f in _PACKED if f in inner._fields}
+        return _autocast.to16(y, mode), Attention16Cache(inner._replace(**packed), mode)
     p = probability(dropout_p, "dropout_p", allow_one=False)
     is_causal = boolean(is_causal, "is_causal")
     training = boolean(training, "training")
@@ -315,7 +319,9 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
     """
     if isinstance(cache, Attention16Cache):          # the forward ran under autocast
         r = cache.precision
-        dq, dk, dv, _ = attention_backward(_autocast.to16(dy, r), cache.inner, dweights)
+        inner = cache.inner._replace(**{f: _autocast.unpack16(getattr(cache.inner, f), r)
+                                        for f in _PACKED if f in cache.inner._fields})
+        dq, dk, dv, _ = attention_backward(_autocast.to16(dy, r), inner, dweights)
         return _autocast.to16(dq, r), _autocast.to16(dk, r), _autocast.to16(dv, r), None
     if isinstance(cache, TiledAttentionCache):
         if dweights is not None:
@@ -369,7 +375,9 @@ def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray
     :math:`P = e^{sQK^\top - L}` (0 where masked) -- a ``Tq x Tk`` array per (batch, head), for
     inspecting attention (attention maps), not for training."""
     if isinstance(cache, Attention16Cache):
-        cache = cache.inner
+        r = cache.precision
+        cache = cache.inner._replace(**{f: _autocast.unpack16(getattr(cache.inner, f), r)
+                                        for f in _PACKED if f in cache.inner._fields})
     if isinstance(cache, AttentionCache):
         return cache.weights
     if not isinstance(cache, TiledAttentionCache):
@@ -391,8 +399,13 @@ def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray
 # ------------------------------------------------------------------------------------------------
 # grouped-query attention (Ainslie et al., 2023, "GQA"; Shazeer, 2019, multi-query)
 # ------------------------------------------------------------------------------------------------
+#: the fields of an attention cache that autocast keeps in 2 bytes an entry
+_PACKED = ("q", "k", "v", "out")
+
+
 class Attention16Cache(NamedTuple):
-    """An attention run under autocast: the inner cache (of the 16-bit-rounded q, k, v)."""
+    """An attention run under autocast: the inner cache, its ``_PACKED`` fields in 16 bits
+    (float16, or bfloat16's bits as uint16)."""
     inner: AttentionCache | TiledAttentionCache
     precision: str                                # "fp16" or "bf16"
 
