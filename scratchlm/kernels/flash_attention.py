@@ -298,12 +298,16 @@ def flash_attention_backward_numpy(q, k, v, out, dout, lse, scale, causal, offse
                 ok = ok & allowed
             with np.errstate(invalid="ignore"):
                 p = np.exp(np.where(ok, s - L, -np.inf).astype(q.dtype))   # (n, bq, bk) P = e^(S-L)
-            dv_j += np.swapaxes(p, 1, 2) @ doi           # (n, bk, dv): from O = P V
-            dp = doi @ np.swapaxes(vj, 1, 2)                                   # (n, bq, bk)
-            # dS = s P (dP - D): from P = softmax(S)
-            ds = (p * dp - p * D[:, i0:i1, None].astype(q.dtype)) * sc                # (n, bq, bk)
-            dq[lo:hi, i0:i1] += ds @ kj                                        # (n, bq, d)
-            dk_j += np.swapaxes(ds, 1, 2) @ qi                                 # (n, bk, d)
+            # (the inputs are finite here -- the tiled path is taken only then -- yet OpenBLAS's
+            # small-matrix kernels have now and then left the invalid flag set on finite
+            # operands, which NumPy reports as a warning: a NaN would still show in the result)
+            with np.errstate(invalid="ignore"):
+                dv_j += np.swapaxes(p, 1, 2) @ doi       # (n, bk, dv): from O = P V
+                dp = doi @ np.swapaxes(vj, 1, 2)                               # (n, bq, bk)
+                # dS = s P (dP - D): from P = softmax(S)
+                ds = (p * dp - p * D[:, i0:i1, None].astype(q.dtype)) * sc            # (n, bq, bk)
+                dq[lo:hi, i0:i1] += ds @ kj                                    # (n, bq, d)
+                dk_j += np.swapaxes(ds, 1, 2) @ qi                             # (n, bk, d)
         dk[lo:hi, j0:j1] = dk_j
         dv[lo:hi, j0:j1] = dv_j
 
