@@ -114,7 +114,9 @@ def test_block_products_bit_for_bit(fmt):
     outs = {}
     for route in ("numba", "numpy"):
         out = np.full((M, N), np.nan, np.float32)
-        getattr(K, f"{fmt}_matmul_{route}")(xd, xq, s.view(np.uint16), qw, out, 3, 29)
+        getattr(K, f"{fmt}_matmul_{route}")(xd, K.interleave(xq, 32), s.view(np.uint16),
+                                            K.interleave(qw, 32 if fmt == "q8_0" else 16),
+                                            out, 3, 29)
         outs[route] = out
     np.testing.assert_array_equal(outs["numba"], outs["numpy"])
     assert np.isnan(outs["numba"][:, :3]).all() and np.isnan(outs["numba"][:, 29:]).all()
@@ -153,6 +155,14 @@ def test_quantized_linear(fmt, dtype):
     sd = layer.state_dict()
     assert set(sd) == {"qweight", "scales", "bias"}
     assert sd["scales"].dtype == (np.float32 if fmt == "int8" else np.float16)
+    # state_dict holds llama.cpp's layout (the layer computes from an interleaved copy), and
+    # loads back into it
+    q, s = quantize_weight(lin.weight.data, fmt)
+    np.testing.assert_array_equal(sd["qweight"], q)
+    assert (fmt == "int8") == np.array_equal(layer.qweight, q)
+    other = QuantizedLinear.from_linear(nn.Linear(64, 24, rng=9, dtype=dtype), fmt)
+    other.load_state_dict(sd)
+    np.testing.assert_array_equal(other.inference(x), y)
 
 
 def test_int8_layer_gradcheck():
@@ -289,3 +299,15 @@ def test_int8_is_torchs_per_channel_quantization(torch):
             pytest.skip(f"torch.quantize_per_channel unavailable: {exc}")
     np.testing.assert_array_equal(q, theirs.int_repr().numpy())
     assert list(q[0, :4]) == [0, 2, 2, -2]               # halves to even
+
+
+def test_scale_decoding_is_exact_for_every_float16():
+    """The kernels read float16 scales as bits (Numba has no float16): every one of the 65,536
+    patterns decodes to NumPy's float32 value (NaNs to NaN), subnormals and -0.0 included."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    ref = h.view(np.float16).astype(np.float32)
+    got = K._row_scales(h.reshape(256, 256), 3, 256).reshape(-1)
+    ref = ref[3 * 256:]
+    nan = np.isnan(ref)
+    np.testing.assert_array_equal(got.view(np.uint32)[~nan], ref.view(np.uint32)[~nan])
+    assert np.isnan(got[nan]).all()

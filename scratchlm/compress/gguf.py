@@ -203,7 +203,7 @@ def _blocks(layer, rows=None) -> bytes:
     N = layer.out_features
     nb = layer.in_features // BLOCK
     d = layer.scales.astype("<f2").view(np.uint8).reshape(N, nb, 2)
-    q = layer.qweight.view(np.uint8).reshape(N, nb, -1)
+    q = layer.codes().view(np.uint8).reshape(N, nb, -1)
     out = np.concatenate([d, q], axis=2).reshape(N, -1)
     return out if rows is None else out[rows]
 
@@ -566,10 +566,8 @@ def load_gguf(path, dtype=np.float32):
     model.load_state_dict(floats, strict=False)
     if plan:
         quantize(model, "q8_0", layers=plan)
-        modules = dict(model.named_modules())
-        for layer, (q, d) in blocks.items():
-            modules[layer].qweight[...] = q
-            modules[layer].scales[...] = d
+        model.load_state_dict({f"{layer}.{k}": v for layer, (q, d) in blocks.items()
+                               for k, v in (("qweight", q), ("scales", d))}, strict=False)
     tok = meta.get("scratchlm.tokenizer")
     if tok is not None and not isinstance(tok, str):
         raise ValueError(f"{path}: scratchlm.tokenizer must be a string (JSON), got "

@@ -123,7 +123,20 @@ class QuantizedLinear(Module):
         self.fmt = _check_fmt(fmt)
         self.in_features, self.out_features = int(in_features), int(qweight.shape[0])
         self.dtype = np.dtype(dtype)
-        self.register_buffer("qweight", qweight)
+        want = {"int8": ((self.out_features, self.in_features), (self.out_features,)),
+                "q8_0": ((self.out_features, self.in_features),
+                         (self.out_features, self.in_features // BLOCK)),
+                "q4_0": ((self.out_features, self.in_features // 2),
+                         (self.out_features, self.in_features // BLOCK))}[fmt]
+        if fmt != "int8" and self.in_features % BLOCK:
+            raise ValueError(f"in_features must be a multiple of {BLOCK} for {fmt}, got "
+                             f"{self.in_features}")
+        if (qweight.shape, scales.shape) != want:
+            raise ValueError(f"qweight and scales must have shapes {want[0]} and {want[1]} for "
+                             f"{fmt}, got {qweight.shape} and {scales.shape}")
+        # the products read the codes interleaved (kernels/quant.py); state_dict shows
+        # llama.cpp's layout
+        self.register_buffer("qweight", self._buffer_from_state("qweight", qweight))
         self.register_buffer("scales", scales)
         self.bias = None if bias is None else Parameter(np.array(bias, self.dtype),
                                                         requires_grad=False)
@@ -134,9 +147,26 @@ class QuantizedLinear(Module):
         return cls(q, s, fmt, layer.in_features,
                    None if layer.bias is None else layer.bias.data, layer.weight.dtype)
 
+    def _rows_per_block(self):
+        """Codes per block row of the interleaved layout (None: int8 is not blocked)."""
+        return {"int8": None, "q8_0": BLOCK, "q4_0": BLOCK // 2}[self.fmt]
+
+    def _buffer_to_state(self, name, value):
+        R = self._rows_per_block()
+        return K.deinterleave(value, R) if name == "qweight" and R else value
+
+    def _buffer_from_state(self, name, value):
+        R = self._rows_per_block()
+        return K.interleave(value, R) if name == "qweight" and R else value
+
+    def codes(self) -> np.ndarray:
+        """``qweight`` in llama.cpp's layout (:func:`quantize_weight`'s), as ``state_dict`` and
+        files hold it; ``self.qweight`` is the products' interleaved copy of it."""
+        return self._buffer_to_state("qweight", self.qweight)
+
     def dequantized(self) -> np.ndarray:
         """The weight the layer computes with, in float (out, in) of the layer's dtype."""
-        return dequantize_weight(self.qweight, self.scales, self.fmt, self.dtype)
+        return dequantize_weight(self.codes(), self.scales, self.fmt, self.dtype)
 
     def _product(self, x2):
         """x2 (M, K) -> (M, N): the quantized product, split over the threads by columns."""
@@ -153,6 +183,7 @@ class QuantizedLinear(Module):
         xq = np.empty((M, self.in_features), np.int8)
         K.quantize_q8_0(xs, xd, xq)                         # activations: Q8_0, as llama.cpp
         xd = xd.astype(np.float16).astype(np.float32)       # (its block_q8_0 keeps d in fp16)
+        xq = K.interleave(xq, BLOCK)                        # the weights' layout
         wd = self.scales.view(np.uint16)                    # float16 bits: read in the kernel
         kernel = K.q8_0_matmul if self.fmt == "q8_0" else K.q4_0_matmul
         split_run(lambda lo, hi: kernel(xd, xq, wd, self.qweight, out, lo, hi), N, grain)

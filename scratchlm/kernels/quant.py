@@ -22,7 +22,10 @@ ggml's reference dot product (``ggml_vec_dot_q8_0_q8_0``, scalar path) does::
 
     y[m, n] = sum_b  float(sum_j qx[m, b, j] * qw[n, b, j]) * (dx[m, b] * dw[n, b])
 
-Both twins compute exactly that, in that order, so they agree bit for bit. The weights' scales
+Both twins compute exactly that, in that order, so they agree bit for bit. They read the
+codes *interleaved* (:func:`interleave`: each row's blocks transposed, so entry ``j`` of every
+block is contiguous), which lets the compiler vectorise over blocks; ``QuantizedLinear`` keeps
+its weights so and converts at ``state_dict`` (files hold llama.cpp's layout). The weights' scales
 enter as their float16 bits (``uint16``), decoded exactly in the kernel. ``int8_matmul`` (one
 scale per output row; no activation quantization) accumulates in the activations' float type,
 and its twins agree to round-off.
@@ -176,16 +179,34 @@ def _q4_0_values(q):
     return np.concatenate([lo, hi], axis=2).reshape(q.shape[0], -1)
 
 
+def interleave(q, rows_per_block):
+    """(N, C) llama.cpp block layout -> the products' layout, same shape: each row's blocks of
+    ``rows_per_block`` entries (32 int8 for Q8_0; 16 bytes for Q4_0) transposed, so that entry
+    ``j`` of every block sits together: ``out[n, j * nb + b] = q[n, b * R + j]``."""
+    N, C = q.shape
+    R = rows_per_block
+    return np.ascontiguousarray(q.reshape(N, C // R, R).transpose(0, 2, 1)).reshape(N, C)
+
+
+def deinterleave(q, rows_per_block):
+    """The inverse of :func:`interleave`: the products' layout -> llama.cpp's."""
+    N, C = q.shape
+    R = rows_per_block
+    return np.ascontiguousarray(q.reshape(N, R, C // R).transpose(0, 2, 1)).reshape(N, C)
+
+
 def _blocks_matmul_numpy(xd, xq, wd, w, out, lo, hi):
-    """w (n, K) int8 values of columns lo:hi; the block sums exact in int32, then block order."""
+    """w (n, 32, nb) int8 values of rows lo:hi (interleaved); the block sums exact in int32,
+    then combined in block order."""
     M, K = xq.shape
+    nb = K // QK
     wd = wd.view(np.float16).astype(np.float32)                           # (N, nb)
-    wb = w.reshape(w.shape[0], K // QK, QK).astype(np.int32)              # (n, nb, 32)
+    wb = w.astype(np.int32)                                               # (n, 32, nb)
     for r in range(0, M, _CHUNK):
-        xb = xq[r:r + _CHUNK].reshape(-1, K // QK, QK).astype(np.int32)   # (m, nb, 32)
-        sums = np.einsum("mbj,nbj->mnb", xb, wb)                          # (m, n, nb) exact
+        xb = xq[r:r + _CHUNK].reshape(-1, QK, nb).astype(np.int32)        # (m, 32, nb)
+        sums = np.einsum("mjb,njb->mnb", xb, wb)                          # (m, n, nb) exact
         acc = np.zeros(sums.shape[:2], np.float32)                        # (m, n)
-        for b in range(sums.shape[2]):                                    # in block order
+        for b in range(nb):                                               # in block order
             acc += sums[:, :, b].astype(np.float32) * (xd[r:r + _CHUNK, b][:, None] *
                                                        wd[lo:hi, b][None, :])
         out[r:r + _CHUNK, lo:hi] = acc
@@ -193,83 +214,113 @@ def _blocks_matmul_numpy(xd, xq, wd, w, out, lo, hi):
 
 
 def q8_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
-    """xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16 (float16 bits), wq (N, K) int8 ->
-    out[:, lo:hi] (M, N)."""
-    return _blocks_matmul_numpy(xd, xq, wd, wq[lo:hi], out, lo, hi)
+    """xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16 (float16 bits), wq (N, K) int8, xq and
+    wq interleaved -> out[:, lo:hi] (M, N)."""
+    return _blocks_matmul_numpy(xd, xq, wd, wq[lo:hi].reshape(hi - lo, QK, -1), out, lo, hi)
 
 
 def q4_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
-    """As :func:`q8_0_matmul_numpy` with wq (N, K/2) uint8 packed Q4_0."""
-    return _blocks_matmul_numpy(xd, xq, wd, _q4_0_values(wq[lo:hi]), out, lo, hi)
+    """As :func:`q8_0_matmul_numpy` with wq (N, K/2) uint8 packed Q4_0, interleaved."""
+    packed = wq[lo:hi].reshape(hi - lo, QK // 2, -1)                      # (n, 16, nb)
+    lo4 = (packed & np.uint8(15)).astype(np.int8) - np.int8(8)            # entries j
+    hi4 = (packed >> np.uint8(4)).astype(np.int8) - np.int8(8)            # entries j + 16
+    return _blocks_matmul_numpy(xd, xq, wd, np.concatenate([lo4, hi4], axis=1), out, lo, hi)
 
 
 @njit(cache=True, nogil=True)
 def _halves(h, bits):
-    # h (nb,) uint16 float16 bits -> (nb,) float32 values, exactly, through bits (nb,) uint32
-    # (Numba has no float16 type): the sign moves to bit 31, the exponent is rebiased (15 ->
-    # 127), the mantissa shifts by 13; zeros and subnormals (exponent 0) are f 2^-24, computed.
+    # h (n,) uint16 float16 bits -> (n,) float32 values, exactly, through bits (n,) uint32
+    # (Numba has no float16 type). First pass, branch-free so that it vectorises: the sign
+    # moves to bit 31, the exponent is rebiased (15 -> 127: + 112 << 23), the mantissa shifts
+    # by 13; exponent 31 (inf, NaN) keeps an all-ones exponent. Second pass: zeros and
+    # subnormals (exponent 0) are f 2^-24, computed (no reliance on float32 denormals).
     out = bits.view(np.float32)
     for i in range(h.shape[0]):
         v = np.uint32(h[i])
-        sign = (v & np.uint32(0x8000)) << np.uint32(16)
-        e, f = (v >> np.uint32(10)) & np.uint32(31), v & np.uint32(1023)
-        if e == 0:
-            bits[i] = sign
-            mag = np.float32(f) * np.float32(2.0 ** -24)
-            out[i] = -mag if sign else mag
-        elif e == 31:
-            bits[i] = sign | np.uint32(0x7F800000) | (f << np.uint32(13))
-        else:
-            bits[i] = sign | ((e + np.uint32(112)) << np.uint32(23)) | (f << np.uint32(13))
+        b = ((v & np.uint32(0x7FFF)) << np.uint32(13)) + np.uint32(112 << 23)
+        if (v & np.uint32(0x7C00)) == np.uint32(0x7C00):
+            b = ((v & np.uint32(0x3FF)) << np.uint32(13)) | np.uint32(0x7F800000)
+        bits[i] = b | ((v & np.uint32(0x8000)) << np.uint32(16))
+    for i in range(h.shape[0]):
+        v = np.uint32(h[i])
+        if (v & np.uint32(0x7C00)) == 0:
+            mag = np.float32(v & np.uint32(0x3FF)) * np.float32(2.0 ** -24)
+            out[i] = -mag if v & np.uint32(0x8000) else mag
     return out
 
 
 @njit(cache=True, nogil=True)
-def _blocks_matmul_numba(xd, xq, wd, w, out, n, prod):
-    # out[:, n] from w (K,) int8 weight values of row n and wd (nb,) f32 its scales; prod (K,)
-    # int16 scratch. The products go through the int16 buffer first (|x w| <= 127 * 127 fits):
-    # LLVM vectorises that loop. It does not vectorise the sums of 32 (tried: int32, float32
-    # with reassociation, per-lane accumulators, rows interleaved by 16), so they stay plain.
-    M, K = xq.shape
-    for m in range(M):
-        for k in range(K):
-            prod[k] = np.int16(xq[m, k]) * np.int16(w[k])
-        acc = np.float32(0)
-        for b in range(K // QK):
-            blk = prod[b * QK:(b + 1) * QK]
-            s = np.int32(0)
-            for j in range(QK):
-                s += np.int32(blk[j])
-            acc += np.float32(s) * (xd[m, b] * wd[b])
-        out[m, n] = acc
+def _row_scales(wd, lo, hi):
+    # wd (N, nb) uint16 -> (hi - lo, nb) float32: the scales of rows lo:hi, decoded at once
+    nb = wd.shape[1]
+    return _halves(wd[lo:hi].reshape(-1), np.empty((hi - lo) * nb, np.uint32)).reshape(
+        hi - lo, nb)
 
 
 @njit(cache=True, nogil=True)
+def _combine(s, xd, wd, out, m, n):
+    # out[m, n] = sum_b float(s[b]) * (xd[m, b] * wd[b]), in block order (as the twin)
+    acc = np.float32(0)
+    for b in range(s.shape[0]):
+        acc += np.float32(s[b]) * (xd[m, b] * wd[b])
+    out[m, n] = acc
+
+
+# Why the interleaved layout: LLVM does not vectorise a sum of 32 products (tried: int32 and
+# int16 sums, float32 with reassociation, per-lane accumulators, a runtime trip count), so a
+# row in llama.cpp's layout costs a horizontal sum per block. Interleaved, the inner loop runs
+# over the blocks with one int32 sum each -- a plain vector loop -- and the 32 (or 16) entries
+# of a block are its outer loop. llama.cpp repacks its weights for its CPU kernels likewise.
+@njit(cache=True, nogil=True)
 def q8_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
-    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K) int8 -> out (M, N), lo:hi
-    K = xq.shape[1]
-    prod = np.empty(K, np.int16)
-    bits = np.empty(K // QK, np.uint32)
-    for n in range(lo, hi):
-        _blocks_matmul_numba(xd, xq, _halves(wd[n], bits), wq[n], out, n, prod)
+    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K) int8 (xq, wq interleaved)
+    # -> out (M, N), columns lo:hi; rows go four at a time, sharing the loads of x
+    M, K = xq.shape
+    nb = K // QK
+    s = np.empty((4, nb), np.int32)                  # the block sums of the four rows
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+    d = _row_scales(wd, lo, hi)                                          # (hi - lo, nb)
+    for n in range(lo, hi, 4):
+        last = min(n + 4, hi) - 1                    # past the end: repeat the last row
+        w0, w1, w2, w3 = wq[n], wq[min(n + 1, last)], wq[min(n + 2, last)], wq[min(n + 3, last)]
+        for m in range(M):
+            x = xq[m]
+            s[:] = 0
+            for j in range(QK):                      # entry j of every block
+                o = j * nb
+                for b in range(nb):
+                    xv = np.int32(x[o + b])
+                    s0[b] += xv * np.int32(w0[o + b])
+                    s1[b] += xv * np.int32(w1[o + b])
+                    s2[b] += xv * np.int32(w2[o + b])
+                    s3[b] += xv * np.int32(w3[o + b])
+            for r in range(last + 1 - n):
+                _combine(s[r], xd, d[n + r - lo], out, m, n + r)
     return out
 
 
 @njit(cache=True, nogil=True)
 def q4_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
-    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K/2) uint8 -> out (M, N), lo:hi
-    K = xq.shape[1]
-    half = QK // 2
-    prod = np.empty(K, np.int16)
-    bits = np.empty(K // QK, np.uint32)
-    w = np.empty(K, np.int8)                                 # one row of weights, unpacked
+    # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K/2) uint8 (xq, wq interleaved)
+    # -> out (M, N), columns lo:hi. Byte i of a block holds entries i (low) and i + 16 (high).
+    M, K = xq.shape
+    nb, half = K // QK, QK // 2
+    s = np.empty(nb, np.int32)
+    scales = _row_scales(wd, lo, hi)                                     # (hi - lo, nb)
     for n in range(lo, hi):
-        for b in range(K // QK):
-            for j in range(half):
-                byte = wq[n, b * half + j]
-                w[b * QK + j] = np.int8(byte & np.uint8(15)) - np.int8(8)
-                w[b * QK + half + j] = np.int8(byte >> np.uint8(4)) - np.int8(8)
-        _blocks_matmul_numba(xd, xq, _halves(wd[n], bits), w, out, n, prod)
+        w = wq[n]
+        d = scales[n - lo]
+        for m in range(M):
+            x = xq[m]
+            for b in range(nb):
+                s[b] = 0
+            for i in range(half):
+                o, o2 = i * nb, (i + half) * nb
+                for b in range(nb):
+                    byte = w[o + b]
+                    s[b] += (np.int32(x[o + b]) * (np.int32(byte & np.uint8(15)) - 8) +
+                             np.int32(x[o2 + b]) * (np.int32(byte >> np.uint8(4)) - 8))
+            _combine(s, xd, d, out, m, n)
     return out
 
 

@@ -270,9 +270,15 @@ class Module:
         """Dotted name -> array, parameters then buffers per module, in registration order.
 
         The arrays are the live ones (as PyTorch's are); copy them to keep a snapshot. Tied
-        parameters appear under every name that holds them.
+        parameters appear under every name that holds them. (A buffer kept in a kernel's own
+        layout comes as a copy in the reference layout: see :meth:`_buffer_to_state`.)
         """
-        out = OrderedDict()
+        return OrderedDict((key, live if mod is None else mod._buffer_to_state(bname, live))
+                           for key, live, mod, bname in self._live_state())
+
+    def _live_state(self):
+        """Yield ``(dotted name, live array, module, buffer name)`` for the state: parameters
+        (module and buffer name ``None``) then buffers, per module in registration order."""
         seen = set()
         for mod_name, mod in self.named_modules():
             if id(mod) in seen:
@@ -280,10 +286,20 @@ class Module:
             seen.add(id(mod))
             pre = f"{mod_name}." if mod_name else ""
             for name, p in mod._parameters.items():
-                out[pre + name] = p.data
+                yield pre + name, p.data, None, None
             for name in mod._buffers:
-                out[pre + name] = getattr(mod, name)
-        return out
+                yield pre + name, getattr(mod, name), mod, name
+
+    # A buffer the forward keeps in a layout of its own (a kernel's: a quantized layer's
+    # interleaved codes) shows in ``state_dict`` in the reference layout, as a copy -- as
+    # PyTorch's prepacked quantized weights do -- and loads back through the inverse.
+    def _buffer_to_state(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Buffer ``name`` as ``state_dict`` shows it (the live array itself by default)."""
+        return value
+
+    def _buffer_from_state(self, name: str, value: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`_buffer_to_state` (same shape and dtype)."""
+        return value
 
     def load_state_dict(self, state, strict: bool = True):
         """Copy arrays into this module's parameters and buffers (cast to their dtype).
@@ -317,12 +333,13 @@ class Module:
         if bad_keys:
             raise TypeError(f"{name}.load_state_dict: keys must be strings, got "
                             f"{', '.join(repr(k) for k in bad_keys[:5])}")
-        own = self.state_dict()
+        own = OrderedDict((key, (live, mod, bname))
+                          for key, live, mod, bname in self._live_state())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         mis_shaped, mis_typed, other, writes = [], [], [], []
         loaded = {}                                    # id(target) -> (first name, value)
-        for k, target in own.items():
+        for k, (target, mod, bname) in own.items():
             if k not in state:
                 continue
             value = state[k]
@@ -350,7 +367,8 @@ class Module:
                                  f"different values")
                 if strict:
                     continue
-            writes.append((target, value))
+            writes.append((target, value if mod is None else
+                           mod._buffer_from_state(bname, value)))
         problems = []
         if mis_shaped:
             problems.append("mis-shaped keys: " + "; ".join(mis_shaped))
