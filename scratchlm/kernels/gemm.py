@@ -487,6 +487,16 @@ def _offsets(n, step):
     return np.arange(n, dtype=np.int64) * step
 
 
+@functools.lru_cache(maxsize=512)
+def _batch_offsets(shape, steps):
+    """The C-order offsets of the matrices of a stack with leading ``shape`` and element
+    ``steps`` (all >= 0), cached like :func:`_offsets`: ``(prod(shape),)`` int64."""
+    base = np.zeros(1, np.int64)
+    for n, st in zip(shape, steps):
+        base = (base[:, None] + np.arange(n, dtype=np.int64)[None, :] * st).ravel()
+    return base
+
+
 def as_batched_operand(m):
     """A stack of matrices ``m`` ``(..., R, C)`` (any strides, negative ones included) as
     ``(flat, base, rows, cols)``: ``m[n][i, j] == flat[base[n] + rows[i] + cols[j]]`` with ``n``
@@ -501,6 +511,13 @@ def as_batched_operand(m):
         # the common case (an array or its transpose): a flat view in memory order, no copy
         return (m.ravel(order="K"), _offsets(1, 0), _offsets(m.shape[0], steps[0]),
                 _offsets(m.shape[1], steps[1]))
+    if min(steps) >= 0 and 0 not in m.shape:
+        # no negative stride (the usual views: transposes, head splits, a KV cache's prefix):
+        # m starts at its lowest address, and every offset comes from the cached tables
+        span = sum((n - 1) * st for n, st in zip(m.shape, steps)) + 1
+        return (as_strided(m, shape=(span,), strides=(item,)),
+                _batch_offsets(m.shape[:-2], tuple(steps[:-2])),
+                _offsets(m.shape[-2], steps[-2]), _offsets(m.shape[-1], steps[-1]))
     base = np.zeros(1, np.int64)
     for n, st in zip(m.shape[:-2], steps[:-2]):
         base = (base[:, None] + np.arange(n, dtype=np.int64)[None, :] * st).ravel()
