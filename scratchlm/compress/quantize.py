@@ -109,7 +109,10 @@ def dequantize_weight(qweight, scales, fmt: str, dtype=np.float32) -> np.ndarray
 class QuantizedLinear(Module):
     """A ``Linear`` whose weight is stored quantized (see the module docstring).
 
-    Buffers: ``qweight`` and ``scales`` (:func:`quantize_weight`'s shapes); parameter: ``bias``
+    Buffers: ``qweight`` and ``scales`` (:func:`quantize_weight`'s shapes; ``state_dict`` and
+    files hold them in llama.cpp's layout, but for ``q8_0``/``q4_0`` the live ``self.qweight``
+    is the kernels' *interleaved* copy -- :meth:`codes` gives llama.cpp's, and
+    ``load_state_dict`` is the way to write new codes); parameter: ``bias``
     ``(out_features,)`` if the layer had one (frozen; set ``bias.requires_grad`` to train it).
     Shapes: x ``(..., in_features)`` -> y ``(..., out_features)``, in the dtype the layer was
     built from (``q8_0``/``q4_0`` quantize the activations from float32 whatever it is).
@@ -137,7 +140,7 @@ class QuantizedLinear(Module):
         # the products read the codes interleaved (kernels/quant.py); state_dict shows
         # llama.cpp's layout
         self.register_buffer("qweight", self._buffer_from_state("qweight", qweight))
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", np.ascontiguousarray(scales))     # (the kernels read rows)
         self.bias = None if bias is None else Parameter(np.array(bias, self.dtype),
                                                         requires_grad=False)
 

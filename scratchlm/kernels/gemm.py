@@ -59,6 +59,7 @@ overlap ``a`` or ``b`` (a later K-slab would read what an earlier one wrote), an
 """
 
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -501,7 +502,8 @@ def as_batched_operand(m):
     """A stack of matrices ``m`` ``(..., R, C)`` (any strides, negative ones included) as
     ``(flat, base, rows, cols)``: ``m[n][i, j] == flat[base[n] + rows[i] + cols[j]]`` with ``n``
     the C-order index over the leading axes (``base`` ``(L,)``, one entry for a 2-D ``m``).
-    ``flat`` is a 1-D view (no copy) from the lowest address ``m`` spans."""
+    ``flat`` is a 1-D view (no copy) from the lowest address ``m`` spans. The offset arrays
+    may be shared, cached ones: read them, never write them."""
     item = m.itemsize
     if any(st % item for st in m.strides):
         raise ValueError(f"strides must be multiples of the item size, got {m.strides}")
@@ -515,8 +517,10 @@ def as_batched_operand(m):
         # no negative stride (the usual views: transposes, head splits, a KV cache's prefix):
         # m starts at its lowest address, and every offset comes from the cached tables
         span = sum((n - 1) * st for n, st in zip(m.shape, steps)) + 1
+        lead = m.shape[:-2]
         return (as_strided(m, shape=(span,), strides=(item,)),
-                _batch_offsets(m.shape[:-2], tuple(steps[:-2])),
+                _batch_offsets(lead, tuple(steps[:-2])) if math.prod(lead) <= 4096 else
+                _batch_offsets.__wrapped__(lead, steps[:-2]),         # (too big to keep)
                 _offsets(m.shape[-2], steps[-2]), _offsets(m.shape[-1], steps[-1]))
     base = np.zeros(1, np.int64)
     for n, st in zip(m.shape[:-2], steps[:-2]):

@@ -216,12 +216,13 @@ def _blocks_matmul_numpy(xd, xq, wd, w, out, lo, hi):
 def q8_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
     """xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16 (float16 bits), wq (N, K) int8, xq and
     wq interleaved -> out[:, lo:hi] (M, N)."""
-    return _blocks_matmul_numpy(xd, xq, wd, wq[lo:hi].reshape(hi - lo, QK, -1), out, lo, hi)
+    nb = xq.shape[1] // QK
+    return _blocks_matmul_numpy(xd, xq, wd, wq[lo:hi].reshape(hi - lo, QK, nb), out, lo, hi)
 
 
 def q4_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
     """As :func:`q8_0_matmul_numpy` with wq (N, K/2) uint8 packed Q4_0, interleaved."""
-    packed = wq[lo:hi].reshape(hi - lo, QK // 2, -1)                      # (n, 16, nb)
+    packed = wq[lo:hi].reshape(hi - lo, QK // 2, xq.shape[1] // QK)       # (n, 16, nb)
     lo4 = (packed & np.uint8(15)).astype(np.int8) - np.int8(8)            # entries j
     hi4 = (packed >> np.uint8(4)).astype(np.int8) - np.int8(8)            # entries j + 16
     return _blocks_matmul_numpy(xd, xq, wd, np.concatenate([lo4, hi4], axis=1), out, lo, hi)
