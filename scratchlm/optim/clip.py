@@ -85,11 +85,21 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
             f"({float(total)}), so it cannot be clipped. To disable this error and scale the "
             "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
         )
-    clip_coef = dtype.type(max_norm) / (total + dtype.type(1e-6))
+    scale_to_norm_(grads, max_norm, total)
+    return float(total)
+
+
+def scale_to_norm_(grads, max_norm, total) -> None:
+    """The rescaling of :func:`clip_grad_norm_` for a joint norm ``total`` measured elsewhere
+    (ZeRO-1 measures it over the ranks' shards): every array of ``grads`` times
+    ``min(max_norm / (total + 1e-6), 1)``, in their dtype, in place."""
+    if not grads:
+        return
+    dtype = np.result_type(*grads)
+    clip_coef = dtype.type(max_norm) / (dtype.type(total) + dtype.type(1e-6))
     clip_coef = np.minimum(clip_coef, dtype.type(1.0))   # NaN stays NaN, as torch.clamp
     for g in grads:
         g *= g.dtype.type(clip_coef)
-    return float(total)
 
 
 def clip_grad_value_(parameters, clip_value) -> None:

@@ -94,6 +94,30 @@ class CarriedState:
         parts = tuple(np.array(a, dtype=doc["dtype"]) for a in doc["arrays"])
         self.state = parts if doc["tuple"] else parts[0]
 
+    # Data parallel: each rank carries the state of its streams, axis 1 of every array
+    # (num_layers, streams, hidden); a checkpoint holds every stream's.
+    @staticmethod
+    def join_state_dicts(parts) -> dict:
+        """The ranks' :meth:`state_dict` (in rank order) -> the whole batch's."""
+        if any(p["carried"] is None for p in parts):
+            return {"carried": None}
+        first = parts[0]["carried"]
+        arrays = [np.concatenate([np.array(p["carried"]["arrays"][i], first["dtype"])
+                                  for p in parts], axis=1).tolist()
+                  for i in range(len(first["arrays"]))]
+        return {"carried": dict(first, arrays=arrays)}
+
+    @staticmethod
+    def split_state_dict(state, rank, size) -> dict:
+        """Rank ``rank`` of ``size``'s streams of a whole batch's :meth:`state_dict`."""
+        from ..distributed.data_parallel import shard_rows
+        doc = state.get("carried") if isinstance(state, dict) else None
+        if doc is None:
+            return {"carried": None}
+        arrays = [np.array(a, doc["dtype"]) for a in doc["arrays"]]
+        lo, hi = shard_rows(arrays[0].shape[1], rank, size)
+        return {"carried": dict(doc, arrays=[a[:, lo:hi].tolist() for a in arrays])}
+
 
 def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, block_size=None,
            seed=0, eval_batches=20, checkpoint=None, meta=None, resume=False, progress=None,

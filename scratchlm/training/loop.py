@@ -85,6 +85,8 @@ class TrainConfig:
     eval_interval: int | None = None
     save_interval: int | None = None
     precision: str = "fp32"
+    distributed: bool = False
+    zero: int = 0
 
     def __post_init__(self):
         if (self.steps is None) == (self.time_limit is None):
@@ -118,6 +120,17 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 setattr(self, name, positive_int(getattr(self, name), name))
         self.precision = choice(self.precision, "precision", PRECISIONS)
+        if not isinstance(self.distributed, bool):
+            raise TypeError(f"distributed must be True or False, got {self.distributed!r}")
+        if self.zero not in (0, 1) or isinstance(self.zero, bool):
+            raise ValueError(f"zero must be 0 or 1 (ZeRO stage 1), got {self.zero!r}")
+        if self.zero and not self.distributed:
+            raise ValueError("zero=1 shards the optimizer over MPI ranks: it needs "
+                             "distributed=True (--distributed, under mpiexec)")
+        if self.zero and self.precision == "fp16":
+            raise ValueError("zero=1 with precision 'fp16' is not supported (the loss scaler "
+                             "reads every gradient; ZeRO-1 leaves each rank its share): use "
+                             "'bf16' or plain data parallelism")
 
     @property
     def floor_lr(self) -> float:
@@ -369,7 +382,7 @@ def _restore_loop_state(saved, checkpoint, source, forward):
 
 def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpoint=None,
           meta=None, resume=False, progress=None, log=print, clock=time.perf_counter,
-          optimizer=None):
+          optimizer=None, comm=None):
     """Train ``model`` and return the history (see the module docstring for what each part does).
 
     Args:
@@ -389,9 +402,12 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         log: where one-line messages go.
         clock: the time source (tests inject one).
         optimizer: an optimizer to use instead of the one ``config`` names.
+        comm: with ``config.distributed``, the :class:`~scratchlm.distributed.mpi.Comm` to
+            train over (default every process of the MPI job).
     """
     from ..io import load_checkpoint, read_checkpoint, save_checkpoint
     from ..optim import clip_grad_norm_, grad_norm
+    from ..distributed.data_parallel import clip_own
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -405,7 +421,18 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         raise ValueError(f"meta must not use the keys the training loop writes: {clash}")
     if "config" not in meta and hasattr(model, "config_dict"):
         meta["config"] = model.config_dict()          # what rebuilds the model from the file
-    opt = optimizer or make_optimizer(list(model.named_parameters()), config)
+    par = None
+    if config.distributed:                         # data parallel over MPI (distributed/)
+        from ..distributed import DataParallel, ZeroRedundancyOptimizer, world
+        par = DataParallel(model, comm or world(), zero=config.zero)
+        if par.rank != 0:                          # one voice: rank 0 logs and reports
+            log, progress = (lambda *a, **k: None), None
+        if optimizer is not None and config.zero:
+            raise ValueError("zero=1 builds its own sharded optimizer: do not pass optimizer=")
+    if par is not None and par.zero:
+        opt = ZeroRedundancyOptimizer(par, lambda named: make_optimizer(named, config))
+    else:
+        opt = optimizer or make_optimizer(list(model.named_parameters()), config)
     history = {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval_step": []}
     step, total, used = 0, config.steps, 0.0          # used: training seconds before this process
     if resume:
@@ -417,8 +444,13 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
 
         def restore_loop_state(saved):
             resumed.extend(_restore_loop_state(saved, checkpoint, source, forward))
-        load_checkpoint(checkpoint, model, opt, validate=restore_loop_state)
+        load_checkpoint(checkpoint, model, opt.full if par is not None and par.zero else opt,
+                        validate=restore_loop_state)
         step, used, history, loop = resumed
+        if par is not None:                        # the file holds the whole run's state:
+            par.localize_step_state(forward)       # keep this rank's rows of it
+            if par.zero:
+                opt.keep_own_state()
         if config.steps is not None and loop.get("total_steps") not in (None, config.steps):
             log(f"resuming {checkpoint} (a {loop['total_steps']}-step run) to {config.steps} steps")
         log(f"resumed from {checkpoint} at step {step}")
@@ -465,11 +497,24 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
             return                     # nothing new since the last save
         saved_at[0] = (step, len(history["eval_step"]))
         s0 = clock()
+        step_state = forward.state_dict() if hasattr(forward, "state_dict") else None
+        to_save = opt
+        if par is not None:                             # every rank takes part; rank 0 writes
+            step_state = par.gather_step_state(forward, step_state)
+            if par.zero:
+                to_save = opt.gathered()
+            if par.rank != 0:
+                return
         loop_state = {"step": step, "total_steps": total, "elapsed": clock() - t0,
                       "history": history, "source": source.state_dict(),
-                      "step_state": forward.state_dict() if hasattr(forward, "state_dict") else None,
+                      "step_state": step_state,
                       "scaler": None if scaler is None else scaler.state_dict()}
-        save_checkpoint(checkpoint, model, opt, train=config.to_dict(), loop=loop_state, **meta)
+        try:
+            save_checkpoint(checkpoint, model, to_save, train=config.to_dict(), loop=loop_state,
+                            **meta)
+        finally:
+            if to_save is not opt:
+                opt.release_gathered()
         if deadline is not None:
             deadline.observe("save", clock() - s0)
 
@@ -497,19 +542,37 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
             total = max(deadline.total(step, elapsed), step + 1)
         elif step >= total:
             break
+        if par is not None and deadline is not None:   # one clock decides for every rank
+            go, total = par.comm.bcast_object((True, total) if par.rank else
+                                              (deadline.fits(step, elapsed), total))
+            if not go:
+                break
         rate = scheduled_lr(config, step, total)
         for g in opt.param_groups:
             g["lr"] = rate
         batch = next(source)
         s0 = clock()
+        if par is not None:                             # this rank's rows of the global batch
+            batch, _ = par.shard(batch)
+            par.start()
         opt.zero_grad()
         with autocast(config.precision, loss_scale=1.0 if scaler is None else scaler.scale):
             loss, extra = _step_result(forward(batch, step))
+            if par is not None:                         # the global batch's numbers
+                loss, *values = par.mean([loss, *extra.values()])
+                extra = dict(zip(extra, values))
             check_finite_loss(loss, step, rate)
             model.backward()
+            if par is not None:
+                par.finish()                            # gradients summed over the ranks
             scaled = scaled_backwards()
         params = [p for g in opt.param_groups for p in g["params"]]
-        if scaler is not None:                          # fp16: unscale, skip on inf/NaN, adapt
+        if par is not None and par.zero:                # ZeRO-1: clip by the shards' joint norm
+            norm = par.shard_norm()
+            if config.grad_clip is not None:
+                clip_own(par.owned(), config.grad_clip, norm)
+            opt.step()                                  # own shard, then all-gather
+        elif scaler is not None:                        # fp16: unscale, skip on inf/NaN, adapt
             if not scaled:
                 raise ValueError("precision 'fp16' scales the cross-entropy's gradient; this "
                                  "model's backward used no CrossEntropyLoss: use 'bf16' (no "

@@ -1,0 +1,161 @@
+"""Data parallelism and ZeRO-1 on MPI: ``mpiexec -n 2`` runs of tests/mpi/worker.py against the
+same training in one process. Skipped when mpi4py or mpiexec is missing (``pip install -e
+".[distributed]"`` brings both)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scratchlm.training.loop import TrainConfig
+
+WORKER = os.path.join(os.path.dirname(__file__), "mpi", "worker.py")
+
+
+def _have_mpi():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("mpiexec") is not None
+
+
+needs_mpi = pytest.mark.skipif(not _have_mpi(), reason="mpi4py and mpiexec are not installed "
+                               "(pip install -e '.[distributed]')")
+
+
+def run(args, n=None, timeout=240, check=True):
+    cmd = ([sys.executable, WORKER] if n is None else
+           ["mpiexec", "-n", str(n), sys.executable, WORKER]) + list(args)
+    if n is not None:
+        cmd.insert(cmd.index(WORKER), "-m")              # python -m mpi4py: an exception on one
+        cmd.insert(cmd.index(WORKER), "mpi4py")          # rank aborts the job (no hang)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out
+
+
+def params(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k.startswith("p/")}, f["loss"], \
+            (int(f["bytes"]), int(f["grad_bytes"])), int(f["buckets"])
+
+
+def rel(a, b):
+    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-300)) for k in a)
+
+
+@needs_mpi
+@pytest.mark.parametrize("kind", ["gpt", "lstm", "cnn"])
+def test_two_ranks_equal_one_process(kind, tmp_path):
+    """The same global batch on 2 ranks and in 1 process: the same parameters after 20 steps
+    (float64, 1e-12 relative), the same loss history; several buckets were sent during the
+    backward, none before its gradients were final (the worker runs with verify on); ZeRO-1
+    gives plain data parallelism's parameters."""
+    run([kind, "--out", str(tmp_path / "one.npz")])
+    run([kind, "--distributed", "--out", str(tmp_path / "two.npz")], n=2)
+    run([kind, "--distributed", "--zero", "1", "--out", str(tmp_path / "zero.npz")], n=2)
+    one, loss1, _, _ = params(tmp_path / "one.npz")
+    two, loss2, (sent, grad_bytes), buckets = params(tmp_path / "two.npz")
+    zero, _, _, _ = params(tmp_path / "zero.npz")
+    assert rel(one, two) < 1e-12
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-12)
+    assert rel(two, zero) < 1e-12
+    assert buckets > 1
+    assert grad_bytes <= sent <= grad_bytes + 64     # the gradients, the step's loss (and its
+    #                                                  numbers): what this rank hands to MPI
+
+
+@needs_mpi
+def test_float32_differs_by_round_off(tmp_path):
+    """float32: the ranks each sum half the batch, one process sums it whole, so the parameters
+    differ by round-off -- stated as: no more than float32 itself differs from float64 on the
+    same run (the distance of the one-process float32 run from the float64 one)."""
+    run(["gpt", "--dtype", "float32", "--out", str(tmp_path / "one.npz")])
+    run(["gpt", "--dtype", "float64", "--out", str(tmp_path / "wide.npz")])
+    run(["gpt", "--dtype", "float32", "--distributed", "--out", str(tmp_path / "two.npz")], n=2)
+    one, loss1, _, _ = params(tmp_path / "one.npz")
+    wide, _, _, _ = params(tmp_path / "wide.npz")
+    two, loss2, _, _ = params(tmp_path / "two.npz")
+    assert all(v.dtype == np.float32 for v in two.values())
+    dist = {k: float(np.abs(two[k] - one[k]).max()) for k in one}
+    round_off = {k: float(np.abs(one[k] - wide[k]).max()) for k in one}
+    assert all(dist[k] <= 2 * round_off[k] + 1e-7 for k in one), (dist, round_off)
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-5)
+
+
+@needs_mpi
+@pytest.mark.parametrize("first,second", [(2, None), (None, 2)])
+def test_resume_across_rank_counts(first, second, tmp_path):
+    """10 steps on one rank count, resumed to 20 on another (a checkpoint holds the whole run:
+    full optimizer state and every stream's carried state): the parameters of the same resume
+    done in one process. ZeRO-1 on the 2-rank side."""
+    ref_ck, ck = str(tmp_path / "ref_ck.npz"), str(tmp_path / "ck.npz")
+    run(["lstm", "--steps", "10", "--checkpoint", ref_ck, "--out", str(tmp_path / "r.npz")])
+    run(["lstm", "--steps", "20", "--checkpoint", ref_ck, "--resume",     # (the schedule of a
+         "--out", str(tmp_path / "ref.npz")])                             # 10-step run, then on)
+    d1 = ["--distributed", "--zero", "1"] if first else []
+    d2 = ["--distributed", "--zero", "1"] if second else []
+    run(["lstm", "--steps", "10", "--checkpoint", ck, "--out", str(tmp_path / "a.npz")] + d1,
+        n=first)
+    run(["lstm", "--steps", "20", "--checkpoint", ck, "--resume",
+         "--out", str(tmp_path / "b.npz")] + d2, n=second)
+    ref, loss_ref, _, _ = params(tmp_path / "ref.npz")
+    got, loss, _, _ = params(tmp_path / "b.npz")
+    assert rel(ref, got) < 1e-12
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+
+
+@needs_mpi
+def test_a_rank_that_dies_stops_the_run_and_the_checkpoint_survives(tmp_path):
+    from scratchlm.io import read_checkpoint
+    ck = str(tmp_path / "ck.npz")
+    out = run(["gpt", "--distributed", "--checkpoint", ck, "--die-at", "7",
+               "--out", str(tmp_path / "x.npz")], n=2, check=False, timeout=120)
+    assert out.returncode != 0                                # stopped, not hung (timeout)
+    _, doc = read_checkpoint(ck)                              # intact: the step-5 save
+    assert doc["meta"]["loop"]["step"] == 5
+    # and it resumes (here in one process) to the end
+    run(["gpt", "--steps", "10", "--checkpoint", ck, "--resume", "--out", str(tmp_path / "r.npz")])
+
+
+@needs_mpi
+def test_too_few_rows_for_the_ranks(tmp_path):
+    out = run(["gpt", "--distributed", "--batch-size", "1", "--out", str(tmp_path / "x.npz")],
+              n=2, check=False, timeout=120)
+    assert out.returncode != 0
+    assert "fewer than the 2 ranks" in out.stderr
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="needs distributed=True"):
+        TrainConfig(steps=1, zero=1)
+    with pytest.raises(ValueError, match="zero must be 0 or 1"):
+        TrainConfig(steps=1, zero=2, distributed=True)
+    with pytest.raises(TypeError, match="distributed must be True or False"):
+        TrainConfig(steps=1, distributed=1)
+
+
+def test_missing_mpi_says_what_to_install(monkeypatch):
+    import builtins
+
+    from scratchlm.distributed import MPIUnavailable, require_mpi
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name.startswith("mpi4py"):
+            raise ImportError("No module named 'mpi4py'")
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(MPIUnavailable, match=r"\.\[distributed\]"):
+        require_mpi()
+
+
+def test_partition_and_shards():
+    from scratchlm.distributed import partition, shard_rows
+    assert partition([10, 40, 30, 20], 2) == [0, 0, 1, 1]          # 40+10 | 30+20
+    assert [shard_rows(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
