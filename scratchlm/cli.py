@@ -76,6 +76,8 @@ def _add(parser, o: Option):
     kw = dict(default=default, help=o.help + shown)
     if o.choices:
         kw["choices"] = o.choices
+        if o.kind in (int, float):                 # the words on the command line are text
+            kw["type"] = o.kind
     else:
         kw["type"] = _converter(o)
     if o.kind == "ints":
@@ -137,6 +139,24 @@ class _Bar:
             self.bar.close()
 
 
+def _join_job(opts) -> int:
+    """``--distributed``: this process's rank in the MPI job (MPI starts here); our kernels'
+    threads share the machine's cores among the ranks on it (unless SCRATCHLM_NUM_THREADS
+    says otherwise), and so does NumPy's BLAS when threadpoolctl is installed."""
+    from .distributed import world
+    from .kernels import set_num_threads
+    comm = world()
+    per = max(1, (os.cpu_count() or 1) // comm.local_size())
+    if "SCRATCHLM_NUM_THREADS" not in os.environ:
+        set_num_threads(per)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(per, user_api="blas")
+    except ImportError:
+        pass
+    return comm.rank
+
+
 def _cmd_train(args) -> int:
     from .training.pipelines import prepare_run, train_model
     from .training.plots import plot_history, plot_vae
@@ -146,17 +166,23 @@ def _cmd_train(args) -> int:
     if {"steps", "time"} <= given:
         raise ValueError("give --steps (a reproducible run) or --time (a deadline), not both")
     if args.resume:                     # the run's own options; only its length may change
-        others = sorted(given - {"steps", "time"})
+        others = sorted(given - {"steps", "time"} - set(registry.RUNTIME_OPTIONS))
         if others:
             raise ValueError(f"--resume continues the run with the options it started with; "
-                             f"only --steps or --time may change, got "
-                             f"{', '.join(entry.option(n).flag for n in others)}")
+                             f"only --steps or --time (and how it runs: --distributed, --zero) "
+                             f"may change, got {', '.join(entry.option(n).flag for n in others)}")
         opts = {n: getattr(args, n) for n in given}
         if "time" in opts:
             opts["steps"] = None
     else:
         opts = {o.name: getattr(args, o.name) for o in entry.options}
     entry, opts, out = prepare_run(args.model, opts, args.out, args.resume)   # all checks first
+    if opts.get("distributed"):
+        rank = _join_job(opts)
+        if rank != 0:                   # rank 0 reports and writes; the others only train
+            train_model(entry.name, opts, out=out, resume=args.resume, progress=None,
+                        log=lambda *a: None)
+            return 0
     stages = entry.pipeline == "NGramPipeline"      # tokenize, count each order, smooth, evaluate
     bar = _Bar(f"train {entry.name}", entry, opts, total=opts["order"] + 3 if stages else None)
     try:
@@ -831,15 +857,34 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError) as exc:
-        print(f"scratchlm {where}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"scratchlm {where}: error{_rank_of()}: {exc}", file=sys.stderr)
+        return _stop_job(2)
     except FloatingPointError as exc:
-        print(f"scratchlm {where}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"scratchlm {where}: error{_rank_of()}: {exc}", file=sys.stderr)
+        return _stop_job(1)
     except KeyboardInterrupt:
         print(f"scratchlm {where}: interrupted (a run resumes from its last checkpoint with "
               f"--resume)", file=sys.stderr)
-        return 130
+        return _stop_job(130)
+
+
+def _rank_of() -> str:
+    """' (rank r of N)' inside a distributed run, else ''."""
+    from .distributed import mpi
+    w = mpi._WORLD
+    return f" (rank {w.rank} of {w.size})" if w is not None and w.size > 1 else ""
+
+
+def _stop_job(code: int) -> int:
+    """An error on one rank of a distributed run stops every rank (MPI_Abort): the others would
+    otherwise wait for it forever inside a collective. The last checkpoint, written whole by
+    rank 0 with an atomic rename, stays intact."""
+    from .distributed import mpi
+    w = mpi._WORLD
+    if w is not None and w.size > 1:
+        sys.stderr.flush()
+        w.Abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -111,7 +111,19 @@ def loop_options(*, steps=None, time=120.0, batch_size=16, lr=1e-3, eval_interva
         positive("batch_size", batch_size, "examples per batch"),
         positive("lr", lr, "peak learning rate", kind=float),
         positive("eval_interval", eval_interval, "evaluate and checkpoint every N steps"),
+        *DISTRIBUTED,
     )
+
+
+#: how to run, not what to train: taken from the command line on --resume (a run continues on
+#: any number of ranks), never from the checkpoint
+DISTRIBUTED = (
+    opt("distributed", bool, False, "data parallel over the MPI job: start with 'mpiexec -n N "
+        "python -m scratchlm train ...' (needs pip install -e '.[distributed]')"),
+    opt("zero", int, 0, "1: ZeRO stage 1, the optimizer's state sharded over the ranks (with "
+        "--distributed)", choices=(0, 1)),
+)
+RUNTIME_OPTIONS = tuple(o.name for o in DISTRIBUTED)
 
 
 SAVE = positive("save_interval", 100, "checkpoint every N steps")

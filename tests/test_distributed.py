@@ -159,3 +159,51 @@ def test_partition_and_shards():
     from scratchlm.distributed import partition, shard_rows
     assert partition([10, 40, 30, 20], 2) == [0, 0, 1, 1]          # 40+10 | 30+20
     assert [shard_rows(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
+
+
+def _cli(args, n=None, timeout=300):
+    cmd = ([] if n is None else ["mpiexec", "-n", str(n)]) + [sys.executable, "-m", "scratchlm",
+                                                             *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+TINY = ["--steps", "6", "--batch-size", "4", "--block-size", "16", "--n-layer", "1",
+        "--n-head", "2", "--n-embd", "16", "--eval-interval", "3", "--sample-length", "5"]
+
+
+@needs_mpi
+def test_cli_distributed_train_and_resume_on_another_rank_count(tmp_path):
+    """mpiexec -n 2 ... train transformer --distributed --zero 1, then --resume in one process
+    (how a run ran is not part of it): rank 0 alone reports; the result equals a one-process
+    run of the same length."""
+    ck, ref = str(tmp_path / "gpt.npz"), str(tmp_path / "ref.npz")
+    out = _cli(["train", "transformer", *TINY, "--distributed", "--zero", "1", "--out", ck], n=2)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("trained transformer") == 1
+    out = _cli(["train", "transformer", "--steps", "9", "--resume", "--out", ck])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _cli(["train", "transformer", *TINY, "--out", ref]).returncode == 0
+    assert _cli(["train", "transformer", "--steps", "9", "--resume", "--out", ref]).returncode == 0
+    from scratchlm.io import read_checkpoint
+    a, _ = read_checkpoint(ck)
+    b, _ = read_checkpoint(ref)
+    for k in b:
+        if k.startswith("model/"):
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-6)   # float32 round-off
+
+
+def test_cli_zero_needs_distributed(tmp_path):
+    out = _cli(["train", "transformer", *TINY, "--zero", "1", "--out", str(tmp_path / "x.npz")])
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "--zero 1 shards the optimizer over MPI ranks: add --distributed (and start the run "
+        "with mpiexec -n N)")
+
+
+@needs_mpi
+def test_cli_too_few_rows_for_the_ranks(tmp_path):
+    out = _cli(["train", "transformer", *TINY, "--batch-size", "1", "--distributed",
+                "--out", str(tmp_path / "x.npz")], n=2, timeout=120)
+    assert out.returncode != 0
+    assert "--batch-size 1 is smaller than the 2 ranks" in out.stderr

@@ -171,7 +171,7 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
 def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=None,
                     min_lr=None, weight_decay=0.01, betas=(0.9, 0.98), clip=1.0, seed=0,
                     progress=None, checkpoint=None, save_every=100, resume=False, meta=None,
-                    log=print):
+                    log=print, distributed=False, zero=0):
     """Train ``model`` on ``task.train`` (teacher forcing, mean cross-entropy over non-pad
     targets) for ``steps`` steps of ``batch_size`` pairs, shuffled each epoch.
 
@@ -197,7 +197,8 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
     steps = positive_int(steps, "steps")
     config = _loop_config(steps, lr, optimizer="adamw", betas=betas, weight_decay=weight_decay,
                           warmup_steps=steps // 10 if warmup_steps is None else warmup_steps,
-                          min_lr=min_lr, clip=clip, save_every=save_every)
+                          min_lr=min_lr, clip=clip, save_every=save_every,
+                          distributed=distributed, zero=zero)
     pairs = list(task.train)
     source = ShuffledEpochs(len(pairs), batch_size, seed, noun="pairs")
     model.vocab = vocab
@@ -216,7 +217,8 @@ def fit_translation(model, task, steps, batch_size=64, lr=1e-3, *, warmup_steps=
 def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, optimizer="sgd",
                    momentum=0.9, *, weight_decay=0.0, schedule="cosine", warmup_steps=0,
                    min_lr=0.0, clip=None, seed=0, eval_every=None, progress=None,
-                   checkpoint=None, save_every=100, resume=False, meta=None, log=print):
+                   checkpoint=None, save_every=100, resume=False, meta=None, log=print,
+                   distributed=False, zero=0):
     """Train a :class:`~scratchlm.models.CNN` on ``train = (images, labels)`` (mean
     cross-entropy) for ``steps`` minibatches of ``batch_size`` images, reshuffled each epoch.
 
@@ -241,7 +243,8 @@ def fit_classifier(model, train, test=None, steps=1000, batch_size=64, lr=None, 
     lr = (0.05 if optimizer == "sgd" else 1e-3) if lr is None else lr
     config = _loop_config(steps, lr, optimizer=optimizer, momentum=momentum,
                           weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
-                          min_lr=min_lr, clip=clip, eval_every=eval_every, save_every=save_every)
+                          min_lr=min_lr, clip=clip, eval_every=eval_every, save_every=save_every,
+                          distributed=distributed, zero=zero)
     source = ShuffledEpochs(len(images), batch_size, seed, noun="images")
 
     def forward(idx, step):
@@ -297,7 +300,7 @@ class VAEData:
 def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval_every=None,
             eval_samples=1, kl_warmup_steps=0, schedule="constant", warmup_steps=0, min_lr=0.0,
             weight_decay=0.0, clip=None, seed=0, progress=None, checkpoint=None, save_every=100,
-            resume=False, meta=None, log=print):
+            resume=False, meta=None, log=print, distributed=False, zero=0):
     r"""Train a :class:`~scratchlm.models.VAE` or :class:`~scratchlm.models.DocumentVAE` with
     Adam for ``steps`` minibatches of ``batch_size`` examples, reshuffled each epoch.
 
@@ -325,7 +328,8 @@ def fit_vae(model, data, steps=1000, batch_size=128, lr=1e-3, *, test=None, eval
     kl_warmup_steps = positive_int(kl_warmup_steps, "kl_warmup_steps", minimum=0)
     config = _loop_config(steps, lr, optimizer="adam", weight_decay=weight_decay,
                           schedule=schedule, warmup_steps=warmup_steps, min_lr=min_lr, clip=clip,
-                          eval_every=eval_every, save_every=save_every)
+                          eval_every=eval_every, save_every=save_every, distributed=distributed,
+                          zero=zero)
     source = ShuffledEpochs(train_data.n, batch_size, seed, noun="examples")
     target_beta = model.kl_weight
     is_doc = hasattr(model, "perplexity")

@@ -113,10 +113,13 @@ def prepare_run(name, options=None, out=None, resume=False):
         doc = _resume_doc(path)
         if doc["meta"].get("model") not in (None, entry.name):
             raise ValueError(f"{path} holds a {doc['meta']['model']} run, not {entry.name}")
-        opts = entry.resolve(doc["meta"]["options"] | dict(options or {}))   # e.g. a new --time
+        saved = {k: v for k, v in doc["meta"]["options"].items()
+                 if k not in registry.RUNTIME_OPTIONS}       # how the run ran is not kept
+        opts = entry.resolve(saved | dict(options or {}))    # e.g. a new --time
     else:
         opts = entry.resolve(options)
     try:
+        _check_parallel(opts)
         entry.pipeline_class.check(entry, opts)
     except ValueError as exc:
         message = str(exc)
@@ -251,6 +254,31 @@ class Pipeline:
 # ------------------------------------------------------------------------------------------------
 # language models: transformer, rnn, lstm, gru, convlm
 # ------------------------------------------------------------------------------------------------
+def _check_parallel(opts):
+    """--distributed / --zero, before any work: the combination, and MPI being there."""
+    if opts.get("zero") and not opts.get("distributed"):
+        raise ValueError("zero 1 shards the optimizer over MPI ranks: add distributed (and "
+                         "start the run with mpiexec -n N)")         # (names become --flags)
+    if opts.get("zero") and opts.get("precision") == "fp16":
+        raise ValueError("zero 1 with precision fp16 is not supported: use bf16, or plain "
+                         "distributed")
+    if opts.get("distributed"):
+        from ..distributed import MPIUnavailable, world
+        try:
+            size = world().size
+        except MPIUnavailable as exc:
+            raise ValueError(str(exc)) from None
+        if opts.get("batch_size", size) < size:
+            raise ValueError(f"batch_size {opts['batch_size']} is smaller than the {size} "
+                             f"ranks: each rank computes its share of every batch's rows (or "
+                             f"streams), so give at least one per rank")
+
+
+def _parallel(opts) -> dict:
+    """The loop's distributed settings from a run's options (every family with a loop)."""
+    return {"distributed": bool(opts.get("distributed", False)), "zero": opts.get("zero", 0)}
+
+
 def _text_split(opts):
     text, name = read_corpus(opts["corpus"])
     train_text, val_text = split_corpus(text, opts["val_fraction"])
@@ -266,7 +294,7 @@ class LMPipeline(Pipeline):
                            optimizer="adamw", lr=opts["lr"], min_lr=min(1e-4, opts["lr"]),
                            warmup=50, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0,
                            eval_interval=opts["eval_interval"],
-                           precision=opts.get("precision", "fp32"))
+                           precision=opts.get("precision", "fp32"), **_parallel(opts))
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
@@ -466,7 +494,8 @@ class Seq2SeqPipeline(Pipeline):
         timed = _Timed(progress)
         history = fit_translation(model, task, opts["steps"], opts["batch_size"], opts["lr"],
                                   seed=opts["seed"], progress=timed, checkpoint=out,
-                                  save_every=opts["save_interval"], resume=resume, log=log, meta=cls.loop_meta(entry, opts, model,
+                                  save_every=opts["save_interval"], resume=resume, log=log,
+                                  **_parallel(opts), meta=cls.loop_meta(entry, opts, model,
                                                                     {"chars": task.chars}))
         seconds = timed.seconds
         greedy, beam = exact_match(model, task.test), exact_match(model, task.test, "beam")
@@ -558,7 +587,7 @@ class ImagePipeline(Pipeline):
                                  batch_size=opts["batch_size"], lr=opts["lr"],
                                  optimizer=opts["optimizer"], seed=opts["seed"], progress=timed,
                                  checkpoint=out, save_every=opts["save_interval"], resume=resume,
-                                 log=log,
+                                 log=log, **_parallel(opts),
                                  meta=cls.loop_meta(entry, opts, model))
         seconds = timed.seconds
         acc = history["test_acc"][-1]             # the loop's final evaluation
@@ -614,7 +643,7 @@ class VAEPipeline(Pipeline):
         history = fit_vae(model, train, steps=opts["steps"], batch_size=opts["batch_size"],
                           lr=opts["lr"], test=test, kl_warmup_steps=opts["kl_warmup"],
                           seed=opts["seed"], progress=timed, checkpoint=out, resume=resume,
-                          save_every=opts["save_interval"], log=log,
+                          save_every=opts["save_interval"], log=log, **_parallel(opts),
                           meta=cls.loop_meta(entry, opts, model, extra))
         seconds = timed.seconds
         metrics = {"held-out ELBO (nats)": history["test_elbo"][-1]}
