@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +62,12 @@ def parse_args(argv=None):
 
 
 # -- one process ---------------------------------------------------------------------------------
-def _python_module(module: str, *args: str, env=None, timeout=WORKER_TIMEOUT_S) -> dict:
-    """Run ``python -m module args`` from the repository root; its last stdout line as JSON.
-    Never raises: a failure comes back as ``{"status": "error", "error": ...}``."""
-    cmd = [sys.executable, "-m", module, *args]
+def _python_module(module: str, *args: str, env=None, timeout=WORKER_TIMEOUT_S,
+                   launcher=()) -> dict:
+    """Run ``python -m module args`` from the repository root (behind ``launcher``, e.g.
+    ``mpiexec -n 2``); its last stdout line as JSON. Never raises: a failure comes back as
+    ``{"status": "error", "error": ...}``."""
+    cmd = [*launcher, sys.executable, "-m", module, *args]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -78,10 +81,21 @@ def _python_module(module: str, *args: str, env=None, timeout=WORKER_TIMEOUT_S) 
         return {"status": "error", "error": "no JSON line: " + proc.stdout[-200:]}
 
 
-def run_worker(name, impl, threads, warmup, steps, quick) -> dict:
-    """One timed process, in the environment this runner was started in (nothing added)."""
-    args = [name, impl, "--threads", str(threads), "--warmup", str(warmup), "--steps", str(steps)]
-    return _python_module("benchmarks.worker", *args + (["--quick"] if quick else []))
+def run_worker(name, impl, threads, warmup, steps, quick, ranks=1) -> dict:
+    """One timed process, in the environment this runner was started in (nothing added) -- or,
+    for an implementation that runs on ``ranks`` MPI processes, one ``mpiexec -n ranks`` job
+    whose ranks share the threads (rank 0 reports)."""
+    per = max(1, threads // ranks)
+    args = [name, impl, "--threads", str(per), "--warmup", str(warmup), "--steps", str(steps)]
+    launcher = ("mpiexec", "-n", str(ranks)) if ranks > 1 else ()
+    if ranks > 1 and shutil.which("mpiexec") is None:
+        return {"status": "n/a", "error": "mpiexec is not installed (pip install -e "
+                                          "'.[distributed]')"}
+    res = _python_module("benchmarks.worker", *args + (["--quick"] if quick else []),
+                         launcher=launcher)
+    if ranks > 1 and res.get("status") == "ok":
+        res["ranks"] = ranks
+    return res
 
 
 def probe_memory(name, impl, threads, quick) -> dict:
@@ -105,7 +119,8 @@ def measure_workload(info: dict, impls: list, args, threads: int, log) -> list[d
         live = [i for i in impls if rows[i]["status"] == "ok"]
         k = r % len(live) if live else 0
         for impl in live[k:] + live[:k]:
-            res = run_worker(info["name"], impl, threads, args.warmup, args.steps, args.quick)
+            res = run_worker(info["name"], impl, threads, args.warmup, args.steps, args.quick,
+                             ranks=info.get("ranks", {}).get(impl, 1))
             if res.get("status") != "ok":
                 rows[impl].update(status=res.get("status", "error"), error=res.get("error"))
                 log(f"  {impl}: {rows[impl]['status']} ({rows[impl]['error']})")
@@ -308,7 +323,8 @@ def workload_info(quick: bool) -> dict:
             f"    w = cls(quick={bool(quick)})\n"
             "    out[w.name] = dict(name=w.name, label=w.label, description=w.description, "
             "flops=w.flops, params=w.params, impls=list(w.impls), reference=w.reference, "
-            "unit=w.unit, targets=dict(w.targets), in_default=w.in_default)\n"
+            "unit=w.unit, targets=dict(w.targets), in_default=w.in_default, "
+            "ranks=dict(w.ranks))\n"
             "print(json.dumps(out))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
@@ -372,6 +388,11 @@ def main(argv=None) -> int:
     if not args.no_memory:
         for r in rows:
             if r["status"] != "ok" or r["workload"] == "sgemm":
+                continue
+            if infos[r["workload"]].get("ranks", {}).get(r["impl"], 1) > 1:
+                r["memory"] = {"status": "n/a", "error": "an MPI job (the probe runs one "
+                                                          "process)"}
+                r["peak_mib"] = None
                 continue
             log(f"memory {r['workload']} / {r['impl']} ...")
             mem = probe_memory(r["workload"], r["impl"], threads, args.quick)

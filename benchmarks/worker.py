@@ -96,7 +96,15 @@ def main(argv=None) -> int:
     result["thread_env_set"] = env_set
     result["pid"] = os.getpid()
     result["perf_env"] = _threads.perf_env()
-    print(json.dumps(result))
+    if _mpi_rank() == 0:                             # under mpiexec, rank 0 reports
+        print(json.dumps(result))
+    return 0
+
+
+def _mpi_rank() -> int:
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
     return 0
 
 

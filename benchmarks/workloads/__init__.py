@@ -8,6 +8,7 @@ from .attention import Attention512, Attention2048, Attention8192
 from .base import DEFAULT_IMPLS, TORCH, Unavailable, Workload
 from .conv import CNNTrainStep, Conv2dStep, ConvLMTrainStep
 from .cross_entropy import CrossEntropy256, CrossEntropy50257
+from .distributed import GPTDataParallel
 from .finetune import LlamaLoRAStep
 from .gpt import GPTGenerate, GPTGenerate1024, GPTTrainStep
 from .llama import LlamaGenerate, LlamaTrainStep
@@ -42,6 +43,7 @@ WORKLOADS: list[type[Workload]] = [
     LlamaGenerate,
     LlamaLoRAStep,
     QuantizedGenerate,
+    GPTDataParallel,
     GPTRecompute1024,
     Attention512,
     Attention2048,

@@ -15,7 +15,7 @@ _BACKEND_OF = {SCRATCHLM_NUMBA: "numba", SCRATCHLM_NUMPY: "numpy", SCRATCHLM: "n
                "scratchlm-tiled": "numba", "scratchlm-tiled-numpy": "numpy", "scratchlm-dense": "numba",
                "scratchlm-lora": "numba", "scratchlm-full": "numba",
                "scratchlm-f32": "numba", "scratchlm-int8": "numba", "scratchlm-q8_0": "numba",
-               "scratchlm-q4_0": "numba"}
+               "scratchlm-q4_0": "numba", "scratchlm-1proc": "numba", "scratchlm-2ranks": "numba"}
 
 
 class Unavailable(Exception):
@@ -43,6 +43,7 @@ class Workload:
     targets: dict = {}              # impl -> the ratio to the reference it should reach (at most)
     in_default: bool = True         # False: only with --only (minutes per process)
     unit: str | None = None         # throughput unit ("tok"): items(impl) of them per step
+    ranks: dict = {}                # impl -> MPI ranks (run under mpiexec -n R, threads / R each)
     max_repeats: int | None = None  # cap for slow workloads (whole model fits)
     max_warmup: int | None = None
 
