@@ -177,7 +177,7 @@ def _cmd_train(args) -> int:
     else:
         opts = {o.name: getattr(args, o.name) for o in entry.options}
     entry, opts, out = prepare_run(args.model, opts, args.out, args.resume)   # all checks first
-    if opts.get("distributed"):
+    if opts.get("distributed") or opts.get("federated"):
         rank = _join_job(opts)
         if rank != 0:                   # rank 0 reports and writes; the others only train
             train_model(entry.name, opts, out=out, resume=args.resume, progress=None,

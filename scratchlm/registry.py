@@ -128,6 +128,20 @@ RUNTIME_OPTIONS = tuple(o.name for o in DISTRIBUTED)
 
 SAVE = positive("save_interval", 100, "checkpoint every N steps")
 
+#: the language models' loop: the optimizer, clipping, and federated averaging over MPI ranks
+LM_LOOP = (
+    opt("optimizer", str, "adamw", "adamw (weight decay 0.1 on matrices) or sgd (plain)",
+        choices=("adamw", "sgd")),
+    opt("grad_clip", float, 1.0, "clip the gradients' joint norm at this (0: no clipping)",
+        low=0),
+    opt("federated", str, None, "fedavg: every MPI rank is a client training on its own shard "
+        "of the corpus; the weights are averaged every --local-steps steps (start with mpiexec "
+        "-n N)", choices=("fedavg",)),
+    positive("local_steps", 1, "FedAvg: each client's steps between averagings"),
+    opt("split", str, "iid", "FedAvg: how the corpus is dealt to the clients (contiguous: each "
+        "a stretch of it, non-IID)", choices=("iid", "contiguous")),
+)
+
 LM_SAMPLE = (
     opt("sample_length", int, 300, "tokens in the sample printed at the end", low=0),
     positive("top_k", None, "top-k for the printed sample"),
@@ -230,7 +244,7 @@ _TRANSFORMER = ModelEntry(
     batch_source="RandomWindows", out="runs/gpt.npz",
     evaluates="perplexity, bits per token and per character of the validation split",
     samples="continues --prompt",
-    options=CORPUS + loop_options() + LM_SAMPLE + (
+    options=CORPUS + loop_options() + LM_LOOP + LM_SAMPLE + (
         positive("block_size", 128, "the context: tokens per sequence"),
         positive("n_layer", 4, "transformer blocks"),
         positive("n_head", 4, "attention heads (must divide --n-embd)"),
@@ -260,7 +274,7 @@ _LLAMA = ModelEntry(
     batch_source="RandomWindows", out="runs/llama.npz",
     evaluates="perplexity, bits per token and per character of the validation split",
     samples="continues --prompt",
-    options=CORPUS + loop_options() + LM_SAMPLE[:2] + (
+    options=CORPUS + loop_options() + LM_LOOP + LM_SAMPLE[:2] + (
         positive("block_size", 128, "the context: tokens per sequence (max_position_embeddings)"),
         positive("hidden_size", 128, "embedding width"),
         positive("intermediate_size", 344, "the SwiGLU MLP's width"),
@@ -289,7 +303,7 @@ def _recurrent(cell, what):
         evaluates="perplexity, bits per token and per character of the validation split, the "
                   "state carried through the whole text",
         samples="continues --prompt",
-        options=CORPUS + loop_options() + LM_SAMPLE + (
+        options=CORPUS + loop_options() + LM_LOOP + LM_SAMPLE + (
             positive("block_size", 64, "the truncated-BPTT length: steps per chunk"),
             positive("embed_dim", 128, "embedding width"),
             positive("hidden_size", 256, "hidden state size"),
@@ -309,7 +323,7 @@ _CONVLM = ModelEntry(
     batch_source="RandomWindows", out="runs/convlm.npz",
     evaluates="perplexity, bits per token and per character of the validation split",
     samples="continues --prompt",
-    options=CORPUS + loop_options() + LM_SAMPLE[:2] + (
+    options=CORPUS + loop_options() + LM_LOOP + LM_SAMPLE[:2] + (
         positive("block_size", 256, "tokens per window"),
         positive("channels", 128, "channels of every block"),
         positive("kernel_size", 5, "taps of every causal convolution"),

@@ -197,7 +197,7 @@ def test_cli_zero_needs_distributed(tmp_path):
     out = _cli(["train", "transformer", *TINY, "--zero", "1", "--out", str(tmp_path / "x.npz")])
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].endswith(
-        "--zero 1 shards the optimizer over MPI ranks: add --distributed (and start the run "
+        "--zero 1 splits the training state over MPI ranks: add --distributed (and start the run "
         "with mpiexec -n N)")
 
 
@@ -207,3 +207,69 @@ def test_cli_too_few_rows_for_the_ranks(tmp_path):
                 "--out", str(tmp_path / "x.npz")], n=2, timeout=120)
     assert out.returncode != 0
     assert "--batch-size 1 is smaller than the 2 ranks" in out.stderr
+
+
+@needs_mpi
+def test_fedavg_one_sgd_step_equals_data_parallel_sgd(tmp_path):
+    """FedAvg with E = 1 local step of plain SGD, no clipping, equal shards (each client's
+    batch is its rows of the global batch) is data-parallel SGD at the same rate:
+    sum_k (w - lr g_k) / 2 = w - lr (g_0 + g_1) / 2."""
+    common = ["gpt", "--optimizer", "sgd", "--clip", "0", "--halves"]
+    run(common + ["--distributed", "--out", str(tmp_path / "dp.npz")], n=2)
+    run(common + ["--federated", "--out", str(tmp_path / "fed.npz")], n=2)
+    dp, loss_dp, _, _ = params(tmp_path / "dp.npz")
+    fed, loss_fed, _, _ = params(tmp_path / "fed.npz")
+    assert rel(dp, fed) < 1e-12
+    np.testing.assert_allclose(loss_fed, loss_dp, rtol=1e-12)
+
+
+@needs_mpi
+@pytest.mark.parametrize("split", ["iid", "contiguous"])
+def test_fedavg_sends_parameters_never_tokens(split, tmp_path):
+    """What a client hands to MPI, every call logged: the parameters (one float vector of all
+    of them, to be averaged) and a few float numbers (data sizes, the step's loss) -- no
+    integer array, nothing the size of a batch of tokens."""
+    out = tmp_path / "fed.npz"
+    run(["gpt", "--federated", "--local-steps", "5", "--out", str(out)], n=2)
+    with np.load(out) as f:
+        sent, n = [str(s) for s in f["sent"]], int(f["n_params"])
+        shapes = {f[k].shape for k in f.files if k.startswith("p/")}
+    assert sent, "nothing was sent"
+    for line in sent:
+        op, dtype, shape = line.split(" ")
+        shape = tuple(int(d) for d in shape.split("x")) if shape else ()
+        assert dtype[1] == "f", line                           # floats only
+        assert (shape in shapes and op == "bcast"              # the server's initial weights,
+                or shape == (n,)                               # all parameters (averaging),
+                or shape in ((1,), (2,))), line                # or numbers
+    assert sum(line.startswith("reduce") for line in sent) == 4      # 20 steps / E = 5
+
+
+def test_client_shards_are_disjoint_and_cover_the_corpus():
+    from scratchlm.distributed.federated import client_shard
+    ids = np.arange(1000)
+    for split in ("iid", "contiguous"):
+        parts = [client_shard(ids, r, 3, split, piece=64, seed=1) for r in range(3)]
+        assert sorted(np.concatenate(parts).tolist()) == list(range(1000))
+    contiguous = client_shard(ids, 1, 3, "contiguous", piece=64)
+    assert np.all(np.diff(contiguous) == 1)                    # one stretch of the corpus
+    with pytest.raises(ValueError, match="split must be one of iid, contiguous"):
+        client_shard(ids, 0, 2, "random")
+    with pytest.raises(ValueError, match="every client needs at least one"):
+        client_shard(ids[:100], 0, 3, piece=64)
+
+
+def test_federated_config_errors():
+    with pytest.raises(ValueError, match="needs federated='fedavg'"):
+        TrainConfig(steps=1, local_steps=5)
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(steps=1, federated="fedavg", distributed=True)
+    with pytest.raises(ValueError, match="federated must be one of"):
+        TrainConfig(steps=1, federated="fedprox")
+
+
+def test_cli_local_steps_need_fedavg(tmp_path):
+    out = _cli(["train", "transformer", *TINY, "--local-steps", "4", "--out", str(tmp_path / "x")])
+    assert out.returncode == 2
+    assert "--local-steps counts FedAvg's local updates between averagings: add --federated " \
+        "fedavg" in out.stderr

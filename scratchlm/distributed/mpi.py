@@ -73,6 +73,15 @@ class Comm:
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
 
+    def Reduce(self, buf, root=0):
+        """Sum ``buf`` over the ranks into ``root``'s ``buf`` (in place there)."""
+        self._note("reduce", buf)
+        if self.rank == root:
+            self.comm.Reduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM, root=root)
+        else:
+            self.comm.Reduce(buf, None, op=self.MPI.SUM, root=root)
+        return buf
+
     def Bcast(self, buf, root=0):
         if self.rank == root:
             self._note("bcast", buf)

@@ -121,7 +121,7 @@ class CarriedState:
 
 def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, block_size=None,
            seed=0, eval_batches=20, checkpoint=None, meta=None, resume=False, progress=None,
-           log=print, clock=None, source=None):
+           log=print, clock=None, source=None, split="iid"):
     """Train a language model (``logits, loss = model(x, y)``; ``model.backward()``) on the token
     ids ``train_ids``, evaluating the mean cross-entropy (``val_loss``, nats per token) on
     ``eval_batches`` fixed windows of ``val_ids``.
@@ -131,7 +131,9 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
     (``model.recurrent``), consecutive chunks of ``batch_size`` parallel streams with the hidden
     state carried across chunks (truncated BPTT over ``block_size`` steps). ``source``
     (``'RandomWindows'`` or ``'StreamChunks'``, as the registry names it) overrides that choice.
-    Returns the history.
+    With ``config.federated``, this rank is a client that trains on its shard of ``train_ids``
+    only (``split``: ``'iid'`` or ``'contiguous'``, :func:`~scratchlm.distributed.federated.
+    client_shard`). Returns the history.
     """
     import time
     block = positive_int(block_size if block_size is not None else model.config.block_size,
@@ -142,6 +144,15 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
         if np.asarray(ids).size <= block:
             raise ValueError(f"the {part} text has {np.asarray(ids).size} tokens, too few for "
                              f"block_size {block}: use a larger corpus or a smaller block size")
+    data_size = None
+    if config.federated:                   # a client sees its own shard, never the others'
+        from ..distributed import world
+        from ..distributed.federated import client_shard
+        comm = world()
+        train_ids = client_shard(train_ids, comm.rank, comm.size, split, piece=4 * block,
+                                 seed=seed)
+        data_size = train_ids.size
+        seed = seed + 1000 * comm.rank     # each client draws its own windows
     recurrent = getattr(model, "recurrent", False)
     kind = source or ("StreamChunks" if recurrent else "RandomWindows")
     if kind not in ("StreamChunks", "RandomWindows"):
@@ -162,7 +173,7 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
 
     return run_loop(model, source, forward, config, evaluate=evaluate, checkpoint=checkpoint,
                     meta=meta, resume=resume, progress=progress, log=log,
-                    clock=clock or time.perf_counter)
+                    clock=clock or time.perf_counter, data_size=data_size)
 
 
 # ------------------------------------------------------------------------------------------------

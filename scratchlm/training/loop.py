@@ -87,6 +87,8 @@ class TrainConfig:
     precision: str = "fp32"
     distributed: bool = False
     zero: int = 0
+    federated: str | None = None
+    local_steps: int = 1
 
     def __post_init__(self):
         if (self.steps is None) == (self.time_limit is None):
@@ -127,6 +129,15 @@ class TrainConfig:
         if self.zero and not self.distributed:
             raise ValueError("zero=1 shards the optimizer over MPI ranks: it needs "
                              "distributed=True (--distributed, under mpiexec)")
+        if self.federated is not None:
+            self.federated = choice(self.federated, "federated", ("fedavg",))
+            if self.distributed:
+                raise ValueError("federated runs its clients on MPI ranks by itself: give "
+                                 "federated='fedavg' or distributed=True, not both")
+        self.local_steps = positive_int(self.local_steps, "local_steps")
+        if self.local_steps > 1 and self.federated is None:
+            raise ValueError("local_steps is FedAvg's steps between averagings: it needs "
+                             "federated='fedavg'")
         if self.zero and self.precision == "fp16":
             raise ValueError("zero=1 with precision 'fp16' is not supported (the loss scaler "
                              "reads every gradient; ZeRO-1 leaves each rank its share): use "
@@ -382,7 +393,7 @@ def _restore_loop_state(saved, checkpoint, source, forward):
 
 def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpoint=None,
           meta=None, resume=False, progress=None, log=print, clock=time.perf_counter,
-          optimizer=None, comm=None):
+          optimizer=None, comm=None, data_size=None):
     """Train ``model`` and return the history (see the module docstring for what each part does).
 
     Args:
@@ -402,8 +413,11 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         log: where one-line messages go.
         clock: the time source (tests inject one).
         optimizer: an optimizer to use instead of the one ``config`` names.
-        comm: with ``config.distributed``, the :class:`~scratchlm.distributed.mpi.Comm` to
-            train over (default every process of the MPI job).
+        comm: with ``config.distributed`` or ``config.federated``, the
+            :class:`~scratchlm.distributed.mpi.Comm` to train over (default every process of
+            the MPI job).
+        data_size: FedAvg: how much data this client's ``source`` draws from (its weight in
+            the average; None: all clients weigh the same).
     """
     from ..io import load_checkpoint, read_checkpoint, save_checkpoint
     from ..optim import clip_grad_norm_, grad_norm
@@ -429,6 +443,17 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
             log, progress = (lambda *a, **k: None), None
         if optimizer is not None and config.zero:
             raise ValueError("zero=1 builds its own sharded optimizer: do not pass optimizer=")
+    fed = None
+    if config.federated:                           # FedAvg: every rank is a client
+        from ..distributed import world
+        from ..distributed.federated import FederatedAveraging
+        if resume:
+            raise ValueError("resuming a federated run is not supported: its clients' sources "
+                             "and optimizers are not in one checkpoint")
+        fed = FederatedAveraging(model, comm or world(), 1 if data_size is None else data_size,
+                                 config.local_steps)
+        if fed.rank != 0:
+            log, progress = (lambda *a, **k: None), None
     if par is not None and par.zero:
         opt = ZeroRedundancyOptimizer(par, lambda named: make_optimizer(named, config))
     else:
@@ -505,6 +530,8 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
                 to_save = opt.gathered()
             if par.rank != 0:
                 return
+        if fed is not None and fed.rank != 0:           # FedAvg: the server's model
+            return
         loop_state = {"step": step, "total_steps": total, "elapsed": clock() - t0,
                       "history": history, "source": source.state_dict(),
                       "step_state": step_state,
@@ -542,9 +569,10 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
             total = max(deadline.total(step, elapsed), step + 1)
         elif step >= total:
             break
-        if par is not None and deadline is not None:   # one clock decides for every rank
-            go, total = par.comm.bcast_object((True, total) if par.rank else
-                                              (deadline.fits(step, elapsed), total))
+        group = par or fed
+        if group is not None and deadline is not None:  # one clock decides for every rank
+            go, total = group.comm.bcast_object((True, total) if group.rank else
+                                                (deadline.fits(step, elapsed), total))
             if not go:
                 break
         rate = scheduled_lr(config, step, total)
@@ -558,8 +586,8 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         opt.zero_grad()
         with autocast(config.precision, loss_scale=1.0 if scaler is None else scaler.scale):
             loss, extra = _step_result(forward(batch, step))
-            if par is not None:                         # the global batch's numbers
-                loss, *values = par.mean([loss, *extra.values()])
+            if par is not None or fed is not None:      # the global batch's (clients') numbers
+                loss, *values = (par or fed).mean([loss, *extra.values()])
                 extra = dict(zip(extra, values))
             check_finite_loss(loss, step, rate)
             model.backward()
@@ -590,6 +618,9 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
                     else clip_grad_norm_(params, config.grad_clip))
             opt.step()
         step += 1
+        round_end = fed is None or step % config.local_steps == 0
+        if fed is not None and round_end:
+            fed.average()                               # the server averages the clients
         if deadline is not None:
             deadline.observe("step", clock() - s0)
         history["step"].append(step)
@@ -598,13 +629,15 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         history["grad_norm"].append(float(norm))
         for k, v in extra.items():
             history.setdefault(k, []).append(float(v))
-        if config.eval_interval and step % config.eval_interval == 0:
-            run_eval()
-        if step % interval == 0 and (deadline is not None or step < total):
+        if config.eval_interval and step % config.eval_interval == 0 and round_end:
+            run_eval()                                  # (FedAvg: on the averaged model)
+        if step % interval == 0 and (deadline is not None or step < total) and round_end:
             save()
         if progress is not None:        # after the checkpoint: an interrupt here loses nothing
             progress(step, total, {"loss": loss, "lr": rate, "elapsed": clock() - t0, **last_eval})
     total = step
+    if fed is not None and step % config.local_steps:
+        fed.average()                                   # the last, shorter round
     run_eval()
     save()
     if progress is not None:           # once more at the end: the run's whole time, "done"

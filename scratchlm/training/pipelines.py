@@ -257,18 +257,24 @@ class Pipeline:
 def _check_parallel(opts):
     """--distributed / --zero, before any work: the combination, and MPI being there."""
     if opts.get("zero") and not opts.get("distributed"):
-        raise ValueError("zero 1 shards the optimizer over MPI ranks: add distributed (and "
+        raise ValueError("zero 1 splits the training state over MPI ranks: add distributed (and "
                          "start the run with mpiexec -n N)")         # (names become --flags)
     if opts.get("zero") and opts.get("precision") == "fp16":
         raise ValueError("zero 1 with precision fp16 is not supported: use bf16, or plain "
                          "distributed")
-    if opts.get("distributed"):
+    if opts.get("local_steps", 1) > 1 and not opts.get("federated"):
+        raise ValueError("local_steps counts FedAvg's local updates between averagings: add "
+                         "federated fedavg")
+    if opts.get("federated") and opts.get("distributed"):
+        raise ValueError("federated runs its clients on the MPI ranks by itself: give "
+                         "federated fedavg or distributed, not both")
+    if opts.get("distributed") or opts.get("federated"):
         from ..distributed import MPIUnavailable, world
         try:
             size = world().size
         except MPIUnavailable as exc:
             raise ValueError(str(exc)) from None
-        if opts.get("batch_size", size) < size:
+        if opts.get("distributed") and opts.get("batch_size", size) < size:
             raise ValueError(f"batch_size {opts['batch_size']} is smaller than the {size} "
                              f"ranks: each rank computes its share of every batch's rows (or "
                              f"streams), so give at least one per rank")
@@ -290,11 +296,17 @@ class LMPipeline(Pipeline):
 
     @staticmethod
     def loop_config(opts) -> TrainConfig:
+        sgd = opts.get("optimizer", "adamw") == "sgd"
+        clip = opts.get("grad_clip", 1.0)
         return TrainConfig(steps=opts["steps"], time_limit=None if opts["steps"] else opts["time"],
-                           optimizer="adamw", lr=opts["lr"], min_lr=min(1e-4, opts["lr"]),
-                           warmup=50, weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0,
+                           optimizer=opts.get("optimizer", "adamw"), lr=opts["lr"],
+                           min_lr=min(1e-4, opts["lr"]), warmup=50,
+                           weight_decay=0.0 if sgd else 0.1, betas=(0.9, 0.99),
+                           grad_clip=clip if clip else None,
                            eval_interval=opts["eval_interval"],
-                           precision=opts.get("precision", "fp32"), **_parallel(opts))
+                           precision=opts.get("precision", "fp32"), **_parallel(opts),
+                           federated=opts.get("federated"),
+                           local_steps=opts.get("local_steps", 1))
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
@@ -320,7 +332,8 @@ class LMPipeline(Pipeline):
         history = fit_lm(model, train_ids, val_ids, cls.loop_config(opts),
                          batch_size=opts["batch_size"], block_size=opts["block_size"],
                          seed=opts["seed"], checkpoint=out, meta=meta, resume=resume,
-                         progress=timed, log=log, clock=clock, source=entry.batch_source)
+                         progress=timed, log=log, clock=clock, source=entry.batch_source,
+                         split=opts.get("split", "iid"))
         seconds = timed.seconds
         val = history["val_loss"][-1]
         metrics = {"bits/token": bits(val), "bits/char": bits(val) * tokens_per_char,

@@ -48,18 +48,27 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--die-at", type=int)
     ap.add_argument("--bucket-bytes", type=int, default=2048)
+    ap.add_argument("--federated", action="store_true", help="FedAvg, E=--local-steps")
+    ap.add_argument("--local-steps", type=int, default=1)
+    ap.add_argument("--halves", action="store_true", help="FedAvg clients train on their rows "
+                    "of the global batch (the identity with data parallelism)")
+    ap.add_argument("--clip", type=float, default=1.0, help="0: no clipping")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     DataParallel.BUCKET_BYTES = a.bucket_bytes     # several buckets, even for a tiny model
     DataParallel.VERIFY = True                     # and check none was sent too early
     dtype = np.dtype(a.dtype)
     model = build(a.kind, dtype)
-    cfg = TrainConfig(steps=a.steps, lr=3e-3, grad_clip=1.0, optimizer=a.optimizer,
-                      save_interval=5, distributed=a.distributed, zero=a.zero)
-    rank = 0
-    if a.distributed:
+    cfg = TrainConfig(steps=a.steps, lr=3e-3 if a.optimizer != "sgd" else 0.3,
+                      grad_clip=a.clip or None, optimizer=a.optimizer, save_interval=5,
+                      distributed=a.distributed, zero=a.zero,
+                      federated="fedavg" if a.federated else None, local_steps=a.local_steps)
+    rank, comm = 0, None
+    if a.distributed or a.federated:
         from scratchlm.distributed import world
-        rank = world().rank
+        comm = world()
+        rank = comm.rank
+        comm.log = []                              # what this rank hands to MPI
 
     common = dict(checkpoint=a.checkpoint, resume=a.resume, log=lambda *x: None)
     seen = {}
@@ -90,14 +99,41 @@ def main():
         def forward(idx, step):
             return model(x[idx], y[idx])[1]
         history = train(model, ShuffledEpochs(60, a.batch_size, 0), forward, cfg, **common)
+    elif a.halves:
+        from scratchlm.data.sources import RandomWindows
+        from scratchlm.distributed import shard_rows
+        from scratchlm.training.loop import train
+        ids = np.random.default_rng(0).integers(0, 32, 4000)
+        glob = RandomWindows(ids[:3000], a.batch_size, 16, 0)
+
+        class Rows:                                # this client's rows of the global batch
+            def __init__(self):
+                self.lo, self.hi = shard_rows(a.batch_size, rank, comm.size)
+
+            def __next__(self):
+                x, y = next(glob)
+                return x[self.lo:self.hi], y[self.lo:self.hi]
+
+            def peek(self):
+                x, y = glob.peek()
+                return x[self.lo:self.hi], y[self.lo:self.hi]
+
+            def state_dict(self):
+                return glob.state_dict()
+        src = Rows() if a.federated else glob
+        history = train(model, src, lambda b, step: model(*b)[1], cfg, data_size=1, **common)
     else:
         ids = np.random.default_rng(0).integers(0, 32, 4000)
         history = fit_lm(model, ids[:3000], ids[3000:], cfg, batch_size=a.batch_size,
                          block_size=16, **common)
     if rank == 0:
         unique = {id(p): p.data.nbytes for p in model.parameters() if p.requires_grad}
+        sent = [] if comm is None else [f"{op} {dt} {'x'.join(map(str, shape))}"
+                                        for op, dt, shape in comm.log]
         np.savez(a.out, loss=np.array(history["loss"]), bytes=seen.get("bytes", 0),
-                 grad_bytes=sum(unique.values()),
+                 grad_bytes=sum(unique.values()), sent=np.array(sent, dtype=str),
+                 n_params=sum(p.data.size for p in {id(p): p for p in model.parameters()
+                                                    if p.requires_grad}.values()),
                  buckets=seen.get("buckets", 0),
                  **{f"p/{k}": v for k, v in model.state_dict().items()})
 
