@@ -140,6 +140,12 @@ LM_LOOP = (
     positive("local_steps", 1, "FedAvg: each client's steps between averagings"),
     opt("split", str, "iid", "FedAvg: how the corpus is dealt to the clients (contiguous: each "
         "a stretch of it, non-IID)", choices=("iid", "contiguous")),
+    opt("dp_clip", float, None, "DP-SGD: clip each example's gradient to this norm (Poisson "
+        "batches of --batch-size on average; replaces --grad-clip)", low=0, open_low=True),
+    opt("dp_noise", float, 0.0, "DP-SGD: the noise multiplier sigma (noise N(0, (sigma "
+        "dp_clip)^2) on the clipped sum)", low=0),
+    opt("dp_delta", float, 1e-5, "DP-SGD: the delta epsilon is reported for", low=0, high=1,
+        open_low=True, open_high=True),
 )
 
 LM_SAMPLE = (

@@ -273,3 +273,15 @@ def test_cli_local_steps_need_fedavg(tmp_path):
     assert out.returncode == 2
     assert "--local-steps counts FedAvg's local updates between averagings: add --federated " \
         "fedavg" in out.stderr
+
+
+@needs_mpi
+def test_dp_sgd_on_two_ranks_equals_one_process(tmp_path):
+    """DP-SGD data parallel: each rank clips and sums its rows of the Poisson batch, the sums
+    are added over the ranks, every rank adds the same noise: one process's parameters."""
+    run(["gpt", "--dp", "--out", str(tmp_path / "one.npz")])
+    run(["gpt", "--dp", "--distributed", "--out", str(tmp_path / "two.npz")], n=2)
+    one, loss1, _, _ = params(tmp_path / "one.npz")
+    two, loss2, _, _ = params(tmp_path / "two.npz")
+    assert rel(one, two) < 1e-12
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-12)

@@ -25,7 +25,7 @@ from .hf_tokenizer import HFTokenizer
 from .images import GLYPHS, ImageSplit, binarize, digit_images, load_digits_dataset, resize_images
 from .representations import CSRMatrix, TfidfTransformer, bag_of_words, one_hot
 from .synthetic import MarkovSource, TranslationTask
-from .sources import RandomWindows, ShuffledEpochs, StreamChunks
+from .sources import PoissonWindows, RandomWindows, ShuffledEpochs, StreamChunks
 from .tokenizers import (TOKENIZERS, BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer,
                          WordTokenizer, build_tokenizer, encode_lines, load_tokenizer)
 
@@ -37,7 +37,7 @@ __all__ = [
     "builtin_corpus", "load_corpus", "read_corpus", "split_corpus", "corpus_lines",
     "MarkovSource", "TranslationTask",
     "random_windows", "sequential_batches", "pad_batch",
-    "RandomWindows", "StreamChunks", "ShuffledEpochs",
+    "RandomWindows", "PoissonWindows", "StreamChunks", "ShuffledEpochs",
     "one_hot", "bag_of_words", "TfidfTransformer", "CSRMatrix",
     "load_documents_dataset", "DocumentSplit", "document_words", "STOP_WORDS",
 ]

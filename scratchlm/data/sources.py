@@ -28,7 +28,7 @@ import numpy as np
 from .._checks import make_rng, positive_int
 from .batching import _ids, random_windows
 
-__all__ = ["RandomWindows", "StreamChunks", "ShuffledEpochs"]
+__all__ = ["RandomWindows", "PoissonWindows", "StreamChunks", "ShuffledEpochs"]
 
 
 def _generator_state(rng) -> dict:
@@ -139,6 +139,53 @@ class StreamChunks:
             raise ValueError(f"StreamChunks: the checkpoint's streams had {state['n_chunks']} "
                              f"chunks, these have {self.n_chunks} (another text or batch size)")
         self.index = int(state["index"])
+
+
+class PoissonWindows:
+    r"""``(x, y)`` as :class:`RandomWindows`, drawn by **Poisson sampling** (DP-SGD's, whose
+    privacy analysis needs it): each of the :math:`n` windows of ``ids`` (every start
+    ``0 .. ids.size - block_size - 1``) is in a batch independently with probability
+    :math:`q = ` ``batch_size`` / :math:`n`, so a batch holds ``batch_size`` windows on average
+    (any number, 0 included): the count is Binomial(:math:`n, q`), the windows a uniform choice
+    of that many distinct starts. ``sample_rate`` is :math:`q`, ``population`` :math:`n`."""
+
+    def __init__(self, ids, batch_size, block_size, seed=0):
+        self.ids = _ids(ids)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.block_size = positive_int(block_size, "block_size")
+        self.population = self.ids.size - self.block_size
+        if self.population < self.batch_size:
+            raise ValueError(f"the training text has {self.ids.size} tokens: {max(0, self.population)} "
+                             f"windows of {self.block_size}, fewer than the expected batch of "
+                             f"{self.batch_size}")
+        self.sample_rate = self.batch_size / self.population
+        self.rng = make_rng(seed)
+
+    def __iter__(self):
+        return self
+
+    def _draw(self, rng):
+        k = rng.binomial(self.population, self.sample_rate)
+        starts = np.sort(rng.choice(self.population, size=k, replace=False))
+        pos = starts[:, None] + np.arange(self.block_size)                 # (k, T)
+        return self.ids[pos], self.ids[pos + 1]
+
+    def __next__(self):
+        return self._draw(self.rng)
+
+    def peek(self):
+        return random_windows(self.ids, self.batch_size, self.block_size, np.random.default_rng(0))
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * self.block_size
+
+    def state_dict(self) -> dict:
+        return {"kind": "PoissonWindows", "rng": _generator_state(self.rng)}
+
+    def load_state_dict(self, state) -> None:
+        state = _state(state, "PoissonWindows", ("rng",))
+        _restore_generator(self.rng, state["rng"], "PoissonWindows")
 
 
 class ShuffledEpochs:

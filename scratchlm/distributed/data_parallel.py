@@ -244,6 +244,17 @@ class DataParallel:
                     o += p.data.size
         self.bytes_per_step = self.comm.sent
 
+    def sum_gradients(self):
+        """Sum every ``p.grad`` over the ranks as they are (no weighting): DP-SGD's clipped sums,
+        after a backward run without :meth:`start`."""
+        weight = getattr(self, "weight", 1.0)
+        self.start()
+        self.active, self.weight = False, 1.0
+        try:
+            self.finish()
+        finally:
+            self.weight = weight
+
     def _name(self, p):
         return next(n for n, q in self.named if q is p)
 

@@ -263,7 +263,7 @@ class _GPTBody:
             dx = blocks[i].backward(dx)
         dx = tr.drop.backward(dx)
         tr.wte.backward(dx)                                                   # into the tied weight
-        tr.wpe.backward(np.ascontiguousarray(dx.sum(axis=0)))                 # (T, C): summed over B
+        tr.wpe.backward(dx)                            # (B, T, C): the table sums over B
 
 
 class GPT(_GPTBody, CachedLanguageModel):

@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import boolean, float_array, make_rng, positive_int, probability, resolve_dtype, same_dtype
+from .._per_example import accumulate_sample, linear_samples, per_example_active
 from .linear import Linear
 from .module import Module, Parameter
 
@@ -137,17 +138,23 @@ class MultiheadAttention(Module):
             dw = np.broadcast_to(d_weights[:, None] / H, att.weights.shape) if average else d_weights
             dw = np.ascontiguousarray(dw, dtype=att.weights.dtype)
         grads = F.attention_backward(np.ascontiguousarray(dctx), att, dweights=dw)[:3]
-        dinputs, dW, db = [], [], []
+        dinputs, dW, db, samples = [], [], [], []
         for g, c in zip(grads, lin_caches):
             dy = np.ascontiguousarray(g.transpose(0, 2, 1, 3).reshape(N, -1, E))   # (N, T, E)
             dx, dwi, dbi = F.linear_backward(dy, c)
             dinputs.append(dx if self.batch_first else np.swapaxes(dx, 0, 1))
             dW.append(dwi)
             db.append(dbi)
+            if per_example_active():                   # DP-SGD: each example's q/k/v rows
+                samples.append(linear_samples(c.x, dy))
         if self.in_proj_weight.requires_grad:
             self.in_proj_weight.grad += np.concatenate(dW)
         if self.in_proj_bias is not None and self.in_proj_bias.requires_grad:
             self.in_proj_bias.grad += np.concatenate(db)
+        if samples:                                    # (N, 3E, E) and (N, 3E): q, k, v stacked
+            accumulate_sample(self.in_proj_weight, np.concatenate([w for w, _ in samples], 1))
+            if self.in_proj_bias is not None:
+                accumulate_sample(self.in_proj_bias, np.concatenate([b for _, b in samples], 1))
         return tuple(dinputs)
 
     def extra_repr(self):

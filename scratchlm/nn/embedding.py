@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import boolean, integer, make_rng, positive_int, resolve_dtype, scalar
+from .._per_example import accumulate_sample, embedding_samples, per_example_active
 from .module import Module, Parameter
 
 
@@ -59,8 +60,18 @@ class Embedding(Module):
         return y
 
     def backward(self, dy):
-        if self.weight.requires_grad:                  # frozen: nothing to do (ids have no grad)
-            F.embedding_backward(dy, self._saved(), dweight_out=self.weight.grad)
+        """``dy`` (..., C) for the looked-up ids (...); or with one more leading axis when the
+        output was broadcast over a batch (positions looked up once, added to every example):
+        the gradient then sums over that axis (and per example, each its own)."""
+        cache = self._saved()
+        if not self.weight.requires_grad:              # frozen: nothing to do (ids have no grad)
+            return None
+        batched = dy.ndim == cache.ids.ndim + 2
+        F.embedding_backward(np.ascontiguousarray(dy.sum(axis=0)) if batched else dy, cache,
+                             dweight_out=self.weight.grad)
+        if per_example_active():                       # DP-SGD: each example's rows too
+            accumulate_sample(self.weight, embedding_samples(
+                cache.ids, dy, self.num_embeddings, self.padding_idx))
         return None
 
     def extra_repr(self):

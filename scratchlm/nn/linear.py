@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from .. import functional as F
+from .._per_example import accumulate_sample, linear_samples, per_example_active
 from .._checks import boolean, make_rng, positive_int, resolve_dtype, same_dtype
 from .module import Module, Parameter
 
@@ -55,6 +56,15 @@ class Linear(Module):
             w.grad += dw
         if b is not None and b.requires_grad:
             b.grad += db
+        if per_example_active():                       # DP-SGD: each example's dW and db too
+            cache = self._saved()
+            if cache.precision is not None:
+                raise ValueError("per-example gradients run in float32/float64, not under "
+                                 "autocast")
+            dws, dbs = linear_samples(cache.x, dy)
+            accumulate_sample(w, dws)
+            if b is not None:
+                accumulate_sample(b, dbs)
         return dx
 
     def extra_repr(self):

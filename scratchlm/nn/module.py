@@ -43,7 +43,7 @@ class Parameter:
     and ``state_dict()`` still holds it. Setting it back to True gives a zero ``grad``.
     """
 
-    __slots__ = ("data", "grad", "_requires_grad")
+    __slots__ = ("data", "grad", "_requires_grad", "grad_sample")
 
     def __init__(self, data, requires_grad=True):
         data = np.array(data, copy=True)
@@ -52,6 +52,9 @@ class Parameter:
         self.data = data
         self._requires_grad = boolean(requires_grad, "requires_grad")
         self.grad = np.zeros_like(data) if self._requires_grad else None
+        # (batch, *shape): each example's gradient, filled by a backward run under
+        # scratchlm.per_example_gradients() (DP-SGD), as Opacus's grad_sample; else None
+        self.grad_sample = None
 
     @property
     def requires_grad(self) -> bool:

@@ -4,6 +4,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import boolean, nonnegative, resolve_dtype, same_dtype, shape_tuple
+from .._per_example import accumulate_sample, per_example_active
 from .module import Module, Parameter
 
 
@@ -41,10 +42,27 @@ class LayerNorm(Module):
             self.weight.grad += dw
         if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += db
+        if per_example_active():                       # DP-SGD: each example's dw, db too
+            c = self._saved()
+            xhat = (c.rows - c.mean[:, None]) * c.rstd[:, None]                # (R, C)
+            _norm_samples(dy, xhat, self.weight, self.bias)
         return dx
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+def _norm_samples(dy, xhat, weight, bias):
+    """Per-example gradients of a normalisation's affine part: from y = xhat * w + b, over each
+    example's rows (the batch is dy's first axis): dw_b = sum dy * xhat, db_b = sum dy."""
+    B = dy.shape[0]
+    C = xhat.shape[1]
+    d3 = dy.reshape(B, -1, C)                                              # (B, T, C)
+    if weight is not None:
+        accumulate_sample(weight, (d3 * xhat.reshape(B, -1, C)).sum(axis=1).reshape(
+            (B,) + weight.shape))
+    if bias is not None:
+        accumulate_sample(bias, d3.sum(axis=1).reshape((B,) + bias.shape))
 
 
 class RMSNorm(Module):
@@ -75,6 +93,9 @@ class RMSNorm(Module):
         dx, _, dw = F.rms_norm_backward(dy, self._saved())
         if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += dw
+        if per_example_active():                       # DP-SGD: each example's dw too
+            c = self._saved()
+            _norm_samples(dy, c.rows * c.rstd[:, None], self.weight, None)
         return dx
 
     def extra_repr(self):

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._checks import (NonFiniteError, float_array, float_errors_checked, nonnegative,
                        positive_int)
-from ..data.sources import RandomWindows, ShuffledEpochs, StreamChunks
+from ..data.sources import PoissonWindows, RandomWindows, ShuffledEpochs, StreamChunks
 from .loop import TrainConfig
 from .loop import train as run_loop
 
@@ -157,13 +157,19 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
     kind = source or ("StreamChunks" if recurrent else "RandomWindows")
     if kind not in ("StreamChunks", "RandomWindows"):
         raise ValueError(f"source must be 'RandomWindows' or 'StreamChunks', got {source!r}")
+    if config.dp_clip is not None:        # DP-SGD: Poisson-sampled independent windows
+        if kind == "StreamChunks":
+            raise ValueError(f"DP-SGD samples independent windows (Poisson sampling); "
+                             f"{type(model).__name__} carries its state along streams")
+        kind = "PoissonWindows"
     if kind == "StreamChunks":
         if not recurrent:
             raise ValueError(f"StreamChunks carries a hidden state: {type(model).__name__} has "
                              f"none (model.recurrent is False)")
         source, forward = StreamChunks(train_ids, batch_size, block), CarriedState(model)
     else:
-        source = RandomWindows(train_ids, batch_size, block, seed)
+        source = (PoissonWindows if kind == "PoissonWindows" else RandomWindows)(
+            train_ids, batch_size, block, seed)
 
         def forward(batch, step):
             return model(*batch)[1]

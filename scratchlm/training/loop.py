@@ -89,6 +89,10 @@ class TrainConfig:
     zero: int = 0
     federated: str | None = None
     local_steps: int = 1
+    dp_clip: float | None = None
+    dp_noise: float = 0.0
+    dp_delta: float = 1e-5
+    seed: int = 0
 
     def __post_init__(self):
         if (self.steps is None) == (self.time_limit is None):
@@ -138,6 +142,20 @@ class TrainConfig:
         if self.local_steps > 1 and self.federated is None:
             raise ValueError("local_steps is FedAvg's steps between averagings: it needs "
                              "federated='fedavg'")
+        self.dp_noise = nonnegative(self.dp_noise, "dp_noise")
+        if self.dp_clip is not None:
+            self.dp_clip = nonnegative(self.dp_clip, "dp_clip")
+            if self.dp_clip == 0:
+                raise ValueError("dp_clip must be > 0 (the per-example clipping norm C), got 0")
+            if not 0 < self.dp_delta < 1:
+                raise ValueError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
+            if self.zero or self.federated or self.precision != "fp32":
+                raise ValueError("DP-SGD (dp_clip) runs in one process or plain data parallel, "
+                                 "in fp32: not with zero=1, federated or 16-bit precision")
+        elif self.dp_noise:
+            raise ValueError("dp_noise needs dp_clip: DP-SGD's noise is scaled to the "
+                             "per-example clipping norm (noise without clipping bounds nothing)")
+        self.seed = positive_int(self.seed, "seed", minimum=0)
         if self.zero and self.precision == "fp16":
             raise ValueError("zero=1 with precision 'fp16' is not supported (the loss scaler "
                              "reads every gradient; ZeRO-1 leaves each rank its share): use "
@@ -391,6 +409,55 @@ def _restore_loop_state(saved, checkpoint, source, forward):
     return step, float(used), {k: list(v) for k, v in history.items()}, loop
 
 
+def _record(history, step, loss, rate, norm, extra):
+    history["step"].append(step)
+    history["loss"].append(loss)
+    history["lr"].append(rate)
+    history["grad_norm"].append(float(norm))
+    for k, v in extra.items():
+        history.setdefault(k, []).append(float(v))
+
+
+def _private_step(model, batch, forward, opt, par, private, config, step, rate):
+    """One DP-SGD step (:mod:`scratchlm.distributed.dp`): per-example gradients of this rank's
+    rows of the Poisson batch, clipped, summed (over the ranks too), the noise, the mean over
+    the expected batch; the accountant counts it. ``(loss, extra, gradient norm)``."""
+    from .._per_example import per_example_gradients
+    from ..distributed.data_parallel import _batch_rows, shard_rows
+    from ..distributed.dp import private_gradients
+    from ..optim import grad_norm
+    rows = _batch_rows(batch)
+    if par is not None:
+        lo, hi = shard_rows(rows, par.rank, par.size)
+        batch = tuple(a[lo:hi] if isinstance(a, np.ndarray) and a.ndim >= 1 else a
+                      for a in batch)
+    k = _batch_rows(batch) if rows else 0
+    opt.zero_grad()
+    loss, extra = 0.0, {}
+    if k:
+        with per_example_gradients():
+            loss, extra = _step_result(forward(batch, step))
+            check_finite_loss(loss, step, rate)
+            model.backward()
+    if par is not None:                              # the Poisson batch's mean loss
+        par.weight = k / rows if rows else 0.0
+        loss, *values = par.mean([loss, *extra.values()])
+        extra = dict(zip(extra, values))
+        if rows:
+            check_finite_loss(loss, step, rate)      # (a NaN on any rank stops every rank)
+    source_q = private["q"]
+    stats = private_gradients(model, k, config.dp_clip, config.dp_noise, private["rng"],
+                              source_q * private["n"],
+                              sum_ranks=None if par is None else lambda _: par.sum_gradients())
+    private["accountant"].step(source_q, config.dp_noise)
+    extra.update(batch=float(rows), clipped=stats["clipped"],
+                 epsilon=private["accountant"].epsilon(config.dp_delta))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    norm = grad_norm(params)
+    opt.step()
+    return loss, extra, norm
+
+
 def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpoint=None,
           meta=None, resume=False, progress=None, log=print, clock=time.perf_counter,
           optimizer=None, comm=None, data_size=None):
@@ -454,6 +521,15 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
                                  config.local_steps)
         if fed.rank != 0:
             log, progress = (lambda *a, **k: None), None
+    private = None
+    if config.dp_clip is not None:                 # DP-SGD: Poisson batches, an accountant
+        from ..distributed.accountant import RDPAccountant
+        if getattr(source, "sample_rate", None) is None:
+            raise ValueError(f"DP-SGD needs Poisson-sampled batches (a source with a "
+                             f"sample_rate, as PoissonWindows); got {type(source).__name__}")
+        private = {"accountant": RDPAccountant(), "q": source.sample_rate,
+                   "n": source.population,
+                   "rng": np.random.default_rng([config.seed, 0x5EED])}   # the same on every rank
     if par is not None and par.zero:
         opt = ZeroRedundancyOptimizer(par, lambda named: make_optimizer(named, config))
     else:
@@ -472,6 +548,10 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         load_checkpoint(checkpoint, model, opt.full if par is not None and par.zero else opt,
                         validate=restore_loop_state)
         step, used, history, loop = resumed
+        if private is not None and isinstance(loop.get("dp"), dict):
+            from ..distributed.accountant import RDPAccountant
+            private["accountant"] = RDPAccountant(loop["dp"].get("history"))
+            private["rng"].bit_generator.state = loop["dp"]["rng"]
         if par is not None:                        # the file holds the whole run's state:
             par.localize_step_state(forward)       # keep this rank's rows of it
             if par.zero:
@@ -535,7 +615,10 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         loop_state = {"step": step, "total_steps": total, "elapsed": clock() - t0,
                       "history": history, "source": source.state_dict(),
                       "step_state": step_state,
-                      "scaler": None if scaler is None else scaler.state_dict()}
+                      "scaler": None if scaler is None else scaler.state_dict(),
+                      "dp": None if private is None else {
+                          "history": private["accountant"].history,
+                          "rng": private["rng"].bit_generator.state}}
         try:
             save_checkpoint(checkpoint, model, to_save, train=config.to_dict(), loop=loop_state,
                             **meta)
@@ -580,6 +663,21 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
             g["lr"] = rate
         batch = next(source)
         s0 = clock()
+        if private is not None:                         # DP-SGD: its own step
+            loss, extra, norm = _private_step(model, batch, forward, opt, par, private,
+                                              config, step, rate)
+            step += 1
+            _record(history, step, loss, rate, norm, extra)
+            if deadline is not None:
+                deadline.observe("step", clock() - s0)
+            if config.eval_interval and step % config.eval_interval == 0:
+                run_eval()
+            if step % interval == 0 and (deadline is not None or step < total):
+                save()
+            if progress is not None:
+                progress(step, total, {"loss": loss, "lr": rate, "elapsed": clock() - t0,
+                                       **last_eval})
+            continue
         if par is not None:                             # this rank's rows of the global batch
             batch, _ = par.shard(batch)
             par.start()
@@ -623,12 +721,7 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
             fed.average()                               # the server averages the clients
         if deadline is not None:
             deadline.observe("step", clock() - s0)
-        history["step"].append(step)
-        history["loss"].append(loss)
-        history["lr"].append(rate)
-        history["grad_norm"].append(float(norm))
-        for k, v in extra.items():
-            history.setdefault(k, []).append(float(v))
+        _record(history, step, loss, rate, norm, extra)
         if config.eval_interval and step % config.eval_interval == 0 and round_end:
             run_eval()                                  # (FedAvg: on the averaged model)
         if step % interval == 0 and (deadline is not None or step < total) and round_end:

@@ -262,6 +262,13 @@ def _check_parallel(opts):
     if opts.get("zero") and opts.get("precision") == "fp16":
         raise ValueError("zero 1 with precision fp16 is not supported: use bf16, or plain "
                          "distributed")
+    if opts.get("dp_noise") and opts.get("dp_clip") is None:
+        raise ValueError("dp_noise needs dp_clip: the noise is scaled to the per-example "
+                         "clipping norm (noise without clipping bounds nothing)")
+    if opts.get("dp_clip") is not None and (opts.get("zero") or opts.get("federated")
+                                            or opts.get("precision", "fp32") != "fp32"):
+        raise ValueError("dp_clip (DP-SGD) runs in one process or with distributed, in fp32: "
+                         "not with zero 1, federated or precision fp16/bf16")
     if opts.get("local_steps", 1) > 1 and not opts.get("federated"):
         raise ValueError("local_steps counts FedAvg's local updates between averagings: add "
                          "federated fedavg")
@@ -302,11 +309,13 @@ class LMPipeline(Pipeline):
                            optimizer=opts.get("optimizer", "adamw"), lr=opts["lr"],
                            min_lr=min(1e-4, opts["lr"]), warmup=50,
                            weight_decay=0.0 if sgd else 0.1, betas=(0.9, 0.99),
-                           grad_clip=clip if clip else None,
+                           grad_clip=clip if clip and opts.get("dp_clip") is None else None,
                            eval_interval=opts["eval_interval"],
                            precision=opts.get("precision", "fp32"), **_parallel(opts),
                            federated=opts.get("federated"),
-                           local_steps=opts.get("local_steps", 1))
+                           local_steps=opts.get("local_steps", 1),
+                           dp_clip=opts.get("dp_clip"), dp_noise=opts.get("dp_noise", 0.0),
+                           dp_delta=opts.get("dp_delta", 1e-5), seed=opts["seed"])
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):
@@ -341,6 +350,12 @@ class LMPipeline(Pipeline):
         run = Run(model, tok, history, metrics, seconds, history["step"][-1] if history["step"] else 0,
                   files=[out], extra={"tokens_per_char": tokens_per_char,
                                       "tokens_per_step": opts["batch_size"] * opts["block_size"]})
+        if history.get("epsilon"):                 # DP-SGD: what the privacy cost
+            run.notes.append(f"privacy: epsilon {history['epsilon'][-1]:.3g} at delta "
+                             f"{opts['dp_delta']:g} (DP-SGD: clip {opts['dp_clip']:g}, noise "
+                             f"multiplier {opts['dp_noise']:g}, Poisson batches of "
+                             f"{opts['batch_size']} on average, {run.steps} steps; RDP "
+                             f"accountant)")
         if entry.name == "transformer":            # the main job: the baseline to beat
             import warnings
             with warnings.catch_warnings():        # char unigrams: KN's documented fallback

@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--halves", action="store_true", help="FedAvg clients train on their rows "
                     "of the global batch (the identity with data parallelism)")
     ap.add_argument("--clip", type=float, default=1.0, help="0: no clipping")
+    ap.add_argument("--dp", action="store_true", help="DP-SGD: dp_clip 1, dp_noise 1")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     DataParallel.BUCKET_BYTES = a.bucket_bytes     # several buckets, even for a tiny model
@@ -60,9 +61,10 @@ def main():
     dtype = np.dtype(a.dtype)
     model = build(a.kind, dtype)
     cfg = TrainConfig(steps=a.steps, lr=3e-3 if a.optimizer != "sgd" else 0.3,
-                      grad_clip=a.clip or None, optimizer=a.optimizer, save_interval=5,
+                      grad_clip=None if a.dp else a.clip or None, optimizer=a.optimizer, save_interval=5,
                       distributed=a.distributed, zero=a.zero,
-                      federated="fedavg" if a.federated else None, local_steps=a.local_steps)
+                      federated="fedavg" if a.federated else None, local_steps=a.local_steps,
+                      dp_clip=1.0 if a.dp else None, dp_noise=1.0 if a.dp else 0.0)
     rank, comm = 0, None
     if a.distributed or a.federated:
         from scratchlm.distributed import world
