@@ -77,7 +77,6 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     max_norm = float(max_norm)
     if not grads:
         return 0.0
-    dtype = np.result_type(*grads)
     total = _total_norm(grads, float(norm_type))
     if error_if_nonfinite and not np.isfinite(total):
         raise RuntimeError(
