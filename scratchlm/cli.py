@@ -168,9 +168,10 @@ def _cmd_train(args) -> int:
     if args.resume:                     # the run's own options; only its length may change
         others = sorted(given - {"steps", "time"} - set(registry.RUNTIME_OPTIONS))
         if others:
-            raise ValueError(f"--resume continues the run with the options it started with; "
-                             f"only --steps or --time (and how it runs: --distributed, --zero) "
-                             f"may change, got {', '.join(entry.option(n).flag for n in others)}")
+            raise ValueError(f"--resume continues the run with the options it started with "
+                             f"(how it runs, --distributed and --zero, may change); only "
+                             f"--steps or --time may change, got "
+                             f"{', '.join(entry.option(n).flag for n in others)}")
         opts = {n: getattr(args, n) for n in given}
         if "time" in opts:
             opts["steps"] = None
