@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         cfg = TrainConfig(steps=args.steps, lr=args.lr, warmup=20, eval_interval=args.steps,
                           grad_clip=None if sigma is not None else 1.0,
                           dp_clip=None if sigma is None else args.clip,
-                          dp_noise=0.0 if sigma is None else sigma)
+                          dp_noise=0.0 if sigma is None else sigma, dp_seed=0)
         t0 = time.perf_counter()
         h = fit_lm(model, train, val, cfg, batch_size=args.batch_size, log=lambda s: None)
         seconds = time.perf_counter() - t0

@@ -146,6 +146,8 @@ LM_LOOP = (
         "dp_clip)^2) on the clipped sum)", low=0),
     opt("dp_delta", float, 1e-5, "DP-SGD: the delta epsilon is reported for", low=0, high=1,
         open_low=True, open_high=True),
+    opt("dp_seed", int, None, "DP-SGD: seed the noise (a reproducible run, whose noise anyone "
+        "with the seed can subtract: experiments only); default: fresh entropy", low=0),
 )
 
 LM_SAMPLE = (

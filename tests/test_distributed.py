@@ -285,3 +285,27 @@ def test_dp_sgd_on_two_ranks_equals_one_process(tmp_path):
     two, loss2, _, _ = params(tmp_path / "two.npz")
     assert rel(one, two) < 1e-12
     np.testing.assert_allclose(loss2, loss1, rtol=1e-12)
+
+
+@needs_mpi
+def test_a_time_limited_run_stops_at_one_step_on_every_rank(tmp_path):
+    """--time with ranks: rank 0's clock decides when the run ends, for every rank (each rank's
+    own estimate would differ, and a rank stopping alone would leave the others waiting)."""
+    ck = str(tmp_path / "t.npz")
+    out = _cli(["train", "transformer", *TINY[2:], "--time", "3", "--distributed", "--out", ck],
+               n=2, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from scratchlm.io import read_checkpoint
+    _, doc = read_checkpoint(ck)
+    assert doc["meta"]["loop"]["step"] > 0
+
+
+def test_cli_dp_refuses_models_without_per_example_gradients(tmp_path):
+    out = _cli(["train", "convlm", "--steps", "2", "--dp-clip", "1", "--out", str(tmp_path / "x")])
+    assert out.returncode == 2
+    assert "DP-SGD needs per-example gradients" in out.stderr
+
+
+def test_federated_intervals_must_fit_the_rounds():
+    with pytest.raises(ValueError, match="must be a multiple of local_steps"):
+        TrainConfig(steps=10, federated="fedavg", local_steps=3, eval_interval=10)

@@ -233,7 +233,7 @@ def test_loop_reports_epsilon_and_resumes(tmp_path):
         m = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8),
                 dtype=np.float64, rng=0)
         cfg = TrainConfig(steps=steps, lr=1e-2, grad_clip=None, dp_clip=1.0, dp_noise=1.0,
-                          save_interval=3, schedule="constant")     # (a resume keeps its rate)
+                          save_interval=3, schedule="constant", dp_seed=0)     # (a resume keeps its rate)
         h = fit_lm(m, ids[:2500], ids[2500:], cfg, batch_size=8, block_size=8,
                    checkpoint=ck, resume=resume, log=lambda *a: None)
         return m, h

@@ -10,8 +10,9 @@ True, zero=0|1)``; ``mpiexec -n N python -m scratchlm train MODEL --distributed`
 command line. The package imports without mpi4py; these modules import it only when used.
 """
 
+from .._per_example import per_example_gradients
 from .data_parallel import DataParallel, ZeroRedundancyOptimizer, partition, shard_rows
 from .mpi import Comm, MPIUnavailable, require_mpi, world
 
 __all__ = ["DataParallel", "ZeroRedundancyOptimizer", "partition", "shard_rows", "Comm",
-           "MPIUnavailable", "require_mpi", "world"]
+           "MPIUnavailable", "require_mpi", "world", "per_example_gradients"]

@@ -33,7 +33,7 @@ import numpy as np
 __all__ = ["private_gradients", "per_example_norms", "SUPPORTED"]
 
 #: the layers whose backward computes per-example gradients
-SUPPORTED = ("Linear", "Embedding", "LayerNorm", "RMSNorm")
+SUPPORTED = ("Linear", "Embedding", "LayerNorm", "RMSNorm", "MultiheadAttention")
 
 
 def _trainable(model):

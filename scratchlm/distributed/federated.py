@@ -34,10 +34,11 @@ SPLITS = ("iid", "contiguous")
 
 
 def client_shard(ids, rank: int, size: int, split: str = "iid", piece: int = 256,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, min_tokens: int = 1) -> np.ndarray:
     """Client ``rank`` of ``size``'s token ids: pieces of ``piece`` consecutive ids of ``ids``
     (the last piece may be shorter), dealt round-robin after a shuffle seeded with ``seed``
-    (``"iid"``) or in order, one contiguous stretch per client (``"contiguous"``)."""
+    (``"iid"``) or in order, one contiguous stretch per client (``"contiguous"``). Every
+    client's shard is checked (on every rank alike) to hold ``min_tokens``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     ids = np.asarray(ids)
@@ -47,10 +48,15 @@ def client_shard(ids, rank: int, size: int, split: str = "iid", piece: int = 256
                          f"{size} clients; every client needs at least one")
     if split == "iid":
         order = np.random.default_rng(seed).permutation(n)
-        mine = np.sort(order[rank::size])
+        deal = [np.sort(order[r::size]) for r in range(size)]
     else:
-        mine = np.arange(n * rank // size, n * (rank + 1) // size)
-    return np.concatenate([ids[i * piece:(i + 1) * piece] for i in mine])
+        deal = [np.arange(n * r // size, n * (r + 1) // size) for r in range(size)]
+    sizes = [sum(min(piece, ids.size - i * piece) for i in d) for d in deal]
+    if min(sizes) < min_tokens:
+        raise ValueError(f"the training text has {ids.size} tokens: client {int(np.argmin(sizes))} "
+                         f"of {size} would get {min(sizes)}, fewer than the {min_tokens} it "
+                         f"needs; use fewer clients or more text")
+    return np.concatenate([ids[i * piece:(i + 1) * piece] for i in deal[rank]])
 
 
 class FederatedAveraging:

@@ -150,7 +150,7 @@ def fit_lm(model, train_ids, val_ids, config: TrainConfig, *, batch_size=16, blo
         from ..distributed.federated import client_shard
         comm = world()
         train_ids = client_shard(train_ids, comm.rank, comm.size, split, piece=4 * block,
-                                 seed=seed)
+                                 seed=seed, min_tokens=block + 1)
         data_size = train_ids.size
         seed = seed + 1000 * comm.rank     # each client draws its own windows
     recurrent = getattr(model, "recurrent", False)

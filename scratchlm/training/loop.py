@@ -92,7 +92,7 @@ class TrainConfig:
     dp_clip: float | None = None
     dp_noise: float = 0.0
     dp_delta: float = 1e-5
-    seed: int = 0
+    dp_seed: int | None = None
 
     def __post_init__(self):
         if (self.steps is None) == (self.time_limit is None):
@@ -155,7 +155,15 @@ class TrainConfig:
         elif self.dp_noise:
             raise ValueError("dp_noise needs dp_clip: DP-SGD's noise is scaled to the "
                              "per-example clipping norm (noise without clipping bounds nothing)")
-        self.seed = positive_int(self.seed, "seed", minimum=0)
+        if self.dp_seed is not None:
+            self.dp_seed = positive_int(self.dp_seed, "dp_seed", minimum=0)
+        if self.federated:
+            for name in ("eval_interval", "save_interval"):
+                every = getattr(self, name)
+                if every is not None and every % self.local_steps:
+                    raise ValueError(f"{name} ({every}) must be a multiple of local_steps "
+                                     f"({self.local_steps}): FedAvg evaluates and saves the "
+                                     f"averaged model, at the end of a round")
         if self.zero and self.precision == "fp16":
             raise ValueError("zero=1 with precision 'fp16' is not supported (the loss scaler "
                              "reads every gradient; ZeRO-1 leaves each rank its share): use "
@@ -437,14 +445,15 @@ def _private_step(model, batch, forward, opt, par, private, config, step, rate):
     if k:
         with per_example_gradients():
             loss, extra = _step_result(forward(batch, step))
-            check_finite_loss(loss, step, rate)
+            if par is None:
+                check_finite_loss(loss, step, rate)
             model.backward()
-    if par is not None:                              # the Poisson batch's mean loss
-        par.weight = k / rows if rows else 0.0
-        loss, *values = par.mean([loss, *extra.values()])
-        extra = dict(zip(extra, values))
+    if par is not None:                              # the Poisson batch's mean loss (a rank
+        par.weight = k / rows if rows else 0.0       # may have no rows: the step's other
+        (loss,) = par.mean([loss])                   # numbers are not averaged)
+        extra = {}
         if rows:
-            check_finite_loss(loss, step, rate)      # (a NaN on any rank stops every rank)
+            check_finite_loss(loss, step, rate)      # every rank sees the same mean
     source_q = private["q"]
     stats = private_gradients(model, k, config.dp_clip, config.dp_noise, private["rng"],
                               source_q * private["n"],
@@ -527,9 +536,15 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         if getattr(source, "sample_rate", None) is None:
             raise ValueError(f"DP-SGD needs Poisson-sampled batches (a source with a "
                              f"sample_rate, as PoissonWindows); got {type(source).__name__}")
+        seed = config.dp_seed
+        if seed is None:                           # secret: fresh entropy, one for all ranks
+            seed = np.random.SeedSequence().entropy
+            group = par or fed
+            if group is not None:
+                seed = group.comm.bcast_object(seed)
         private = {"accountant": RDPAccountant(), "q": source.sample_rate,
                    "n": source.population,
-                   "rng": np.random.default_rng([config.seed, 0x5EED])}   # the same on every rank
+                   "rng": np.random.default_rng([seed, 0x5EED])}     # the same on every rank
     if par is not None and par.zero:
         opt = ZeroRedundancyOptimizer(par, lambda named: make_optimizer(named, config))
     else:
@@ -548,7 +563,10 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         load_checkpoint(checkpoint, model, opt.full if par is not None and par.zero else opt,
                         validate=restore_loop_state)
         step, used, history, loop = resumed
-        if private is not None and isinstance(loop.get("dp"), dict):
+        if private is not None:
+            if not isinstance(loop.get("dp"), dict):
+                raise ValueError(f"{checkpoint} was not trained with DP-SGD: the privacy its "
+                                 f"training spent is unknown, so DP-SGD cannot continue it")
             from ..distributed.accountant import RDPAccountant
             private["accountant"] = RDPAccountant(loop["dp"].get("history"))
             private["rng"].bit_generator.state = loop["dp"]["rng"]
@@ -646,18 +664,16 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         elapsed = clock() - t0
         if config.time_limit is not None and deadline is None:
             break                                                   # the budget was spent
-        if deadline is not None:
-            if not deadline.fits(step, elapsed):
-                break
-            total = max(deadline.total(step, elapsed), step + 1)
-        elif step >= total:
-            break
         group = par or fed
-        if group is not None and deadline is not None:  # one clock decides for every rank
-            go, total = group.comm.bcast_object((True, total) if group.rank else
-                                                (deadline.fits(step, elapsed), total))
+        if deadline is not None:
+            go = deadline.fits(step, elapsed)
+            total = max(deadline.total(step, elapsed), step + 1)
+            if group is not None:                       # one clock decides for every rank:
+                go, total = group.comm.bcast_object((go, total))    # rank 0's
             if not go:
                 break
+        elif step >= total:
+            break
         rate = scheduled_lr(config, step, total)
         for g in opt.param_groups:
             g["lr"] = rate

@@ -119,7 +119,7 @@ def prepare_run(name, options=None, out=None, resume=False):
     else:
         opts = entry.resolve(options)
     try:
-        _check_parallel(opts)
+        _check_parallel(opts, entry)
         entry.pipeline_class.check(entry, opts)
     except ValueError as exc:
         message = str(exc)
@@ -254,8 +254,14 @@ class Pipeline:
 # ------------------------------------------------------------------------------------------------
 # language models: transformer, rnn, lstm, gru, convlm
 # ------------------------------------------------------------------------------------------------
-def _check_parallel(opts):
-    """--distributed / --zero, before any work: the combination, and MPI being there."""
+def _check_parallel(opts, entry=None):
+    """--distributed / --zero / --federated / --dp-*, before any work: the combinations, and
+    MPI being there."""
+    if opts.get("dp_clip") is not None and entry is not None and \
+            entry.model_class not in ("GPT", "Llama"):
+        raise ValueError(f"dp_clip: DP-SGD needs per-example gradients, which the transformer "
+                         f"and llama layers compute; {entry.name} has others (recurrent cells "
+                         f"or convolutions)")
     if opts.get("zero") and not opts.get("distributed"):
         raise ValueError("zero 1 splits the training state over MPI ranks: add distributed (and "
                          "start the run with mpiexec -n N)")         # (names become --flags)
@@ -269,6 +275,9 @@ def _check_parallel(opts):
                                             or opts.get("precision", "fp32") != "fp32"):
         raise ValueError("dp_clip (DP-SGD) runs in one process or with distributed, in fp32: "
                          "not with zero 1, federated or precision fp16/bf16")
+    if opts.get("federated") and opts.get("eval_interval", 0) % opts.get("local_steps", 1):
+        raise ValueError("eval_interval must be a multiple of local_steps: FedAvg evaluates and "
+                         "saves the averaged model, at the end of a round")
     if opts.get("local_steps", 1) > 1 and not opts.get("federated"):
         raise ValueError("local_steps counts FedAvg's local updates between averagings: add "
                          "federated fedavg")
@@ -315,7 +324,8 @@ class LMPipeline(Pipeline):
                            federated=opts.get("federated"),
                            local_steps=opts.get("local_steps", 1),
                            dp_clip=opts.get("dp_clip"), dp_noise=opts.get("dp_noise", 0.0),
-                           dp_delta=opts.get("dp_delta", 1e-5), seed=opts["seed"])
+                           dp_delta=opts.get("dp_delta", 1e-5),
+                           dp_seed=opts.get("dp_seed"))
 
     @classmethod
     def run(cls, entry, opts, out, resume, progress, log, clock):

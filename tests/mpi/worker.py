@@ -64,7 +64,8 @@ def main():
                       grad_clip=None if a.dp else a.clip or None, optimizer=a.optimizer, save_interval=5,
                       distributed=a.distributed, zero=a.zero,
                       federated="fedavg" if a.federated else None, local_steps=a.local_steps,
-                      dp_clip=1.0 if a.dp else None, dp_noise=1.0 if a.dp else 0.0)
+                      dp_clip=1.0 if a.dp else None, dp_noise=1.0 if a.dp else 0.0,
+                      dp_seed=0 if a.dp else None)
     rank, comm = 0, None
     if a.distributed or a.federated:
         from scratchlm.distributed import world
