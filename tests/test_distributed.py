@@ -49,6 +49,14 @@ def rel(a, b):
     return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-300)) for k in a)
 
 
+def same_run(a_path, b_path, rtol=1e-12):
+    """The two runs' parameters and loss histories agree to ``rtol`` (relative)."""
+    a, loss_a, _, _ = params(a_path)
+    b, loss_b, _, _ = params(b_path)
+    assert rel(a, b) < rtol
+    np.testing.assert_allclose(loss_b, loss_a, rtol=rtol)
+
+
 @needs_mpi
 @pytest.mark.parametrize("kind", ["gpt", "lstm", "cnn"])
 def test_two_ranks_equal_one_process(kind, tmp_path):
@@ -104,10 +112,7 @@ def test_resume_across_rank_counts(first, second, tmp_path):
         n=first)
     run(["lstm", "--steps", "20", "--checkpoint", ck, "--resume",
          "--out", str(tmp_path / "b.npz")] + d2, n=second)
-    ref, loss_ref, _, _ = params(tmp_path / "ref.npz")
-    got, loss, _, _ = params(tmp_path / "b.npz")
-    assert rel(ref, got) < 1e-12
-    np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+    same_run(tmp_path / "ref.npz", tmp_path / "b.npz")
 
 
 @needs_mpi
@@ -217,10 +222,7 @@ def test_fedavg_one_sgd_step_equals_data_parallel_sgd(tmp_path):
     common = ["gpt", "--optimizer", "sgd", "--clip", "0", "--halves"]
     run(common + ["--distributed", "--out", str(tmp_path / "dp.npz")], n=2)
     run(common + ["--federated", "--out", str(tmp_path / "fed.npz")], n=2)
-    dp, loss_dp, _, _ = params(tmp_path / "dp.npz")
-    fed, loss_fed, _, _ = params(tmp_path / "fed.npz")
-    assert rel(dp, fed) < 1e-12
-    np.testing.assert_allclose(loss_fed, loss_dp, rtol=1e-12)
+    same_run(tmp_path / "dp.npz", tmp_path / "fed.npz")
 
 
 @needs_mpi
@@ -281,10 +283,7 @@ def test_dp_sgd_on_two_ranks_equals_one_process(tmp_path):
     are added over the ranks, every rank adds the same noise: one process's parameters."""
     run(["gpt", "--dp", "--out", str(tmp_path / "one.npz")])
     run(["gpt", "--dp", "--distributed", "--out", str(tmp_path / "two.npz")], n=2)
-    one, loss1, _, _ = params(tmp_path / "one.npz")
-    two, loss2, _, _ = params(tmp_path / "two.npz")
-    assert rel(one, two) < 1e-12
-    np.testing.assert_allclose(loss2, loss1, rtol=1e-12)
+    same_run(tmp_path / "one.npz", tmp_path / "two.npz")
 
 
 @needs_mpi

@@ -83,11 +83,12 @@ class RandomWindows:
         return self.batch_size * self.block_size
 
     def state_dict(self) -> dict:
-        return {"kind": "RandomWindows", "rng": _generator_state(self.rng)}
+        return {"kind": type(self).__name__, "rng": _generator_state(self.rng)}
 
     def load_state_dict(self, state) -> None:
-        state = _state(state, "RandomWindows", ("rng",))
-        _restore_generator(self.rng, state["rng"], "RandomWindows")
+        kind = type(self).__name__
+        state = _state(state, kind, ("rng",))
+        _restore_generator(self.rng, state["rng"], kind)
 
 
 class StreamChunks:
@@ -141,7 +142,7 @@ class StreamChunks:
         self.index = int(state["index"])
 
 
-class PoissonWindows:
+class PoissonWindows(RandomWindows):
     r"""``(x, y)`` as :class:`RandomWindows`, drawn by **Poisson sampling** (DP-SGD's, whose
     privacy analysis needs it): each of the :math:`n` windows of ``ids`` (every start
     ``0 .. ids.size - block_size - 1``) is in a batch independently with probability
@@ -150,42 +151,19 @@ class PoissonWindows:
     of that many distinct starts. ``sample_rate`` is :math:`q`, ``population`` :math:`n`."""
 
     def __init__(self, ids, batch_size, block_size, seed=0):
-        self.ids = _ids(ids)
-        self.batch_size = positive_int(batch_size, "batch_size")
-        self.block_size = positive_int(block_size, "block_size")
+        super().__init__(ids, batch_size, block_size, seed)
         self.population = self.ids.size - self.block_size
         if self.population < self.batch_size:
-            raise ValueError(f"the training text has {self.ids.size} tokens: {max(0, self.population)} "
-                             f"windows of {self.block_size}, fewer than the expected batch of "
-                             f"{self.batch_size}")
+            raise ValueError(f"the training text has {self.ids.size} tokens: "
+                             f"{self.population} windows of {self.block_size}, fewer than the "
+                             f"expected batch of {self.batch_size}")
         self.sample_rate = self.batch_size / self.population
-        self.rng = make_rng(seed)
-
-    def __iter__(self):
-        return self
-
-    def _draw(self, rng):
-        k = rng.binomial(self.population, self.sample_rate)
-        starts = np.sort(rng.choice(self.population, size=k, replace=False))
-        pos = starts[:, None] + np.arange(self.block_size)                 # (k, T)
-        return self.ids[pos], self.ids[pos + 1]
 
     def __next__(self):
-        return self._draw(self.rng)
-
-    def peek(self):
-        return random_windows(self.ids, self.batch_size, self.block_size, np.random.default_rng(0))
-
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.batch_size * self.block_size
-
-    def state_dict(self) -> dict:
-        return {"kind": "PoissonWindows", "rng": _generator_state(self.rng)}
-
-    def load_state_dict(self, state) -> None:
-        state = _state(state, "PoissonWindows", ("rng",))
-        _restore_generator(self.rng, state["rng"], "PoissonWindows")
+        k = self.rng.binomial(self.population, self.sample_rate)
+        starts = np.sort(self.rng.choice(self.population, size=k, replace=False))
+        pos = starts[:, None] + np.arange(self.block_size)                 # (k, T)
+        return self.ids[pos], self.ids[pos + 1]
 
 
 class ShuffledEpochs:
