@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scratchlm import nn
-from scratchlm._per_example import per_example_gradients
+from scratchlm._per_example import GhostSample, dense_sample, per_example_gradients
 from scratchlm.distributed.accountant import RDPAccountant, epsilon, rdp_sampled_gaussian
 from scratchlm.training.loop import TrainConfig
 
@@ -22,7 +22,7 @@ def _ours(module, inputs, weights):
     y = y[0] if isinstance(y, tuple) else y
     with per_example_gradients():
         module.backward(weights / B)
-    out = {n: p.grad_sample * B for n, p in module.named_parameters()}
+    out = {n: dense_sample(p.grad_sample) * B for n, p in module.named_parameters()}
     for p in module.parameters():
         p.grad_sample = None
     return out
@@ -117,7 +117,8 @@ def test_whole_gpt_matches_transformers(torch, tmp_path):
     with per_example_gradients():
         ours(idx, tgt)
         ours.backward()
-    got = {n: p.grad_sample * B for n, p in ours.named_parameters()}
+    got = {n: dense_sample(p.grad_sample) * B for n, p in ours.named_parameters()}
+    assert any(isinstance(p.grad_sample, GhostSample) for p in ours.parameters())
 
     params = {n: p.detach() for n, p in hf.named_parameters()}
 
@@ -261,3 +262,26 @@ def test_unsupported_layer_is_named():
     with pytest.raises(ValueError, match="has no per-example gradient"):
         fit_lm(m, ids[:1500], ids[1500:], TrainConfig(steps=1, dp_clip=1.0), batch_size=4,
                block_size=8, source="RandomWindows", log=lambda *a: None)
+
+
+def test_ghost_norms_equal_the_formed_gradients():
+    """A Linear used twice on short sequences keeps its per-example gradients as factors: the
+    norms, the weighted sum and the formed gradients agree with forming them first."""
+    lin = nn.Linear(16, 12, dtype=np.float64, rng=2)
+    x1, x2 = RNG.standard_normal((B, 3, 16)), RNG.standard_normal((B, 2, 16))
+    r1, r2 = RNG.standard_normal((B, 3, 12)), RNG.standard_normal((B, 2, 12))
+    lin.zero_grad()
+    with per_example_gradients():
+        lin(x1)
+        lin.backward(r1)
+        lin(x2)
+        lin.backward(r2)
+    ghost = lin.weight.grad_sample
+    assert isinstance(ghost, GhostSample) and len(ghost.parts) == 2
+    formed = np.matmul(r1.transpose(0, 2, 1), x1) + np.matmul(r2.transpose(0, 2, 1), x2)
+    np.testing.assert_allclose(ghost.dense(), formed, rtol=1e-12)
+    np.testing.assert_allclose(ghost.sq_norms(), (formed ** 2).sum(axis=(1, 2)), rtol=1e-12)
+    c = RNG.random(B)
+    np.testing.assert_allclose(ghost.weighted_sum(c), np.einsum("b,boi->oi", c, formed),
+                               rtol=1e-12)
+    np.testing.assert_allclose(formed.sum(axis=0), lin.weight.grad, rtol=1e-12)

@@ -2,8 +2,9 @@ r"""Differentially private SGD (Abadi et al., 2016), from the explicit backward.
 
 A step: a batch drawn by **Poisson sampling** (each of the :math:`n` examples present with
 probability :math:`q`, so its size varies); each example's gradient :math:`g_i` -- which an
-explicit backward has in hand, one outer product per ``Linear`` use (see
-:mod:`scratchlm._per_example`); its joint norm over every trainable parameter **clipped** to
+explicit backward has in hand, one outer product per ``Linear`` use, whose norm comes from its
+factors where that is cheaper (:class:`~scratchlm._per_example.GhostSample`, Goodfellow 2015);
+its joint norm over every trainable parameter **clipped** to
 :math:`C`; the clipped gradients **summed**, **Gaussian noise** :math:`\mathcal N(0, \sigma^2
 C^2)` added to every coordinate, and the result divided by the expected batch size :math:`qn`
 (Opacus's mean reduction):
@@ -29,6 +30,8 @@ is one process's.
 from __future__ import annotations
 
 import numpy as np
+
+from .._per_example import GhostSample
 
 __all__ = ["private_gradients", "per_example_norms", "SUPPORTED"]
 
@@ -56,6 +59,9 @@ def per_example_norms(model, batch_size: int) -> np.ndarray:
             raise ValueError(f"{name} has no per-example gradient: DP-SGD supports models "
                              f"whose trainable parameters live in {', '.join(SUPPORTED)} "
                              f"layers (freeze others with requires_grad=False)")
+        if isinstance(p.grad_sample, GhostSample):                 # from its factors
+            sq += p.grad_sample.sq_norms() * float(batch_size) ** 2
+            continue
         g = p.grad_sample.reshape(batch_size, -1).astype(np.float64) * batch_size
         sq += np.einsum("bi,bi->b", g, g)
     return np.sqrt(sq)
@@ -74,6 +80,9 @@ def private_gradients(model, batch_size: int, clip: float, noise: float, rng,
         norms = per_example_norms(model, batch_size)
         factor = np.minimum(1.0, clip / (norms + 1e-6)) * batch_size         # (B,)
         for p in params:
+            if isinstance(p.grad_sample, GhostSample):
+                p.grad[...] = p.grad_sample.weighted_sum(factor)            # sum_i c_i g_i
+                continue
             g = p.grad_sample.reshape(batch_size, -1)
             p.grad[...] = (factor.astype(g.dtype) @ g).reshape(p.shape)     # sum_i c_i g_i
     else:

@@ -61,7 +61,7 @@ class Linear(Module):
             if cache.precision is not None:
                 raise ValueError("per-example gradients run in float32/float64, not under "
                                  "autocast")
-            dws, dbs = linear_samples(cache.x, dy)
+            dws, dbs = linear_samples(cache.x, dy, ghost=True)   # (norms from factors)
             accumulate_sample(w, dws)
             if b is not None:
                 accumulate_sample(b, dbs)
