@@ -308,3 +308,13 @@ def test_cli_dp_refuses_models_without_per_example_gradients(tmp_path):
 def test_federated_intervals_must_fit_the_rounds():
     with pytest.raises(ValueError, match="must be a multiple of local_steps"):
         TrainConfig(steps=10, federated="fedavg", local_steps=3, eval_interval=10)
+
+
+@needs_mpi
+@pytest.mark.parametrize("model", ["cnn", "vae", "seq2seq"])
+def test_cli_every_loop_model_runs_distributed(model, tmp_path):
+    """Every registry model with a training loop takes --distributed (and --zero 1)."""
+    out = _cli(["train", model, "--steps", "2", "--distributed", "--zero", "1",
+                "--out", str(tmp_path / f"{model}.npz")], n=2)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count(f"trained {model}") == 1
