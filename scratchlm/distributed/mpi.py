@@ -11,11 +11,9 @@ bytes of every collective it starts), so a run can report its communication per 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-__all__ = ["MPIUnavailable", "require_mpi", "world", "Comm", "launched_by_mpi"]
+__all__ = ["MPIUnavailable", "require_mpi", "world", "Comm"]
 
 INSTALL = ('pip install -e ".[distributed]"  (mpi4py and the mpich wheel; a system MPI with '
            'pip install mpi4py works too)')
@@ -33,13 +31,6 @@ def require_mpi():
         raise MPIUnavailable(f"distributed training needs mpi4py and an MPI library "
                              f"({exc}); install them with {INSTALL}") from None
     return MPI
-
-
-def launched_by_mpi() -> bool:
-    """Whether this process was started by ``mpiexec``/``mpirun`` (MPICH's, Open MPI's or a
-    scheduler's launcher sets one of these)."""
-    return any(k in os.environ for k in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK",
-                                         "PMI_SIZE", "MPI_LOCALRANKID"))
 
 
 class Comm:
@@ -103,16 +94,6 @@ class Comm:
                                     self.MPI._typedict[recv.dtype.char]])
         return recv
 
-    def Gatherv(self, send, recv, counts, root=0):
-        """Rank r's ``send`` (``counts[r]`` items), concatenated in rank order into ``recv`` at
-        ``root`` (``recv`` is ignored elsewhere)."""
-        self._note("gather", send)
-        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist()
-        spec = None if self.rank != root else [recv, list(map(int, counts)), displs,
-                                               self.MPI._typedict[recv.dtype.char]]
-        self.comm.Gatherv(send, spec, root=root)
-        return recv
-
     def bcast_object(self, obj, root=0):
         """A small JSON-like Python object from ``root`` to every rank (a decision, a
         dict of numbers)."""
@@ -120,9 +101,6 @@ class Comm:
 
     def gather_object(self, obj, root=0):
         return self.comm.gather(obj, root=root)
-
-    def Barrier(self):
-        self.comm.Barrier()
 
     def Abort(self, code=1):
         self.comm.Abort(code)

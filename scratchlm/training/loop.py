@@ -682,55 +682,44 @@ def train(model, source, forward, config: TrainConfig, *, evaluate=None, checkpo
         if private is not None:                         # DP-SGD: its own step
             loss, extra, norm = _private_step(model, batch, forward, opt, par, private,
                                               config, step, rate)
-            step += 1
-            _record(history, step, loss, rate, norm, extra)
-            if deadline is not None:
-                deadline.observe("step", clock() - s0)
-            if config.eval_interval and step % config.eval_interval == 0:
-                run_eval()
-            if step % interval == 0 and (deadline is not None or step < total):
-                save()
-            if progress is not None:
-                progress(step, total, {"loss": loss, "lr": rate, "elapsed": clock() - t0,
-                                       **last_eval})
-            continue
-        if par is not None:                             # this rank's rows of the global batch
-            batch, _ = par.shard(batch)
-            par.start()
-        opt.zero_grad()
-        with autocast(config.precision, loss_scale=1.0 if scaler is None else scaler.scale):
-            loss, extra = _step_result(forward(batch, step))
-            if par is not None or fed is not None:      # the global batch's (clients') numbers
-                loss, *values = (par or fed).mean([loss, *extra.values()])
-                extra = dict(zip(extra, values))
-            check_finite_loss(loss, step, rate)
-            model.backward()
-            if par is not None:
-                par.finish()                            # gradients summed over the ranks
-            scaled = scaled_backwards()
-        params = [p for g in opt.param_groups for p in g["params"]]
-        if par is not None and par.zero:                # ZeRO-1: clip by the shards' joint norm
-            norm = par.shard_norm()
-            if config.grad_clip is not None:
-                clip_own(par.owned(), config.grad_clip, norm)
-            opt.step()                                  # own shard, then all-gather
-        elif scaler is not None:                        # fp16: unscale, skip on inf/NaN, adapt
-            if not scaled:
-                raise ValueError("precision 'fp16' scales the cross-entropy's gradient; this "
-                                 "model's backward used no CrossEntropyLoss: use 'bf16' (no "
-                                 "scaling needed) or 'fp32'")
-            extra["loss_scale"] = scaler.scale
-            if scaler.unscale_(opt):
-                norm = float("inf")                     # this step's update is skipped
+        else:
+            if par is not None:                             # this rank's rows of the global batch
+                batch, _ = par.shard(batch)
+                par.start()
+            opt.zero_grad()
+            with autocast(config.precision, loss_scale=1.0 if scaler is None else scaler.scale):
+                loss, extra = _step_result(forward(batch, step))
+                if par is not None or fed is not None:      # the global batch's (clients') numbers
+                    loss, *values = (par or fed).mean([loss, *extra.values()])
+                    extra = dict(zip(extra, values))
+                check_finite_loss(loss, step, rate)
+                model.backward()
+                if par is not None:
+                    par.finish()                            # gradients summed over the ranks
+                scaled = scaled_backwards()
+            params = [p for g in opt.param_groups for p in g["params"]]
+            if par is not None and par.zero:            # ZeRO-1: clip by the shards' joint norm
+                norm = par.shard_norm()
+                if config.grad_clip is not None:
+                    clip_own(par.owned(), config.grad_clip, norm)
+                opt.step()                                  # own shard, then all-gather
+            elif scaler is not None:                        # fp16: unscale, skip on inf/NaN, adapt
+                if not scaled:
+                    raise ValueError("precision 'fp16' scales the cross-entropy's gradient; this "
+                                     "model's backward used no CrossEntropyLoss: use 'bf16' (no "
+                                     "scaling needed) or 'fp32'")
+                extra["loss_scale"] = scaler.scale
+                if scaler.unscale_(opt):
+                    norm = float("inf")                     # this step's update is skipped
+                else:
+                    norm = (grad_norm(params) if config.grad_clip is None
+                            else clip_grad_norm_(params, config.grad_clip))
+                scaler.step(opt)
+                scaler.update()
             else:
                 norm = (grad_norm(params) if config.grad_clip is None
                         else clip_grad_norm_(params, config.grad_clip))
-            scaler.step(opt)
-            scaler.update()
-        else:
-            norm = (grad_norm(params) if config.grad_clip is None
-                    else clip_grad_norm_(params, config.grad_clip))
-            opt.step()
+                opt.step()
         step += 1
         round_end = fed is None or step % config.local_steps == 0
         if fed is not None and round_end:
