@@ -196,14 +196,15 @@ class DataParallel:
         self.launched += 1
 
     # -- a step ----------------------------------------------------------------------------------
-    def shard(self, batch):
-        """``(this rank's rows of batch, w_r)``: rows of every array of the global batch."""
+    def shard(self, batch, allow_empty: bool = False):
+        """``(this rank's rows of batch, w_r)``: rows of every array of the global batch.
+        ``allow_empty`` (DP-SGD's Poisson batches, of any size): a rank may get no rows."""
         n = _batch_rows(batch)
-        if n < self.size:
+        if n < self.size and not allow_empty:
             raise ValueError(f"the batch has {n} rows (examples or streams), fewer than the "
                              f"{self.size} ranks: every rank needs at least one")
         lo, hi = shard_rows(n, self.rank, self.size)
-        self.weight = (hi - lo) / n
+        self.weight = (hi - lo) / n if n else 0.0
         if isinstance(batch, np.ndarray):
             return batch[lo:hi], self.weight
         return type(batch)(a[lo:hi] if isinstance(a, np.ndarray) and a.ndim >= 1 else a

@@ -431,15 +431,13 @@ def _private_step(model, batch, forward, opt, par, private, config, step, rate):
     rows of the Poisson batch, clipped, summed (over the ranks too), the noise, the mean over
     the expected batch; the accountant counts it. ``(loss, extra, gradient norm)``."""
     from .._per_example import per_example_gradients
-    from ..distributed.data_parallel import _batch_rows, shard_rows
+    from ..distributed.data_parallel import _batch_rows
     from ..distributed.dp import private_gradients
     from ..optim import grad_norm
     rows = _batch_rows(batch)
-    if par is not None:
-        lo, hi = shard_rows(rows, par.rank, par.size)
-        batch = tuple(a[lo:hi] if isinstance(a, np.ndarray) and a.ndim >= 1 else a
-                      for a in batch)
-    k = _batch_rows(batch) if rows else 0
+    if par is not None:                              # (sets par.weight: this rank's share)
+        batch, _ = par.shard(batch, allow_empty=True)
+    k = _batch_rows(batch)
     opt.zero_grad()
     loss, extra = 0.0, {}
     if k:
@@ -449,8 +447,8 @@ def _private_step(model, batch, forward, opt, par, private, config, step, rate):
                 check_finite_loss(loss, step, rate)
             model.backward()
     if par is not None:                              # the Poisson batch's mean loss (a rank
-        par.weight = k / rows if rows else 0.0       # may have no rows: the step's other
-        (loss,) = par.mean([loss])                   # numbers are not averaged)
+        (loss,) = par.mean([loss])                   # may have no rows: the step's other
+        #                                              numbers are not averaged)
         extra = {}
         if rows:
             check_finite_loss(loss, step, rate)      # every rank sees the same mean
