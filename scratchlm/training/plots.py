@@ -8,7 +8,8 @@ say how to get it; a private ``_*_figure`` helper builds the :class:`matplotlib.
 * :func:`plot_gradient_norms` -- how much gradient reaches each step of an RNN/LSTM/GRU;
 * :func:`plot_filters_and_maps` -- a CNN's first-layer filters and one image's feature maps;
 * :func:`plot_vae` -- a VAE's reconstructions, prior samples and 2-D latent space;
-* :func:`plot_samples` -- a grid of generated images.
+* :func:`plot_samples` -- a grid of generated images;
+* :func:`plot_word_vectors` -- chosen words and their nearest neighbours, projected to 2-D by PCA.
 
 Every figure has a title and labelled axes; a colour bar where colour is a value, a legend where
 colour is a class, and a title that says so when only part of a layer is shown.
@@ -22,7 +23,7 @@ import os
 import numpy as np
 
 __all__ = ["plot_history", "plot_attention", "plot_gradient_norms", "plot_filters_and_maps",
-           "plot_vae", "plot_samples"]
+           "plot_vae", "plot_samples", "plot_word_vectors"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,3 +425,101 @@ def plot_gradient_ranges(grads, scale, ranges, path, title="") -> bool:
     if not _have_matplotlib():
         return False
     return _save(_gradient_ranges_figure(grads, scale, ranges, title), path, dpi=130)
+
+
+# ------------------------------------------------------------------------------------------------
+# word vectors: a PCA picture of neighbourhoods
+# ------------------------------------------------------------------------------------------------
+def _pca_2d(x):
+    r"""The rows of ``x`` ``(n, D)`` on the two leading principal axes, in float64: centre,
+    :math:`X_c = U S V^\top`, coordinates :math:`X_c V_{:, :2}` (zeros for an axis that does not
+    exist when ``n`` or ``D`` is below 2). Each axis's sign is fixed so that its largest |loading|
+    is positive (the picture does not flip between runs). Returns ``(coords (n, 2), fraction of
+    the variance on each axis (2,))``."""
+    xc = np.asarray(x, np.float64)
+    xc = xc - xc.mean(axis=0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    k = min(2, vt.shape[0])
+    axes = vt[:k]
+    signs = np.sign(axes[np.arange(k), np.argmax(np.abs(axes), axis=1)])
+    axes = axes * np.where(signs == 0, 1.0, signs)[:, None]
+    coords = np.zeros((xc.shape[0], 2))
+    coords[:, :k] = xc @ axes.T
+    var = s ** 2
+    frac = np.zeros(2)
+    if var.sum() > 0:
+        frac[:k] = var[:k] / var.sum()
+    return coords, frac
+
+
+def _word_groups(kv, words, topn):
+    """``[(query word, [its topn neighbours])]`` for the distinct ``words`` (all must be keys)."""
+    if isinstance(words, str):
+        words = [words]
+    words = list(dict.fromkeys(words))
+    if not words:
+        raise ValueError("words must name at least one word")
+    bad = [w for w in words if w not in kv]
+    if bad:
+        raise ValueError(f"words not in the vocabulary ({len(kv)} keys): {bad[:20]}"
+                         + (f" and {len(bad) - 20} more" if len(bad) > 20 else ""))
+    if isinstance(topn, bool) or not isinstance(topn, (int, np.integer)) or topn < 0:
+        raise ValueError(f"topn must be an int >= 0, got {topn!r}")
+    return [(w, [k for k, _ in kv.most_similar(w, topn=int(topn))] if topn else [])
+            for w in words]
+
+
+def _word_vectors_figure(kv, words, topn=5, title=""):
+    """The query ``words`` (large dots, bold labels) and each one's ``topn`` nearest neighbours
+    by cosine (small dots), one colour per query word, all projected by :func:`_pca_2d` of their
+    unit vectors (the cosine geometry the neighbours come from). A point shared by two groups is
+    drawn once, in the colour of the first."""
+    import matplotlib
+    groups = _word_groups(kv, words, topn)
+    points, colour_of = [], {}
+    for g, (w, near) in enumerate(groups):
+        for k in [w] + near:
+            if k not in colour_of:
+                colour_of[k] = g
+                points.append(k)
+    for w, _ in groups:                        # a query word is coloured as its own group
+        colour_of[w] = next(g for g, (q, _) in enumerate(groups) if q == w)
+    coords, frac = _pca_2d(np.stack([kv.get_vector(k, norm=True) for k in points]))
+    where = {k: i for i, k in enumerate(points)}
+    cmap = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    fig = _figure(figsize=(7.5, 6))
+    ax = fig.subplots()
+    queries = {w for w, _ in groups}
+    for g, (w, near) in enumerate(groups):
+        colour = cmap(g % cmap.N)
+        mine = [k for k in points if colour_of[k] == g and k not in queries]
+        if mine:
+            xy = coords[[where[k] for k in mine]]
+            ax.scatter(xy[:, 0], xy[:, 1], s=18, color=colour, alpha=0.8)
+        x, y = coords[where[w]]
+        ax.scatter([x], [y], s=80, color=colour, edgecolor="black", linewidth=0.6,
+                   label=f"{w} and its {len(near)} nearest" if near else w)
+    for k in points:
+        x, y = coords[where[k]]
+        ax.annotate(k, (x, y), xytext=(3, 3), textcoords="offset points",
+                    fontsize=8 if k in queries else 7, weight="bold" if k in queries else "normal",
+                    color=cmap(colour_of[k] % cmap.N))
+    ax.set_xlabel(f"first principal component ({100 * frac[0]:.0f}% of the variance)")
+    ax.set_ylabel(f"second principal component ({100 * frac[1]:.0f}% of the variance)")
+    ax.set_title(title or f"{len(groups)} word(s) and their {topn} nearest neighbours (cosine), "
+                          f"PCA of the unit vectors", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="query word", title_fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_word_vectors(kv, words, path, topn=5, title="") -> bool:
+    """Write a PNG of the query ``words`` of the :class:`~scratchlm.models.KeyedVectors` ``kv``
+    and each one's ``topn`` nearest neighbours (cosine), projected to 2-D by PCA (centred, SVD,
+    the two leading components, in float64) of their unit vectors and drawn as labelled points,
+    one colour per query word. A word not in ``kv`` is a ``ValueError`` naming it. False
+    without matplotlib."""
+    if not _have_matplotlib():
+        return False
+    return _save(_word_vectors_figure(kv, words, topn, title), path, dpi=130)
