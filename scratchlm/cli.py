@@ -100,8 +100,9 @@ class _Bar:
     def _open(self):
         if self.bar is None:
             from tqdm import tqdm
-            self.bar = tqdm(desc=self.desc, total=self.total, unit="step", file=sys.stderr,
-                            dynamic_ncols=True)
+            unit = {"Word2Vec": "word", "GloVe": "pair"}.get(self.entry.model_class, "step")
+            self.bar = tqdm(desc=self.desc, total=self.total, unit=unit, file=sys.stderr,
+                            dynamic_ncols=True, unit_scale=unit != "step")
         return self.bar
 
     def log(self, msg):
@@ -119,6 +120,15 @@ class _Bar:
             bar.total = total
         bar.n = step
         post = {}
+        if self.entry.pipeline == "WordVectorPipeline":       # words (word2vec), pairs (GloVe)
+            post["epoch"] = info["epoch"]
+            if "cost" in info:                                # (tqdm shows the rate)
+                post["cost"] = f"{info['cost']:.4f}"
+            elif info.get("loss") == info.get("loss"):        # not NaN
+                post["loss"] = f"{info['loss']:.3f} nats"
+            bar.set_postfix(post, refresh=False)
+            bar.update(0)
+            return
         per_char = info.get("tokens_per_char", 1.0)
         per_char = None if abs(per_char - 1.0) < 1e-9 else per_char   # not characters: say both
         if self.entry.pipeline == "VAEPipeline":   # the training objective (KL warm-up applied)
@@ -208,7 +218,8 @@ def _cmd_train(args) -> int:
             files.append(png)
     metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in run.metrics.items())
-    steps = f"{run.steps} steps" if run.steps else "one counting pass"
+    steps = run.extra.get("length") or (f"{run.steps} steps" if run.steps else
+                                         "one counting pass")
     print(f"trained {entry.name}: {steps} in {run.seconds:.1f} s; {metrics}; wrote "
           f"{', '.join(files)}")
     for line in run.notes:
@@ -572,7 +583,12 @@ def model_rank(model) -> int:
 
 def _cmd_eval(args) -> int:
     model, tok, meta, entry = _load(args.checkpoint, "eval")
-    print(entry.pipeline_class.evaluate(entry, model, tok, meta, corpus=args.corpus))
+    files = {k: getattr(args, k) for k in ("word_pairs", "analogies")
+             if getattr(args, k) is not None}
+    if files and entry.pipeline != "WordVectorPipeline":
+        raise ValueError(f"--word-pairs and --analogies score word vectors (word2vec, glove); "
+                         f"{args.checkpoint} holds a {entry.name} model")
+    print(entry.pipeline_class.evaluate(entry, model, tok, meta, corpus=args.corpus, **files))
     return 0
 
 
@@ -770,6 +786,10 @@ def build_parser():
     _add(e, CHECKPOINT)
     _add(e, opt("corpus", str, None, "a UTF-8 text file to score (language models; default: "
                 "the validation split of the corpus the model was trained on)"))
+    _add(e, opt("word_pairs", str, None, "word vectors: a file of word pairs with human "
+                "similarity scores (WordSim-353 or SimLex-999 format): Spearman's rho"))
+    _add(e, opt("analogies", str, None, "word vectors: an analogy file (word2vec's "
+                "questions-words.txt format): accuracy per section"))
     e.set_defaults(func=_cmd_eval)
 
     a = sub.add_parser("attention", help="draw a transformer's attention maps for a prompt")

@@ -465,9 +465,77 @@ _DOCVAE = ModelEntry(
     tiny=dict(steps=6, batch_size=8, latent_dim=2, hidden_size=8, vocab_size=50, save_interval=3),
 )
 
+#: what word vectors train on: a file, or a built-in corpus (stdlib: the larger one)
+WORD_CORPUS = (
+    opt("corpus", str, None, "a UTF-8 text file (default: the built-in corpus --builtin names)"),
+    opt("builtin", str, "stdlib", "the built-in corpus: stdlib (the standard library's "
+        "docstrings and comments) or pydoc (its help topics)", choices=("stdlib", "pydoc")),
+)
+
+
+def _vector_options(dim, window, min_count, epochs, lr, seed_help):
+    """The options word2vec and GloVe share."""
+    return WORD_CORPUS + (
+        positive("dim", dim, "vector dimensions"),
+        positive("window", window, "context words on each side (the largest reach)"),
+        positive("min_count", min_count, "words seen fewer times are dropped"),
+        positive("epochs", epochs, "passes over the corpus"),
+        positive("lr", lr, "the initial learning rate", kind=float),
+        positive("workers", None, "threads (default: the kernels' thread count, "
+                 "SCRATCHLM_NUM_THREADS); 1 makes a run exactly reproducible"),
+        opt("neighbours", str, None, "words (space-separated) whose nearest neighbours are "
+            "printed and drawn at the end (default: a few frequent words)"),
+        opt("seed", int, 1, seed_help, low=0),
+    )
+
+
+_WORD2VEC = ModelEntry(
+    name="word2vec", help="word vectors: skip-gram or CBOW with negative sampling (word2vec)",
+    model_class="Word2Vec", pipeline="WordVectorPipeline",
+    make_config=lambda o, data: _models().Word2VecConfig(
+        vector_size=o["dim"], window=o["window"], min_count=o["min_count"], sg=o["sg"],
+        hs=o["hs"], negative=o["negative"], sample=o["sample"], alpha=o["lr"],
+        min_alpha=min(o["min_lr"], o["lr"]), epochs=o["epochs"], seed=o["seed"]),
+    batch_source=None, out="runs/word2vec.npz",
+    evaluates="Spearman's rho on --word-pairs and analogy accuracy on --analogies",
+    samples="lists the nearest neighbours of each word of --prompt",
+    options=_vector_options(100, 5, 5, 5, 0.025, "seeds the vectors, the subsampling, the "
+                            "windows and the noise words") + (
+        opt("sg", bool, False, "skip-gram: each context word predicts the centre word"),
+        opt("cbow", bool, False, "CBOW, the default: the context's mean predicts the centre "
+            "word"),
+        opt("negative", int, 5, "noise words per prediction (0: none; needs --hs)", low=0),
+        opt("hs", bool, False, "hierarchical softmax (a Huffman tree over the counts)"),
+        opt("sample", float, 1e-3, "subsampling threshold for frequent words (0: off)", low=0),
+        opt("min_lr", float, 1e-4, "the learning rate falls linearly to this", low=0),
+    ),
+    tiny=dict(builtin="pydoc", dim=8, epochs=1, min_count=20, workers=1),
+)
+
+_GLOVE = ModelEntry(
+    name="glove", help="word vectors fitted to log co-occurrence counts (GloVe)",
+    model_class="GloVe", pipeline="WordVectorPipeline",
+    make_config=lambda o, data: _models().GloVeConfig(
+        vector_size=o["dim"], window=o["window"], min_count=o["min_count"],
+        symmetric=not o["asymmetric"], x_max=o["x_max"], alpha=o["alpha"], eta=o["lr"],
+        epochs=o["epochs"], seed=o["seed"]),
+    batch_source=None, out="runs/glove.npz",
+    evaluates="Spearman's rho on --word-pairs and analogy accuracy on --analogies",
+    samples="lists the nearest neighbours of each word of --prompt",
+    options=_vector_options(100, 10, 5, 25, 0.05, "seeds the vectors and the order of the "
+                            "co-occurrences") + (
+        positive("x_max", 100.0, "f(x) = min(1, (x / x_max)^alpha) caps the weight of frequent "
+                 "pairs", kind=float),
+        positive("alpha", 0.75, "the exponent of f", kind=float),
+        opt("asymmetric", bool, False, "count only the words before each word (glove.c's "
+            "-symmetric 0)"),
+    ),
+    tiny=dict(builtin="pydoc", dim=8, epochs=1, min_count=20, workers=1),
+)
+
 REGISTRY = {e.name: e for e in (
     _MARKOV, _TRANSFORMER, _LLAMA, _recurrent("rnn", "tanh-RNN"), _recurrent("lstm", "LSTM"),
-    _recurrent("gru", "GRU"), _CONVLM, _SEQ2SEQ, _CNN, _VAE, _DOCVAE)}
+    _recurrent("gru", "GRU"), _CONVLM, _SEQ2SEQ, _CNN, _VAE, _DOCVAE, _WORD2VEC, _GLOVE)}
 
 
 def names() -> list:

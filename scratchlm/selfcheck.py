@@ -21,6 +21,9 @@ from .models.rnnlm import RNNLM
 from .models.seq2seq_rnn import Seq2Seq
 from .models.seq2seq_transformer import Seq2SeqTransformer
 from .models.vae import VAE
+from .models.glove import GloVe, GloVeConfig
+from .models.word2vec import Word2Vec, Word2VecConfig
+from .data.sentences import Vocab
 
 F64 = np.float64
 
@@ -44,6 +47,9 @@ def _targets(rng, n, classes, ignore=False):
         t[::3] = -100
     return t
 
+
+#: nine words with counts: the word-vector cases' vocabulary
+_VOCAB = Vocab([f"w{i}" for i in range(9)], [40, 30, 20, 12, 9, 7, 5, 3, 2])
 
 # name -> builder(rng) -> (module, inputs)
 CASES = {
@@ -137,6 +143,19 @@ CASES = {
                 dropout=0.1, dtype=F64, rng=r),
         (np.array([[3, 4, 5, 0, 0], [6, 7, 8, 3, 4]]), np.array([[1, 5, 6, 7], [1, 9, 4, 3]]),
          np.array([[5, 6, 7, 2], [9, 2, 0, 0]]))),
+    "Word2Vec (skip-gram, negative sampling)": lambda r: (
+        _perturbed(Word2Vec(Word2VecConfig(vector_size=5, sg=True), _VOCAB, dtype=F64, rng=r), r),
+        (r.integers(0, 9, (4, 1)), r.integers(0, 9, (4, 3)), np.array([[1, 0, 0]] * 4))),
+    "Word2Vec (CBOW, hierarchical softmax, masks)": lambda r: (
+        _perturbed(Word2Vec(Word2VecConfig(vector_size=5, hs=True, negative=0), _VOCAB,
+                            dtype=F64, rng=r), r),
+        (r.integers(0, 9, (3, 4)), r.integers(0, 8, (3, 3)), r.integers(0, 2, (3, 3))),
+        dict(context_mask=np.array([[1, 1, 0, 1], [1, 0, 0, 0], [1, 1, 1, 1]], bool),
+             target_mask=np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]], bool), table="syn1")),
+    "GloVe": lambda r: (
+        GloVe(GloVeConfig(vector_size=5, x_max=3.0), _VOCAB, dtype=F64, rng=r),
+        (np.array([0, 1, 2, 3, 1, 8]), np.array([1, 0, 4, 3, 5, 2]),
+         np.array([0.5, 1.0, 2.5, 7.0, 0.25, 3.0]))),
     "CrossEntropyLoss": lambda r: (nn.CrossEntropyLoss(), (_normal(r, 6, 5), _targets(r, 6, 5))),
     "CrossEntropyLoss(ignore, smoothing)": lambda r: (
         nn.CrossEntropyLoss(label_smoothing=0.1), (_normal(r, 6, 5), _targets(r, 6, 5, ignore=True))),

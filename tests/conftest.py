@@ -65,7 +65,8 @@ def copy_weights_to_torch(torch, ours, theirs):
 
 
 #: the reference implementations the parity tests compare against, and what installs them
-REFERENCES = ("torch", "kenlm", "transformers", "tokenizers", "safetensors", "peft")   # .ci/run installs these
+REFERENCES = ("torch", "kenlm", "transformers", "tokenizers", "safetensors", "peft",
+              "gensim")                                                  # .ci/run installs these
 
 
 def train_tiny(tmp_path, model="transformer", steps=3, text=None, width=16, extra=()):

@@ -73,6 +73,14 @@ def _cases():
         ("gaussian_kl", lambda: F.gaussian_kl_forward(mu, lv), F.gaussian_kl_backward),
         ("reparameterize", lambda: F.reparameterize_forward(mu, lv, eps), F.reparameterize_backward),
         ("free_bits_kl", lambda: F.free_bits_kl_forward(mu, lv, 0.3), F.free_bits_kl_backward),
+        ("word2vec", lambda: F.word2vec_forward(_x(6, 3), _x(5, 3), np.array([[0, 2], [5, 1]]),
+                                                np.array([[1, 4, 0], [2, 3, 3]]),
+                                                np.array([[1, 0, 0], [1, 0, 0]]),
+                                                np.array([[True, True], [True, False]])),
+         F.word2vec_backward),
+        ("glove", lambda: F.glove_forward(_x(4, 3), _x(4, 3), _x(4), _x(4), np.array([0, 1, 3]),
+                                          np.array([2, 1, 0]), np.array([0.5, 3.0, 200.0])),
+         F.glove_backward),
     ]
     for name, args in rnn:
         def forward(args=args):

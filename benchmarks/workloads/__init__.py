@@ -19,6 +19,7 @@ from .recompute import GPTRecompute1024
 from .rnn import GRUTrainStep, LSTMTrainStep, RNNTrainStep
 from .sgemm import Sgemm
 from .vae import VAETrainStep
+from .word_vectors import Word2VecCBOW, Word2VecSkipGram
 
 WORKLOADS: list[type[Workload]] = [
     Sgemm,
@@ -48,6 +49,8 @@ WORKLOADS: list[type[Workload]] = [
     Attention512,
     Attention2048,
     Attention8192,
+    Word2VecSkipGram,
+    Word2VecCBOW,
 ]
 
 PEAK_WORKLOAD = "sgemm"

@@ -48,7 +48,9 @@ from .rope import RopeCache, check_rope_scaling, rope_backward, rope_cos_sin, ro
 from .rnn import RecurrentCache, recurrent_backward, recurrent_forward
 from .softmax import (LogSoftmaxCache, SoftmaxCache, log_softmax_backward, log_softmax_forward,
                       softmax_backward, softmax_forward)
+from .word_vectors import (GloVeCache, Word2VecCache, glove_backward, glove_forward, glove_weight,
+                           word2vec_backward, word2vec_forward)
 
 __all__ = ([name for name in dir() if name.endswith(("_forward", "_backward", "Cache"))]
            + ["max_pool_indices", "attention_weights", "rope_cos_sin", "rope_inv_freq",
-              "check_rope_scaling"])
+              "check_rope_scaling", "glove_weight"])

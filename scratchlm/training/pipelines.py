@@ -7,7 +7,9 @@ report. One class per family of models in the registry (:mod:`scratchlm.registry
 * :class:`Seq2SeqPipeline` -- seq2seq: a built-in translation task -> :func:`fit_translation`;
 * :class:`ImagePipeline` -- cnn: the built-in digit images -> :func:`fit_classifier`;
 * :class:`VAEPipeline` -- vae, docvae: binarized digits or bag-of-words paragraphs ->
-  :func:`fit_vae`.
+  :func:`fit_vae`;
+* :class:`WordVectorPipeline` -- word2vec, glove: corpus -> sentences of words -> the model's
+  own trainer (SGD or AdaGrad, one example at a time, in Numba kernels).
 
 Each has ``check(entry, options)`` (everything that can be validated before any work: the
 entry's ``make_config`` run on stand-in data sizes), ``run(...)`` (train; returns a :class:`Run`),
@@ -38,7 +40,7 @@ from ..io import read_checkpoint
 from .loop import TrainConfig
 
 __all__ = ["Run", "train_model", "prepare_run", "load_model", "LMPipeline", "NGramPipeline", "Seq2SeqPipeline",
-           "ImagePipeline", "VAEPipeline", "bits"]
+           "ImagePipeline", "VAEPipeline", "WordVectorPipeline", "bits"]
 
 LN2 = math.log(2)
 
@@ -730,3 +732,139 @@ class VAEPipeline(Pipeline):
             top = np.argsort(-p, kind="stable")[:12]
             lines.append(f"document {i + 1}: " + " ".join(vocab[j] for j in top))
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# word vectors: word2vec, glove
+# ------------------------------------------------------------------------------------------------
+#: the words whose neighbours ``train word2vec`` / ``glove`` print when --neighbours is not given
+#: (those of them the vocabulary has)
+DEFAULT_NEIGHBOURS = ("file", "list", "error", "number", "string", "thread")
+
+
+class WordVectorPipeline(Pipeline):
+    """corpus -> sentences of lower-cased words (:func:`~scratchlm.data.word_sentences`) -> a
+    vocabulary -> :meth:`Word2Vec.train <scratchlm.models.Word2Vec.train>` or
+    :meth:`GloVe.train <scratchlm.models.GloVe.train>`. Writes the checkpoint (the config with
+    the vocabulary, the tables, the run's options), the vectors in word2vec's text format beside
+    it (``.txt``: gensim reads it) and a PCA picture of a few words' neighbourhoods (``.png``)."""
+
+    STAND_IN = {}
+
+    @classmethod
+    def check(cls, entry, opts):
+        if opts.get("sg") and opts.get("cbow"):
+            raise ValueError("give --sg (skip-gram) or --cbow, not both")
+        entry.make_config(opts, cls.STAND_IN)
+
+    @staticmethod
+    def sentences(opts):
+        """The run's sentences and the corpus's name, from its options."""
+        from ..data import word_sentences
+        text, name = read_corpus(opts["corpus"], builtin=opts["builtin"])
+        return word_sentences(text), name
+
+    @classmethod
+    def run(cls, entry, opts, out, resume, progress, log, clock):
+        from .. import models
+        from .plots import plot_word_vectors
+        if resume:
+            raise ValueError(f"a {entry.name} run cannot be resumed: train it again (it takes "
+                             f"minutes), or continue in Python with model.train(...)")
+        sentences, corpus_name = cls.sentences(opts)
+        config = entry.make_config(opts, cls.STAND_IN)
+        model = getattr(models, entry.model_class).build(sentences, config)
+        words = sum(len(s) for s in sentences)
+        log(f"{entry.model_class} ({entry.name}): {len(model.vocab):,} words seen >= "
+            f"{opts['min_count']} times ({model.vocab.total:,} of the corpus's {words:,} words, "
+            f"{len(sentences):,} sentences), {opts['dim']} dimensions, "
+            f"{model.num_parameters():,} parameters")
+        chosen = cls._chosen(model.vocab.index, opts["neighbours"])     # before the work
+        t0 = clock()
+        if entry.model_class == "GloVe":
+            X = model.cooccurrence(sentences)
+            log(f"{len(X):,} non-zero co-occurrences (window {opts['window']}) in "
+                f"{clock() - t0:.1f} s")
+            history = model.train(cooccurrence=X, workers=opts["workers"], progress=progress,
+                                  clock=clock)
+            metrics = {"cost": history["cost"][-1]}
+        else:
+            history = model.train(sentences, workers=opts["workers"], progress=progress,
+                                  clock=clock)
+            metrics = {"loss": history["loss"][-1],      # the first epoch compiles the kernel
+                       "words/s": int(np.mean(history["words_per_sec"][1:] or
+                                              history["words_per_sec"]))}
+        seconds = clock() - t0
+        from ..io import save_checkpoint
+        save_checkpoint(out, model, config=model.config_dict(), model=entry.name, options=opts,
+                        corpus=corpus_name, history=history)
+        kv = model.wv
+        base = os.path.splitext(out)[0]
+        files = [out, base + ".txt"]
+        kv.save_word2vec_format(files[1])
+        png = base + ".png"
+        if chosen and plot_word_vectors(kv, chosen, png, topn=5, title=f"{entry.name}: nearest "
+                                        f"neighbours (PCA)"):
+            files.append(png)
+        run = Run(model, None, history, metrics, seconds, 0, files=files)
+        run.extra["length"] = f"{opts['epochs']} epochs"
+        run.notes.extend(_neighbour_lines(kv, chosen, 8))
+        return run
+
+    @staticmethod
+    def _chosen(kv, neighbours):
+        if neighbours is None:
+            return [w for w in DEFAULT_NEIGHBOURS if w in kv][:4]
+        words = neighbours.split()
+        missing = [w for w in words if w not in kv]
+        if missing:
+            raise ValueError(f"--neighbours: {', '.join(map(repr, missing[:5]))} not in the "
+                             f"vocabulary (words seen at least --min-count times, lower-cased)")
+        return words
+
+    @classmethod
+    def evaluate(cls, entry, model, tok, meta, corpus=None, word_pairs=None, analogies=None):
+        if corpus is not None:
+            raise ValueError(f"--corpus applies to language models; score {entry.name} vectors "
+                             f"with --word-pairs FILE and/or --analogies FILE")
+        kv = model.wv
+        lines = []
+        if word_pairs is None and analogies is None:     # what the checkpoint itself tells
+            history = meta.get("history") if isinstance(meta.get("history"), dict) else {}
+            key = "cost" if "cost" in history else "loss"
+            last = history.get(key) or [float("nan")]
+            what = "cost (1/2 f(X) diff^2 per co-occurrence)" if key == "cost" else \
+                "loss (nats per prediction)"
+            return (f"{entry.name}: {len(kv):,} words x {kv.vector_size} dimensions, trained on "
+                    f"{meta.get('corpus', 'an unnamed corpus')} to a {what} of "
+                    f"{float(last[-1]):.4f}; score the vectors with --word-pairs FILE "
+                    f"(WordSim-353 or SimLex-999 format) and --analogies FILE (word2vec's "
+                    f"questions-words.txt format)")
+        if word_pairs is not None:
+            r = kv.evaluate_word_pairs(word_pairs)
+            lines.append(f"{word_pairs}: Spearman {r.spearman:.4f}, Pearson {r.pearson:.4f} over "
+                         f"{r.pairs} pairs ({r.oov} with an out-of-vocabulary word, "
+                         f"{r.oov_ratio:.1f}%)")
+        if analogies is not None:
+            score, sections = kv.evaluate_word_analogies(analogies)
+            total = sections[-1]
+            n = len(total["correct"]) + len(total["incorrect"])
+            lines.append(f"{analogies}: accuracy {score:.4f} over {n} questions (3CosAdd)")
+            lines.extend(f"  {s['section']}: {len(s['correct'])}/{len(s['correct']) + len(s['incorrect'])}"
+                         for s in sections[:-1])
+        return "\n".join(lines)
+
+    @classmethod
+    def sample(cls, entry, model, tok, meta, args):
+        kv = model.wv
+        words = args.prompt.lower().split() or cls._chosen(kv, None) or kv.index_to_key[:4]
+        missing = [w for w in words if w not in kv]
+        if missing:
+            raise ValueError(f"--prompt: {', '.join(map(repr, missing[:5]))} not in the "
+                             f"vocabulary of {len(kv):,} words")
+        return "\n".join(_neighbour_lines(kv, words, args.top_k or 10))
+
+
+def _neighbour_lines(kv, words, topn):
+    return [f"{w}: " + ", ".join(f"{n} {s:.3f}" for n, s in kv.most_similar(w, topn=topn))
+            for w in words]
