@@ -5,7 +5,7 @@ r"""Text -> sentences of words, and the counted vocabulary word vectors are trai
   and underscores separate words and are dropped. This is what ``scratchlm train word2vec`` and
   ``train glove`` feed the trainers (and what the benchmarks feed gensim: the same lists).
 * :class:`Vocab` -- every word seen at least ``min_count`` times with its count, most frequent
-  first (ties: the word seen first comes first, as gensim orders its vocabulary), and
+  first (ties: the word seen first comes first; gensim's order among ties may differ), and
   :meth:`Vocab.encode`, which turns sentences into one ``int32`` id array plus sentence offsets,
   dropping the words left out of the vocabulary (as word2vec.c and gensim do: a context window
   then spans them).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import types
 from collections import Counter
 
 import numpy as np
@@ -41,7 +42,8 @@ def word_sentences(text: str, lowercase: bool = True) -> list:
     return out
 
 
-def _sentences(sentences, name="sentences") -> list:
+def checked_sentences(sentences, name="sentences") -> list:
+    """``sentences`` as a list, each checked to be a list (or tuple) of non-empty str words."""
     if isinstance(sentences, (str, bytes)) or not hasattr(sentences, "__iter__"):
         raise TypeError(f"{name} must be an iterable of sentences (lists of str words), got "
                         f"{type(sentences).__name__}")
@@ -63,8 +65,10 @@ class Vocab:
     """Words and their counts, most frequent first (ids 0, 1, ...).
 
     ``Vocab.build(sentences, min_count)`` counts; ``Vocab(words, counts)`` takes them as given
-    (a checkpoint's). ``words`` (list of str), ``counts`` (``(V,)`` int64), ``index`` (word ->
-    id), ``total`` (the sum of the counts: the corpus's words that are in the vocabulary).
+    (a checkpoint's). ``words`` (a tuple of str), ``counts`` (``(V,)`` int64, read-only),
+    ``index`` (a read-only mapping word -> id), ``total`` (the sum of the counts: the corpus's
+    words that are in the vocabulary). Frozen, because the trainers size and index their tables
+    from it.
     """
 
     def __init__(self, words, counts):
@@ -80,9 +84,12 @@ class Vocab:
         for w in words:
             if not isinstance(w, str) or not w or any(c.isspace() for c in w):
                 raise ValueError(f"words must be non-empty str without whitespace, got {w!r}")
-        self.words = words
+        # frozen: the trainers' tables are sized and indexed from these
+        self.words = tuple(words)
         self.counts = counts.astype(np.int64)
-        self.index = {w: i for i, w in enumerate(words)}
+        self.counts.setflags(write=False)
+        self._lookup = {w: i for i, w in enumerate(words)}
+        self.index = types.MappingProxyType(self._lookup)
         if len(self.index) != len(words):
             dup = next(w for w, k in Counter(words).items() if k > 1)
             raise ValueError(f"words must be distinct, got {dup!r} more than once")
@@ -93,7 +100,7 @@ class Vocab:
         """Count every word of ``sentences`` and keep those seen ``min_count`` times or more."""
         from .._checks import positive_int
         min_count = positive_int(min_count, "min_count")
-        sentences = _sentences(sentences)
+        sentences = checked_sentences(sentences)
         counts = Counter()
         for s in sentences:
             counts.update(s)
@@ -110,25 +117,29 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.words)
 
-    def encode(self, sentences, max_sentence_length: int = 10000):
+    def encode(self, sentences, max_sentence_length: int = 10000, *, checked: bool = False):
         """``(ids, starts)``: the in-vocabulary words of every sentence as one ``(N,)`` int32
         array, and the ``(S + 1,)`` int64 offsets where each sentence starts. Sentences longer
         than ``max_sentence_length`` are cut into consecutive pieces (gensim's limit is 10000;
-        word2vec.c's 1000); sentences left empty are dropped."""
+        word2vec.c's 1000); sentences left empty are dropped. ``checked=True``: ``sentences`` is
+        a list that :func:`checked_sentences` has already checked (the trainers' jobs)."""
         from .._checks import positive_int
         max_sentence_length = positive_int(max_sentence_length, "max_sentence_length")
-        sentences = _sentences(sentences)
+        if not checked:
+            sentences = checked_sentences(sentences)
         lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))      # (S,)
         flat = itertools.chain.from_iterable(sentences)
-        ids = np.fromiter(map(self.index.get, flat, itertools.repeat(-1)), np.int64,
+        ids = np.fromiter(map(self._lookup.get, flat, itertools.repeat(-1)), np.int64,
                           int(lengths.sum()))                                       # (N_all,)
-        sentence = np.repeat(np.arange(lengths.size), lengths)                     # (N_all,)
         known = ids >= 0
-        ids, sentence = ids[known], sentence[known]                                # (N,)
-        # a word's place among its sentence's known words -> its piece of max_sentence_length
-        first = np.searchsorted(sentence, sentence)                                # (N,)
-        piece = sentence * (1 + ids.size // max_sentence_length) + \
-            (np.arange(ids.size) - first) // max_sentence_length                   # (N,)
-        cuts = np.flatnonzero(np.diff(piece)) + 1 if ids.size else np.zeros(0, np.int64)
-        starts = np.concatenate([[0], cuts, [ids.size]]) if ids.size else np.zeros(1, np.int64)
+        ids = ids[known]                                                           # (N,)
+        sentence = np.repeat(np.arange(lengths.size), lengths)[known]             # (N,)
+        kept = np.bincount(sentence, minlength=lengths.size)                      # (S,)
+        kept = kept[kept > 0]                                                      # empty: dropped
+        if kept.size and kept.max() > max_sentence_length:                         # cut long ones
+            kept = np.array([piece for k in kept.tolist() for piece in
+                             [max_sentence_length] * (k // max_sentence_length) +
+                             ([k % max_sentence_length] if k % max_sentence_length else [])],
+                            np.int64)
+        starts = np.concatenate([[0], np.cumsum(kept)])                            # (S' + 1,)
         return ids.astype(np.int32), starts.astype(np.int64)

@@ -8,8 +8,8 @@ weight ``1/d`` (``X[left, right]``, and ``X[right, left]`` too when ``symmetric`
 (a float sum of thirds and sevenths would depend on it). ``keys`` ``(P,)`` int64 are
 ``row * V + col``, sorted; ``counts`` ``(P,)`` int64 the numerators; ``X = counts / L``.
 The Numba kernel adds into an open-addressing hash table (linear probing), growing it when it is
-half full; the NumPy twin builds every pair of a block of sentences at once and reduces them with
-``np.unique``. Both give the same arrays.
+half full; the NumPy twin builds every pair of the corpus at once (about ``2 window N`` keys) and
+reduces them with ``np.unique``. Both give the same arrays.
 
 **Training** -- ``glove_epoch(W, C, b, c, gW, gC, gb, gc, rows, cols, logx, fx, order, eta, clip)
 -> cost``: for each non-zero ``n`` in ``order`` (``i = rows[n]``, ``j = cols[n]``), glove.c's

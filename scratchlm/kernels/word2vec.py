@@ -1,8 +1,8 @@
 r"""word2vec's training pass: skip-gram and CBOW, negative sampling and hierarchical softmax,
 one *job* (a run of sentences) at a time, updating the tables in place (SGD, as word2vec.c).
 
-``train_job(syn0, syn1neg, syn1, words, starts, keep, cum, points, codes, codelens, sg, window,
-negative, hs, alpha, seed, compute_loss) -> (trained, predictions, loss)``
+``train_job(syn0, syn1neg, syn1, words, starts, keep, prob, alias, points, codes, codelens, sg,
+window, negative, hs, alpha, seed, compute_loss) -> (trained, predictions, loss)``
 
 * ``syn0`` ``(V, D)`` the input vectors (the word vectors), ``syn1neg`` ``(V, D)`` the output
   vectors of negative sampling, ``syn1`` ``(V - 1, D)`` the inner nodes of the Huffman tree
@@ -10,8 +10,9 @@ negative, hs, alpha, seed, compute_loss) -> (trained, predictions, loss)``
 * ``words`` ``(N,)`` int32 vocabulary ids of the job's sentences, ``starts`` ``(S + 1,)`` int64
   offsets of each sentence in it.
 * ``keep`` ``(V,)`` float64: the probability a word is kept (subsampling; 1 where it is never
-  dropped). ``cum`` ``(V,)`` float64: the cumulative sum of ``count ** 0.75``, the noise
-  distribution. ``points``/``codes`` ``(V, L)`` and ``codelens`` ``(V,)``: each word's path in the
+  dropped). ``prob`` ``(V,)`` float64 and ``alias`` ``(V,)`` int32: the noise distribution
+  (``count ** 0.75``, normalised) as Walker's alias table (:func:`alias_table`).
+  ``points``/``codes`` ``(V, L)`` and ``codelens`` ``(V,)``: each word's path in the
   Huffman tree (inner node ids, and the branch bits).
 * ``seed``: the job's generator state (a 64-bit LCG, word2vec.c's ``next_random``). ``alpha``:
   the job's learning rate. Returns the number of words trained on (after subsampling), of
@@ -31,7 +32,7 @@ Per sentence, in order, as word2vec.c and gensim do:
    ``cbow_mean=1``; the exact gradient of the mean would be that divided by the window's count --
    :func:`scratchlm.functional.word2vec_forward` is the exact loss, and the tests state the
    relation).
-4. **Negative sampling**: targets ``w`` (label 1) and ``negative`` words drawn from ``cum``
+4. **Negative sampling**: targets ``w`` (label 1) and ``negative`` words drawn from the alias table
    (label 0; a draw equal to ``w`` is skipped, not redrawn). **Hierarchical softmax**: the
    targets are the inner nodes on ``w``'s path with labels ``1 - code``. For each target ``t``
    with label ``l``: ``g = alpha (l - sigma(h . u_t))``, ``e += g u_t``, ``u_t += g h``; then the
@@ -209,11 +210,13 @@ def _score(h, out, t, label, alpha, fbuf, gval, k):
 @njit(cache=True, nogil=True, inline="always")
 def _targets(h, w, syn1neg, syn1, prob, alias, points, codes, codelens, negative, hs, alpha, e,
              gbuf, tbuf, fbuf, gval, state, compute_loss):
-    # every target of centre word w for the input h (unchanged here); the input error
-    # accumulates in e. The scores and their sigmoids are all computed first -- independent
-    # work the CPU overlaps -- then applied in order. That is the sequential order's arithmetic
-    # exactly: a score reads h and its own row, which no earlier target of this call changed,
-    # except a repeated noise word's, which is scored again after the earlier update.
+    # every target of centre word w for the input h (unchanged here), in word2vec.c's order;
+    # the input error accumulates in e. The noise words are drawn first (the same stream as
+    # drawing each before its update: nothing else draws in between). A path's inner nodes are
+    # distinct and h does not change here, so their scores can all be computed first and the
+    # CPU overlaps them; the noise words' rows are scored just before their updates (scoring
+    # them all first was faster on one thread, slower on two: another thread's writes between
+    # a row's read and its write cost cache misses).
     loss = 0.0
     if hs:                                          # a path's inner nodes are distinct
         n = codelens[w]
@@ -232,14 +235,9 @@ def _targets(h, w, syn1neg, syn1, prob, alias, points, codes, codelens, negative
             if t != w:                              # a draw of the centre word is skipped
                 tbuf[n] = t
                 n += 1
-        for k in range(n):
-            _score(h, syn1neg, tbuf[k], 1.0 if k == 0 else 0.0, alpha, fbuf, gval, k)
-        for k in range(n):
+        for k in range(n):                          # each scored just before its update
             t = tbuf[k]
-            for j in range(1, k):
-                if tbuf[j] == t:                    # repeated: score it after the update
-                    _score(h, syn1neg, t, 0.0, alpha, fbuf, gval, k)
-                    break
+            _score(h, syn1neg, t, 1.0 if k == 0 else 0.0, alpha, fbuf, gval, k)
             _apply(h, syn1neg, t, gval[k], e, gbuf)
             if compute_loss:
                 loss -= _log_sigmoid(fbuf[k] if k == 0 else -fbuf[k])

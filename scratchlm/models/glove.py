@@ -18,10 +18,12 @@ gives rare, noisy ones little; :math:`\log X` is only defined where :math:`X > 0
 non-zero entries are fitted. The loss and its gradients are the pair
 :func:`scratchlm.functional.glove_forward` / ``glove_backward``, gradient-checked.
 
-**Training** (:meth:`GloVe.train`) is glove.c's AdaGrad over the non-zero entries in a new random
-order each epoch (the kernel :func:`scratchlm.kernels.glove.glove_epoch`; threads share the
-tables without locks, as glove.c's do). The vectors kept are :math:`W + \tilde W` (glove.c's
-``-model 2``, the paper's choice: the two are symmetric roles of one word).
+**Training** (:meth:`GloVe.train`) is glove.c's AdaGrad step over the non-zero entries (the
+kernel :func:`scratchlm.kernels.glove.glove_epoch`; threads share the tables without locks, as
+glove.c's do). The vectors kept are :math:`W + \tilde W` (glove.c's ``-model 2``, the paper's
+choice: the two are symmetric roles of one word). Deliberate differences from glove.c: the
+entries are shuffled anew each epoch (glove.c's ``shuffle`` tool orders them once), and a step
+that is not finite is applied as it is (glove.c skips it; here a diverging run shows as NaN).
 """
 
 from __future__ import annotations
@@ -163,14 +165,21 @@ class GloVe(WordVectorModel):
         ``entries_per_sec``. Returns the history: ``epoch``, ``cost``, ``seconds`` per epoch."""
         cfg = self.config
         clock = clock or time.perf_counter
+        if (sentences is None) == (cooccurrence is None):
+            raise TypeError("train needs sentences or a cooccurrence (counted from them), "
+                            "one of the two")
         if cooccurrence is None:
-            if sentences is None:
-                raise TypeError("train needs sentences or a cooccurrence")
             cooccurrence = self.cooccurrence(sentences)
         X = cooccurrence
         if not isinstance(X, Cooccurrence):
             raise TypeError(f"cooccurrence must be a Cooccurrence, got {type(X).__name__}")
         V = len(self.vocab)
+        for name in ("rows", "cols"):            # ids are checked before any cast can wrap them
+            a = np.asarray(getattr(X, name))
+            if a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= V)):
+                raise ValueError(f"cooccurrence.{name} must hold integer ids in [0, {V}), got "
+                                 f"{a.dtype}" + (f" in [{a.min()}, {a.max()}]" if a.size and
+                                                 a.dtype.kind in "iuf" else ""))
         rows, cols = (np.ascontiguousarray(a, np.int32) for a in (X.rows, X.cols))
         values = np.ascontiguousarray(X.values, np.float64)
         if not rows.ndim == 1 or rows.shape != cols.shape or rows.shape != values.shape or \

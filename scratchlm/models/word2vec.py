@@ -47,6 +47,7 @@ hash). A sentence longer than ``max_sentence_length`` is cut into pieces rather 
 from __future__ import annotations
 
 import heapq
+import numbers
 import time
 from dataclasses import asdict, dataclass
 
@@ -54,7 +55,7 @@ import numpy as np
 
 from .. import functional as F
 from .._checks import choice, make_rng, positive_int, resolve_dtype
-from ..data.sentences import Vocab
+from ..data.sentences import Vocab, checked_sentences
 from ..kernels import get_backend, get_num_threads
 from ..kernels import word2vec as K
 from ..nn.module import Module, Parameter
@@ -103,12 +104,14 @@ class Word2VecConfig:
                              "hs=True (hierarchical softmax), got negative=0 and hs=False")
         for name, lo in (("sample", 0.0), ("min_alpha", 0.0), ("ns_exponent", None)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or \
-                    (lo is not None and v < lo):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+            if not np.isfinite(v) or (lo is not None and v < lo):
                 raise ValueError(f"{name} must be a finite number{'' if lo is None else ' >= 0'}"
                                  f", got {v!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or \
-                not 0 < self.alpha < np.inf:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
+            raise TypeError(f"alpha must be a number, got {type(self.alpha).__name__}")
+        if not 0 < self.alpha < np.inf:
             raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
         if self.min_alpha > self.alpha:
             raise ValueError(f"min_alpha must be <= alpha ({self.alpha}), got {self.min_alpha}")
@@ -214,36 +217,46 @@ class WordVectorModel(Module):
         return ids, starts
 
     @staticmethod
-    def _jobs(starts, batch_words):
-        """Sentence ranges ``[s, e)`` of at most ``batch_words`` words each (a longer sentence
-        is a job of its own), and the words before each job."""
+    def _jobs(lengths, batch_words):
+        """Sentence ranges ``[s, e)`` of at most ``batch_words`` words (as read, before the
+        vocabulary drops any) each -- a longer sentence is a job of its own -- and the words
+        before each job."""
+        ends = np.cumsum(lengths)                                   # (S,)
         jobs, before = [], []
-        s, n = 0, len(starts) - 1
+        s, n = 0, len(lengths)
         while s < n:
-            e = s + 1
-            while e < n and starts[e + 1] - starts[s] <= batch_words:
-                e += 1
+            start = ends[s - 1] if s else 0
+            e = max(s + 1, int(np.searchsorted(ends, start + batch_words, side="right")))
             jobs.append((s, e))
-            before.append(int(starts[s]))
+            before.append(int(start))
             s = e
         return jobs, before
 
+    #: each table's rows: the vocabulary's size, less one for the Huffman tree's inner nodes
+    _ROWS = {"syn1": -1}
+    #: the one-dimensional tables (GloVe's biases)
+    _VECTORS = ("bias", "context_bias")
+
     def _check_tables(self):
-        """The kernels index the tables without bounds checks: each must still be the
-        C-contiguous ``(rows, D)`` array of the model's dtype it was built as."""
+        """The kernels index the tables without bounds checks: each parameter and AdaGrad sum
+        must still be the writeable C-contiguous array of the model's dtype and shape it was
+        built as."""
         V, D = len(self.vocab), self.config.vector_size
-        for name, p in self.named_parameters():
-            a = p.data
-            rows = V - 1 if name == "syn1" else V
-            want = (rows, D) if a.ndim == 2 else (V,)
-            if a.shape != want or a.dtype != self.dtype or not a.flags.c_contiguous or \
-                    not a.flags.writeable:
+        arrays = [(n, p.data) for n, p in self.named_parameters()] + \
+            [(n, a) for n, a in self.named_buffers() if n.startswith("grad_sq_")]
+        for name, a in arrays:
+            base = name.removeprefix("grad_sq_")
+            rows = max(V + self._ROWS.get(base, 0), 0)
+            want = (rows,) if base in self._VECTORS else (rows, D)
+            if not isinstance(a, np.ndarray) or a.shape != want or a.dtype != self.dtype or \
+                    not a.flags.c_contiguous or not a.flags.writeable:
                 raise ValueError(f"{name} must be a writeable C-contiguous {want} array of "
                                  f"{self.dtype} (the vocabulary has {V} words), got "
-                                 f"{a.dtype} of shape {a.shape}")
-        for name, a in self.named_buffers():
-            if name.startswith("grad_sq_") and a.shape != getattr(self, name[8:]).data.shape:
-                raise ValueError(f"{name} must have the shape of {name[8:]}, got {a.shape}")
+                                 f"{getattr(a, 'dtype', type(a).__name__)} of shape "
+                                 f"{getattr(a, 'shape', None)}")
+        if self.vocab.counts.shape != (V,):
+            raise ValueError(f"the vocabulary's counts must be ({V},), got "
+                             f"{self.vocab.counts.shape}")
 
     def _workers(self, workers):
         if workers is None:
@@ -324,17 +337,25 @@ class Word2Vec(WordVectorModel):
     # -- the tables the kernel reads --------------------------------------------------------------
     def keep_probabilities(self) -> np.ndarray:
         r"""``(V,)``: the probability each word survives subsampling,
-        :math:`\min(1, (\sqrt{f/s} + 1)\, s/f)` with :math:`f = c_w / T` (word2vec.c)."""
+        :math:`\min(1, (\sqrt{f/s} + 1)\, s/f)` with :math:`f = c_w / T` (word2vec.c); a
+        ``sample`` of 1 or more is a count :math:`t` instead, :math:`f/s` becoming
+        :math:`c_w / t` (gensim's reading)."""
         s = self.config.sample
         if s == 0:
             return np.ones(len(self.vocab))
-        f = self.vocab.counts / self.vocab.total
-        return np.minimum(1.0, (np.sqrt(f / s) + 1.0) * s / f)
+        threshold = s * self.vocab.total if s < 1 else s        # gensim: s >= 1 is a count
+        c = self.vocab.counts.astype(np.float64)
+        return np.minimum(1.0, (np.sqrt(c / threshold) + 1.0) * threshold / c)
 
     def noise_distribution(self) -> np.ndarray:
         r"""``(V,)``: :math:`P_n(w) = c_w^{\,e} / \sum_v c_v^{\,e}` (``e = ns_exponent``)."""
-        w = self.vocab.counts.astype(np.float64) ** self.config.ns_exponent
-        return w / w.sum()
+        with np.errstate(over="ignore"):
+            w = self.vocab.counts.astype(np.float64) ** self.config.ns_exponent
+            p = w / w.sum()
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"ns_exponent {self.config.ns_exponent} overflows the counts "
+                             f"raised to it (the largest count is {self.vocab.counts.max()})")
+        return p
 
     def train(self, sentences, workers=None, progress=None, compute_loss=True, clock=None):
         """Train on ``sentences`` for ``config.epochs`` epochs (module docstring). ``workers``:
@@ -348,23 +369,16 @@ class Word2Vec(WordVectorModel):
         ``words_per_sec``."""
         cfg = self.config
         clock = clock or time.perf_counter
-        ids, starts = self._encode(sentences)
+        sentences = checked_sentences(sentences)
+        lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
+        if not any(w in self.vocab.index for s in sentences for w in s):
+            raise ValueError("sentences hold no word of the vocabulary: nothing to train on")
+        words = int(lengths.sum())
         workers = self._workers(workers)
-        jobs, before = self._jobs(starts, cfg.batch_words)
-        keep = self.keep_probabilities()
-        prob, alias = K.alias_table(self.noise_distribution())
-        if cfg.hs:
-            points, codes, codelens = huffman_tree(self.vocab.counts)
-        else:
-            points, codes, codelens = (np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int8),
-                                       np.zeros(1, np.int32))
-        D = cfg.vector_size
-        self._check_tables()
-        syn0 = self.vectors.data
-        syn1neg = self.syn1neg.data if cfg.negative else np.zeros((1, D), self.dtype)
-        syn1 = self.syn1.data if cfg.hs else np.zeros((1, D), self.dtype)
+        jobs, before = self._jobs(lengths, cfg.batch_words)
+        tables = self._kernel_tables()
         kernel = K.train_job.numba if get_backend() == "numba" else K.train_job.numpy
-        total = cfg.epochs * ids.size
+        total = cfg.epochs * words
         history = {k: [] for k in ("epoch", "loss", "trained", "seconds", "words_per_sec")}
         t_start = clock()
         for epoch in range(cfg.epochs):
@@ -373,24 +387,30 @@ class Word2Vec(WordVectorModel):
             stats = {"words": 0, "trained": 0, "loss": 0.0, "predictions": 0}
 
             def run_job(j, epoch=epoch, seeds=seeds):
+                # in the worker: the job's ids (Python, holding the GIL while the other
+                # workers' kernels run without it), then the kernel
                 s, e = jobs[j]
-                done = (epoch * ids.size + before[j]) / total
+                ids, starts = self.vocab.encode(sentences[s:e], cfg.max_sentence_length,
+                                                checked=True)
+                if ids.size and ids.max() >= tables[4].size:    # the kernel does not check
+                    raise ValueError(f"the vocabulary's index maps a word past its "
+                                     f"{tables[4].size} rows")
+                done = (epoch * words + before[j]) / total
                 alpha = max(cfg.min_alpha, cfg.alpha - (cfg.alpha - cfg.min_alpha) * done)
-                lo, hi = starts[s], starts[e]
-                trained, predictions, loss = kernel(syn0, syn1neg, syn1, ids[lo:hi], starts[s:e + 1] - lo,
-                                       keep, prob, alias, points, codes, codelens, cfg.sg,
-                                       cfg.window, cfg.negative, cfg.hs, alpha, seeds[j],
-                                       compute_loss)
-                return int(hi - lo), int(trained), int(predictions), float(loss), alpha
+                trained, predictions, loss = kernel(*tables[:3], ids, starts, *tables[3:],
+                                                    cfg.sg, cfg.window, cfg.negative, cfg.hs,
+                                                    alpha, seeds[j], compute_loss)
+                read = int(lengths[s:e].sum())
+                return read, int(trained), int(predictions), float(loss), alpha
 
-            def done(j, result, epoch=epoch, t0=t0, stats=stats):
-                words, trained, predictions, loss, alpha = result
-                stats["words"] += words
+            def done(j, result, epoch=epoch, stats=stats):
+                read, trained, predictions, loss, alpha = result
+                stats["words"] += read
                 stats["trained"] += trained
                 stats["predictions"] += predictions
                 stats["loss"] += loss
                 if progress is not None:
-                    seen = epoch * ids.size + stats["words"]
+                    seen = epoch * words + stats["words"]
                     progress(seen, total, {"epoch": epoch + 1, "alpha": alpha,
                                            "words_per_sec": seen / max(clock() - t_start, 1e-9),
                                            "loss": _mean_loss(stats, compute_loss)})
@@ -401,8 +421,30 @@ class Word2Vec(WordVectorModel):
             history["loss"].append(_mean_loss(stats, compute_loss))
             history["trained"].append(stats["trained"])
             history["seconds"].append(seconds)
-            history["words_per_sec"].append(ids.size / max(seconds, 1e-9))
+            history["words_per_sec"].append(words / max(seconds, 1e-9))
         return history
+
+    def _kernel_tables(self):
+        """``(syn0, syn1neg, syn1, keep, prob, alias, points, codes, codelens)`` for the kernel,
+        each checked against the vocabulary: the kernel indexes them without bounds checks."""
+        cfg, V, D = self.config, len(self.vocab), self.config.vector_size
+        self._check_tables()
+        keep = self.keep_probabilities()
+        prob, alias = K.alias_table(self.noise_distribution())
+        if cfg.hs:
+            points, codes, codelens = huffman_tree(self.vocab.counts)
+        else:
+            points, codes, codelens = (np.zeros((1, 1), np.int32), np.zeros((1, 1), np.int8),
+                                       np.zeros(1, np.int32))
+        if keep.shape != (V,) or prob.shape != (V,) or alias.shape != (V,) or \
+                (V and (alias.min() < 0 or alias.max() >= V)) or \
+                (cfg.hs and (points.max() >= max(V - 1, 1) or codelens.max() > points.shape[1]
+                             or codelens.shape != (V,))):
+            raise ValueError(f"the vocabulary's counts ({self.vocab.counts.shape}) do not fit "
+                             f"its {V} words")
+        syn1neg = self.syn1neg.data if cfg.negative else np.zeros((1, D), self.dtype)
+        syn1 = self.syn1.data if cfg.hs else np.zeros((1, D), self.dtype)
+        return self.vectors.data, syn1neg, syn1, keep, prob, alias, points, codes, codelens
 
 
 def _mean_loss(stats, compute_loss) -> float:

@@ -520,6 +520,7 @@ def plot_word_vectors(kv, words, path, topn=5, title="") -> bool:
     the two leading components, in float64) of their unit vectors and drawn as labelled points,
     one colour per query word. A word not in ``kv`` is a ``ValueError`` naming it. False
     without matplotlib."""
+    _word_groups(kv, words, topn)              # unknown words are an error, matplotlib or not
     if not _have_matplotlib():
         return False
     return _save(_word_vectors_figure(kv, words, topn, title), path, dpi=130)
