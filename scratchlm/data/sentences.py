@@ -117,6 +117,9 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.words)
 
+    def __deepcopy__(self, memo):
+        return self                     # frozen: a copy of a model may share it
+
     def encode(self, sentences, max_sentence_length: int = 10000, *, checked: bool = False):
         """``(ids, starts)``: the in-vocabulary words of every sentence as one ``(N,)`` int32
         array, and the ``(S + 1,)`` int64 offsets where each sentence starts. Sentences longer
