@@ -164,6 +164,9 @@ class WordVectorModel(Module):
 
     def __init__(self, config, vocab: Vocab, dtype=np.float32):
         super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got "
+                            f"{type(config).__name__}")
         if not isinstance(vocab, Vocab):
             raise TypeError(f"vocab must be a scratchlm.data.Vocab, got {type(vocab).__name__}")
         self.config, self.vocab, self.dtype = config, vocab, resolve_dtype(dtype)
