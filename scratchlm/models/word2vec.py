@@ -268,11 +268,15 @@ class WordVectorModel(Module):
         return 1 if get_backend() == "numpy" else workers   # the twin is the ordered reference
 
     @staticmethod
-    def _run(run_job, n_jobs, workers, done):
+    def _run(run_job, n_jobs, workers, done, prepare=None):
         """Run ``run_job(j)`` for every job, on ``workers`` threads (the kernel releases the
-        GIL); ``done(j, result)`` in the calling thread as each finishes."""
+        GIL); ``prepare(j)`` first in the calling thread (Python work: one thread holds the GIL
+        for it, a job at a time, while the workers' kernels run), and ``done(j, result)`` in
+        the calling thread as each finishes."""
+        prepare = prepare or (lambda j: None)
         if workers == 1:
             for j in range(n_jobs):
+                prepare(j)
                 done(j, run_job(j))
             return
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -280,6 +284,7 @@ class WordVectorModel(Module):
             pending, nxt = {}, 0
             while nxt < n_jobs or pending:
                 while nxt < n_jobs and len(pending) < 2 * workers:    # a short queue
+                    prepare(nxt)
                     pending[pool.submit(run_job, nxt)] = nxt
                     nxt += 1
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -382,6 +387,21 @@ class Word2Vec(WordVectorModel):
         tables = self._kernel_tables()
         kernel = K.train_job.numba if get_backend() == "numba" else K.train_job.numpy
         total = cfg.epochs * words
+        encoded = [None] * len(jobs)        # each job's ids, made once (4 bytes a word)
+
+        def prepare(j):
+            # in the calling thread, ahead of the workers: the job's ids (Python, holding the
+            # GIL; a worker's kernel does not need it). Two workers encoding at once would take
+            # turns at the GIL and stall each other's kernels.
+            if encoded[j] is None:
+                s, e = jobs[j]
+                ids, starts = self.vocab.encode(sentences[s:e], cfg.max_sentence_length,
+                                                checked=True)
+                if ids.size and ids.max() >= tables[4].size:    # the kernel does not check
+                    raise ValueError(f"the vocabulary's index maps a word past its "
+                                     f"{tables[4].size} rows")
+                encoded[j] = ids, starts
+
         history = {k: [] for k in ("epoch", "loss", "trained", "seconds", "words_per_sec")}
         t_start = clock()
         for epoch in range(cfg.epochs):
@@ -390,14 +410,8 @@ class Word2Vec(WordVectorModel):
             stats = {"words": 0, "trained": 0, "loss": 0.0, "predictions": 0}
 
             def run_job(j, epoch=epoch, seeds=seeds):
-                # in the worker: the job's ids (Python, holding the GIL while the other
-                # workers' kernels run without it), then the kernel
                 s, e = jobs[j]
-                ids, starts = self.vocab.encode(sentences[s:e], cfg.max_sentence_length,
-                                                checked=True)
-                if ids.size and ids.max() >= tables[4].size:    # the kernel does not check
-                    raise ValueError(f"the vocabulary's index maps a word past its "
-                                     f"{tables[4].size} rows")
+                ids, starts = encoded[j]
                 done = (epoch * words + before[j]) / total
                 alpha = max(cfg.min_alpha, cfg.alpha - (cfg.alpha - cfg.min_alpha) * done)
                 trained, predictions, loss = kernel(*tables[:3], ids, starts, *tables[3:],
@@ -418,7 +432,7 @@ class Word2Vec(WordVectorModel):
                                            "words_per_sec": seen / max(clock() - t_start, 1e-9),
                                            "loss": _mean_loss(stats, compute_loss)})
 
-            self._run(run_job, len(jobs), workers, done)
+            self._run(run_job, len(jobs), workers, done, prepare)
             seconds = clock() - t0
             history["epoch"].append(epoch + 1)
             history["loss"].append(_mean_loss(stats, compute_loss))
