@@ -495,3 +495,52 @@ def test_tables_are_checked_before_the_kernels_run():
     glove.bias.data = glove.bias.data.astype(np.float64)
     with pytest.raises(ValueError, match="bias must be"):
         glove.train(cooccurrence=X)
+
+
+# ------------------------------------------------------------------------------------------------
+# the losses against PyTorch's autograd (the same formulas, differentiated by torch)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_word2vec_loss_and_gradients_match_torch(torch, dtype):
+    from conftest import assert_close, to_torch
+    rng = np.random.default_rng(12)
+    syn0, syn1 = (rng.standard_normal((9, 5)).astype(dtype) for _ in range(2))
+    context, targets = rng.integers(0, 9, (4, 3)), rng.integers(0, 9, (4, 4))
+    labels = rng.integers(0, 2, (4, 4))
+    cm = rng.random((4, 3)) < 0.7
+    cm[:, 0] = True
+    tm = rng.random((4, 4)) < 0.8
+    loss, cache = F.word2vec_forward(syn0, syn1, context, targets, labels, cm, tm)
+    d0, d1, *_ = F.word2vec_backward(1.0, cache)
+    t0, t1 = to_torch(torch, syn0, grad=True), to_torch(torch, syn1, grad=True)
+    m = torch.from_numpy(cm).to(t0.dtype)
+    h = (t0[torch.from_numpy(context)] * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    s = torch.einsum("bd,bkd->bk", h, t1[torch.from_numpy(targets)])
+    sign = torch.from_numpy(np.where(labels == 1, 1.0, -1.0)).to(t0.dtype)
+    ref = -(torch.nn.functional.logsigmoid(sign * s) * torch.from_numpy(tm)).sum()
+    ref.backward()
+    assert_close(np.array(loss), ref)
+    assert_close(d0, t0.grad)
+    assert_close(d1, t1.grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_glove_loss_and_gradients_match_torch(torch, dtype):
+    from conftest import assert_close, to_torch
+    rng = np.random.default_rng(13)
+    V, D = 7, 4
+    params = [rng.standard_normal(s).astype(dtype) for s in ((V, D), (V, D), (V,), (V,))]
+    rows, cols = rng.integers(0, V, 10), rng.integers(0, V, 10)
+    x = rng.random(10) * 300 + 0.1
+    loss, cache = F.glove_forward(*params, rows, cols, x)
+    grads = F.glove_backward(1.0, cache)[:4]
+    W, C, b, c = (to_torch(torch, p, grad=True) for p in params)
+    r, k = torch.from_numpy(rows), torch.from_numpy(cols)
+    xt = torch.from_numpy(x)
+    f = torch.clamp((xt / 100.0) ** 0.75, max=1.0).to(W.dtype)
+    diff = (W[r] * C[k]).sum(1) + b[r] + c[k] - torch.log(xt).to(W.dtype)
+    ref = 0.5 * (f * diff ** 2).sum()
+    ref.backward()
+    assert_close(np.array(loss), ref)
+    for ours, t in zip(grads, (W, C, b, c)):
+        assert_close(ours, t.grad)
