@@ -418,6 +418,23 @@ def test_bad_corpora_and_settings_are_refused_with_their_names():
         GloVe.build([["a"], ["b"]], min_count=1).cooccurrence([["a"], ["b"]])
 
 
+@pytest.mark.parametrize("bad", [7, "", None, ["a"], b"a"])
+def test_a_bad_word_is_named_before_any_training(bad):
+    # the words are checked as they are looked up: a bad one, wherever it is, is a TypeError
+    # naming its sentence, raised before the tables change
+    sents = [["a", "b", "c"]] * 30 + [["a", bad, "b"]]
+    model = Word2Vec.build([["a", "b", "c"]], min_count=1, vector_size=4, batch_words=3)
+    before = {n: p.data.copy() for n, p in model.named_parameters()}
+    with pytest.raises(TypeError, match=r"sentences\[30\] must hold non-empty str words"):
+        model.train(sents, workers=2)
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(p.data, before[n])
+    with pytest.raises(TypeError, match=r"sentences\[30\] must hold non-empty str words"):
+        model.vocab.encode(sents)
+    with pytest.raises(TypeError, match=r"sentences\[30\] must hold non-empty str words"):
+        GloVe.build([["a", "b", "c"]], min_count=1).cooccurrence(sents)
+
+
 def test_word_sentences_split_paragraphs_into_lowercase_words():
     text = "Hello, World! don't 42 stop_here\n\nSecond  paragraph.\n\n\n  \n"
     assert word_sentences(text) == [["hello", "world", "don't", "stop", "here"],

@@ -42,8 +42,9 @@ def word_sentences(text: str, lowercase: bool = True) -> list:
     return out
 
 
-def checked_sentences(sentences, name="sentences") -> list:
-    """``sentences`` as a list, each checked to be a list (or tuple) of non-empty str words."""
+def checked_sentences(sentences, name="sentences", words: bool = True) -> list:
+    """``sentences`` as a list, each checked to be a list (or tuple) of non-empty str words
+    (``words=False``: of anything; :meth:`Vocab.encode` checks the words as it looks them up)."""
     if isinstance(sentences, (str, bytes)) or not hasattr(sentences, "__iter__"):
         raise TypeError(f"{name} must be an iterable of sentences (lists of str words), got "
                         f"{type(sentences).__name__}")
@@ -52,13 +53,30 @@ def checked_sentences(sentences, name="sentences") -> list:
         if isinstance(s, str) or not isinstance(s, (list, tuple)):
             raise TypeError(f"{name}[{k}] must be a list of str words, got "
                             f"{type(s).__name__} (split a text with word_sentences)")
-    if set(map(type, itertools.chain.from_iterable(out))) - {str} or \
-            any("" in s for s in out):                       # the rare case: find and name it
-        for k, s in enumerate(out):
-            for w in s:
-                if not isinstance(w, str) or not w:
-                    raise TypeError(f"{name}[{k}] must hold non-empty str words, got {w!r}")
+    if words and (set(map(type, itertools.chain.from_iterable(out))) - {str} or
+                  any("" in s for s in out)):                # the rare case: find and name it
+        _name_bad_word(out, name)
     return out
+
+
+def _name_bad_word(sentences, name="sentences"):
+    """Raise the TypeError that names the first word of ``sentences`` that is not a non-empty
+    str (the slow search, run once something is known to be wrong)."""
+    for k, s in enumerate(sentences):
+        for w in s:
+            if not isinstance(w, str) or not w:
+                raise TypeError(f"{name}[{k}] must hold non-empty str words, got {w!r}")
+
+
+class _Ids(dict):
+    """word -> id, and -1 for a word outside the vocabulary -- after checking that it *is* a
+    word: looking every word up this way checks the corpus for free (the known words are str
+    already), where a separate pass over its types cost as much as half the lookups."""
+
+    def __missing__(self, word):
+        if type(word) is not str or not word:
+            raise TypeError("not a word")
+        return -1
 
 
 class Vocab:
@@ -90,6 +108,7 @@ class Vocab:
         self.counts.setflags(write=False)
         self._lookup = {w: i for i, w in enumerate(words)}
         self.index = types.MappingProxyType(self._lookup)
+        self._ids = _Ids(self._lookup)                   # encode's look-ups (-1: not a word here)
         if len(self.index) != len(words):
             dup = next(w for w, k in Counter(words).items() if k > 1)
             raise ValueError(f"words must be distinct, got {dup!r} more than once")
@@ -125,15 +144,20 @@ class Vocab:
         array, and the ``(S + 1,)`` int64 offsets where each sentence starts. Sentences longer
         than ``max_sentence_length`` are cut into consecutive pieces (gensim's limit is 10000;
         word2vec.c's 1000); sentences left empty are dropped. ``checked=True``: ``sentences`` is
-        a list that :func:`checked_sentences` has already checked (the trainers' jobs)."""
+        a list whose sentences :func:`checked_sentences` has already checked (the trainers'
+        jobs); the words are checked here in any case, as they are looked up."""
         from .._checks import positive_int
         max_sentence_length = positive_int(max_sentence_length, "max_sentence_length")
         if not checked:
-            sentences = checked_sentences(sentences)
+            sentences = checked_sentences(sentences, words=False)
         lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))      # (S,)
         flat = itertools.chain.from_iterable(sentences)
-        ids = np.fromiter(map(self._lookup.get, flat, itertools.repeat(-1)), np.int64,
-                          int(lengths.sum()))                                       # (N_all,)
+        try:
+            ids = np.fromiter(map(self._ids.__getitem__, flat), np.int64,
+                              int(lengths.sum()))                                   # (N_all,)
+        except TypeError:                   # not a str, empty, or unhashable: name it
+            _name_bad_word(sentences)
+            raise
         known = ids >= 0
         ids = ids[known]                                                           # (N,)
         sentence = np.repeat(np.arange(lengths.size), lengths)[known]             # (N,)

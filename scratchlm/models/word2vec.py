@@ -268,15 +268,11 @@ class WordVectorModel(Module):
         return 1 if get_backend() == "numpy" else workers   # the twin is the ordered reference
 
     @staticmethod
-    def _run(run_job, n_jobs, workers, done, prepare=None):
+    def _run(run_job, n_jobs, workers, done):
         """Run ``run_job(j)`` for every job, on ``workers`` threads (the kernel releases the
-        GIL); ``prepare(j)`` first in the calling thread (Python work: one thread holds the GIL
-        for it, a job at a time, while the workers' kernels run), and ``done(j, result)`` in
-        the calling thread as each finishes."""
-        prepare = prepare or (lambda j: None)
+        GIL), and ``done(j, result)`` in the calling thread as each finishes."""
         if workers == 1:
             for j in range(n_jobs):
-                prepare(j)
                 done(j, run_job(j))
             return
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -284,7 +280,6 @@ class WordVectorModel(Module):
             pending, nxt = {}, 0
             while nxt < n_jobs or pending:
                 while nxt < n_jobs and len(pending) < 2 * workers:    # a short queue
-                    prepare(nxt)
                     pending[pool.submit(run_job, nxt)] = nxt
                     nxt += 1
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -377,33 +372,30 @@ class Word2Vec(WordVectorModel):
         ``words_per_sec``."""
         cfg = self.config
         clock = clock or time.perf_counter
-        sentences = checked_sentences(sentences)
+        t_start = clock()                                         # words/s counts the look-ups
+        sentences = checked_sentences(sentences, words=False)     # the words: as looked up
         lengths = np.fromiter(map(len, sentences), np.int64, len(sentences))
-        if not any(w in self.vocab.index for s in sentences for w in s):
-            raise ValueError("sentences hold no word of the vocabulary: nothing to train on")
         words = int(lengths.sum())
         workers = self._workers(workers)
         jobs, before = self._jobs(lengths, cfg.batch_words)
         tables = self._kernel_tables()
         kernel = K.train_job.numba if get_backend() == "numba" else K.train_job.numpy
         total = cfg.epochs * words
-        encoded = [None] * len(jobs)        # each job's ids, made once (4 bytes a word)
-
-        def prepare(j):
-            # in the calling thread, ahead of the workers: the job's ids (Python, holding the
-            # GIL; a worker's kernel does not need it). Two workers encoding at once would take
-            # turns at the GIL and stall each other's kernels.
-            if encoded[j] is None:
-                s, e = jobs[j]
-                ids, starts = self.vocab.encode(sentences[s:e], cfg.max_sentence_length,
-                                                checked=True)
-                if ids.size and ids.max() >= tables[4].size:    # the kernel does not check
-                    raise ValueError(f"the vocabulary's index maps a word past its "
-                                     f"{tables[4].size} rows")
-                encoded[j] = ids, starts
+        # each job's ids (4 bytes a word), looked up once, here, before any training: a bad
+        # word is an error before the tables change, and the workers never wait on Python
+        try:
+            encoded = [self.vocab.encode(sentences[s:e], cfg.max_sentence_length, checked=True)
+                       for s, e in jobs]
+        except TypeError:
+            checked_sentences(sentences)        # names the bad word's sentence in the corpus
+            raise
+        if not any(ids.size for ids, _ in encoded):
+            raise ValueError("sentences hold no word of the vocabulary: nothing to train on")
+        if max(int(ids.max(initial=0)) for ids, _ in encoded) >= tables[4].size:
+            raise ValueError(f"the vocabulary's index maps a word past its {tables[4].size} "
+                             f"rows")                   # the kernel does not check
 
         history = {k: [] for k in ("epoch", "loss", "trained", "seconds", "words_per_sec")}
-        t_start = clock()
         for epoch in range(cfg.epochs):
             seeds = np.random.SeedSequence([cfg.seed, epoch]).generate_state(len(jobs), np.uint64)
             t0 = clock()
@@ -432,7 +424,7 @@ class Word2Vec(WordVectorModel):
                                            "words_per_sec": seen / max(clock() - t_start, 1e-9),
                                            "loss": _mean_loss(stats, compute_loss)})
 
-            self._run(run_job, len(jobs), workers, done, prepare)
+            self._run(run_job, len(jobs), workers, done)
             seconds = clock() - t0
             history["epoch"].append(epoch + 1)
             history["loss"].append(_mean_loss(stats, compute_loss))
