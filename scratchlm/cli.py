@@ -17,6 +17,9 @@ Subcommands:
                   bfloat16 (flushed, subnormal, overflow; with and without loss scaling; PNG)
     eval          what a checkpoint scores on held-out data
     attention     draw a GPT's or a Llama's attention maps for a prompt (PNG)
+    inspect       serve a page on 127.0.0.1 that shows inside a GPT, Llama or RNN for any
+                  prompt (attention, logit lens, saliency, gates...); --export writes one
+                  prompt's page as a self-contained HTML file
     gradnorms     plot |dL/dh_t| over time steps for RNN vs LSTM vs GRU (PNG)
     filters       draw a CNN's learned filters and one image's feature maps (PNG)
     gradcheck     check every layer and loss against finite differences and print a table
@@ -605,6 +608,45 @@ def _cmd_attention(args) -> int:
     return 0
 
 
+def _cmd_inspect(args) -> int:
+    import errno
+    from .inspector import inspect_prompt, model_kind
+    from .inspector.server import InspectorServer, export_page
+    from .training.pipelines import need_tokenizer
+    model, tok, _, entry = _load(args.checkpoint, "inspect")
+    model_kind(model)                        # the supported kinds, named, for any other model
+    tok = need_tokenizer(tok, "inspect")
+    if args.export is not None:
+        if args.prompt is None:
+            raise ValueError("--export needs --prompt: the text the exported page shows")
+        result = inspect_prompt(model, tok, args.prompt)
+        export_page(result, args.export)
+        print(f"wrote {args.export}: {entry.name} on {len(result['tokens'])} tokens of "
+              f"{args.prompt!r} (open it in any browser; it loads nothing from anywhere)")
+        return 0
+    if args.prompt is not None:
+        raise ValueError("--prompt goes with --export; the served page has its own prompt box")
+    try:
+        server = InspectorServer(model, tok, args.checkpoint, args.host, args.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {args.port} on {args.host} is in use (another inspector, "
+                             f"or another program): choose another with --port") from None
+        raise ValueError(f"cannot serve on {args.host}:{args.port}: "
+                         f"{exc.strerror or exc}") from None
+    where = ("only this machine can open it" if args.host in ("127.0.0.1", "localhost", "::1")
+             else f"bound to {args.host}: other machines can open it too")
+    print(f"scratchlm inspect: serving {args.checkpoint} ({entry.name}) at {server.url} "
+          f"({where}); Ctrl+C stops", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("scratchlm inspect: stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
 def _cmd_filters(args) -> int:
     from .training.pipelines import digits, run_options
     from .training.plots import plot_filters_and_maps
@@ -797,6 +839,18 @@ def build_parser():
     _add(a, opt("prompt", str, None, "the text whose attention is drawn"))
     _add(a, opt("out", str, os.path.join("runs", "attention.png"), "the PNG"))
     a.set_defaults(func=_cmd_attention)
+
+    ins = sub.add_parser("inspect", help="serve a page that shows inside a GPT, Llama or RNN "
+                         "checkpoint for any prompt (or --export one prompt's page)")
+    _add(ins, CHECKPOINT)
+    _add(ins, opt("port", int, 8000, "the port to serve on (0: any free port)", low=0,
+                  high=65535))
+    _add(ins, opt("host", str, "127.0.0.1", "the address to bind (127.0.0.1: this machine "
+                  "only)"))
+    _add(ins, opt("export", str, None, "write a self-contained HTML page for --prompt instead "
+                  "of serving"))
+    _add(ins, opt("prompt", str, None, "the prompt of the exported page"))
+    ins.set_defaults(func=_cmd_inspect)
 
     n = sub.add_parser("gradnorms", help="plot |dL/dh_t| over time for RNN vs LSTM vs GRU (PNG)")
     for o in (positive("length", 100, "sequence length T"),
