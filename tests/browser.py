@@ -3,14 +3,13 @@ screenshots (``docs/screenshots.py``). Debian's ``chromium`` and ``chromium-driv
 (``.ci/run`` installs them) and ``pip install selenium``; nothing is downloaded (Selenium
 Manager is never asked for a driver: both paths are given)."""
 
+import importlib.util
 import shutil
 
 
 def find_browser():
     """``(chromium, chromedriver)`` paths, or None when either (or Selenium) is missing."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return None
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or \
         shutil.which("google-chrome")

@@ -290,7 +290,7 @@ def _seed(logits, target):
 def _inspect_transformer(model, ids, target):
     gpt = type(model).__name__ == "GPT"
     blocks = _blocks(model)
-    L, T = len(blocks), ids.size
+    L = len(blocks)
     fwd, bwd = {}, {}
     for l, b in enumerate(blocks):
         attn, mlp, proj = _parts(b, gpt)

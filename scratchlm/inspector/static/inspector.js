@@ -197,7 +197,7 @@ function renderAttention() {
   const table = $("attn-map");
   table.replaceChildren();
   const head = el("thead"), hr = el("tr");
-  hr.appendChild(el("th", {}, "query \\ key"));
+  hr.appendChild(el("th", { class: "corner" }, "query \u2193 key \u2192"));
   r.tokens.forEach((t) => hr.appendChild(el("th", {}, shown(t.text))));
   head.appendChild(hr); table.appendChild(head);
   const body = el("tbody");
@@ -261,15 +261,18 @@ function renderContributions(r) {
   const t = el("table", { class: "contrib", id: "head-contrib" });
   const hr = el("tr"); hr.appendChild(el("th", {}, "head \u2192"));
   for (let h = 0; h < H; h++) hr.appendChild(el("th", {}, String(h)));
+  const biased = c.layers.some((l) => l.attention_bias !== 0);
+  if (biased) hr.appendChild(el("th", { title: "the output projection's bias" }, "bias"));
   t.appendChild(hr);
   const m = maxAbs(c.layers.flatMap((l) => l.heads));
   c.layers.forEach((l, i) => {
     const tr = el("tr"); tr.appendChild(el("th", {}, `layer ${i}`));
     l.heads.forEach((v) => { const td = el("td", {}, fmt(v)); td.style.background = div(v / m); tr.appendChild(td); });
+    if (biased) tr.appendChild(el("td", {}, fmt(l.attention_bias)));
     t.appendChild(tr);
   });
   box.appendChild(el("p", { class: "note" },
-    `logit of ${JSON.stringify(r.target.text)} = ${fmt(c.logit)}: the parts above sum to it (the final norm's scale held at its value). Per head:`));
+    `logit of ${JSON.stringify(r.target.text)} = ${fmt(c.logit)}: the parts above sum to it (the final norm's scale held at its value). Each layer's heads${c.layers.some((l) => l.attention_bias !== 0) ? " and bias" : ""} sum to its attn part:`));
   box.appendChild(t);
 }
 
@@ -376,10 +379,11 @@ function renderRnn(r) {
     block.appendChild(el("div", { class: "title" }, title));
     const c = el("canvas", { class: "map" });
     drawMatrix(c, cols, signed ? (v) => div(v) : (v) => seq(v));
-    const cell = Math.max(4, Math.min(16, Math.floor(900 / T)));
-    c.style.width = `${T * cell}px`; c.style.height = `${H * 4}px`;
+    // at most ~560 x 256 pixels a map, whatever T and H: cells stretch or shrink
+    const cell = Math.max(4, Math.min(12, Math.floor(560 / T))), unit = Math.min(4, 256 / H);
+    c.style.width = `${T * cell}px`; c.style.height = `${H * unit}px`;
     c.onmousemove = (ev) => {
-      const t = Math.floor(ev.offsetX / cell), u = Math.floor(ev.offsetY / 4);
+      const t = Math.floor(ev.offsetX / cell), u = Math.floor(ev.offsetY / unit);
       if (t < T && u < H) $("rnn-readout").textContent = `${title}, t=${t} ` +
         `${JSON.stringify(r.tokens[t].text)}, unit ${u}: ${fmt(M[t][u])}`;
     };
