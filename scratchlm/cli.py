@@ -634,8 +634,12 @@ def _cmd_inspect(args) -> int:
                              f"or another program): choose another with --port") from None
         raise ValueError(f"cannot serve on {args.host}:{args.port}: "
                          f"{exc.strerror or exc}") from None
-    where = ("only this machine can open it" if args.host in ("127.0.0.1", "localhost", "::1")
-             else f"bound to {args.host}: other machines can open it too")
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        where = "only this machine can open it"
+    elif args.host in ("0.0.0.0", "::"):
+        where = "bound to every interface: any machine that reaches this one can open it"
+    else:
+        where = f"bound to {args.host}: machines that reach that address can open it"
     print(f"scratchlm inspect: serving {args.checkpoint} ({entry.name}) at {server.url} "
           f"({where}); Ctrl+C stops", flush=True)
     try:

@@ -106,10 +106,23 @@ def test_next_token_saliency_and_target_against_independent_computations(name, t
             table[row, c] = keep
             g[c] = (up - down) / (2 * h)
         np.testing.assert_allclose(r["saliency"]["grad_norm"][t], np.linalg.norm(g), rtol=1e-6)
+        np.testing.assert_allclose(r["saliency"]["grad_x_input"][t], g @ _embedded(model, ids)[t],
+                                   rtol=1e-6, atol=1e-9)
         checked += 1
     assert checked >= 3
     for p in model.parameters():                   # the inspection left no gradient behind
         assert not np.any(p.grad)
+
+
+def _embedded(model, ids):
+    """(T, C) the embeddings the first layer reads, computed here from the tables."""
+    name = type(model).__name__
+    if name == "GPT":
+        tr = model.transformer
+        return tr.wte.weight.data[ids] + tr.wpe.weight.data[:ids.size]
+    if name == "Llama":
+        return model.model.embed_tokens.weight.data[ids]
+    return model.encoder.weight.data[ids]
 
 
 @pytest.mark.parametrize("name", ["gpt", "llama"])
@@ -151,6 +164,164 @@ def test_transformer_views(name, tok):
     assert last[-1] > 0 and not np.any(last[:-1])
 
 
+def _norm_head(model):
+    """The final norm as a plain function, and the head's weight (float64)."""
+    if type(model).__name__ == "GPT":
+        n = model.transformer.ln_f
+
+        def norm(x):
+            mu = x.mean(-1, keepdims=True)
+            return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + n.eps) * n.weight.data + \
+                n.bias.data
+        return norm, model.lm_head.weight.data
+    n = model.model.norm
+    return (lambda x: x / np.sqrt((x * x).mean(-1, keepdims=True) + n.eps) * n.weight.data), \
+        model.lm_head.weight.data
+
+
+def _run_blocks(model, x, start):
+    """The residual after every block from ``start`` on, the blocks called one by one."""
+    model.eval()
+    out = []
+    for b in _blocks_of(model)[start:]:
+        if type(model).__name__ == "GPT":
+            x = b(x)
+        else:
+            x = b(x, *model._rope(0, x.shape[1]))
+        out.append(x)
+    return out
+
+
+def _blocks_of(model):
+    return list(model.transformer.h) if type(model).__name__ == "GPT" else list(model.model.layers)
+
+
+@pytest.mark.parametrize("name", ["gpt", "llama"])
+def test_interior_views_against_a_forward_run_block_by_block(name, tok):
+    model = MODELS[name](tok.vocab_size)
+    ids = tok.encode(PROMPT)
+    r = inspect_prompt(model, tok, PROMPT)
+    target = r["target"]["id"]
+    xs = [_embedded(model, ids)[None]]
+    xs += _run_blocks(model, xs[0], 0)
+    np.testing.assert_allclose(r["residual_norm"], [np.linalg.norm(x[0], axis=-1) for x in xs],
+                               rtol=1e-10)
+    norm, W = _norm_head(model)
+    for l in range(len(xs)):                                   # every row of the logit lens
+        p = _softmax(norm(xs[l][0]) @ W.T)
+        assert [row[0]["id"] for row in r["logit_lens"][l]] == np.argmax(p, -1).tolist()
+        np.testing.assert_allclose([row[0]["prob"] for row in r["logit_lens"][l]], p.max(-1),
+                                   rtol=1e-10)
+
+    def logp_from(l, x):                                       # log p(target) from x_l on
+        y = _run_blocks(model, x, l)[-1] if l < len(xs) - 1 else x
+        return float(np.log(_softmax(norm(y[0, -1]) @ W.T)[target]))
+
+    # the gradient at an interior boundary, by central differences on the residual itself
+    h = 1e-6
+    for l, t in ((1, ids.size - 1), (1, 2), (2, 4)):
+        g = np.zeros(xs[l].shape[-1])
+        for c in range(g.size):
+            up, down = xs[l].copy(), xs[l].copy()
+            up[0, t, c] += h
+            down[0, t, c] -= h
+            g[c] = (logp_from(l, up) - logp_from(l, down)) / (2 * h)
+        np.testing.assert_allclose(r["layer_grad_norm"][l][t], np.linalg.norm(g), rtol=1e-6)
+
+    # each head's share, by removing the head: zero its columns of the output projection and
+    # the attention output at the last position changes by exactly what the head wrote
+    blocks = _blocks_of(model)
+    x_last = xs[-1][0, -1]
+    if name == "gpt":
+        n = model.transformer.ln_f
+        scale = np.sqrt(x_last.var() + n.eps)
+
+        def share(c):
+            return (W[target] * n.weight.data) @ (c - c.mean()) / scale
+    else:
+        n = model.model.norm
+        scale = np.sqrt((x_last * x_last).mean() + n.eps)
+
+        def share(c):
+            return (W[target] * n.weight.data) @ c / scale
+    for l, b in enumerate(blocks):
+        attn = b.attn if name == "gpt" else b.self_attn
+        proj = attn.c_proj if name == "gpt" else attn.o_proj
+        inp = (b.ln_1 if name == "gpt" else b.input_layernorm)(xs[l])
+        args = () if name == "gpt" else model._rope(0, ids.size)
+        full = attn(inp, *args)[0, -1]
+        H = len(r["contributions"]["layers"][l]["heads"])
+        d = proj.weight.shape[1] // H
+        for head in range(H):
+            keep = proj.weight.data[:, head * d:(head + 1) * d].copy()
+            proj.weight.data[:, head * d:(head + 1) * d] = 0
+            without = attn(inp, *args)[0, -1]
+            proj.weight.data[:, head * d:(head + 1) * d] = keep
+            np.testing.assert_allclose(r["contributions"]["layers"][l]["heads"][head],
+                                       share(full - without), rtol=1e-8, atol=1e-12)
+
+
+def test_pruned_quantized_and_lora_models(tok):
+    from scratchlm.compress.prune import shrink
+    from scratchlm.compress.quantize import quantize
+    from scratchlm.finetune.lora import apply_lora
+    ids = tok.encode(PROMPT)
+
+    def adds_up(r, rtol):
+        c = r["contributions"]
+        total = c["embedding"] + c["final_bias"] + sum(x["attention"] + x["mlp"]
+                                                       for x in c["layers"])
+        np.testing.assert_allclose(total, c["logit"], rtol=rtol, atol=rtol)
+
+    gpt = _gpt(tok.vocab_size)
+    shrink(gpt, {"transformer.h.0": {"heads": [1]}})            # layer 0 keeps one head of two
+    r = inspect_prompt(gpt, tok, PROMPT)
+    assert [len(a) for a in r["attention"]] == [1, 2] and r["model"]["heads"] == [1, 2]
+    assert [len(x["heads"]) for x in r["contributions"]["layers"]] == [1, 2]
+    adds_up(r, 1e-10)
+    np.testing.assert_allclose(r["next"]["top"][0]["prob"],
+                               _softmax(gpt(ids[None])[0, -1]).max(), rtol=1e-12)
+
+    q = _gpt(tok.vocab_size, np.float32)
+    quantize(q, "int8")
+    adds_up(inspect_prompt(q, tok, PROMPT), 1e-4)
+
+    llama = _llama(tok.vocab_size)
+    apply_lora(llama, target_modules=("q_proj", "o_proj"), r=2, rng=0)
+    for name, layer in llama.named_modules():
+        if hasattr(layer, "lora_B"):
+            layer.lora_B.weight.data[...] = np.random.default_rng(1).normal(
+                0, 0.3, layer.lora_B.weight.shape)
+    adds_up(inspect_prompt(llama, tok, PROMPT), 1e-10)
+
+
+def test_state_hooks_and_gradients_are_put_back(tok):
+    model = _rnn("lstm", 1)(tok.vocab_size)
+    model(tok.encode("the mat")[None])
+    carried = model.state
+    for p in model.parameters():
+        p.grad[...] = np.random.default_rng(0).normal(size=p.shape)
+    grads = {id(p): p.grad.copy() for p in model.parameters()}
+    model.decoder.weight.requires_grad = False                        # one frozen part
+    hook = lambda *a, **k: type(model.rnn).forward(model.rnn, *a, **k)   # noqa: E731
+    object.__setattr__(model.rnn, "forward", hook)                     # e.g. a data-parallel hook
+    model.drop.eval()                                                  # mixed modes
+    inspect_prompt(model, tok, PROMPT)
+    sample_step(model, tok, PROMPT, seed=0)
+    assert model.state is carried and model.rnn.__dict__["forward"] is hook
+    assert model.training and not model.drop.training
+    assert model.decoder.weight.requires_grad is False and model.decoder.weight.grad is None
+    for p in model.parameters():
+        if p.grad is not None:
+            np.testing.assert_array_equal(p.grad, grads[id(p)])
+    # a model frozen whole still gets its saliency (the backward reaches the embeddings)
+    gpt = _gpt(tok.vocab_size)
+    want = inspect_prompt(gpt, tok, PROMPT)["saliency"]
+    gpt.requires_grad_(False)
+    assert inspect_prompt(gpt, tok, PROMPT)["saliency"] == want
+    assert all(p.grad is None for p in gpt.parameters())
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_rnn_gates_reproduce_the_hidden_states(cell, tok):
     model = MODELS[cell](tok.vocab_size)
@@ -160,6 +331,22 @@ def test_rnn_gates_reproduce_the_hidden_states(cell, tok):
     out, _ = model.rnn(model.encoder(ids[None]))
     np.testing.assert_allclose(hidden[-1], out[0], rtol=1e-12)
     assert r["model"]["gates"] == (["i", "f", "g", "o"] if cell == "lstm" else ["r", "z", "n"])
+    # layer 0's gates from its weights and inputs, torch's equations
+    x, Hn = model.encoder.weight.data[ids], hidden.shape[2]
+    w_ih, w_hh = model.rnn.weight_ih_l0.data, model.rnn.weight_hh_l0.data
+    b_ih, b_hh = model.rnn.bias_ih_l0.data, model.rnn.bias_hh_l0.data
+    sig = lambda v: 1 / (1 + np.exp(-v))                                    # noqa: E731
+    h_prev = np.zeros(Hn)
+    for t in range(ids.size):
+        a, b = w_ih @ x[t] + b_ih, w_hh @ h_prev + b_hh
+        if cell == "lstm":
+            want = [sig(a[:Hn] + b[:Hn]), sig(a[Hn:2 * Hn] + b[Hn:2 * Hn]),
+                    np.tanh(a[2 * Hn:3 * Hn] + b[2 * Hn:3 * Hn]), sig(a[3 * Hn:] + b[3 * Hn:])]
+        else:
+            rg, z = sig(a[:Hn] + b[:Hn]), sig(a[Hn:2 * Hn] + b[Hn:2 * Hn])
+            want = [rg, z, np.tanh(a[2 * Hn:] + rg * b[2 * Hn:])]
+        np.testing.assert_allclose(gates[0, :, t], want, rtol=1e-10, atol=1e-12)
+        h_prev = hidden[0, t]
     for layer in range(hidden.shape[0]):
         h_prev = np.zeros(hidden.shape[2])
         c = np.zeros(hidden.shape[2])
@@ -223,8 +410,35 @@ def test_bad_prompts_and_models_are_refused_in_words(tok):
     with pytest.raises(ValueError, match="transformer .GPT., llama, rnn, lstm, gru; this "
                                          "checkpoint holds a CNN"):
         inspect_prompt(CNN(), tok, PROMPT)
-    # an RNN reads any length
-    assert len(inspect_prompt(_rnn("gru", 1)(tok.vocab_size), tok, "a" * 40)["tokens"]) == 40
+    # an RNN reads any length its views fit in
+    gru = _rnn("gru", 1)(tok.vocab_size)
+    assert len(inspect_prompt(gru, tok, "a" * 40)["tokens"]) == 40
+    import scratchlm.inspector.analysis as A
+    limit = A.MAX_NUMBERS // (1 * 4 * 12)                # 1 layer x (h + 3 gates) x 12 units
+    with pytest.raises(PromptError, match=f"the inspector shows at most {limit} for this model"):
+        inspect_prompt(gru, tok, "a" * (limit + 1))
+    # a word tokenizer's unknown pieces are its words
+    words = build_tokenizer("word", "the cat sat on the mat", 0)
+    wmodel = _rnn("rnn", 1)(words.vocab_size)
+    with pytest.raises(PromptError, match=r"cannot encode words 'dog', 'zebra' "):
+        inspect_prompt(wmodel, words, "the zebra sat on the dog")
+
+
+def test_a_sampled_token_must_read_back_as_itself():
+    # a byte tokenizer's model can draw a byte that is only part of a character: the text the
+    # page holds would not encode back to the ids; said, not appended as U+FFFD
+    byte = build_tokenizer("byte", "", 0)
+    model = GPT(GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=1, n_embd=8), rng=0)
+    outcomes = set()
+    for seed in range(40):
+        new = int(model.generate(byte.encode("ab")[None], 1, seed=seed)[0, -1])
+        if new >= 0x80:
+            with pytest.raises(PromptError, match="does not read back as itself"):
+                sample_step(model, byte, "ab", seed=seed)
+        else:
+            assert sample_step(model, byte, "ab", seed=seed)["prompt"] == "ab" + chr(new)
+        outcomes.add(new >= 0x80)
+    assert outcomes == {True, False}
 
 
 def test_sampling_one_step_is_the_models_sampler(tok):
@@ -301,8 +515,13 @@ def test_the_page_and_its_files(served):
         assert ref.startswith("/") or ref.startswith("data:"), ref
     for path in ("/inspector.js", "/inspector.css"):
         status, headers, body = _request(served, "GET", path)
-        assert status == 200 and body and "http://" not in body.decode().replace(
-            "http://www.w3.org/2000/svg", "")
+        text = body.decode().replace('"http://www.w3.org/2000/svg"', "")   # a name, not a load
+        assert status == 200 and text and not re.search(r"https?:|//[\w.-]+\.\w|url\(|@import",
+                                                        text)
+        if path.endswith(".js"):                          # requests: the API's own paths only
+            assert re.findall(r'fetch\(([^)]*)\)', text) == ["path, opts"]
+            assert sorted(set(re.findall(r'api\("([^"]*)"', text))) == \
+                ["/api/inspect", "/api/model", "/api/sample"]
 
 
 @pytest.mark.parametrize("method, path, status", [
@@ -314,6 +533,28 @@ def test_the_page_and_its_files(served):
 def test_only_its_own_routes(served, method, path, status):
     got, body = _json(served, method, path, {"prompt": "x"} if method == "POST" else None)
     assert got == status and body["error"]
+
+
+def test_cross_site_requests_are_refused(served, tok):
+    status, body = _json(served, "POST", "/api/inspect", {"prompt": PROMPT},
+                         headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in body["error"]
+    status, body = _json(served, "POST", "/api/inspect", {"prompt": PROMPT},
+                         headers={"Sec-Fetch-Site": "cross-site"})
+    assert status == 403 and "another site" in body["error"]
+    status, body = _json(served, "POST", "/api/inspect", raw=b"[" * 60000)
+    assert status == 400 and "JSON" in body["error"]
+    status, headers, payload = _request(served, "HEAD", "/")
+    assert status == 200 and payload == b"" and int(headers["Content-Length"]) > 100
+    # bound to every interface, it answers any Host (the user chose to serve other machines)
+    wide = InspectorServer(served.model, tok, port=0, host="0.0.0.0")
+    threading.Thread(target=wide.serve_forever, daemon=True).start()
+    try:
+        status, _ = _json(wide, "GET", "/api/model", headers={"Host": "my-laptop.lan:9"})
+        assert status == 200
+    finally:
+        wide.shutdown()
+        wide.server_close()
 
 
 def test_refusals_name_the_problem(served):
@@ -414,6 +655,9 @@ def test_the_command_serves_and_says_where(tmp_path, tok):
                             stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"PYTHONUNBUFFERED": "1"})
     try:
+        import select
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "the command said nothing in 120 s"
         line = proc.stdout.readline()
         assert "only this machine can open it" in line, line + proc.stderr.read()
         url = re.search(r"http://127\.0\.0\.1:(\d+)/", line)

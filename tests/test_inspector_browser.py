@@ -90,6 +90,10 @@ def test_the_page_shows_what_the_api_computes(driver, gpt_server, tok, tmp_path)
     lens = driver.find_element(*_by('#lens td[data-layer="2"][data-t="3"]'))
     assert "\n" not in lens.text and lens.get_attribute("title").startswith(
         '"' + api["logit_lens"][2][3][0]["text"] + '"')
+    # token text that looks like markup is shown as text, never parsed
+    assert "<unk>" in [t["text"] for t in api["next"]["top"]]           # (this model, prompt)
+    assert "<unk>" in [c.text for c in driver.find_elements(*_by("#next td.token"))]
+    assert not driver.find_elements(*_by("unk"))
     driver.save_screenshot(str(tmp_path / "inspector.png"))
     assert (tmp_path / "inspector.png").stat().st_size > 10_000
 

@@ -30,9 +30,17 @@ last position:
 * **RNNs** (RNN, LSTM, GRU): the hidden states :math:`h_t` and the gates after their
   nonlinearity (LSTM: i, f, g, o; GRU: r, z, n) of every layer, from the recurrent caches.
 
-Nothing here changes the model: it runs in eval mode (no dropout), the parameters' ``.grad``
-are put back as they were, and the method wrappers that record block inputs and outputs
-(:func:`_taps`) are removed afterwards.
+The model's weights, gradients and modes are left as they were: it runs in eval mode (no
+dropout) and every module's mode is put back; only the token embedding is trained for the while
+(enough for the backward to reach the embeddings, without the weight gradients of every layer),
+and the ``.grad`` arrays and ``requires_grad`` flags are restored; an RNN's carried ``state`` is
+put back; the method wrappers that record block inputs and outputs (:func:`_taps`) are removed.
+What is *not* kept: the layers' caches of the last forward. Do not inspect between a training
+forward and its backward, or from another thread while the model computes.
+
+The views grow with the prompt (attention as layers x heads x T^2, an RNN's gates as layers x
+gates x T x hidden): a prompt whose largest view would exceed :data:`MAX_NUMBERS` numbers is
+refused, naming the longest prompt that fits.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ from .._checks import positive_int
 SUPPORTED = ("GPT", "Llama", "RNNLM")
 #: the registry names that build them
 SUPPORTED_NAMES = "transformer (GPT), llama, rnn, lstm, gru"
+#: the most numbers one view may hold (attention maps, gates): about 4M, 16 MB as float32
+MAX_NUMBERS = 1 << 22
 
 
 class PromptError(ValueError):
@@ -83,20 +93,49 @@ def encode_prompt(tokenizer, prompt, model) -> np.ndarray:
         raise PromptError(f"the prompt {prompt[:40]!r} encodes to no tokens")
     unk = getattr(tokenizer, "unk_id", None)
     if unk is not None and np.any(ids == unk):
-        bad = sorted({ch for ch in prompt if unk in np.asarray(tokenizer.encode(ch)).tolist()})
-        what = (f"characters {', '.join(repr(c) for c in bad[:10])}" if bad else
-                f"{int(np.sum(ids == unk))} piece(s) of it")
+        # the tokenizer's own units: words for a word tokenizer, else characters
+        words = hasattr(tokenizer, "tokenize")
+        pieces = tokenizer.tokenize(prompt) if words else list(prompt)
+        bad = sorted({p for p in pieces if unk in np.asarray(tokenizer.encode(p)).tolist()})
+        what = (f"{'words' if words else 'characters'} {', '.join(repr(c) for c in bad[:10])}"
+                if bad else f"{int(np.sum(ids == unk))} piece(s) of it")
         raise PromptError(f"the tokenizer cannot encode {what} (the model never saw them): "
                           f"remove or replace them")
     limit = context_size(model)
     if limit is not None and ids.size > limit:
         raise PromptError(f"the prompt is {ids.size} tokens; the model reads at most {limit} "
                           f"(its context): shorten it")
+    biggest = _view_numbers(model, 1)
+    longest = _longest(model)
+    if ids.size > longest:
+        raise PromptError(f"the prompt is {ids.size} tokens; the inspector shows at most "
+                          f"{longest} for this model (its largest view holds {biggest:,} "
+                          f"numbers per token, at most {MAX_NUMBERS:,} in all): shorten it")
     if ids.max() >= model.config.vocab_size:
         raise PromptError(f"the tokenizer gives id {int(ids.max())}, beyond the model's "
                           f"{model.config.vocab_size} tokens: the checkpoint's tokenizer does "
                           f"not match its model")
     return ids
+
+
+def _view_numbers(model, T) -> int:
+    """The numbers of the largest view for a prompt of ``T`` tokens."""
+    if model_kind(model) == "transformer":
+        return sum(_heads_of(b) for b in _blocks(model)) * T * T
+    c = model.config
+    return c.num_layers * (len(_GATES.get(c.cell, ())) + 1) * c.hidden_size * T
+
+
+def _longest(model) -> int:
+    """The longest prompt whose views fit in :data:`MAX_NUMBERS`."""
+    T = 1
+    while _view_numbers(model, 2 * T) <= MAX_NUMBERS:
+        T *= 2
+    lo, hi = T, 2 * T                                   # fits at lo, not at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _view_numbers(model, mid) <= MAX_NUMBERS else (lo, mid)
+    return lo
 
 
 def model_info(model, tokenizer) -> dict:
@@ -109,7 +148,7 @@ def model_info(model, tokenizer) -> dict:
             "tokenizer": type(tokenizer).__name__}
     if kind == "transformer":
         info["layers"] = len(_blocks(model))
-        info["heads"] = _heads(model)
+        info["heads"] = [_heads_of(b) for b in _blocks(model)]     # per layer (pruning differs)
     else:
         info["layers"] = int(c.num_layers)
         info["cell"] = c.cell
@@ -132,6 +171,7 @@ def _taps(forward=None, backward=None):
 
     def wrap(module, method, key, before, after):
         original = getattr(module, method)
+        wrapped.append((module, method, module.__dict__.get(method)))     # an instance's own
 
         def run(*args, **kwargs):
             rec[(before, key)] = args[0]
@@ -140,7 +180,6 @@ def _taps(forward=None, backward=None):
             return out
 
         object.__setattr__(module, method, run)
-        wrapped.append((module, method))
 
     try:
         for key, m in (forward or {}).items():
@@ -149,27 +188,71 @@ def _taps(forward=None, backward=None):
             wrap(m, "backward", key, "dout", "din")
         yield rec
     finally:
-        for module, method in wrapped:
-            if method in module.__dict__:
+        for module, method, own in reversed(wrapped):
+            if own is not None:                  # (e.g. a data-parallel hook): put it back
+                object.__setattr__(module, method, own)
+            elif method in module.__dict__:
                 object.__delattr__(module, method)
 
 
 @contextmanager
-def _grads_kept(model):
-    """Run a backward without leaving a trace: every parameter trainable for the while (a
-    frozen part would stop the backward early, before the embeddings), then each ``.grad`` and
-    ``requires_grad`` as it was before."""
-    saved = [(p, p.requires_grad, None if p.grad is None else p.grad.copy())
-             for p in model.parameters()]
-    for p, _, _ in saved:
-        p.requires_grad = True
+def _modes_kept(model):
+    """Every module's train/eval mode and an RNN's carried ``state`` as they were, afterwards
+    (``model.train(mode)`` would set one mode everywhere)."""
+    modes = [(m, m.training) for m in model.modules()]
+    state = getattr(model, "state", None)
     try:
         yield
     finally:
-        for p, trainable, g in saved:
-            p.requires_grad = trainable
-            if g is not None:
-                p.grad[...] = g
+        for m, mode in modes:
+            object.__setattr__(m, "training", mode)
+        if hasattr(model, "state"):
+            model.state = state
+
+
+@contextmanager
+def _kept_as_it_was(model):
+    """Run a forward and a backward and leave no trace in the model (module docstring): only the
+    token embedding trainable for the while -- the backward then reaches the embeddings, as it
+    stops where nothing below is trained, but computes no other weight gradient -- and the
+    gradients, ``requires_grad`` flags, modes and an RNN's carried state as they were."""
+    params = list(model.parameters())
+    saved = [(p, p.requires_grad, p.grad) for p in params]          # the arrays themselves
+    embedding = _embedding(model).weight
+    with _modes_kept(model):
+        try:
+            for p in params:
+                p.requires_grad = p is embedding   # (False drops .grad: the array is in saved)
+            embedding.grad = np.zeros_like(embedding.data)
+            model.eval()
+            yield
+        finally:
+            for p, trainable, grad in saved:
+                p.requires_grad = trainable
+                p.grad = grad
+
+
+def _embedding(model):
+    name = type(model).__name__
+    if name == "GPT":
+        return model.transformer.wte
+    if name == "Llama":
+        return model.model.embed_tokens
+    return model.encoder
+
+
+def _effective(layer):
+    """``(W (out, in), bias or None)`` in float64: the weight a Linear computes with -- a
+    quantized layer's dequantized codes, a LoRA layer's ``W + (alpha / r) B A`` (unless merged)."""
+    if hasattr(layer, "base_layer"):                                   # LoRA
+        W, b = _effective(layer.base_layer)
+        if not layer.merged:
+            W = W + layer.scaling * (layer.lora_B.weight.data.astype(np.float64) @
+                                     layer.lora_A.weight.data.astype(np.float64))
+        return W, b
+    W = layer.dequantized() if hasattr(layer, "dequantized") else layer.weight.data
+    b = getattr(layer, "bias", None)
+    return W.astype(np.float64), None if b is None else b.data.astype(np.float64)
 
 
 def _blocks(model):
@@ -184,9 +267,10 @@ def _parts(block, gpt):
     return block.self_attn, block.mlp, block.self_attn.o_proj
 
 
-def _heads(model) -> int:
-    return int(model.config.n_head) if type(model).__name__ == "GPT" else \
-        int(model.config.num_attention_heads)
+def _heads_of(block) -> int:
+    """A block's query heads: its own count (structured pruning may leave fewer than the
+    config says, and a different number per block)."""
+    return int(block.attn.n_head) if hasattr(block, "attn") else int(block.self_attn.heads)
 
 
 _GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -212,16 +296,11 @@ def inspect_prompt(model, tokenizer, prompt, target=None, top_k=10, lens_k=5) ->
                 not 0 <= int(target) < V:
             raise PromptError(f"the target must be a token id in [0, {V - 1}], got {target!r}")
         target = int(target)
-    was_training = model.training
-    model.eval()
-    try:
-        with _grads_kept(model):
-            if kind == "transformer":
-                out = _inspect_transformer(model, ids, target)
-            else:
-                out = _inspect_rnn(model, ids, target)
-    finally:
-        model.train(was_training)
+    with _kept_as_it_was(model):
+        if kind == "transformer":
+            out = _inspect_transformer(model, ids, target)
+        else:
+            out = _inspect_rnn(model, ids, target)
     logits, probs = out.pop("_logits"), out.pop("_probs")
     target = out.pop("_target")
 
@@ -242,10 +321,9 @@ def inspect_prompt(model, tokenizer, prompt, target=None, top_k=10, lens_k=5) ->
                                  "logit": float(logits[target])}),
     }
     if kind == "transformer":
-        lens = out.pop("_lens")                                            # (L+1, T, V)
-        top = np.argsort(-lens, axis=-1, kind="stable")[..., :lens_k]      # (L+1, T, k)
-        result["logit_lens"] = [[[token(i, {"prob": float(lens[l, t, i])}) for i in top[l, t]]
-                                 for t in range(lens.shape[1])] for l in range(lens.shape[0])]
+        lens = out.pop("_lens")                              # (L+1, T) -> (top ids, their p)
+        result["logit_lens"] = [[[token(i, {"prob": float(p)}) for i, p in zip(ids_t, p_t)]
+                                 for ids_t, p_t in zip(*layer)] for layer in lens(lens_k)]
     result.update({k: _plain(v) for k, v in out.items()})
     return result
 
@@ -316,7 +394,7 @@ def _inspect_transformer(model, ids, target):
     eps = norm.eps if norm.eps is not None else float(np.finfo(norm.weight.data.dtype).eps)
     gamma = norm.weight.data.astype(np.float64)
     beta = norm.bias.data.astype(np.float64) if gpt and norm.bias is not None else None
-    W = model.lm_head.weight.data.astype(np.float64)                         # (V, C)
+    W, head_bias = _effective(model.lm_head)                                # (V, C); no bias
 
     def normed(x):                                                           # (..., C)
         if gpt:
@@ -327,7 +405,23 @@ def _inspect_transformer(model, ids, target):
         y = y * gamma
         return y + beta if beta is not None else y
 
-    lens = _softmax64(normed(xs) @ W.T)                                      # (L+1, T, V)
+    def lens(k):
+        """Per layer: the top k tokens at each position and their probabilities, (T, k) each,
+        one layer's (T, V) logits at a time (never all layers' at once)."""
+        out = []
+        for x in xs:                                                         # (T, C)
+            z = normed(x) @ W.T                                              # (T, V)
+            if head_bias is not None:
+                z = z + head_bias
+            k_ = min(k, z.shape[1])
+            top = np.argpartition(-z, k_ - 1, axis=1)[:, :k_]                # (T, k) unordered
+            zt = np.take_along_axis(z, top, 1)
+            order = np.lexsort((top, -zt), axis=1)           # by logit, ties by id (stable)
+            top, zt = np.take_along_axis(top, order, 1), np.take_along_axis(zt, order, 1)
+            m = z.max(axis=1, keepdims=True)
+            lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))       # (T, 1)
+            out.append((top, np.exp(zt - lse)))
+        return out
 
     x_last = xs[-1, -1]                                                     # (C,)
     if gpt:
@@ -340,26 +434,26 @@ def _inspect_transformer(model, ids, target):
         c = np.asarray(c, np.float64)
         return float(wy @ ((c - c.mean()) if gpt else c) / scale)
 
-    H = _heads(model)
     layers = []
     for l, b in enumerate(blocks):
         proj = _parts(b, gpt)[2]
         y = rec[("in", ("proj", l))][0, -1].astype(np.float64)              # (H d,) the heads
-        Wo = proj.weight.data.astype(np.float64)                            # (C, H d)
+        Wo, bias = _effective(proj)                                         # (C, H d), (C,)
+        H = _heads_of(b)
         d = y.size // H
         heads = [part(Wo[:, h * d:(h + 1) * d] @ y[h * d:(h + 1) * d]) for h in range(H)]
-        bias = getattr(proj, "bias", None)
         layers.append({"attention": part(rec[("out", ("attn", l))][0, -1]),
                        "mlp": part(rec[("out", ("mlp", l))][0, -1]),
                        "heads": heads,
-                       "attention_bias": part(bias.data) if bias is not None else 0.0})
+                       "attention_bias": part(bias) if bias is not None else 0.0})
     contributions = {"embedding": part(xs[0, -1]), "layers": layers,
-                     "final_bias": float(W[target] @ beta) if beta is not None else 0.0,
+                     "final_bias": (float(W[target] @ beta) if beta is not None else 0.0) +
+                     (float(head_bias[target]) if head_bias is not None else 0.0),
                      "logit": float(last[target])}
     e = xs[0]                                                                # (T, C)
     return {
         "_logits": last, "_probs": probs, "_target": target, "_lens": lens,
-        "attention": np.stack(attention),                                    # (L, H, T, T)
+        "attention": attention,                                  # L x (H_l, T, T)
         "residual_norm": np.linalg.norm(xs, axis=-1),                        # (L+1, T)
         "contributions": contributions,
         "layer_grad_norm": np.linalg.norm(grads, axis=-1),                   # (L+1, T)
@@ -407,12 +501,21 @@ def sample_step(model, tokenizer, prompt, temperature=1.0, top_k=None, seed=None
         raise PromptError(f"the temperature must be a number >= 0 (0: the most likely token), "
                           f"got {temperature!r}")
     greedy = temperature == 0
-    out = model.generate(ids[None, :], 1, temperature=1.0 if greedy else temperature,
-                         top_k=top_k, greedy=greedy, seed=seed)
+    with _modes_kept(model):
+        out = model.generate(ids[None, :], 1, temperature=1.0 if greedy else temperature,
+                             top_k=top_k, greedy=greedy, seed=seed)
     new = int(out[0, -1])
     text = tokenizer.decode([new])
+    again = ("at temperature 0 it is drawn every time: raise the temperature" if greedy else
+             "sample again")
     if new in set(tokenizer.special_tokens.values()):
         raise PromptError(f"the model drew {text!r} (id {new}), a special token with no text "
-                          f"of its own to append: sample again")
-    return {"token": {"id": new, "text": text},
-            "prompt": tokenizer.decode([int(i) for i in out[0]])}
+                          f"of its own to append; {again}")
+    prompt = tokenizer.decode([int(i) for i in out[0]])
+    if np.asarray(tokenizer.encode(prompt)).tolist() != out[0].tolist():
+        # a byte that is only part of a character, or text the tokenizer would split another
+        # way: the page holds text, and this text would not read back as these tokens
+        raise PromptError(f"the model drew token {new} ({text!r}), which does not read back "
+                          f"as itself once appended to the text (a part of a character, or "
+                          f"pieces the tokenizer joins differently); {again}")
+    return {"token": {"id": new, "text": text}, "prompt": prompt}

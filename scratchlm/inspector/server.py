@@ -1,4 +1,4 @@
-"""The inspector's web server: the standard library's ``http.server``, one model, five routes.
+"""The inspector's web server: the standard library's ``http.server``, one model, six routes.
 
 ====================  ======  =====================================================================
 route                 method  answer
@@ -14,15 +14,23 @@ route                 method  answer
 What it refuses, each with a JSON ``{"error": ...}``: any other path (404: the three static files
 are a fixed table, never a path joined onto a folder, so nothing else on disk can be reached), any
 other method (405), a ``Host`` header naming another server (403: a web page elsewhere cannot
-reach this one through a DNS name that points here), a body that is not a JSON object or is over
-64 KiB (400, 413), and prompts the model cannot read (400, the reason in words). It binds to
-127.0.0.1 unless told otherwise. One request computes at a time (the model's caches are shared).
+reach this one through a DNS name that points here), a request another site's page sent
+(``Sec-Fetch-Site: cross-site``, 403), a POST whose ``Content-Type`` is not JSON (415: a page
+elsewhere cannot send one without the browser asking first, and ``OPTIONS`` is refused), a body
+that is not a JSON object or is over 64 KiB (400, 413), and prompts the model cannot read (400,
+the reason in words); anything unexpected is a 500 with its message, never a dropped
+connection. A client gets 30 s to send its request. It binds to 127.0.0.1 unless told otherwise;
+bound to all interfaces (``0.0.0.0`` or ``::``), it answers any ``Host``. One request computes
+at a time (the model's caches are shared).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -53,6 +61,7 @@ class InspectorServer(ThreadingHTTPServer):
 
     def __init__(self, model, tokenizer, checkpoint="", host="127.0.0.1", port=8000):
         model_kind(model)                                         # a clear error for the others
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.model, self.tokenizer = model, tokenizer
         self.checkpoint = os.path.basename(os.fspath(checkpoint)) if checkpoint else ""
         self.lock = threading.Lock()
@@ -62,12 +71,15 @@ class InspectorServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
-    def allowed_hosts(self) -> set:
+    def host_ok(self, header: str) -> bool:
+        """Is ``header`` (a request's ``Host``) this server? Bound to all interfaces, any is."""
         host, port = self.server_address[:2]
-        names = {host, "127.0.0.1", "localhost", "[::1]"}
-        return {f"{n}:{port}" for n in names} | ({host} if port == 80 else set())
+        if host in ("0.0.0.0", "::"):
+            return True
+        names = {host, f"[{host}]", "127.0.0.1", "localhost", "[::1]"}
+        return header in {f"{n}:{port}" for n in names} | (names if port == 80 else set())
 
     def answer(self, route, body):
         """``(status, JSON-able)`` for an API route."""
@@ -88,6 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: InspectorServer
     server_version = "scratchlm-inspector"
     sys_version = ""
+    timeout = 30                                   # seconds a client has to send its request
 
     def log_message(self, format, *args):          # quiet: the command line says what it serves
         pass
@@ -110,10 +123,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {"error": message})
 
     def _host_ok(self) -> bool:
-        if self.headers.get("Host", "") in self.server.allowed_hosts():
-            return True
-        self._error(403, f"this server answers requests for {self.server.url} only")
-        return False
+        if not self.server.host_ok(self.headers.get("Host", "")):
+            self._error(403, f"this server answers requests for {self.server.url} only")
+            return False
+        if self.headers.get("Sec-Fetch-Site", "") == "cross-site":
+            self._error(403, "requests from another site's page are refused")
+            return False
+        return True
+
+    def do_HEAD(self):
+        self.do_GET()
 
     def do_GET(self):
         if not self._host_ok():
@@ -136,6 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in ("/api/inspect", "/api/sample"):
             return self._error(404 if path not in self.server.files and path != "/api/model"
                                else 405, f"no POST route {path[:80]}")
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            return self._error(415, "a POST here carries JSON (Content-Type: application/json)")
         try:
             size = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -144,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(413, f"the request body is {size} bytes; the limit is {MAX_BODY}")
         try:
             body = json.loads(self.rfile.read(size).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return self._error(400, "the request body must be JSON")
         if not isinstance(body, dict):
             return self._error(400, "the request body must be a JSON object")
@@ -152,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(*self.server.answer(path, body))
         except (PromptError, ValueError, TypeError) as exc:
             return self._error(400, str(exc))
+        except Exception as exc:  # noqa: BLE001 -- said to the page and the console, not dropped
+            print(f"scratchlm inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return self._error(500, f"the inspection failed: {type(exc).__name__}: {exc}")
 
     def _refuse(self):
         self._error(405, f"{self.command} is not served here (GET and POST only)")
@@ -172,10 +196,16 @@ def export_page(result: dict, path) -> str:
                                f"</script>")
     page = _swap(page, "SCRIPT", f"<script>\n{js.replace('</', '<' + chr(92) + '/')}</script>")
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.chmod(tmp, 0o644)                          # a page to open and share (mkstemp: 0600)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 

@@ -38,6 +38,8 @@ function div(v) {
   return `rgb(255,${Math.round(255 + 150 * t)},${Math.round(255 + 170 * t)})`;
 }
 const maxAbs = (a) => a.reduce((m, x) => Math.max(m, Math.abs(x)), 0) || 1;
+const maxOf = (a) => a.reduce((m, x) => Math.max(m, x), -Infinity);     // (no spread: any length)
+const minOf = (a) => a.reduce((m, x) => Math.min(m, x), Infinity);
 
 function showError(message) {
   const box = $("error");
@@ -56,8 +58,9 @@ async function api(path, body) {
 }
 
 // ------------------------------------------------------------------------------------------
-async function inspect(target) {
-  const prompt = $("prompt").value;
+async function inspect(target, prompt) {
+  if (prompt === undefined) prompt = $("prompt").value;
+  else $("prompt").value = prompt;           // a target is chosen for the prompt on show
   $("status").textContent = "computing...";
   try {
     const body = { prompt: prompt };
@@ -88,8 +91,11 @@ async function sample() {
 function describe(m) {
   const parts = [`${m.class}`, `${m.parameters.toLocaleString()} parameters`, m.dtype,
                  `vocabulary ${m.vocab_size}`, `tokenizer ${m.tokenizer}`];
-  if (m.kind === "transformer") parts.splice(1, 0, `${m.layers} layers x ${m.heads} heads`,
-                                             `context ${m.context}`);
+  if (m.kind === "transformer") {
+    const same = m.heads.every((h) => h === m.heads[0]);
+    parts.splice(1, 0, same ? `${m.layers} layers x ${m.heads[0]} heads`
+                            : `${m.layers} layers, heads ${m.heads.join("/")}`, `context ${m.context}`);
+  }
   else parts.splice(1, 0, `${m.cell.toUpperCase()}, ${m.layers} layer(s) x ${m.hidden_size} units`);
   return parts.join(" \u00b7 ");
 }
@@ -106,7 +112,7 @@ function render(r) {
   $("rnn-views").hidden = tf;
   if (tf) {
     selected.layer = Math.min(selected.layer, r.attention.length - 1);
-    selected.head = Math.min(selected.head, r.attention[0].length - 1);
+    selected.head = Math.min(selected.head, r.attention[selected.layer].length - 1);
     renderAttentionControls(r);
     renderAttention();
     renderResidual(r);
@@ -146,7 +152,7 @@ function renderNext(r) {
     const bar = el("div", { class: "bar" });
     bar.style.width = `${Math.round(120 * t.prob / top)}px`;
     const td = el("td"); td.appendChild(bar); tr.appendChild(td);
-    if (!EMBEDDED) tr.addEventListener("click", () => inspect(t.id));
+    if (!EMBEDDED) tr.addEventListener("click", () => inspect(t.id, r.prompt));
     body.appendChild(tr);
   });
   $("target-text").textContent = shown(r.target.text);
@@ -157,7 +163,8 @@ function renderNext(r) {
 
 // ---- attention -------------------------------------------------------------------------
 function renderAttentionControls(r) {
-  const L = r.attention.length, H = r.attention[0].length;
+  const L = r.attention.length, H = r.attention[selected.layer].length;
+  const widest = maxOf(r.attention.map((a) => a.length));        // pruning: heads per layer
   for (const [id, n, key] of [["attn-layer", L, "layer"], ["attn-head", H, "head"]]) {
     const s = $(id);
     if (s.options.length !== n) {
@@ -167,9 +174,10 @@ function renderAttentionControls(r) {
   }
   const thumbs = $("attn-thumbs");
   thumbs.replaceChildren();
-  thumbs.style.gridTemplateColumns = `repeat(${H}, auto)`;
+  thumbs.style.gridTemplateColumns = `repeat(${widest}, auto)`;
   for (let l = 0; l < L; l++) {
-    for (let h = 0; h < H; h++) {
+    for (let h = 0; h < widest; h++) {
+      if (h >= r.attention[l].length) { thumbs.appendChild(el("div")); continue; }
       const fig = el("figure", { "data-layer": l, "data-head": h });
       const c = el("canvas");
       drawMatrix(c, r.attention[l][h], (v) => seq(v));
@@ -257,7 +265,7 @@ function renderContributions(r) {
   const bars = el("div");
   hbars(bars, rows, true);
   box.appendChild(bars);
-  const H = c.layers[0].heads.length;
+  const H = maxOf(c.layers.map((l) => l.heads.length));
   const t = el("table", { class: "contrib", id: "head-contrib" });
   const hr = el("tr"); hr.appendChild(el("th", {}, "head \u2192"));
   for (let h = 0; h < H; h++) hr.appendChild(el("th", {}, String(h)));
@@ -268,6 +276,7 @@ function renderContributions(r) {
   c.layers.forEach((l, i) => {
     const tr = el("tr"); tr.appendChild(el("th", {}, `layer ${i}`));
     l.heads.forEach((v) => { const td = el("td", {}, fmt(v)); td.style.background = div(v / m); tr.appendChild(td); });
+    for (let h = l.heads.length; h < H; h++) tr.appendChild(el("td", {}, "\u2013"));   // pruned
     if (biased) tr.appendChild(el("td", {}, fmt(l.attention_bias)));
     t.appendChild(tr);
   });
@@ -296,7 +305,7 @@ function renderLens(r) {
 }
 
 function renderLayerGrads(r) {
-  const g = r.layer_grad_norm, m = Math.max(...g.flat()) || 1;
+  const g = r.layer_grad_norm, m = maxOf(g.flat()) || 1;
   const t = $("layer-grads");
   t.replaceChildren();
   const hr = el("tr"); hr.appendChild(el("th", {}, "layer \\ position"));
@@ -330,7 +339,8 @@ function logChart(box, series, tokens) {     // one line per layer, log10 y axis
   box.replaceChildren();
   const W = 720, H = 200, pad = 44, T = series[0].length;
   const all = series.flat().filter((v) => v > 0);
-  const lo = Math.floor(Math.log10(Math.min(...all))), hi = Math.ceil(Math.log10(Math.max(...all)));
+  if (!all.length) { box.textContent = "every gradient is 0"; return; }
+  const lo = Math.floor(Math.log10(minOf(all))), hi = Math.ceil(Math.log10(maxOf(all)));
   const span = Math.max(hi - lo, 1);
   const x = (t) => pad + (T === 1 ? 0 : (t * (W - 2 * pad)) / (T - 1));
   const y = (v) => H - pad / 2 - ((Math.log10(Math.max(v, 10 ** lo)) - lo) * (H - pad)) / span;
@@ -399,7 +409,11 @@ function wire() {
   $("prompt").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); inspect(); }
   });
-  $("attn-layer").addEventListener("change", (ev) => { selected.layer = +ev.target.value; renderAttentionControls(result); renderAttention(); });
+  $("attn-layer").addEventListener("change", (ev) => {
+    selected.layer = +ev.target.value;
+    selected.head = Math.min(selected.head, result.attention[selected.layer].length - 1);
+    renderAttentionControls(result); renderAttention();
+  });
   $("attn-head").addEventListener("change", (ev) => { selected.head = +ev.target.value; renderAttentionControls(result); renderAttention(); });
   $("rnn-layer").addEventListener("change", (ev) => { selected.rnnLayer = +ev.target.value; renderRnn(result); });
 }
