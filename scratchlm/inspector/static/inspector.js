@@ -88,15 +88,17 @@ async function sample() {
   }
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 function describe(m) {
   const parts = [`${m.class}`, `${m.parameters.toLocaleString()} parameters`, m.dtype,
                  `vocabulary ${m.vocab_size}`, `tokenizer ${m.tokenizer}`];
   if (m.kind === "transformer") {
     const same = m.heads.every((h) => h === m.heads[0]);
-    parts.splice(1, 0, same ? `${m.layers} layers x ${m.heads[0]} heads`
-                            : `${m.layers} layers, heads ${m.heads.join("/")}`, `context ${m.context}`);
+    parts.splice(1, 0, same ? `${plural(m.layers, "layer")} x ${plural(m.heads[0], "head")}`
+                            : `${plural(m.layers, "layer")}, heads ${m.heads.join("/")}`, `context ${m.context}`);
   }
-  else parts.splice(1, 0, `${m.cell.toUpperCase()}, ${m.layers} layer(s) x ${m.hidden_size} units`);
+  else parts.splice(1, 0, `${m.cell.toUpperCase()}, ${plural(m.layers, "layer")} x ${plural(m.hidden_size, "unit")}`);
   return parts.join(" \u00b7 ");
 }
 
