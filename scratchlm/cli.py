@@ -255,14 +255,19 @@ def _load_decoder(path, what):
     return model, tok, meta, entry
 
 
-def _cmd_sample(args) -> int:
-    model, tok, meta, entry = _load(args.checkpoint, "sample")
-    if args.adapter is not None:
+def _with_adapter(model, entry, adapter):
+    """Apply the LoRA adapter folder ``adapter`` (None: nothing) to a GPT or Llama."""
+    if adapter is not None:
         from .finetune import load_adapter
         if entry.model_class not in ("GPT", "Llama"):
             raise ValueError(f"--adapter applies to transformer and llama checkpoints, not "
                              f"{entry.name}")
-        load_adapter(model, args.adapter)
+        load_adapter(model, adapter)
+
+
+def _cmd_sample(args) -> int:
+    model, tok, meta, entry = _load(args.checkpoint, "sample")
+    _with_adapter(model, entry, args.adapter)
     print(entry.pipeline_class.sample(entry, model, tok, meta, args))
     return 0
 
@@ -616,6 +621,7 @@ def _cmd_inspect(args) -> int:
     model, tok, _, entry = _load(args.checkpoint, "inspect")
     model_kind(model)                        # the supported kinds, named, for any other model
     tok = need_tokenizer(tok, "inspect")
+    _with_adapter(model, entry, args.adapter)   # (the views then use W + (alpha/r) B A)
     if args.export is not None:
         if args.prompt is None:
             raise ValueError("--export needs --prompt: the text the exported page shows")
@@ -854,6 +860,8 @@ def build_parser():
     _add(ins, opt("export", str, None, "write a self-contained HTML page for --prompt instead "
                   "of serving"))
     _add(ins, opt("prompt", str, None, "the prompt of the exported page"))
+    _add(ins, opt("adapter", str, None, "a LoRA adapter folder (finetune's, or PEFT's) to "
+                  "apply first"))
     ins.set_defaults(func=_cmd_inspect)
 
     n = sub.add_parser("gradnorms", help="plot |dL/dh_t| over time for RNN vs LSTM vs GRU (PNG)")

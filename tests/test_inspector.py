@@ -617,6 +617,32 @@ def test_export_writes_one_self_contained_page(tmp_path, tok, capsys):
     assert not list(tmp_path.glob("page.html.tmp*"))
 
 
+def test_inspect_with_a_lora_adapter(tmp_path, tok, capsys):
+    from scratchlm.finetune.lora import apply_lora, save_adapter
+    from scratchlm.training import load_model
+    ck = _checkpoint(tmp_path, _llama(tok.vocab_size, np.float32), tok, "llama.npz")
+    tuned, _, _, _ = load_model(ck)
+    apply_lora(tuned, target_modules=("q_proj", "o_proj"), r=2, rng=0)
+    for layer in tuned.modules():
+        if hasattr(layer, "lora_B"):
+            layer.lora_B.weight.data[...] = 0.2
+    save_adapter(tuned, tmp_path / "adapter")
+    page = tmp_path / "page.html"
+    assert main(["inspect", "--checkpoint", str(ck), "--adapter", str(tmp_path / "adapter"),
+                 "--export", str(page), "--prompt", PROMPT]) == 0
+    data = re.search(r'id="inspector-data">(.*?)</script>', page.read_text(), re.S).group(1)
+    want = json.loads(json.dumps(inspect_prompt(tuned, tok, PROMPT)))
+    assert json.loads(data) == want                            # the adapted model's views
+    plain = inspect_prompt(load_model(ck)[0], tok, PROMPT)
+    assert plain["contributions"]["logit"] != want["contributions"]["logit"]
+    capsys.readouterr()
+    ngram_like = _checkpoint(tmp_path, _rnn("gru", 1)(tok.vocab_size), tok, "gru.npz")
+    assert main(["inspect", "--checkpoint", str(ngram_like), "--adapter",
+                 str(tmp_path / "adapter"), "--export", str(page), "--prompt", PROMPT]) == 2
+    assert "--adapter applies to transformer and llama checkpoints, not gru" in \
+        capsys.readouterr().err
+
+
 def test_exported_text_is_never_markup(tmp_path, tok):
     r = inspect_prompt(_gpt(tok.vocab_size), tok, PROMPT)
     r["prompt"] = "</script><script>alert(1)</script><!--"
