@@ -529,3 +529,18 @@ def test_scoring_kernel_twins_agree_and_never_carry_context_across_sentences(bos
             steps += m.logprob(t, history, bos=bos)
             history.append(t)
         assert m.score(seq, bos=bos) == pytest.approx(steps, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_prefix, base", [(1, 1), (16, 200), (5000, 200), (10**8, 53),
+                                            (2**40, 64)])             # 0, 1, 2, 3 and 4 passes
+@pytest.mark.parametrize("m", [0, 1, 3000])
+def test_the_radix_unique_agrees_with_np_unique_at_every_number_of_passes(n_prefix, base, m):
+    from scratchlm.kernels import ngram as K
+    rng = np.random.default_rng(m + base)
+    key = rng.integers(0, n_prefix, m, dtype=np.int64) * base + rng.integers(0, base, m)
+    if m > 1:
+        key[m // 2:] = key[: m - m // 2]                     # repeats, so counts above 1
+    for u, v in zip(K.unique_pairs.numba(key, n_prefix, base),
+                    K.unique_pairs.numpy(key, n_prefix, base)):
+        assert u.dtype == v.dtype == np.int64
+        np.testing.assert_array_equal(u, v)

@@ -244,37 +244,56 @@ _DIGIT = 12
 def unique_pairs_numba(key, n_prefix, base):
     # key: (m,) in [0, n_prefix*base) -> keys (u,), inverse (m,), counts (u,): an LSD radix sort
     # by 12-bit digits (two passes for keys below 2^24), each pass a stable counting sort that
-    # carries the keys and their positions along, so every pass reads sequentially
+    # carries the keys and their positions along, so every pass reads sequentially. The first
+    # pass reads ``key`` itself (positions are its indices); later passes go back and forth
+    # between two buffers. Memory touched is memory paid for (page faults on fresh arrays): no
+    # copy of ``key``, no index array, and outputs of exactly u entries.
     m = key.shape[0]
-    k, at = key.copy(), np.arange(m)
-    k2, at2 = np.empty(m, np.int64), np.empty(m, np.int64)
     n_buckets = 1 << _DIGIT
-    shift = 0
+    src_k, src_at = key, np.empty(0, np.int64)          # pass 1: position i is i itself
+    a_k, a_at = np.empty(m, np.int64), np.empty(m, np.int64)
+    b_k, b_at = np.empty(0, np.int64), np.empty(0, np.int64)   # made when a third pass needs it
+    shift, passes = 0, 0
     while shift < 63 and (n_prefix * base - 1) >> shift > 0:
+        if passes == 0:
+            dst_k, dst_at = a_k, a_at
+        elif passes % 2 == 1:
+            if b_k.shape[0] != m:
+                b_k, b_at = np.empty(m, np.int64), np.empty(m, np.int64)
+            dst_k, dst_at = b_k, b_at
+        else:
+            dst_k, dst_at = a_k, a_at
         start = np.zeros(n_buckets + 1, np.int64)          # where each digit's run begins
         for i in range(m):
-            start[((k[i] >> shift) & (n_buckets - 1)) + 1] += 1
+            start[((src_k[i] >> shift) & (n_buckets - 1)) + 1] += 1
         for d in range(n_buckets):
             start[d + 1] += start[d]
         for i in range(m):
-            d = (k[i] >> shift) & (n_buckets - 1)
+            d = (src_k[i] >> shift) & (n_buckets - 1)
             j = start[d]
-            k2[j], at2[j] = k[i], at[i]
+            dst_k[j] = src_k[i]
+            dst_at[j] = i if passes == 0 else src_at[i]
             start[d] = j + 1
-        k, k2, at, at2 = k2, k, at2, at
+        src_k, src_at = dst_k, dst_at
         shift += _DIGIT
-    keys = np.empty(m, np.int64)                         # walk the sorted keys
-    counts = np.empty(m, np.int64)
+        passes += 1
+    if passes == 0:                                      # a single possible key: no digit
+        src_k, src_at = key, np.arange(m)
+    u = 0                                                # walk the sorted keys: count, then fill
+    for j in range(m):
+        if j == 0 or src_k[j] != src_k[j - 1]:
+            u += 1
+    keys = np.empty(u, np.int64)
+    counts = np.zeros(u, np.int64)
     inverse = np.empty(m, np.int64)
     u = -1
     for j in range(m):
-        if u < 0 or k[j] != keys[u]:
+        if j == 0 or src_k[j] != src_k[j - 1]:
             u += 1
-            keys[u] = k[j]
-            counts[u] = 0
+            keys[u] = src_k[j]
         counts[u] += 1
-        inverse[at[j]] = u
-    return keys[:u + 1].copy(), inverse, counts[:u + 1].copy()
+        inverse[src_at[j]] = u
+    return keys, inverse, counts
 
 
 unique_pairs = dispatch(unique_pairs_numba, unique_pairs_numpy)

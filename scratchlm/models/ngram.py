@@ -166,10 +166,11 @@ class NGramLM:
         known = (pos < len(self.vocab)) & (self.vocab[pos_c] == ids)
         return np.where(known, pos, self.unk_index).astype(np.int64)
 
-    def _pad(self, sequences, bos=True, eos=True):
+    def _pad(self, sequences, bos=True, eos=True, concatenated=None):
         """Checked sequences -> one stream ``<s> w.. </s> <s> w.. </s> ...`` of outcome indices,
-        the sentence number of every position, and the mask of predicted positions (not <s>)."""
-        flat, lengths = _concat(sequences)
+        the sentence number of every position, and the mask of predicted positions (not <s>).
+        ``concatenated``: their ``(flat, lengths)`` when the caller has them already."""
+        flat, lengths = concatenated if concatenated is not None else _concat(sequences)
         if lengths.size >= 2**31:
             raise ValueError(f"at most 2**31 - 1 sequences at a time, got {lengths.size}")
         table = self._index_table(flat)
@@ -185,12 +186,22 @@ class NGramLM:
     @staticmethod
     def _check_sequences(sequences, name="sequences"):
         """-> list of 1-D int64 arrays; errors name the offending sequence."""
+        return NGramLM._checked(sequences, name)[0]
+
+    @staticmethod
+    def _checked(sequences, name="sequences"):
+        """:meth:`_check_sequences`, and the sequences' concatenation and lengths (made for the
+        check; ``fit`` reuses them)."""
         if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
             raise TypeError(f"{name} must be an iterable of token-id sequences (a list of lists or "
                             f"arrays); wrap a single sequence in a list")
         if isinstance(sequences, (str, bytes)):
             raise TypeError(f"{name} must hold token ids, got text; encode it with a tokenizer first")
-        out = []
+        out = list(sequences)
+        if all(type(q) is np.ndarray and q.dtype == np.int64 and q.ndim == 1 for q in out):
+            flat, lengths = _concat(out)                # the common case: nothing to convert
+            return _no_negative(out, flat, name), flat, lengths
+        sequences, out = out, []
         for i, q in enumerate(sequences):
             arr = q if isinstance(q, np.ndarray) else int_sequence_array(
                 q, f"{name}[{i}]", "must hold token ids below 2**63")
@@ -202,12 +213,8 @@ class NGramLM:
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{name}[{i}] must hold integer token ids, got dtype {arr.dtype}")
             out.append(as_int64(arr, f"{name}[{i}]"))   # a uint64 id >= 2**63 is refused as given
-        flat, _ = _concat(out)
-        if flat.size and flat.min() < 0:
-            i = next(j for j, q in enumerate(out) if q.size and q.min() < 0)
-            raise ValueError(f"{name}[{i}] holds a negative token id ({int(out[i].min())}); "
-                             f"ids must be >= 0")
-        return out
+        flat, lengths = _concat(out)
+        return _no_negative(out, flat, name), flat, lengths
     # ------------------------------------------------------------------------------------------
     # counting
     # ------------------------------------------------------------------------------------------
@@ -229,15 +236,13 @@ class NGramLM:
         ``progress``: an optional callable ``progress(stage: str)`` (the CLI passes a tqdm
         updater). Counting runs as Numba kernels (``kernels/ngram.py``) with NumPy twins.
         """
-        seqs = self._check_sequences(sequences)
+        seqs, flat, lengths = self._checked(sequences)
         if not seqs:
             raise ValueError("sequences is empty: an n-gram model needs at least one sequence")
-        flat, _ = _concat(seqs)
         self.vocab = _unique_ids(flat)
-        del flat
         tell = progress or (lambda stage: None)
-        stream, sid, _ = self._pad(seqs)
-        del seqs
+        stream, sid, _ = self._pad(seqs, concatenated=(flat, lengths))
+        del seqs, flat, lengths
         base = self._base
         if (stream.size + 3) * base >= 2**63:
             raise ValueError(f"vocabulary ({base}) x n-grams ({stream.size}) overflows int64 keys")
@@ -826,6 +831,15 @@ class NGramLM:
         if model.unk_index not in model._levels[0]["keys"]:
             raise ValueError(f"{path}: the unigrams lack <unk>")
         return model
+
+
+def _no_negative(seqs, flat, name):
+    """``seqs``, or the ValueError naming the first sequence with a negative id."""
+    if flat.size and flat.min() < 0:
+        i = next(j for j, q in enumerate(seqs) if q.size and q.min() < 0)
+        raise ValueError(f"{name}[{i}] holds a negative token id ({int(seqs[i].min())}); "
+                         f"ids must be >= 0")
+    return seqs
 
 
 def _concat(seqs):
