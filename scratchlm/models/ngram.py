@@ -327,7 +327,13 @@ class NGramLM:
                 disc = _discount_of(lv["used"], D)                          # D(a(hw))
                 mass = np.bincount(pre, weights=disc, minlength=n_ctx)      # sum_w D(a(hw))
                 gamma = np.divide(mass, denom, out=np.zeros(n_ctx), where=denom > 0)
-                p = np.maximum(a - disc, 0) / denom[pre] + gamma[pre] * lower
+                # p = max(a - D(a), 0) / denom[pre] + gamma[pre] * lower, in place (each
+                # temporary of ~200k entries is fresh memory, paid for in page faults)
+                p = np.subtract(a, disc)
+                np.maximum(p, 0, out=p)
+                p /= denom[pre]
+                lower *= gamma[pre]
+                p += lower
             elif self.smoothing == "witten_bell":
                 T = np.bincount(pre, minlength=n_ctx).astype(np.float64)
                 gamma = np.divide(T, denom + T, out=np.zeros(n_ctx), where=denom > 0)
@@ -948,7 +954,7 @@ def _excerpt(value, limit=60) -> str:
 
 def _discount_of(a, D):
     """D(a): D1 for a == 1, D2 for a == 2, D3+ for a >= 3, 0 for a == 0 (a table lookup)."""
-    return np.array([0.0, *D])[np.minimum(np.asarray(a), 3).astype(np.int64)]
+    return np.array([0.0, *D])[np.minimum(np.asarray(a), 3).astype(np.int64, copy=False)]
 
 
 def _discount_mass(a, D):
