@@ -544,3 +544,27 @@ def test_the_radix_unique_agrees_with_np_unique_at_every_number_of_passes(n_pref
                     K.unique_pairs.numpy(key, n_prefix, base)):
         assert u.dtype == v.dtype == np.int64
         np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("scale", [1, 10**6, 2**52])          # counts small to float64's edge
+def test_the_kneser_ney_level_kernel_is_its_twin_bit_for_bit(scale):
+    from scratchlm.kernels import ngram as K
+    rng = np.random.default_rng(scale % 97)
+    n_ctx, base = 60, 37
+    keys = np.unique(rng.integers(0, n_ctx * base, 900))
+    used = rng.integers(0, 9, keys.size) * scale // 8          # zeros, ones, twos and beyond
+    used[:5] = [0, 1, 2, 3, 4]
+    first = np.flatnonzero(np.diff(keys // base, prepend=-1))   # each context's first key
+    used[first] = np.maximum(used[first], 1)                    # (fit's contexts all count)
+    lower = rng.random(keys.size) ** 8                          # probabilities down to ~1e-20
+    D = (0.53, 1.07, 1.61)
+    for u, v in zip(K.kn_level_numba(keys, used, lower, base, n_ctx, D),
+                    K.kn_level_numpy(keys, used, lower, base, n_ctx, D)):
+        assert u.tobytes() == v.tobytes()
+    p, gamma, denom = K.kn_level(keys, used, lower, base, n_ctx, D)
+    assert np.all(gamma[denom == 0] == 0) and np.all(p >= 0)
+    for bad, match in ((dict(keys=keys * 2), "context ids"), (dict(used=-used - 1), "counts"),
+                       (dict(lower=lower[:-1]), "must be"), (dict(used=used.astype(float)), "int64")):
+        args = dict(keys=keys, used=used, lower=lower) | bad
+        with pytest.raises(ValueError, match=match):
+            K.kn_level(args["keys"], args["used"], args["lower"], base, n_ctx, D)

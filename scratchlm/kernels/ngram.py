@@ -11,7 +11,7 @@
 import numpy as np
 from numba import njit
 
-from . import dispatch
+from . import dispatch, get_backend
 
 
 def count_transitions_numpy(seq, n_states):
@@ -297,6 +297,72 @@ def unique_pairs_numba(key, n_prefix, base):
 
 
 unique_pairs = dispatch(unique_pairs_numba, unique_pairs_numpy)
+
+
+# ------------------------------------------------------------------------------------------------
+# one order of interpolated modified Kneser-Ney: the sums per context and the probabilities
+# ------------------------------------------------------------------------------------------------
+def kn_level_numpy(keys, used, lower, base, n_ctx, D):
+    r"""keys (n,) sorted ``context id * base + token``, ``used`` (n,) int64 counts a(hw) (raw or
+    continuation), ``lower`` (n,) float64 P_{k-1}(w | h'), ``D`` = (D1, D2, D3+) ->
+    ``p`` (n,), ``gamma`` (n_ctx,), ``denom`` (n_ctx,):
+
+    .. math:: p(w \mid h) = \frac{\max(a(hw) - D(a(hw)), 0)}{\sum_v a(hv)}
+              + \gamma(h)\, P_{k-1}(w \mid h'),\qquad
+              \gamma(h) = \frac{\sum_v D(a(hv))}{\sum_v a(hv)}
+
+    (gamma 0 where the context has no count). Every sum runs in key order, as ``np.bincount``
+    adds, so the Numba kernel gives the same bits."""
+    pre = keys // base                                                  # (n,) context id
+    a = used.astype(np.float64)
+    disc = np.array([0.0, D[0], D[1], D[2]])[np.minimum(used, 3)]       # D(a(hw))
+    denom = np.bincount(pre, weights=a, minlength=n_ctx)                # sum_w a(hw)
+    mass = np.bincount(pre, weights=disc, minlength=n_ctx)              # sum_w D(a(hw))
+    gamma = np.divide(mass, denom, out=np.zeros(n_ctx), where=denom > 0)
+    p = np.maximum(a - disc, 0) / denom[pre] + gamma[pre] * lower
+    return p, gamma, denom
+
+
+@njit(cache=True, nogil=True, error_model="numpy")     # x / 0 as NumPy: inf or NaN, no raise
+def kn_level_numba(keys, used, lower, base, n_ctx, D):
+    # the twin's arithmetic, fused: one pass for the sums, one for p (no (n,) temporaries)
+    n = keys.shape[0]
+    table = np.array([0.0, D[0], D[1], D[2]])
+    denom = np.zeros(n_ctx)
+    mass = np.zeros(n_ctx)
+    for i in range(n):
+        h = keys[i] // base
+        denom[h] += np.float64(used[i])
+        mass[h] += table[min(used[i], 3)]
+    gamma = np.zeros(n_ctx)
+    for h in range(n_ctx):
+        if denom[h] > 0:
+            gamma[h] = mass[h] / denom[h]
+    p = np.empty(n)
+    for i in range(n):
+        h = keys[i] // base
+        a = np.float64(used[i])
+        d = table[min(used[i], 3)]
+        p[i] = max(a - d, 0.0) / denom[h] + gamma[h] * lower[i]
+    return p, gamma, denom
+
+
+def kn_level(keys, used, lower, base, n_ctx, D):
+    """Checked here, before the kernel indexes without bounds checks."""
+    n = keys.shape[0]
+    if used.shape != (n,) or lower.shape != (n,) or keys.dtype != np.int64 or \
+            used.dtype != np.int64 or lower.dtype != np.float64 or len(D) != 3:
+        raise ValueError(f"kn_level: keys, used, lower must be (n,) int64, int64, float64 and D "
+                         f"three discounts, got {keys.shape} {keys.dtype}, {used.shape} "
+                         f"{used.dtype}, {lower.shape} {lower.dtype}, {len(D)}")
+    if n and (keys[0] < 0 or keys[-1] // base >= n_ctx or used.min() < 0):
+        raise ValueError(f"kn_level: context ids must lie in [0, {n_ctx}) and counts be >= 0")
+    route = kn_level_numba if get_backend() == "numba" else kn_level_numpy
+    return route(keys, used, lower, int(base), int(n_ctx),
+                 (float(D[0]), float(D[1]), float(D[2])))
+
+
+kn_level.numba, kn_level.numpy = kn_level_numba, kn_level_numpy
 
 
 # ------------------------------------------------------------------------------------------------

@@ -318,23 +318,20 @@ class NGramLM:
             if lv["keys"].size == 0:
                 lv["logp"] = np.zeros(0)
                 continue
+            lower = np.exp(below["logp"][lv["suffix"]])                      # P_{k-1}(w | h')
+            if self.smoothing == "kneser_ney":
+                # p = max(a - D(a), 0) / sum_w a(hw) + gamma(h) lower: kernels/ngram.py's
+                # kn_level (a fused Numba kernel; its NumPy twin is these lines in NumPy)
+                D = self._discounts_for(k, lv["used"])
+                p, gamma, denom = K.kn_level(lv["keys"], lv["used"], lower, self._base, n_ctx, D)
+                with np.errstate(divide="ignore"):
+                    lv["logp"] = np.log(p)
+                    below["logb"] = np.where(denom > 0, np.log(gamma), 0.0)
+                continue
             a = lv["used"].astype(np.float64)
             pre = lv["keys"] // self._base                                   # context id
             denom = np.bincount(pre, weights=a, minlength=n_ctx)             # sum_w a(hw)
-            lower = np.exp(below["logp"][lv["suffix"]])                      # P_{k-1}(w | h')
-            if self.smoothing == "kneser_ney":
-                D = self._discounts_for(k, lv["used"])
-                disc = _discount_of(lv["used"], D)                          # D(a(hw))
-                mass = np.bincount(pre, weights=disc, minlength=n_ctx)      # sum_w D(a(hw))
-                gamma = np.divide(mass, denom, out=np.zeros(n_ctx), where=denom > 0)
-                # p = max(a - D(a), 0) / denom[pre] + gamma[pre] * lower, in place (each
-                # temporary of ~200k entries is fresh memory, paid for in page faults)
-                p = np.subtract(a, disc)
-                np.maximum(p, 0, out=p)
-                p /= denom[pre]
-                lower *= gamma[pre]
-                p += lower
-            elif self.smoothing == "witten_bell":
+            if self.smoothing == "witten_bell":
                 T = np.bincount(pre, minlength=n_ctx).astype(np.float64)
                 gamma = np.divide(T, denom + T, out=np.zeros(n_ctx), where=denom > 0)
                 p = a / (denom[pre] + T[pre]) + gamma[pre] * lower
