@@ -563,8 +563,21 @@ def test_the_kneser_ney_level_kernel_is_its_twin_bit_for_bit(scale):
         assert u.tobytes() == v.tobytes()
     p, gamma, denom = K.kn_level(keys, used, lower, base, n_ctx, D)
     assert np.all(gamma[denom == 0] == 0) and np.all(p >= 0)
+    unsorted = keys.copy()
+    unsorted[[1, -1]] = unsorted[[-1, 1]]
+    unsorted[1] = n_ctx * base                                  # out of range, not at the end
+    middle = keys.copy()
+    middle[3] = -base * 1000                                     # negative, not first
     for bad, match in ((dict(keys=keys * 2), "context ids"), (dict(used=-used - 1), "counts"),
-                       (dict(lower=lower[:-1]), "must be"), (dict(used=used.astype(float)), "int64")):
-        args = dict(keys=keys, used=used, lower=lower) | bad
+                       (dict(keys=unsorted), "context ids"), (dict(keys=middle), "context ids"),
+                       (dict(base=0), "base must be >= 1"), (dict(base=-1), "base must be"),
+                       (dict(lower=lower[:-1]), "must be"), (dict(used=used.astype(float)), "int64"),
+                       (dict(keys=keys[None]), "must be")):
+        args = dict(keys=keys, used=used, lower=lower, base=base, n_ctx=n_ctx) | bad
         with pytest.raises(ValueError, match=match):
-            K.kn_level(args["keys"], args["used"], args["lower"], base, n_ctx, D)
+            K.kn_level(args["keys"], args["used"], args["lower"], args["base"], args["n_ctx"], D)
+    for not_int in (2.5, 10.9):                                 # no float base or size
+        with pytest.raises(TypeError):
+            K.kn_level(keys, used, lower, not_int, n_ctx, D)
+        with pytest.raises(TypeError):
+            K.kn_level(keys, used, lower, base, not_int, D)

@@ -8,6 +8,8 @@
 * ``backoff_logp`` -- scoring: the back-off recursion at every position of a stream, one pass.
 """
 
+import operator
+
 import numpy as np
 from numba import njit
 
@@ -348,18 +350,22 @@ def kn_level_numba(keys, used, lower, base, n_ctx, D):
 
 
 def kn_level(keys, used, lower, base, n_ctx, D):
-    """Checked here, before the kernel indexes without bounds checks."""
-    n = keys.shape[0]
-    if used.shape != (n,) or lower.shape != (n,) or keys.dtype != np.int64 or \
+    """Checked here, before the kernel indexes without bounds checks: every context id
+    ``keys // base`` in ``[0, n_ctx)`` (by the keys' minimum and maximum, sorted or not) and
+    every count >= 0."""
+    base, n_ctx = operator.index(base), operator.index(n_ctx)
+    n = keys.shape[0] if keys.ndim == 1 else -1
+    if n < 0 or used.shape != (n,) or lower.shape != (n,) or keys.dtype != np.int64 or \
             used.dtype != np.int64 or lower.dtype != np.float64 or len(D) != 3:
         raise ValueError(f"kn_level: keys, used, lower must be (n,) int64, int64, float64 and D "
                          f"three discounts, got {keys.shape} {keys.dtype}, {used.shape} "
                          f"{used.dtype}, {lower.shape} {lower.dtype}, {len(D)}")
-    if n and (keys[0] < 0 or keys[-1] // base >= n_ctx or used.min() < 0):
+    if base < 1 or n_ctx < 0:
+        raise ValueError(f"kn_level: base must be >= 1 and n_ctx >= 0, got {base} and {n_ctx}")
+    if n and (keys.min() < 0 or keys.max() // base >= n_ctx or used.min() < 0):
         raise ValueError(f"kn_level: context ids must lie in [0, {n_ctx}) and counts be >= 0")
     route = kn_level_numba if get_backend() == "numba" else kn_level_numpy
-    return route(keys, used, lower, int(base), int(n_ctx),
-                 (float(D[0]), float(D[1]), float(D[2])))
+    return route(keys, used, lower, base, n_ctx, (float(D[0]), float(D[1]), float(D[2])))
 
 
 kn_level.numba, kn_level.numpy = kn_level_numba, kn_level_numpy

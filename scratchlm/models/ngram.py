@@ -201,18 +201,17 @@ class NGramLM:
         if all(type(q) is np.ndarray and q.dtype == np.int64 and q.ndim == 1 for q in out):
             flat, lengths = _concat(out)                # the common case: nothing to convert
             return _no_negative(out, flat, name), flat, lengths
-        sequences, out = out, []
-        for i, q in enumerate(sequences):
-            arr = q if isinstance(q, np.ndarray) else int_sequence_array(
+        for i, q in enumerate(out):                     # converted in place: each raw list is
+            arr = q if isinstance(q, np.ndarray) else int_sequence_array(       # freed as it goes
                 q, f"{name}[{i}]", "must hold token ids below 2**63")
             if arr.size == 0:
-                out.append(np.zeros(0, np.int64))
+                out[i] = np.zeros(0, np.int64)
                 continue
             if arr.ndim != 1:
                 raise ValueError(f"{name}[{i}] must be 1-D, got shape {arr.shape}")
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{name}[{i}] must hold integer token ids, got dtype {arr.dtype}")
-            out.append(as_int64(arr, f"{name}[{i}]"))   # a uint64 id >= 2**63 is refused as given
+            out[i] = as_int64(arr, f"{name}[{i}]")      # a uint64 id >= 2**63 is refused as given
         flat, lengths = _concat(out)
         return _no_negative(out, flat, name), flat, lengths
     # ------------------------------------------------------------------------------------------
@@ -512,8 +511,8 @@ class NGramLM:
         return float(self._sentence_logps([sequence], bos, eos)[0].sum())
 
     def _sentence_logps(self, sequences, bos=True, eos=True):
-        seqs = self._check_sequences(sequences)
-        stream, sid, pred = self._pad(seqs, bos, eos)
+        seqs, flat, lengths = self._checked(sequences)
+        stream, sid, pred = self._pad(seqs, bos, eos, concatenated=(flat, lengths))
         lp = self._log_probs_stream(stream, sid, pred)
         return lp, sid[pred]
 
