@@ -3,8 +3,10 @@ and time.
 
 Readers: ARPA files (``NGramLM.from_arpa``), the n-gram's checkpoints (``NGramLM.load``),
 tokenizer files (``load_tokenizer``, every kind, and ``Tokenizer.from_dict``), GPT-2's
-``vocab.json`` + ``merges.txt``, corpora (``load_corpus``) and Hugging Face GPT-2 folders
-(``GPT.from_pretrained``: ``config.json`` and the weights it expects).
+``vocab.json`` + ``merges.txt``, corpora (``load_corpus``), Hugging Face GPT-2 folders
+(``GPT.from_pretrained``: ``config.json`` and the weights it expects) and word vectors
+(``KeyedVectors.load_word2vec_format``, text and binary, and the word-pairs and analogy files
+``evaluate_word_pairs`` / ``evaluate_word_analogies`` read).
 
 Each starts from a valid file and applies one to three mutations: byte-level (truncate, flip a
 byte, delete or duplicate a span, insert bytes, swap / duplicate / drop lines, replace a number by
@@ -545,6 +547,58 @@ def test_fuzz_corpus(tmp_path_factory, data):
     result = bounded(lambda: load_corpus(path), size, [str(path)])
     if not isinstance(result, ValueError):
         assert isinstance(result, str) and result.strip() and "\r" not in result
+
+
+# ------------------------------------------------------------------------------------------------
+# word vectors: the word2vec text and binary formats
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=[False, True], ids=["text", "binary"])
+def vectors_file(request, tmp_path_factory):
+    from scratchlm.models import KeyedVectors
+    rng = np.random.default_rng(5)
+    keys = ["the", "cat", "café", "東京", "x", "naïve", "a-b", "Z"]
+    kv = KeyedVectors(keys, (rng.standard_normal((len(keys), 6)) *
+                             10.0 ** rng.integers(-20, 20, (len(keys), 6))).astype(np.float32))
+    path = tmp_path_factory.mktemp("vectors") / "v"
+    kv.save_word2vec_format(path, binary=request.param)
+    return request.param, path.read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_word2vec_format(tmp_path_factory, vectors_file, data):
+    from scratchlm.models import KeyedVectors
+    binary, original = vectors_file
+    path = tmp_path_factory.getbasetemp() / ("fuzz-vectors.bin" if binary else "fuzz-vectors.txt")
+    size = write(path, data.draw(mutated_bytes(original)))
+    limit = data.draw(st.sampled_from([None, None, 1, 3, 100]))
+    result = bounded(lambda: KeyedVectors.load_word2vec_format(path, binary=binary, limit=limit),
+                     size, [str(path)])
+    if not isinstance(result, ValueError):             # a load that works: distinct words,
+        keys, vec = result.index_to_key, result.vectors    # finite vectors, similarities
+        assert len(set(keys)) == len(keys) == vec.shape[0] >= 1
+        assert all(isinstance(k, str) and k and not any(c.isspace() for c in k) for k in keys)
+        assert vec.dtype == np.float32 and np.isfinite(vec).all()
+        sims = [s for _, s in result.most_similar(keys[0], topn=2)] if len(keys) > 1 else []
+        assert np.isfinite(sims).all()
+
+
+PAIRS = "# a comment\nWord 1\tWord 2\tScore\nthe\tcat\t7.5\ncat\tcafé\t2\nx\tZ\t9.25\n"
+ANALOGIES = ": capital\nthe cat x Z\ncat the Z x\n: other\ncafé x the cat\n"
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_evaluation_files(tmp_path_factory, data):
+    from scratchlm.models import KeyedVectors
+    keys = ["the", "cat", "café", "x", "Z"]
+    kv = KeyedVectors(keys, np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32))
+    which = data.draw(st.sampled_from(["pairs", "analogies"]))
+    path = tmp_path_factory.getbasetemp() / f"fuzz-{which}.txt"
+    size = write(path, data.draw(mutated_bytes((PAIRS if which == "pairs" else ANALOGIES)
+                                               .encode("utf-8"))))
+    read = kv.evaluate_word_pairs if which == "pairs" else kv.evaluate_word_analogies
+    bounded(lambda: read(path), size, [str(path)])      # a result, or a ValueError naming it
 
 
 # ------------------------------------------------------------------------------------------------
