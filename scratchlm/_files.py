@@ -3,6 +3,8 @@
 * :func:`regular_file` -- the path names a regular file (not a FIFO, a device, a directory, or a
   link to one), and its size, checked before anything is read: a reader then checks every size,
   count and offset the file declares against that size before allocating;
+* :func:`open_regular` -- the file opened for reading, checked again on the descriptor (a FIFO
+  swapped in between the check and the open cannot hang the reader), with its size;
 * :func:`read_bytes` -- the whole file, at most ``limit`` bytes, refused before reading when
   larger;
 * :func:`loads_json` -- JSON with its nesting depth bounded (checked before parsing, so deep
@@ -15,6 +17,7 @@ what is wrong with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,6 +46,34 @@ def regular_file(path, what="file") -> tuple[str, int]:
                 "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
         raise ValueError(f"{path} is {kind}, not a regular {what}; refusing to read it")
     return path, st.st_size
+
+
+@contextlib.contextmanager
+def open_regular(path, what="file"):
+    """``(binary file, size)`` of the regular file at ``path``. The check is made again on the
+    opened descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang us)."""
+    path, _ = regular_file(path, what)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read this {what} ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular {what} (it changed while being opened); "
+                             f"refusing to read it")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f, st.st_size
 
 
 def read_bytes(path, what="file", limit=None) -> bytes:

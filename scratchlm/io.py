@@ -43,7 +43,6 @@ import math
 import os
 import re
 import socket
-import stat
 import struct
 import tempfile
 import warnings
@@ -53,7 +52,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._files import loads_json, regular_file
+from ._files import loads_json, open_regular
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "save_safetensors",
            "load_safetensors", "atomic_write"]
@@ -183,36 +182,9 @@ def _fsync_dir(folder) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# reading a hostile file: open it only if it is a regular file, never read past its size
+# reading a hostile file: open it only if it is a regular file (_files.open_regular), never read
+# past its size
 # ------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _open_regular(path, what):
-    """``(binary file, size)`` of the regular file at ``path``. The check is made again on the
-    opened descriptor (opened non-blocking, so a FIFO swapped in meanwhile cannot hang us)."""
-    path, _ = regular_file(path, what)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) \
-        | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read this {what} ({exc.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path} is not a regular {what} (it changed while being opened); "
-                             f"refusing to read it")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        yield f, st.st_size
-
-
 class _Bounded:
     """A read-only view of an open file that never reads (so never allocates) past ``size``:
     what :mod:`zipfile` is given, so that no size it finds in the file can make it allocate
@@ -397,7 +369,7 @@ def read_checkpoint(path):
     array mapping and ``doc`` the JSON document (every field checked). Raises ``ValueError`` for
     anything but a regular file, and for a truncated, corrupt, pickle-bearing, foreign or
     inconsistent one; ``FileNotFoundError`` when there is none."""
-    with _open_regular(path, "checkpoint") as (f, size):
+    with open_regular(path, "checkpoint") as (f, size):
         path = os.fspath(path)
         magic = f.read(9)
         # a pickle starts with PROTO (0x80) and its version (2-5); a safetensors file with its
@@ -721,7 +693,7 @@ def load_safetensors(path):
     and offset are checked against the file before anything is allocated: the tensors must tile
     the data exactly (no overlap, no gap, nothing out of range). Raises ``ValueError`` naming the
     file, the tensor and what is wrong."""
-    with _open_regular(path, "safetensors file") as (f, size):
+    with open_regular(path, "safetensors file") as (f, size):
         return _read_safetensors(f, size, os.fspath(path))
 
 

@@ -358,9 +358,9 @@ def read_gguf(path) -> tuple[dict, dict]:
     """``(metadata, tensors)`` of a GGUF v3 file: ``tensors`` maps each name to ``(ggml type,
     numpy shape, raw uint8 bytes as an array)``. Every size is checked first (see the module
     docstring)."""
-    from ..io import _open_regular
+    from .._files import open_regular
     path = os.fspath(path)
-    with _open_regular(path, "GGUF file") as (f, size):
+    with open_regular(path, "GGUF file") as (f, size):
         r = _Reader(f, size, path)
         if r.take(4, "the magic") != MAGIC:
             raise ValueError(f"{path} is not a GGUF file (it does not start with b'GGUF')")

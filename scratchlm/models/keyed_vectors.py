@@ -741,9 +741,9 @@ class KeyedVectors:
         limit = _optional_limit(limit, "limit")
         dtype = resolve_dtype(dtype)
         max_bytes = positive_int(max_bytes, "max_bytes")
-        from ..io import _open_regular
+        from .._files import open_regular
         what = "word2vec binary file" if binary else "word2vec text file"
-        with _open_regular(path, what) as (f, size):
+        with open_regular(path, what) as (f, size):
             path = os.fspath(path)
             if size > max_bytes:
                 raise ValueError(f"{path} has {size:,} bytes, more than the {max_bytes:,} a {what} "
