@@ -69,10 +69,8 @@ def model_kind(model) -> str:
     """``"transformer"`` (GPT, Llama) or ``"rnn"`` (RNNLM); a ValueError naming the supported
     models for anything else."""
     name = type(model).__name__
-    if name in ("GPT", "Llama"):
-        return "transformer"
-    if name == "RNNLM":
-        return "rnn"
+    if name in SUPPORTED:
+        return "rnn" if name == "RNNLM" else "transformer"
     raise ValueError(f"the inspector reads language models of kind {SUPPORTED_NAMES}; this "
                      f"checkpoint holds a {name}")
 
@@ -105,12 +103,12 @@ def encode_prompt(tokenizer, prompt, model) -> np.ndarray:
     if limit is not None and ids.size > limit:
         raise PromptError(f"the prompt is {ids.size} tokens; the model reads at most {limit} "
                           f"(its context): shorten it")
-    biggest = _view_numbers(model, 1)
     longest = _longest(model)
     if ids.size > longest:
         raise PromptError(f"the prompt is {ids.size} tokens; the inspector shows at most "
-                          f"{longest} for this model (its largest view holds {biggest:,} "
-                          f"numbers per token, at most {MAX_NUMBERS:,} in all): shorten it")
+                          f"{longest} for this model (its largest view would hold "
+                          f"{_view_numbers(model, ids.size):,} numbers; the limit is "
+                          f"{MAX_NUMBERS:,}): shorten it")
     if ids.max() >= model.config.vocab_size:
         raise PromptError(f"the tokenizer gives id {int(ids.max())}, beyond the model's "
                           f"{model.config.vocab_size} tokens: the checkpoint's tokenizer does "
