@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import functional as F
-from .._checks import make_rng, positive_int
+from .._checks import make_rng, positive_int, positive_number
 from ..data.sentences import Vocab
 from ..kernels import get_backend
 from ..kernels import glove as K
@@ -75,9 +75,7 @@ class GloVeConfig:
         if not isinstance(self.symmetric, bool):
             raise TypeError(f"symmetric must be a bool, got {self.symmetric!r}")
         for name in ("x_max", "alpha", "eta", "grad_clip"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < np.inf:
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            positive_number(getattr(self, name), name)
 
 
 @dataclass(frozen=True)

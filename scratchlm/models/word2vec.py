@@ -47,14 +47,14 @@ hash). A sentence longer than ``max_sentence_length`` is cut into pieces rather 
 from __future__ import annotations
 
 import heapq
-import numbers
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .. import functional as F
-from .._checks import choice, make_rng, positive_int, resolve_dtype
+from .._checks import (choice, make_rng, nonnegative, positive_int, positive_number, resolve_dtype,
+                       scalar)
 from ..data.sentences import Vocab, checked_sentences
 from ..kernels import get_backend, get_num_threads
 from ..kernels import word2vec as K
@@ -102,17 +102,12 @@ class Word2VecConfig:
         if not self.hs and self.negative == 0:
             raise ValueError("word2vec needs an output layer: negative > 0 (negative sampling) or "
                              "hs=True (hierarchical softmax), got negative=0 and hs=False")
-        for name, lo in (("sample", 0.0), ("min_alpha", 0.0), ("ns_exponent", None)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise TypeError(f"{name} must be a number, got {type(v).__name__}")
-            if not np.isfinite(v) or (lo is not None and v < lo):
-                raise ValueError(f"{name} must be a finite number{'' if lo is None else ' >= 0'}"
-                                 f", got {v!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
-            raise TypeError(f"alpha must be a number, got {type(self.alpha).__name__}")
-        if not 0 < self.alpha < np.inf:
-            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+        nonnegative(self.sample, "sample")
+        nonnegative(self.min_alpha, "min_alpha")
+        if isinstance(self.ns_exponent, bool):
+            raise TypeError("ns_exponent must be a number, got bool")
+        scalar(self.ns_exponent, "ns_exponent")
+        positive_number(self.alpha, "alpha")
         if self.min_alpha > self.alpha:
             raise ValueError(f"min_alpha must be <= alpha ({self.alpha}), got {self.min_alpha}")
 
