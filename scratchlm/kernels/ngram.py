@@ -13,7 +13,7 @@ import operator
 import numpy as np
 from numba import njit
 
-from . import dispatch, get_backend
+from . import dispatch
 
 
 def count_transitions_numpy(seq, n_states):
@@ -364,10 +364,10 @@ def kn_level(keys, used, lower, base, n_ctx, D):
         raise ValueError(f"kn_level: base must be >= 1 and n_ctx >= 0, got {base} and {n_ctx}")
     if n and (keys.min() < 0 or keys.max() // base >= n_ctx or used.min() < 0):
         raise ValueError(f"kn_level: context ids must lie in [0, {n_ctx}) and counts be >= 0")
-    route = kn_level_numba if get_backend() == "numba" else kn_level_numpy
-    return route(keys, used, lower, base, n_ctx, (float(D[0]), float(D[1]), float(D[2])))
+    return _kn_level(keys, used, lower, base, n_ctx, (float(D[0]), float(D[1]), float(D[2])))
 
 
+_kn_level = dispatch(kn_level_numba, kn_level_numpy)
 kn_level.numba, kn_level.numpy = kn_level_numba, kn_level_numpy
 
 
