@@ -272,6 +272,26 @@ def test_overflowing_scores_take_the_dense_path(route):
     assert A._scores_fit(q / 1e4, q / 1e4, q, 0.5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_abs_twins_agree_over_the_whole_range(dtype):
+    """The overflow scan's ``max_abs`` (sixteen lanes and a tail on the Numba route): both routes
+    give max |x| exactly, from subnormals to the largest finite value, at every length around the
+    lane count, and inf when a NaN or +-inf sits anywhere -- first, last, or in the tail."""
+    rng = np.random.default_rng(3)
+    info = np.finfo(dtype)
+    pool = np.array([0.0, -0.0, info.tiny / 4, -info.smallest_normal, 1.0, -3.5, info.max,
+                     -info.max, info.eps], dtype)
+    for n in [0, 1, 7, 15, 16, 17, 31, 32, 33, 100, 1000]:
+        x = rng.choice(pool, n).astype(dtype) * rng.uniform(0.5, 1, n).astype(dtype)
+        want = float(np.abs(x).max()) if n else 0.0
+        assert FK.max_abs_numba(x) == FK.max_abs_numpy(x) == want, n
+        for bad in (np.nan, np.inf, -np.inf):
+            for at in {0, n // 2, n - 1} if n else ():
+                y = x.copy()
+                y[at] = bad
+                assert FK.max_abs_numba(y) == FK.max_abs_numpy(y) == np.inf, (n, at, bad)
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_huge_scores_under_the_bound(small_tiles, route, dtype):

@@ -149,8 +149,10 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
         if refused and method == "tiled":
             raise ValueError(f"method='tiled' {refused}, or use method='auto' or 'dense'")
         wanted = method == "tiled" or min(Tq, Tk) >= TILED_FROM[get_backend()]
-        if not refused and wanted and _scores_fit(q, k, v, scale):
-            return _tiled_forward(q, k, v, mask, scale, is_causal)
+        if not refused and wanted:
+            q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))  # copied once, for both
+            if _scores_fit(q, k, v, scale):
+                return _tiled_forward(q, k, v, mask, scale, is_causal)
     return _dense_forward(q, k, v, mask, p if dropping else 0.0, is_causal, scale, rng)
 
 
@@ -182,10 +184,9 @@ def _scores_fit(q, k, v, scale):
     :math:`|q\cdot k| \le d \max|q| \max|k|`, kept under a quarter of the dtype's max (the
     difference of two scores is at most twice a score; the other half is room for rounding).
     Costs one read of q, k and v (the dense path reads the ``Tq x Tk`` scores instead)."""
-    qmax = FK.max_abs(np.ascontiguousarray(q).reshape(-1))        # inf when not finite
-    kmax = FK.max_abs(np.ascontiguousarray(k).reshape(-1))
-    if not (math.isfinite(qmax) and math.isfinite(kmax)
-            and all_finite(np.ascontiguousarray(v).reshape(-1))):
+    qmax = FK.max_abs(q.reshape(-1))        # inf when not finite (q, k, v: contiguous)
+    kmax = FK.max_abs(k.reshape(-1))
+    if not (math.isfinite(qmax) and math.isfinite(kmax) and all_finite(v.reshape(-1))):
         return False
     dots = q.shape[-1] * qmax * kmax                                # a Python float: no overflow
     room = float(np.finfo(q.dtype).max) / 4

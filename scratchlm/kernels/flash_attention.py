@@ -91,14 +91,30 @@ def max_abs_numpy(x):
 
 @njit(cache=True, nogil=True, fastmath=FAST)
 def _max_abs(x):
-    # x: (n,) -> (max |x|, sum of (x - x)): the sum is 0 unless some entry is NaN or +-inf
-    m = x.dtype.type(0.0)
-    bad = x.dtype.type(0.0)
-    for i in range(x.shape[0]):
-        a = abs(x[i])
-        m = a if a > m else m
-        bad += x[i] - x[i]
-    return m, bad
+    # x: (n,) -> (max |x|, sum of (x - x)): the sum is 0 unless some entry is NaN or +-inf.
+    # Sixteen running maxima and sums, one per lane, which LLVM turns into vector operations (one
+    # running max is a chain of dependent compares it does not vectorise without ``nnan``).
+    m = np.zeros(16, x.dtype)
+    bad = np.zeros(16, x.dtype)
+    n = x.shape[0]
+    c = 0
+    while c + 16 <= n:
+        for u in range(16):
+            v = x[c + u]
+            a = abs(v)
+            m[u] = a if a > m[u] else m[u]
+            bad[u] += v - v
+        c += 16
+    for i in range(c, n):
+        v = x[i]
+        a = abs(v)
+        m[0] = a if a > m[0] else m[0]
+        bad[0] += v - v
+    top, total = m[0], bad[0]
+    for u in range(1, 16):
+        top = m[u] if m[u] > top else top
+        total += bad[u]
+    return top, total
 
 
 def max_abs_numba(x):

@@ -71,6 +71,11 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import FAST, dispatch
 
+try:
+    _PTR = ir.PointerType().intrinsic_name          # llvmlite >= 0.44 (opaque pointers): "p0"
+except TypeError:                                   # older llvmlite: typed pointers
+    _PTR = "p0i8"
+
 _u = np.uint64   # an unsigned index: Numba skips the negative-index wrap test
 
 #: micro-tile rows (broadcast scalars of ``a`` per step)
@@ -99,6 +104,17 @@ def _ir_helpers(context, builder, signature, args):
         return context.make_array(signature.args[k])(context, builder, args[k]).data
 
     return c64, as_i64, data
+
+
+def prefetch_write(builder, ptr):
+    """For an intrinsic's code generator: hint that the cache line holding ``ptr`` will be written
+    soon (``llvm.prefetch`` with rw = 1, high locality, data cache: ``prefetchw`` on x86). A hint
+    changes no value and never faults."""
+    i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+    fn = builder.module.declare_intrinsic(
+        f"llvm.prefetch.{_PTR}", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1), ir.Constant(i32, 3),
+                      ir.Constant(i32, 1)])
 
 
 def _micro_kernel(accumulate):
@@ -134,6 +150,14 @@ def _micro_kernel(accumulate):
                 acc = [builder.alloca(vec) for _ in range(MR * nv)]
             for a in acc:
                 builder.store(ir.Constant(vec, [0.0] * lanes), a)
+            # ask for the tile's rows of out now, so that their misses overlap the K loop instead
+            # of stalling the writes after it (each row: NR entries, 128 bytes; 2-3 cache lines)
+            for i in range(MR):
+                c_row = builder.bitcast(
+                    builder.gep(out_ptr, [builder.load(builder.gep(row_ptr, [c64(i)]))]),
+                    ir.IntType(8).as_pointer())
+                for byte in (0, 64, nr * (4 if dtype == types.float32 else 8) - 1):
+                    prefetch_write(builder, builder.gep(c_row, [c64(byte)]))
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
             with cgutils.for_range(builder, as_i64(8)) as loop:           # for p in range(kc):
                 b_row = builder.gep(b_ptr, [builder.mul(loop.index, c64(nr))])
@@ -215,6 +239,25 @@ def _transpose8(typingctx, flat, cols, q0, start, dst, d_off, width):
     return sig, codegen
 
 
+@intrinsic
+def _copy8(typingctx, flat, start, dst, d_off):
+    """``dst[d_off:d_off + 8] = flat[start:start + 8]``: one 8-lane vector load and store (a loop
+    of eight scalar copies is what LLVM makes of it otherwise: it cannot tell that ``dst`` and
+    ``flat`` are different buffers, so it keeps each load after the previous store)."""
+    sig = types.void(flat, start, dst, d_off)
+    dtype = flat.dtype
+
+    def codegen(context, builder, signature, args):
+        vec = ir.VectorType(context.get_value_type(dtype), 8)
+        c64, as_i64, data = _ir_helpers(context, builder, signature, args)
+        src = builder.bitcast(builder.gep(data(0), [as_i64(1)]), vec.as_pointer())
+        at = builder.bitcast(builder.gep(data(2), [as_i64(3)]), vec.as_pointer())
+        builder.store(builder.load(src, align=4), at, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _is_run(offsets, start, n):
     """offsets[start:start+n] are consecutive (each one more than the last)."""
@@ -251,7 +294,12 @@ def _pack(flat, rows, r0, kc, cols, c0, nc, width, dst, ends):
         w = min(width, nc - s * width)
         base = s * kc * width
         n_runs = _runs(cols, q0, w, ends)
-        if 4 * n_runs <= w:                        # the columns run (4 or more on average):
+        if n_runs == 1 and w == width:             # one run, the whole sliver: by vectors
+            for p in range(kc):
+                src, at = rows[r0 + p] + cols[q0], base + p * width
+                for j in range(0, width, 8):
+                    _copy8(flat, src + j, dst, at + j)
+        elif 4 * n_runs <= w:                      # the columns run (4 or more on average):
             for p in range(kc):                    # copy row by row, run by run
                 row = rows[r0 + p]
                 j0 = 0

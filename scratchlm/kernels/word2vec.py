@@ -74,6 +74,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import dispatch
+from .gemm import _ir_helpers, prefetch_write
 
 LCG_MUL = 25214903917
 LCG_ADD = 11
@@ -131,12 +132,6 @@ def dot_numpy(a, b):
     return r
 
 
-try:
-    _PTR = ir.PointerType().intrinsic_name          # llvmlite >= 0.44 (opaque pointers): "p0"
-except TypeError:                                   # older llvmlite: typed pointers
-    _PTR = "p0i8"
-
-
 @intrinsic
 def _prefetch_write(typingctx, row, offset):
     """Hint that the cache line holding byte ``offset`` of the 1-D array ``row`` will be
@@ -145,13 +140,9 @@ def _prefetch_write(typingctx, row, offset):
     sig = types.void(row, offset)
 
     def codegen(context, builder, signature, args):
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        at = context.cast(builder, args[1], signature.args[1], types.intp)
-        ptr = builder.gep(builder.bitcast(data, i8p), [at])
-        fn = builder.module.declare_intrinsic(
-            f"llvm.prefetch.{_PTR}", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-        builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        _, as_i64, data = _ir_helpers(context, builder, signature, args)
+        prefetch_write(builder, builder.gep(builder.bitcast(data(0), ir.IntType(8).as_pointer()),
+                                            [as_i64(1)]))
         return context.get_dummy_value()
 
     return sig, codegen
