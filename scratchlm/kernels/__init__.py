@@ -10,6 +10,12 @@ Every kernel family lives in one file (``softmax.py``, ``layernorm.py`` ...). In
 Kernels never validate their arguments: Numba does no bounds checking, so the callers in
 ``scratchlm.functional`` check every shape and index in Python before a kernel is entered.
 
+Kernels that divide use ``error_model="numpy"``: under Numba's default (Python's) model every
+division first tests its divisor for zero, to raise ``ZeroDivisionError``, and that branch keeps
+LLVM from vectorising the loop -- a sigmoid's ``1 / (1 + e)`` then runs one element at a time
+(GELU's forward: 2.4 ns an element against 0.74 vectorised). NumPy's model gives IEEE's answer
+(``inf``, ``nan``), which is what the NumPy twins give.
+
 The route is chosen by, in order of precedence:
 
 1. the context manager :func:`use_backend` (``with use_backend("numpy"): ...``);

@@ -94,7 +94,7 @@ def _redo_overflowed(scores, z, keep, rows, sc):
     return z
 
 
-@njit(cache=True, nogil=True, fastmath={"nnan", "reassoc"})
+@njit(cache=True, error_model="numpy", nogil=True, fastmath={"nnan", "reassoc"})
 def _row_max(row, stop):
     # row: (Tk,) -> max(row[:stop]). ``nnan`` lets LLVM vectorise the max; the caller detects NaN
     # itself (the max of a row holding NaN is meaningless here).
@@ -104,7 +104,7 @@ def _row_max(row, stop):
     return m
 
 
-@njit(cache=True, nogil=True, fastmath=False)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=False)
 def _has_nan(row, stop):
     for j in range(stop):
         if row[j] != row[j]:
@@ -112,7 +112,7 @@ def _has_nan(row, stop):
     return False
 
 
-@njit(cache=True, nogil=True, fastmath=False)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=False)
 def _overflowed_row(srow, buf, stop, sc):
     # srow: (Tk,) raw scores, buf: (Tk,) -> buf[:stop] = (s - s*) * sc, or for +inf scores 0 at
     # them and -inf elsewhere; masked (-inf) scores stay -inf.
@@ -133,7 +133,7 @@ def _overflowed_row(srow, buf, stop, sc):
             buf[j] = (v - star) * sc
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def attention_softmax_numba(scores, scale, causal, offset):
     # scores: (N, Tq, Tk) -> probs: (N, Tq, Tk)
     N, Tq, Tk = scores.shape
@@ -190,7 +190,7 @@ def attention_softmax_backward_numpy(dprobs, probs, scale, causal, offset):
     return ds
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def attention_softmax_backward_numba(dprobs, probs, scale, causal, offset):
     # dprobs, probs: (N, Tq, Tk) -> dscores: (N, Tq, Tk)
     N, Tq, Tk = probs.shape

@@ -76,7 +76,7 @@ def conv2d_direct_forward_numpy(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
 _OB = 4
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def conv2d_direct_forward_numba(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
     # xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo)
     N, C, Hp, Wp = xp.shape
@@ -155,7 +155,7 @@ def conv2d_direct_backward_input_numpy(dy, w, groups, Hp, Wp, sH, sW, dH, dW):
     return dxp.reshape(N, groups * Cg, Hp, Wp)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _widen_rows(dy, n, Wp, dyw):
     # dy[n]: (O, Ho, Wo) -> dyw: (O, Ho*Wp), rows Wp wide; columns Wo..Wp-1 stay as they are (0)
     O, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
@@ -167,7 +167,7 @@ def _widen_rows(dy, n, Wp, dyw):
                 dst[ow] = src[ow]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def conv2d_direct_backward_input_numba(dy, w, groups, Hp, Wp, sH, sW, dH, dW):
     # dy: (N, O, Ho, Wo), w: (O, C/G, kH, kW) -> dxp: (N, C, Hp, Wp)
     N, O, Ho, Wo = dy.shape
@@ -228,7 +228,7 @@ def conv2d_direct_backward_weight_numpy(dy, xp, groups, kH, kW, sH, sW, dH, dW):
     return dw.reshape(O, Cg, kH, kW).astype(dy.dtype, copy=False)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)   # vectorised dot products
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)   # vectorised dot products
 def conv2d_direct_backward_weight_numba(dy, xp, groups, kH, kW, sH, sW, dH, dW):
     # dy: (N, O, Ho, Wo), xp: (N, C, Hp, Wp) zero-padded -> dw: (O, C/G, kH, kW)
     N, O, Ho, Wo = dy.shape
@@ -305,7 +305,7 @@ def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     return y, (h * W + w).astype(np.int64)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _taps_inside(start, k, d, size):
     # the taps i in [lo, hi) of a window whose tap i reads start + i*d that fall in [0, size)
     lo = (-start + d - 1) // d if start < 0 else 0
@@ -313,7 +313,7 @@ def _taps_inside(start, k, d, size):
     return lo, hi
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _window_max(plane, W, h0, dH, i0, i1, w0, dW, j0, j1):
     # plane: (H*W,) one flat input plane; the window's taps (i, j), i0 <= i < i1, j0 <= j < j1,
     # read row h0 + i*dH, column w0 + j*dW (all inside; at least one tap)
@@ -330,7 +330,7 @@ def _window_max(plane, W, h0, dH, i0, i1, w0, dW, j0, j1):
     return best, bi
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     # x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64 flat h*W + w of the max
     P, H, W = x.shape
@@ -362,7 +362,7 @@ def max_pool2d_backward_numpy(dy, idx, H, W):
     return dx.reshape(P, H, W)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def max_pool2d_backward_numba(dy, idx, H, W):
     # dy, idx: (P, Ho, Wo) -> dx: (P, H, W)
     P, Ho, Wo = dy.shape
@@ -396,7 +396,7 @@ def avg_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
         return y.astype(x.dtype, copy=False)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def avg_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, Ho, Wo, div):
     # x: (P, H, W), div: (Ho, Wo) -> y: (P, Ho, Wo)
     P, H, W = x.shape
@@ -439,7 +439,7 @@ def avg_pool2d_backward_numpy(dy, H, W, kH, kW, sH, sW, pH, pW, div):
     return np.ascontiguousarray(dxp[:, pH:pH + H, pW:pW + W])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def avg_pool2d_backward_numba(dy, H, W, kH, kW, sH, sW, pH, pW, div):
     # dy: (P, Ho, Wo), div: (Ho, Wo) -> dx: (P, H, W)
     P, Ho, Wo = dy.shape

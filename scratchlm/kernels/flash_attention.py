@@ -89,7 +89,7 @@ def max_abs_numpy(x):
     return m if math.isfinite(m) else math.inf
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def _max_abs(x):
     # x: (n,) -> (max |x|, sum of (x - x)): the sum is 0 unless some entry is NaN or +-inf.
     # Sixteen running maxima and sums, one per lane, which LLVM turns into vector operations (one
@@ -129,7 +129,7 @@ max_abs = dispatch(max_abs_numba, max_abs_numpy)
 # ------------------------------------------------------------------------------------------------
 # forward
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, inline="always", fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, inline="always", fastmath=FAST)
 def _row_max(row, end, lanes):
     # row: (>= end,) -> max(row[:end]) (-inf when empty); lanes: (16,) scratch. Sixteen running
     # maxima, one per lane, which LLVM turns into vector maxima (one running max is a chain of
@@ -200,7 +200,7 @@ def flash_attention_forward_numpy(q, k, v, scale, causal, offset, mask, mask_row
             lse[lo:hi, i0:i1] = np.where(some, m + np.log(safe), -np.inf)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_rows, bq, bk,
                                   out, lse, lo, hi):
     # q: (N, Tq, d), k: (N, Tk, d), v: (N, Tk, dv) -> out[lo:hi]: (n, Tq, dv), lse[lo:hi]: (n, Tq)
@@ -328,7 +328,7 @@ def flash_attention_backward_numpy(q, k, v, out, dout, lse, scale, causal, offse
         dv[lo:hi, j0:j1] = dv_j
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offset, mask,
                                    mask_rows, bq, bk, dq, dk, dv, lo, hi):
     # q, dq: (N, Tq, d); k, dk: (N, Tk, d); v, dv: (N, Tk, dv); out, dout: (N, Tq, dv);

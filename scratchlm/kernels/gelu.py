@@ -59,7 +59,7 @@ def _erfc_numpy(z):
     return _erfc(z).astype(z.dtype)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _const(x, value):
     """``value`` as a scalar of ``x``'s dtype, so float32 arithmetic stays float32."""
     a = np.empty(1, dtype=x.dtype)
@@ -103,7 +103,7 @@ def gelu_forward_numpy(x, approximate, y=None, dydx=None):
         return x * cdf, cdf + x * INV_SQRT_2PI * np.exp(-0.5 * x * x)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def gelu_forward_numba(x, approximate, y=None, dydx=None):
     # x: (n,) -> y: (n,), dydx: (n,), into the given arrays when there are
     if y is None:

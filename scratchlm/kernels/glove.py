@@ -53,13 +53,13 @@ def units(window: int) -> int:
 # ------------------------------------------------------------------------------------------------
 # counting
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _slot(key, mask):
     h = np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)          # Fibonacci hashing
     return np.int64(h ^ (h >> np.uint64(29))) & mask
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _add(keys, vals, key, val):
     # -> 1 when a new key was inserted
     mask = keys.shape[0] - 1
@@ -76,7 +76,7 @@ def _add(keys, vals, key, val):
         s = (s + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _count_into_table(keys, vals, used, words, starts, s0, V, window, L, symmetric):
     # adds sentences s0, s0+1, ... until the table is half full; -> (next sentence, used)
     limit = keys.shape[0] // 2
@@ -96,7 +96,7 @@ def _count_into_table(keys, vals, used, words, starts, s0, V, window, L, symmetr
     return s, used
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _rehash(keys, vals, new_keys, new_vals):
     for s in range(keys.shape[0]):
         if keys[s] >= 0:
@@ -156,7 +156,7 @@ cooccur = dispatch(cooccur_numba, cooccur_numpy)
 # ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def glove_epoch_numba(W, C, b, c, gW, gC, gb, gc, rows, cols, logx, fx, order, eta, clip):
     D = W.shape[1]
     u = np.zeros(D, W.dtype)                   # (D,) the step of w_i

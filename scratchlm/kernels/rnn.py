@@ -52,7 +52,7 @@ from .gemm import _gemm_prepacked
 from .vmath import exp_nonpos_inplace, tanh_into
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _sigmoid_into(x, out, e, bits):
     # x, out, e: (n,) 1-D -> out = sigmoid(x); e, bits: scratch
     n = x.shape[0]
@@ -65,7 +65,7 @@ def _sigmoid_into(x, out, e, bits):
         out[j] = num / (one + e[j])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _tanh_into(x, out, e, bits):
     # x, out, e: (n,) 1-D -> out = tanh(x); e, bits: scratch
     n = x.shape[0]
@@ -85,7 +85,7 @@ def rnn_cell_forward_numpy(pre, relu):
     return np.maximum(pre, 0) if relu else np.tanh(pre)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def rnn_cell_forward_numba(pre, relu):
     # pre: (B, H) -> h: (B, H)
     B, H = pre.shape
@@ -105,7 +105,7 @@ def rnn_cell_backward_numpy(dh, h, relu):
     return dh * (h > 0) if relu else dh * (1 - h * h)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def rnn_cell_backward_numba(dh, h, relu):
     # dh, h: (B, H) -> dpre: (B, H)
     B, H = h.shape
@@ -136,7 +136,7 @@ def lstm_cell_forward_numpy(pre, c_prev):
     return o * tanh_c, c, act, tanh_c
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_cell_forward_numba(pre, c_prev):
     # pre: (B, 4H), c_prev: (B, H) -> h: (B, H), c: (B, H), act: (B, 4H), tanh_c: (B, H)
     B, H = c_prev.shape
@@ -189,7 +189,7 @@ def lstm_cell_backward_numpy(dh, dc, c_prev, act, tanh_c):
     return dpre, dc_prev
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def lstm_cell_backward_numba(dh, dc, c_prev, act, tanh_c):
     # dh, dc, c_prev, tanh_c: (B, H), act: (B, 4H) -> dpre: (B, 4H), dc_prev: (B, H)
     B, H = c_prev.shape
@@ -225,7 +225,7 @@ def gru_cell_forward_numpy(gi, gh, h_prev):
     return (1 - z) * n + z * h_prev, np.concatenate([rz, n], axis=1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def gru_cell_forward_numba(gi, gh, h_prev):
     # gi, gh: (B, 3H), h_prev: (B, H) -> h: (B, H), act: (B, 3H)
     B, H = h_prev.shape
@@ -267,7 +267,7 @@ def gru_cell_backward_numpy(dh, h_prev, act, gh):
     return dgi, dgh, dh * z
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def gru_cell_backward_numba(dh, h_prev, act, gh):
     # dh, h_prev: (B, H), act, gh: (B, 3H) -> dgi: (B, 3H), dgh: (B, 3H), dh_prev: (B, H)
     B, H = h_prev.shape
@@ -331,7 +331,7 @@ def sequence_forward_numpy(mode, reverse, xp, h0, c0, w_t, w_packed, bias_hh, ou
     return c
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def sequence_forward_numba(mode, reverse, xp, h0, c0, w_t, w_packed, bias_hh, out, h_prev, c_prev,
                            act, tanh_c, gh):
     # the same loop with each step's product on the packed W_hh^T (gemm._gemm_prepacked): no
@@ -393,7 +393,7 @@ def sequence_backward_numpy(mode, reverse, dout, dh_n, dc_n, w, w_packed, h_prev
     return dh, dc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def sequence_backward_numba(mode, reverse, dout, dh_n, dc_n, w, w_packed, h_prev, out, c_prev, act,
                             tanh_c, gh, dpre, dgh, sq):
     # dout: (T, b, H) or (0, b, H) for none; the rest as sequence_backward_numpy

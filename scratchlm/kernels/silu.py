@@ -60,7 +60,7 @@ def swiglu_backward_numpy(dh, g, u, dg, du):
     return dg, du
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _sig_block(x, start, m, e, bits):
     # e[:m] = exp(-|x[start:start+m]|)
     for j in range(m):
@@ -68,7 +68,7 @@ def _sig_block(x, start, m, e, bits):
     exp_nonpos_inplace(e[:m], bits[:m])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def silu_forward_numba(x, out):
     one = _const(x, 1.0)
     e, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
@@ -82,7 +82,7 @@ def silu_forward_numba(x, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def silu_backward_numba(dy, x, out):
     one = _const(x, 1.0)
     e, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
@@ -97,7 +97,7 @@ def silu_backward_numba(dy, x, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def swiglu_forward_numba(g, u, out):
     one = _const(g, 1.0)
     e, bits = np.empty(BLOCK, g.dtype), np.empty(BLOCK, np.int32)
@@ -111,7 +111,7 @@ def swiglu_forward_numba(g, u, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def swiglu_backward_numba(dh, g, u, dg, du):
     one = _const(g, 1.0)
     e, bits = np.empty(BLOCK, g.dtype), np.empty(BLOCK, np.int32)

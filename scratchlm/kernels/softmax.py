@@ -44,7 +44,7 @@ from . import FAST, dispatch
 from .vmath import exp_nonpos_inplace
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _scale_for(C):
     """A power of two ``2^k >= C``: a sum of C values, each divided by it, cannot overflow."""
     return 2.0 ** math.ceil(math.log2(max(C, 1)))
@@ -109,7 +109,7 @@ def _log_sum_overload(e):
     return impl
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _row_max(x, r):
     m = x[r, 0]
     for c in range(1, x.shape[1]):
@@ -129,7 +129,7 @@ def softmax_forward_numpy(x):
     return e
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def softmax_forward_numba(x):
     # x: (R, C) -> y: (R, C)
     R, C = x.shape
@@ -162,7 +162,7 @@ def softmax_backward_numpy(dy, y):
     return u
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def softmax_backward_numba(dy, y):
     # dy, y: (R, C) -> dx: (R, C)
     R, C = y.shape
@@ -188,7 +188,7 @@ def log_softmax_forward_numpy(x):
         return shifted - _log_sum_numpy(np.exp(shifted))[:, None].astype(x.dtype)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def log_softmax_forward_numba(x):
     # x: (R, C) -> y: (R, C)
     R, C = x.shape
@@ -236,7 +236,7 @@ def log_softmax_backward_numpy(dy, y):
     return dx
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def log_softmax_backward_numba(dy, y):
     # dy, y: (R, C) -> dx: (R, C)
     R, C = y.shape
@@ -256,8 +256,9 @@ def log_softmax_backward_numba(dy, y):
     return dx
 
 
-@njit(cache=True, nogil=True, fastmath=False)   # explicit, not the caller's: reassoc would turn
-def _log_softmax_backward_scaled_row(dyr, dxr):  # (p s) k into p (s k) = 0 * inf = NaN
+# fastmath explicit, not the caller's: reassoc would turn (p s) k into p (s k) = 0 * inf = NaN
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=False)
+def _log_softmax_backward_scaled_row(dyr, dxr):
     # dyr: (C,), dxr: (C,) holding p = softmax -> dxr = dy - p sum(dy), in units of 2^k >= C
     C = dyr.shape[0]
     k = _scale_for(C)
@@ -300,7 +301,7 @@ def cross_entropy_forward_numpy(x, target, ignore_index, smoothing):
     return np.where(keep, loss, 0.0), np.where(keep[:, None], stats, 0.0)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def cross_entropy_forward_numba(x, target, ignore_index, smoothing):
     # x: (R, C) logits, target: (R,) -> loss: (R,) float64, stats: (R, 2) float64 (m, ls)
     R, C = x.shape
@@ -355,7 +356,7 @@ def cross_entropy_backward_numpy(dloss, x, target, stats, ignore_index, smoothin
     return dx
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def cross_entropy_backward_numba(dloss, x, target, stats, ignore_index, smoothing):
     # dloss: (R,), x: (R, C), target: (R,), stats: (R, 2) -> dx: (R, C)
     R, C = x.shape

@@ -54,14 +54,14 @@ INV_LN2 = 1.4426950408889634
 #: the primitives here are compiled with ``contract`` (fused multiply-adds: the polynomials cost
 #: half as much, and are as accurate or more) whatever their caller's flags; never ``reassoc``
 #: (it could regroup Cody & Waite's ``t - f LN2_HI - f LN2_LO``)
-CONTRACT = {"cache": True, "fastmath": {"contract"}}
+CONTRACT = {"cache": True, "fastmath": {"contract"}, "error_model": "numpy"}
 # e^r on [-ln2/2, ln2/2], degree 6, c0 = 1: Lawson-iterated weighted least squares on Chebyshev
 # nodes; 2e-9 relative in exact arithmetic, 9.6e-8 evaluated in float32 (Horner's rounding)
 EXP_P = (1.0, 1.000000032165149, 0.49999994209026827, 0.16666431262307246, 0.04166800203848487,
          0.008374155331783406, 0.0013843653422001953)
 
 
-@njit(cache=True, inline="always", fastmath={"contract"})
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _exp_reduced(t):
     # t: float32 in [-104, 89] (or NaN) -> (e^r, n): e^t = e^r 2^n, n = round(t / ln 2)
     f = np.floor(t * np.float32(INV_LN2) + np.float32(0.5))   # float32 (math.floor: int64)
@@ -76,7 +76,7 @@ def _exp_reduced(t):
     return p, np.int32(f)
 
 
-@njit(cache=True, inline="always", fastmath={"contract"})
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _exp_parts(t):
     # t: float32 -> (p c, n): e^t = (p c) 2^n with 2^n a normal float32 power of two, p c exact
     p, n = _exp_reduced(min(max(t, np.float32(-104.0)), np.float32(89.0)))   # NaN stays NaN
@@ -87,7 +87,7 @@ def _exp_parts(t):
     return pc, (n + np.int32(127)) << np.int32(23)   # 2^n as float32 bits
 
 
-@njit(cache=True, inline="always", fastmath={"contract"})
+@njit(cache=True, error_model="numpy", inline="always", fastmath={"contract"})
 def _exp_parts_nonpos(t):
     # as _exp_parts for t <= 0 (a positive t is taken as 0): no overflow end to handle
     p, n = _exp_reduced(min(max(t, np.float32(-104.0)), np.float32(0.0)))    # NaN stays NaN
@@ -189,7 +189,7 @@ def exp_numpy(a):
     return np.exp(a)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def exp_numba(a):
     # a: (n,) -> exp(a): the in-place primitive wrapped as a kernel (for tests and benchmarks)
     out = a.copy()
@@ -205,7 +205,7 @@ def tanh_numpy(a):
     return np.tanh(a)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def tanh_numba(a):
     # a: (n,) -> tanh(a): ``tanh_into`` wrapped as a kernel (for tests and benchmarks)
     out = np.empty_like(a)

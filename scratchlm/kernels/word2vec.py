@@ -85,7 +85,7 @@ LANES = 8
 # ------------------------------------------------------------------------------------------------
 # the shared arithmetic: the dot product's order, the sigmoid
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def dot_numba(a, b):
     # a, b: (D,) one dtype, D >= 1 -> their dot product, summed in the documented order. The
     # sums start from the first products, never from 0 (0 + -0 would lose a zero's sign, and a
@@ -148,7 +148,7 @@ def _prefetch_write(typingctx, row, offset):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _prefetch_row(row):
     # row: (D,) a contiguous table row -> each of its cache lines asked for, for writing: the
     # line of every 64th byte, and of the last byte (a row need not start on a line)
@@ -159,7 +159,7 @@ def _prefetch_row(row):
         _prefetch_write(row, nbytes - 1)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _sigmoid(x):
     # float64 -> float64, stable at both ends
     if x >= 0.0:
@@ -175,7 +175,7 @@ def _sigmoid_py(x: float) -> float:
     return e / (1.0 + e)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _log_sigmoid(x):
     # log sigma(x) = -log(1 + e^{-x}), stable: min(x, 0) - log1p(e^{-|x|})
     return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
@@ -210,17 +210,17 @@ def alias_table(weights):
 # ------------------------------------------------------------------------------------------------
 # the Numba kernel
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _next(state):
     return state * np.uint64(LCG_MUL) + np.uint64(LCG_ADD)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _uniform(state):
     return np.float64(state >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _draw(prob, alias, u):
     # Walker's alias method: u * V splits into a column i and a fraction; keep i or its alias
     x = u * prob.shape[0]
@@ -228,7 +228,7 @@ def _draw(prob, alias, u):
     return i if x - i < prob[i] else np.int64(alias[i])
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _apply(h, out, t, g64, e, gbuf):
     # one target t of input h with g = alpha (label - sigma(h . out[t])) given:
     # e += g out[t]; out[t] += g h
@@ -241,14 +241,14 @@ def _apply(h, out, t, g64, e, gbuf):
         row[k] = u + g * h[k]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _score(h, out, t, label, alpha, fbuf, gval, k):
     f = np.float64(dot_numba(h, out[t]))
     fbuf[k] = f
     gval[k] = alpha * (label - _sigmoid(f))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _targets(h, w, syn1neg, syn1, prob, alias, points, codes, codelens, negative, hs, alpha, e,
              gbuf, tbuf, fbuf, gval, state, compute_loss):
     # every target of centre word w for the input h (unchanged here), in word2vec.c's order;
@@ -288,7 +288,7 @@ def _targets(h, w, syn1neg, syn1, prob, alias, points, codes, codelens, negative
     return loss, state
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def train_job_numba(syn0, syn1neg, syn1, words, starts, keep, prob, alias, points, codes,
                     codelens, sg, window, negative, hs, alpha, seed, compute_loss):
     D = syn0.shape[1]
