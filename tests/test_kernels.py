@@ -493,3 +493,27 @@ def test_relu_twins_agree_over_the_whole_range_and_any_split(dtype, monkeypatch)
         np.testing.assert_array_equal(dx, ref_dx)
     y, cache = F.relu_forward(x[np.isfinite(x)])                   # the layer itself
     np.testing.assert_array_equal(y, np.maximum(x[np.isfinite(x)], 0))
+
+
+def test_every_kernel_compiles_with_numpys_error_model():
+    """Each ``@njit`` in ``scratchlm/kernels`` passes ``error_model="numpy"``: Python's model
+    tests every divisor for zero first, a branch that keeps LLVM from vectorising the loop (see
+    ``scratchlm/kernels/__init__.py``), and a kernel added without it would be silently slower."""
+    import ast
+    import pathlib
+
+    import scratchlm.kernels as KS
+    missing = []
+    for path in sorted(pathlib.Path(KS.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for dec in node.decorator_list:
+                name = dec.func if isinstance(dec, ast.Call) else dec
+                if getattr(name, "id", getattr(name, "attr", None)) != "njit":
+                    continue
+                model = {k.arg: getattr(k.value, "value", None)
+                         for k in getattr(dec, "keywords", [])}.get("error_model")
+                if model != "numpy":
+                    missing.append(f"{path.name}:{node.lineno} {node.name}")
+    assert not missing, missing

@@ -4,17 +4,19 @@ Every kernel family lives in one file (``softmax.py``, ``layernorm.py`` ...). In
 ``foo`` exists three times:
 
 * ``foo_numpy``  -- the reference: plain vectorised NumPy, read this first;
-* ``foo_numba``  -- the same computation as explicit loops, ``@njit(cache=True)``;
+* ``foo_numba``  -- the same computation as explicit loops,
+  ``@njit(cache=True, error_model="numpy")``;
 * ``foo``        -- the dispatcher the rest of the package calls; it picks a route at call time.
 
 Kernels never validate their arguments: Numba does no bounds checking, so the callers in
 ``scratchlm.functional`` check every shape and index in Python before a kernel is entered.
 
-Kernels that divide use ``error_model="numpy"``: under Numba's default (Python's) model every
-division first tests its divisor for zero, to raise ``ZeroDivisionError``, and that branch keeps
-LLVM from vectorising the loop -- a sigmoid's ``1 / (1 + e)`` then runs one element at a time
-(GELU's forward: 2.4 ns an element against 0.74 vectorised). NumPy's model gives IEEE's answer
-(``inf``, ``nan``), which is what the NumPy twins give.
+Every kernel compiles with ``error_model="numpy"`` (a test holds each ``@njit`` to it): under
+Numba's default (Python's) model every division first tests its divisor for zero, to raise
+``ZeroDivisionError``, and that branch keeps LLVM from vectorising the loop -- a sigmoid's
+``1 / (1 + e)`` then runs one element at a time (GELU's forward: 2.4 ns an element against 0.74
+vectorised). NumPy's model gives IEEE's answer (``inf``, ``nan``), which is what the NumPy twins
+give; an integer divisor is never zero, since the callers check every size first.
 
 The route is chosen by, in order of precedence:
 

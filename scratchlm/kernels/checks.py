@@ -22,7 +22,7 @@ def all_finite_numpy(x):
     return bool(np.isfinite(x).all())
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _no_full_exponent(bits, exponent):
     # bits: (n,) the raw bits of float32 (uint32) or float64 (uint64) entries
     for start in range(0, bits.shape[0], _BLOCK):

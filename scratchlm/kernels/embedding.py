@@ -15,7 +15,7 @@ def scatter_add_rows_numpy(dweight, ids, dout):
     np.add.at(dweight, ids, dout)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def scatter_add_rows_numba(dweight, ids, dout):
     # dweight: (V, D) in place, ids: (N,), dout: (N, D)
     N, D = dout.shape

@@ -258,7 +258,7 @@ def _copy8(typingctx, flat, start, dst, d_off):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _is_run(offsets, start, n):
     """offsets[start:start+n] are consecutive (each one more than the last)."""
     first = offsets[start]
@@ -268,7 +268,7 @@ def _is_run(offsets, start, n):
     return True
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _runs(offsets, start, n, ends):
     """Split offsets[start:start+n] into runs of consecutive offsets; ``ends[k]`` is where run
     ``k`` stops (relative to ``start``). Returns the number of runs. (A convolution's pixels run
@@ -282,7 +282,7 @@ def _runs(offsets, start, n, ends):
     return count + 1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _pack(flat, rows, r0, kc, cols, c0, nc, width, dst, ends):
     """Pack the block ``flat[rows[r0 + p] + cols[c0 + q]]`` (p < kc, q < nc) into slivers of
     ``width`` columns: ``dst[s*kc*width + p*width + j] = block[p, s*width + j]``, zero-padded past
@@ -325,7 +325,7 @@ def _pack(flat, rows, r0, kc, cols, c0, nc, width, dst, ends):
                 dst[_u(base + p * width + j)] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _slab(a, a_rows, a_cols, pc, kc, jc, nc, bp, out, out_rows, out_cols, overwrite, ap, tile,
           tile_rows, ends):
     # out[:, jc:jc+nc] (+)= a[:, pc:pc+kc] @ b[pc:pc+kc, jc:jc+nc], with that block of b packed
@@ -364,7 +364,7 @@ def _slab(a, a_rows, a_cols, pc, kc, jc, nc, bp, out, out_rows, out_cols, overwr
                         jj0 = ends[k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _scratch(M, dtype_of):
     # the packed block of a, the scratch tile and its row offsets, the run ends
     nr = NR_F32 if dtype_of.itemsize == 4 else NR_F64
@@ -373,14 +373,14 @@ def _scratch(M, dtype_of):
     return ap, tile, np.arange(MR) * nr, np.empty(max(nr, MR), np.int64)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _zero(out, out_rows, out_cols):
     for i in range(out_rows.shape[0]):
         for j in range(out_cols.shape[0]):
             out[_u(out_rows[i] + out_cols[j])] = 0.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate):
     # a, b, out: flat buffers; a[a_rows[i] + a_cols[p]] is a (M, K), b (K, N) and out (M, N) alike
     M, N = a_rows.shape[0], b_cols.shape[0]
@@ -391,7 +391,7 @@ def _gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumul
              tile, tile_rows, ends)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def workspace(M, N, like):
     """The scratch of a product with up to M rows and N columns in ``like``'s dtype, for
     :func:`_gemm_in` (a kernel that multiplies many small tiles allocates it once)."""
@@ -401,7 +401,7 @@ def workspace(M, N, like):
     return bp, ap, tile, tile_rows, ends
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _gemm_in(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumulate, bp, ap,
              tile, tile_rows, ends):
     # _gemm with its scratch given (from workspace(M, N) with M, N at least this product's)
@@ -418,7 +418,7 @@ def _gemm_in(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accu
                   pc == 0 and not accumulate, ap, tile, tile_rows, ends)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _pack_all(b, b_rows, b_cols, dst):
     # every (jc, pc) block of b (K, N), packed as _gemm packs it, one after another in dst
     K, N = b_rows.shape[0], b_cols.shape[0]
@@ -433,7 +433,7 @@ def _pack_all(b, b_rows, b_cols, dst):
             at += ((nc + nr - 1) // nr) * nr * kc
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _gemm_prepacked(a, a_rows, a_cols, packed, K, N, out, out_rows, out_cols, accumulate):
     # _gemm with every block of b already packed (_pack_all): b is read, never copied
     M = a_rows.shape[0]
@@ -519,7 +519,7 @@ def gemm(a, a_rows, a_cols, b, b_rows, b_cols, out, out_rows, out_cols, accumula
 # ------------------------------------------------------------------------------------------------
 # ordinary arrays: the matmul every layer calls
 # ------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _gemm_batched(a, a_base, a_rows, a_cols, b, b_base, b_rows, b_cols, out, out_base, out_rows,
                   out_cols, lo, hi, accumulate):
     # matrix n of a batch starts at flat[base[n]]: for n in [lo, hi), out[n] (+)= a[n] @ b[n]
@@ -662,7 +662,7 @@ def matmul_numpy(a, b, out=None, accumulate=False):
     return out
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def _thin(a, a_base, ars, acs, b, b_base, brs, bcs, out, o_base, ors, ocs, M, K, j0, j1, lo, hi,
           accumulate):
     # out[n][i, j] (+)= sum_p a[n][i, p] b[n][p, j] for i < M (a few rows), j in [j0, j1), with

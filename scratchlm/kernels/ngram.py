@@ -22,7 +22,7 @@ def count_transitions_numpy(seq, n_states):
     return np.bincount(pairs, minlength=n_states * n_states).reshape(n_states, n_states).astype(np.int64)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def count_transitions_numba(seq, n_states):
     # seq: (L,) -> counts: (n_states, n_states)
     counts = np.zeros((n_states, n_states), dtype=np.int64)
@@ -55,7 +55,7 @@ def pad_stream_numpy(ids, table, lengths, bos_index, eos_index, bos, eos):
     return stream, sid
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def pad_stream_numba(ids, table, lengths, bos_index, eos_index, bos, eos):
     # ids: (T,), table: (top+2,), lengths: (S,) -> stream (int64), sid (int32): (T + S*(bos+eos),)
     S = lengths.shape[0]
@@ -92,7 +92,7 @@ def window_keys_numpy(pos_ids, stream, sid, k, base):
     return starts, pos_ids[starts] * base + stream[starts + k - 1]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def window_keys_numba(pos_ids, stream, sid, k, base):
     # pos_ids: (n+1,), stream/sid: (L,) -> starts (m,), keys (m,)
     n = stream.shape[0] - k + 1
@@ -121,7 +121,7 @@ def link_level_numpy(inverse, starts, pos_ids, stream, n_keys, n_positions):
     return suffix, first, new_ids
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def link_level_numba(inverse, starts, pos_ids, stream, n_keys, n_positions):
     # inverse/starts: (m,) -> suffix (n_keys,), first (n_keys,), new_ids (n_positions,)
     suffix = np.empty(n_keys, np.int64)
@@ -148,7 +148,7 @@ link_level = dispatch(link_level_numba, link_level_numpy)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _slot(key, shift):
     return (np.uint64(key) * _GOLDEN) >> shift
 
@@ -158,7 +158,7 @@ def build_key_table_numpy(keys):
     return np.zeros(0, np.int64)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def build_key_table_numba(keys):
     # keys: (n,) sorted distinct int64 -> table: (2 * 2^bits,): slot h holds (key, position) at
     # [2h, 2h+1], position -1 when empty; open addressing with linear probing at load factor
@@ -179,7 +179,7 @@ def build_key_table_numba(keys):
     return table
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _table_shift(table):
     bits = 0
     while (2 << bits) < table.shape[0]:
@@ -187,7 +187,7 @@ def _table_shift(table):
     return np.uint64(64 - bits)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _find_one(table, shift, q):
     # the position of key q in the table of build_key_table_numba, or -1
     mask = np.uint64(table.shape[0] // 2 - 1)
@@ -208,7 +208,7 @@ def find_keys_numpy(keys, table, queries):
     return np.where(keys[pos_c] == queries, pos_c, -1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def find_keys_numba(keys, table, queries):
     # keys: (n,), table: (2 * 2^bits,) from build_key_table_numba, queries: (m,) -> (m,)
     out = np.full(queries.shape[0], -1, np.int64)
@@ -242,7 +242,7 @@ def unique_pairs_numpy(key, n_prefix, base):
 _DIGIT = 12
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def unique_pairs_numba(key, n_prefix, base):
     # key: (m,) in [0, n_prefix*base) -> keys (u,), inverse (m,), counts (u,): an LSD radix sort
     # by 12-bit digits (two passes for keys below 2^24), each pass a stable counting sort that
@@ -414,7 +414,7 @@ def backoff_logp_numpy(stream, sid, keys, tables, logp, logb, base):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _backoff_logp(stream, sid, keys, tables, logp, logb, base, out):
     # one pass over the stream: cur[k] = E_{k+1}(i), prev[k] = E_{k+1}(i-1); out: (L,)
     N, L = len(keys), stream.shape[0]

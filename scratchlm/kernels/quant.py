@@ -60,7 +60,7 @@ def _inverse_numpy(dd):
     return np.where(np.isfinite(inv), inv, np.float32(0))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _inverse(dd):
     # 1 / d, and 0 where d is 0 or so small that 1 / d overflows (as _inverse_numpy)
     inv = np.float32(1) / dd if dd != np.float32(0) else np.float32(0)
@@ -80,7 +80,7 @@ def quantize_q8_0_numpy(x, d, q):
     return d, q
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def quantize_q8_0_numba(x, d, q):
     # x (M, K) float32 -> d (M, K/32) float32, q (M, K) int8
     M, K = x.shape
@@ -135,7 +135,7 @@ def quantize_q4_0_numpy(x, d, q):
     return d, q
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def quantize_q4_0_numba(x, d, q):
     # x (M, K) float32 -> d (M, K/32) float32, q (M, K/2) uint8
     M, K = x.shape
@@ -228,7 +228,7 @@ def q4_0_matmul_numpy(xd, xq, wd, wq, out, lo, hi):
     return _blocks_matmul_numpy(xd, xq, wd, np.concatenate([lo4, hi4], axis=1), out, lo, hi)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _halves(h, bits):
     # h (n,) uint16 float16 bits -> (n,) float32 values, exactly, through bits (n,) uint32
     # (Numba has no float16 type). First pass, branch-free so that it vectorises: the sign
@@ -250,7 +250,7 @@ def _halves(h, bits):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _row_scales(wd, lo, hi):
     # wd (N, nb) uint16 -> (hi - lo, nb) float32: the scales of rows lo:hi, decoded at once
     nb = wd.shape[1]
@@ -258,7 +258,7 @@ def _row_scales(wd, lo, hi):
         hi - lo, nb)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def _combine(s, xd, wd, out, m, n):
     # out[m, n] = sum_b float(s[b]) * (xd[m, b] * wd[b]), in block order (as the twin)
     acc = np.float32(0)
@@ -272,7 +272,7 @@ def _combine(s, xd, wd, out, m, n):
 # row in llama.cpp's layout costs a horizontal sum per block. Interleaved, the inner loop runs
 # over the blocks with one int32 sum each -- a plain vector loop -- and the 32 (or 16) entries
 # of a block are its outer loop. llama.cpp repacks its weights for its CPU kernels likewise.
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def q8_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
     # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K) int8 (xq, wq interleaved)
     # -> out (M, N), columns lo:hi; rows go four at a time, sharing the loads of x
@@ -300,7 +300,7 @@ def q8_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def q4_0_matmul_numba(xd, xq, wd, wq, out, lo, hi):
     # xd (M, nb) f32, xq (M, K) int8, wd (N, nb) uint16, wq (N, K/2) uint8 (xq, wq interleaved)
     # -> out (M, N), columns lo:hi. Byte i of a block holds entries i (low) and i + 16 (high).
@@ -334,7 +334,7 @@ def int8_matmul_numpy(x, wq, scale, out, lo, hi):
     return out
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
 def int8_matmul_numba(x, wq, scale, out, lo, hi):
     # x (M, K) float, wq (N, K) int8, scale (N,) float -> out (M, N), columns lo:hi
     M, K = x.shape

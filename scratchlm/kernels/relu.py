@@ -18,7 +18,7 @@ def relu_forward_numpy(x, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def relu_forward_numba(x, out):
     # x, out: (n,)
     zero = x.dtype.type(0)
@@ -35,7 +35,7 @@ def relu_backward_numpy(dy, x, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def relu_backward_numba(dy, x, out):
     # dy, x, out: (n,)
     one, zero = x.dtype.type(1), x.dtype.type(0)

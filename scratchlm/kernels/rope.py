@@ -32,7 +32,7 @@ def rope_apply_numpy(x, cos, sin, sign, out):
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def rope_apply_numba(x, cos, sin, sign, out):
     # x, out: (N, T, d); cos, sin: (T, d/2)
     N, T, d = x.shape

@@ -56,7 +56,7 @@ def _pause(typingctx):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", nogil=True)
 def spin_until(flag, target, iterations):
     """Poll ``flag[0]`` (int64 array) until it is at least ``target``, for at most
     ``iterations`` polls; True if it got there."""
