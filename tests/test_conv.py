@@ -284,6 +284,25 @@ def test_max_pool_ties_route_like_torch(torch, nd):
                 assert_close(getattr(F, f"max_pool{nd}d_backward")(dy, cache), tx.grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_2x2_fast_path_equals_the_numpy_twin(dtype):
+    """MaxPool2d(2) (2 x 2 windows, stride 2, no padding) takes a kernel of its own on the Numba
+    route: the same values and argmax indices as the NumPy twin, bit for bit, on plateaus, NaN,
+    +-inf, -0.0 and the largest values, on odd sizes (the last row and column left out) and with
+    ceil_mode's overhanging windows (which go to the general loop)."""
+    r = np.random.default_rng(8)
+    info = np.finfo(dtype)
+    pool = np.array([0.0, -0.0, 1.0, 1.0, -1.0, np.nan, np.inf, -np.inf, info.max, -info.max], dtype)
+    for H, W in [(2, 2), (6, 8), (9, 7), (28, 28)]:
+        x = r.choice(pool, (5, H, W)).astype(dtype)
+        for ceil in (False, True):
+            Ho, Wo = ((H + 1) // 2, (W + 1) // 2) if ceil else (H // 2, W // 2)
+            ours = K.max_pool2d_forward_numba(x, 2, 2, 2, 2, 0, 0, 1, 1, Ho, Wo)
+            ref = K.max_pool2d_forward_numpy(x, 2, 2, 2, 2, 0, 0, 1, 1, Ho, Wo)
+            np.testing.assert_array_equal(ours[1], ref[1])
+            assert ours[0].tobytes() == ref[0].tobytes()
+
+
 def test_default_init_names_and_shapes_are_torchs(torch):
     for ours, theirs in [(nn.Conv2d(6, 8, (3, 2), groups=2, rng=0), torch.nn.Conv2d(6, 8, (3, 2), groups=2)),
                          (nn.Conv1d(4, 5, 3, bias=False, rng=0), torch.nn.Conv1d(4, 5, 3, bias=False))]:

@@ -317,17 +317,48 @@ def _taps_inside(start, k, d, size):
 def _window_max(plane, W, h0, dH, i0, i1, w0, dW, j0, j1):
     # plane: (H*W,) one flat input plane; the window's taps (i, j), i0 <= i < i1, j0 <= j < j1,
     # read row h0 + i*dH, column w0 + j*dW (all inside; at least one tap)
-    # -> (max, flat index h*W + w of its first occurrence in scan order)
+    # -> (max, flat index h*W + w of its first occurrence in scan order). A NaN is the max, as
+    # np.argmax and torch take it (the first NaN, as np.argmax: torch's CPU kernel keeps the last)
     bi = (h0 + i0 * dH) * W + w0 + j0 * dW
     best = plane[_u(bi)]
     for i in range(i0, i1):
         for j in range(j0, j1):
             k = (h0 + i * dH) * W + w0 + j * dW
             v = plane[_u(k)]
-            take = v > best                    # strict: ties keep the first in scan order
+            # v > best, or v NaN: ties keep the first in scan order, and a NaN once taken stays
+            # (``&``, not ``and``: no branch, which LLVM would not turn into vector selects)
+            take = (best == best) & (not v <= best)
             best = v if take else best         # selects, not branches: a random input
             bi = k if take else bi             # mispredicts half of them
     return best, bi
+
+
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _max_pool_2x2(x, y, idx):
+    # x: (P, H, W) -> y, idx: (P, Ho, Wo), 2 x 2 windows at stride 2 without padding: the
+    # common MaxPool2d(2). The same scan order and comparisons as _window_max (the same values
+    # and indices), written out for the four taps so that LLVM vectorises along ow.
+    P, Ho, Wo = y.shape
+    W = x.shape[2]
+    for p in range(P):
+        for oh in range(Ho):
+            r0, r1 = x[p, 2 * oh], x[p, 2 * oh + 1]
+            yr, ir = y[p, oh], idx[p, oh]
+            base = 2 * oh * W
+            for ow in range(Wo):
+                c = 2 * ow
+                best, bi = r0[c], base + c
+                v = r0[c + 1]
+                take = (best == best) & (not v <= best)
+                best, bi = (v if take else best), (base + c + 1 if take else bi)
+                v = r1[c]
+                take = (best == best) & (not v <= best)
+                best, bi = (v if take else best), (base + W + c if take else bi)
+                v = r1[c + 1]
+                take = (best == best) & (not v <= best)
+                best, bi = (v if take else best), (base + W + c + 1 if take else bi)
+                yr[ow] = best
+                ir[ow] = bi
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
@@ -336,6 +367,10 @@ def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     P, H, W = x.shape
     y = np.empty((P, Ho, Wo), dtype=x.dtype)
     idx = np.empty((P, Ho, Wo), dtype=np.int64)
+    if (kH == kW == sH == sW == 2 and pH == pW == 0 and dH == dW == 1 and 2 * Ho <= H
+            and 2 * Wo <= W):                  # every window inside (no ceil_mode overhang)
+        _max_pool_2x2(x, y, idx)
+        return y, idx
     xf = x.reshape(P, H * W)
     # no padding and the last window inside the input (no ceil_mode overhang): nothing to clip
     inside = (pH == 0 and pW == 0 and (Ho - 1) * sH + (kH - 1) * dH < H
