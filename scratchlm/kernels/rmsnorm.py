@@ -191,13 +191,13 @@ def rmsnorm_backward_numba(dy, x, weight, rstd):
             a += np.float64(dy[r, c]) * weight[c] * xh
             dw[c] += np.float64(dy[r, c]) * xh
         a /= C
-        finite = True
+        bad = 0.0
         for c in range(C):
             xh = (np.float64(x[r, c]) * f) * rse
             v = rs * (np.float64(dy[r, c]) * weight[c] - xh * a)
             row[c] = v
-            finite = finite and abs(v) < np.inf
-        if not finite and abs(rs) < np.inf:
+            bad += v * 0.0         # NaN if some v is inf or NaN (no branch: the loop vectorises)
+        if bad != bad and abs(rs) < np.inf:
             _scaled_row_backward(dy[r], x[r], weight, rs, row)
         for c in range(C):
             dx[r, c] = row[c]

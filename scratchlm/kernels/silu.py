@@ -68,63 +68,84 @@ def _sig_block(x, start, m, e, bits):
     exp_nonpos_inplace(e[:m], bits[:m])
 
 
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _silu_block(x, start, m, e, bits):
+    # e[:m] = silu(x[start:start+m]) = x sigmoid(x), in the twin's order
+    _sig_block(x, start, m, e, bits)
+    one = _const(x, 1.0)
+    xs = x[start:start + m]
+    for j in range(m):
+        v = xs[j]
+        r = one / (one + e[j])
+        e[j] = v * (r if v >= 0 else e[j] * r)
+
+
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _silu_grad_block(x, start, m, e, bits, s, ds):
+    # s[:m] = silu(x), ds[:m] = silu'(x) = sigmoid + x sigmoid (1 - sigmoid), for x[start:start+m]
+    _sig_block(x, start, m, e, bits)
+    one = _const(x, 1.0)
+    xs = x[start:start + m]
+    for j in range(m):
+        v = xs[j]
+        r = one / (one + e[j])
+        sj = r if v >= 0 else e[j] * r
+        s[j] = v * sj
+        ds[j] = sj + v * (e[j] * r * r)
+
+
+# Each kernel computes a block of sigmoids into scratch, then applies it in loops that store to
+# one output each: a loop that reads four arrays and writes two (dg and du) was left scalar by
+# LLVM, which cannot rule out that they overlap and gives up on the runtime checks (2.2 ms for
+# SwiGLU's backward over 700k entries; 1.2 ms in this form).
 @njit(cache=True, error_model="numpy", nogil=True)
 def silu_forward_numba(x, out):
-    one = _const(x, 1.0)
     e, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
     for start in range(0, x.shape[0], BLOCK):
         m = min(BLOCK, x.shape[0] - start)
-        _sig_block(x, start, m, e, bits)
-        for j in range(m):
-            v = x[start + j]
-            r = one / (one + e[j])
-            out[start + j] = v * (r if v >= 0 else e[j] * r)
+        _silu_block(x, start, m, e, bits)
+        out[start:start + m] = e[:m]
     return out
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def silu_backward_numba(dy, x, out):
-    one = _const(x, 1.0)
     e, bits = np.empty(BLOCK, x.dtype), np.empty(BLOCK, np.int32)
+    s, ds = np.empty(BLOCK, x.dtype), np.empty(BLOCK, x.dtype)
     for start in range(0, x.shape[0], BLOCK):
         m = min(BLOCK, x.shape[0] - start)
-        _sig_block(x, start, m, e, bits)
+        _silu_grad_block(x, start, m, e, bits, s, ds)
+        dys, outs = dy[start:start + m], out[start:start + m]
         for j in range(m):
-            v = x[start + j]
-            r = one / (one + e[j])
-            s = r if v >= 0 else e[j] * r
-            out[start + j] = dy[start + j] * (s + v * (e[j] * r * r))
+            outs[j] = dys[j] * ds[j]
     return out
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def swiglu_forward_numba(g, u, out):
-    one = _const(g, 1.0)
     e, bits = np.empty(BLOCK, g.dtype), np.empty(BLOCK, np.int32)
     for start in range(0, g.shape[0], BLOCK):
         m = min(BLOCK, g.shape[0] - start)
-        _sig_block(g, start, m, e, bits)
+        _silu_block(g, start, m, e, bits)                       # e = silu(g)
+        us, outs = u[start:start + m], out[start:start + m]
         for j in range(m):
-            v = g[start + j]
-            r = one / (one + e[j])
-            out[start + j] = (v * (r if v >= 0 else e[j] * r)) * u[start + j]
+            outs[j] = e[j] * us[j]                              # h = silu(g) u
     return out
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
 def swiglu_backward_numba(dh, g, u, dg, du):
-    one = _const(g, 1.0)
     e, bits = np.empty(BLOCK, g.dtype), np.empty(BLOCK, np.int32)
+    s, ds = np.empty(BLOCK, g.dtype), np.empty(BLOCK, g.dtype)
     for start in range(0, g.shape[0], BLOCK):
         m = min(BLOCK, g.shape[0] - start)
-        _sig_block(g, start, m, e, bits)
+        _silu_grad_block(g, start, m, e, bits, s, ds)
+        end = start + m
+        dhs, us, dgs, dus = dh[start:end], u[start:end], dg[start:end], du[start:end]
         for j in range(m):
-            i = start + j
-            v = g[i]
-            r = one / (one + e[j])
-            s = r if v >= 0 else e[j] * r
-            dg[i] = (dh[i] * u[i]) * (s + v * (e[j] * r * r))
-            du[i] = dh[i] * (v * s)
+            dgs[j] = (dhs[j] * us[j]) * ds[j]                  # dg = dh u silu'(g)
+        for j in range(m):
+            dus[j] = dhs[j] * s[j]                              # du = dh silu(g)
     return dg, du
 
 
