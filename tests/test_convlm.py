@@ -20,6 +20,22 @@ def test_convlm_gradcheck(gated):
     check_module(model, idx, raise_on_failure=True)
 
 
+def test_add_relu_gradcheck_and_refusals():
+    """The blocks' fused ``r + ReLU(h)``: gradient-checked in float64 (h away from the kink),
+    one shape and dtype required of its two inputs."""
+    from scratchlm import functional as F
+    from scratchlm.gradcheck import check_function
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal((2, 3, 5))
+    h = rng.standard_normal((2, 3, 5))
+    h[np.abs(h) < 0.1] += 0.3                                        # no entry at the kink
+    assert check_function(F.add_relu_forward, F.add_relu_backward, r, h).ok
+    with pytest.raises(ValueError, match="h"):
+        F.add_relu_forward(r, h[:, :, :4])
+    with pytest.raises(TypeError, match="h"):
+        F.add_relu_forward(r, h.astype(np.float32))
+
+
 def test_convlm_is_causal():
     model = ConvLM(11, channels=8, kernel_size=5, dilations=(1, 2, 4, 8), dtype=F64, rng=0)
     r = np.random.default_rng(1)

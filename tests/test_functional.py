@@ -32,6 +32,7 @@ def _cases():
         rnn.append((f"recurrent[{mode}]", args))
     cases = [
         ("relu", lambda: F.relu_forward(x), F.relu_backward),
+        ("add_relu", lambda: F.add_relu_forward(_x(4, 3), x), F.add_relu_backward),
         ("tanh", lambda: F.tanh_forward(x), F.tanh_backward),
         ("sigmoid", lambda: F.sigmoid_forward(x), F.sigmoid_backward),
         ("gelu", lambda: F.gelu_forward(x, "tanh"), F.gelu_backward),

@@ -463,8 +463,9 @@ def test_thread_count_environment_variable():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_relu_twins_agree_over_the_whole_range_and_any_split(dtype, monkeypatch):
-    """ReLU's kernels: the same bits on both routes for every class of value (NaN stays NaN,
-    inf * 0 = NaN in the backward), whether the array is split over threads or not."""
+    """ReLU's kernels (and the residual sum with it, ``add_relu``): the same bits on both routes
+    for every class of value (NaN stays NaN, inf * 0 = NaN in the backward, inf - inf = NaN),
+    whether the array is split over threads or not."""
     import scratchlm.functional.activation as A
     from scratchlm import functional as F
     from scratchlm.kernels import get_num_threads, set_num_threads, use_backend
@@ -482,15 +483,18 @@ def test_relu_twins_agree_over_the_whole_range_and_any_split(dtype, monkeypatch)
             with use_backend(route), np.errstate(invalid="ignore"):
                 y = A._elementwise(A.KR.relu_forward, np.empty_like(x), x)
                 dx = A._elementwise(A.KR.relu_backward, np.empty_like(x), dy, x)
-            results.append((y, dx))
+                ry = A._elementwise(A.KR.add_relu, np.empty_like(x), dy, x)    # dy + relu(x)
+            results.append((y, dx, ry))
     finally:
         set_num_threads(saved)
     with np.errstate(invalid="ignore"):
         ref_y, ref_dx = np.maximum(x, 0), dy * (x > 0)
-    for y, dx in results:
-        assert y.dtype == dtype and dx.dtype == dtype
+        ref_ry = dy + np.maximum(x, 0)
+    for y, dx, ry in results:
+        assert y.dtype == dtype and dx.dtype == dtype and ry.dtype == dtype
         np.testing.assert_array_equal(y, ref_y)
         np.testing.assert_array_equal(dx, ref_dx)
+        np.testing.assert_array_equal(ry, ref_ry)
     y, cache = F.relu_forward(x[np.isfinite(x)])                   # the layer itself
     np.testing.assert_array_equal(y, np.maximum(x[np.isfinite(x)], 0))
 

@@ -587,6 +587,28 @@ def test_bce_with_logits_whole_range(torch, mp, dtype):
         assert np.isinf(per).all()                                 # past float32's max: inf
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_gradient_routes_agree_over_the_range(dtype):
+    """The gradient kernel g (sigmoid(x) - y) on both routes, at every length around a block:
+    their sigmoids within two ulps of each other (their exps differ by at most an ulp), so the
+    gradients within 2 eps |g| (sigmoid(x) - y cancels where the answer is nearly right) over the
+    whole range of x, targets in and outside [0, 1], upstream gradients up to the max; 0 exactly
+    where a confident answer is right; inf and NaN in the same places."""
+    from scratchlm.kernels import bce as KB
+    rng = np.random.default_rng(12)
+    x = sample(dtype, 13, 2000)
+    n = x.size
+    y = rng.choice(np.array([0.0, 1.0, 0.5, -2.0, 3.0], dtype), n).astype(dtype)
+    g = rng.choice(np.concatenate([sample(dtype, 14, 50), np.ones(50, dtype)]), n).astype(dtype)
+    for m in (1, 15, 2047, 2048, 2049, n):
+        (a,), (b,) = both(KB.bce_logits_backward, x[:m], y[:m], g[:m], np.empty(m, dtype))
+        eps = float(np.finfo(dtype).eps)
+        assert_close(a, b, dtype, ulps=2, atol=2 * eps * np.abs(g[:m].astype(np.float64)),
+                     what=f"n={m}")
+    (a,), _ = both(KB.bce_logits_backward, x, y, np.ones(n, dtype), np.empty(n, dtype))
+    assert np.all(a[(x >= 1e13) & (y == 1)] == 0) and np.all(a[(x <= -1e13) & (y == 0)] == 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # LayerNorm
 # ------------------------------------------------------------------------------------------------

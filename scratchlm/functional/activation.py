@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _autocast
-from .._checks import choice, float_array, upstream
+from .._checks import choice, float_array, same_shape_and_dtype, upstream
 from ..kernels import gelu as K
 from ..kernels import relu as KR
 from ..kernels import silu as KS
@@ -44,6 +44,22 @@ def relu_backward(dy, cache: ReluCache):
     x = cache.x
     upstream(dy, x.shape, x.dtype)
     return _elementwise(KR.relu_backward, np.empty(x.shape, x.dtype), dy, x)
+
+
+def add_relu_forward(r, h):
+    r""":math:`y = r + \max(h, 0)`: a residual sum and its branch's ReLU in one pass (ConvLM's
+    blocks, ``x + ReLU(conv(x))``). r, h: one shape and dtype -> y: that shape. The cache keeps
+    ``h``, whose sign is the ReLU's derivative."""
+    r = float_array(r, "r")
+    h = float_array(h, "h")
+    same_shape_and_dtype(h, "h", r, "r")
+    return _elementwise(KR.add_relu, np.empty(h.shape, h.dtype), r, h), ReluCache(h)
+
+
+def add_relu_backward(dy, cache: ReluCache):
+    r"""From ``y = r + max(h, 0)``: :math:`\partial y/\partial r = 1`,
+    :math:`\partial y/\partial h = [h > 0]`. Returns ``(dr, dh)``."""
+    return dy, relu_backward(dy, cache)
 
 
 class TanhCache(NamedTuple):

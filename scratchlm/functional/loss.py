@@ -12,8 +12,8 @@ import numpy as np
 
 from .._checks import (choice, float_array, index_array, integer, probability, same_shape_and_dtype,
                        scalar, upstream)
-from .activation import stable_sigmoid
-from ..kernels import softmax as K
+from .activation import GRAIN
+from ..kernels import bce as KB, softmax as K, split_run
 from ..kernels.checks import all_finite
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -229,8 +229,13 @@ def bce_with_logits_backward(dloss, cache: BCEWithLogitsCache):
     Returns ``(dinput, dtarget)``."""
     x, y = cache.x, cache.y
     g = _upstream(dloss, cache.reduction, x.shape, x.dtype)
+    dx = np.empty(x.shape, x.dtype)
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in (x, y, g)]            # (n,) each
+    out = dx.reshape(-1)
+    split_run(lambda lo, hi: KB.bce_logits_backward(*(a[lo:hi] for a in flat), out[lo:hi]),
+              out.size, GRAIN)                                                  # g (sigmoid(x) - y)
     with np.errstate(over="ignore"):                  # past the max only where the true value is
-        return (g * (stable_sigmoid(x) - y)).astype(x.dtype), (-g * x).astype(x.dtype)
+        return dx, (-g * x).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------

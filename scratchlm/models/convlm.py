@@ -73,8 +73,8 @@ class CausalBlock(nn.Module):
             f, g = np.tanh(h[:, :C]), F.sigmoid_forward(h[:, C:])[0]
             self._cache = (f, g)
             return x + f * g
-        self._cache = h > 0
-        return x + np.maximum(h, 0)                                             # (B, C, T)
+        y, self._cache = F.add_relu_forward(x, h)                                # (B, C, T)
+        return y
 
     def backward(self, dout):
         if self.gated:
@@ -82,7 +82,7 @@ class CausalBlock(nn.Module):
             # from y = x + f g, f = tanh(h_f), g = sigmoid(h_g)
             dh = np.concatenate([dout * g * (1 - f * f), dout * f * g * (1 - g)], axis=1)
         else:
-            dh = dout * self._saved()                                           # ReLU's mask
+            dout, dh = F.add_relu_backward(dout, self._saved())   # from y = x + ReLU(h)
         dxp = self.conv.backward(dh)                                            # (B, C, pad + T)
         return dout + dxp[:, :, self.pad:]                                      # drop the padding
 
