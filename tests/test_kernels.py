@@ -502,7 +502,9 @@ def test_relu_twins_agree_over_the_whole_range_and_any_split(dtype, monkeypatch)
 def test_every_kernel_compiles_with_numpys_error_model():
     """Each ``@njit`` in ``scratchlm/kernels`` passes ``error_model="numpy"``: Python's model
     tests every divisor for zero first, a branch that keeps LLVM from vectorising the loop (see
-    ``scratchlm/kernels/__init__.py``), and a kernel added without it would be silently slower."""
+    ``scratchlm/kernels/__init__.py``), and a kernel added without it would be silently slower.
+    (``@overload`` implementations are not ``@njit``: those inlined into their callers take the
+    caller's flags, the others pass ``error_model`` in their ``jit_options``.)"""
     import ast
     import pathlib
 

@@ -150,9 +150,9 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
             raise ValueError(f"method='tiled' {refused}, or use method='auto' or 'dense'")
         wanted = method == "tiled" or min(Tq, Tk) >= TILED_FROM[get_backend()]
         if not refused and wanted:
-            q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))  # copied once, for both
-            if _scores_fit(q, k, v, scale):
-                return _tiled_forward(q, k, v, mask, scale, is_causal)
+            qc, kc, vc = (np.ascontiguousarray(t) for t in (q, k, v))  # copied once, for both
+            if _scores_fit(qc, kc, vc, scale):
+                return _tiled_forward(qc, kc, vc, mask, scale, is_causal)
     return _dense_forward(q, k, v, mask, p if dropping else 0.0, is_causal, scale, rng)
 
 

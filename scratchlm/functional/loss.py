@@ -235,7 +235,7 @@ def bce_with_logits_backward(dloss, cache: BCEWithLogitsCache):
     split_run(lambda lo, hi: KB.bce_logits_backward(*(a[lo:hi] for a in flat), out[lo:hi]),
               out.size, GRAIN)                                                  # g (sigmoid(x) - y)
     with np.errstate(over="ignore"):                  # past the max only where the true value is
-        return dx, (-g * x).astype(x.dtype)
+        return (dx if dx.ndim else dx[()]), (-g * x).astype(x.dtype)     # 0-d: scalars, as before
 
 
 # --------------------------------------------------------------------------------------------
