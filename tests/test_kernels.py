@@ -523,3 +523,36 @@ def test_every_kernel_compiles_with_numpys_error_model():
                 if model != "numpy":
                     missing.append(f"{path.name}:{node.lineno} {node.name}")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bias_kernels_equal_numpy_at_any_split(dtype, monkeypatch):
+    """A linear layer's bias add and its gradient's column sums, split over threads by rows and
+    by columns: the same bits as ``y + b`` and NumPy's ``sum(axis=0)`` (row after row) on both
+    routes and at any thread count, extremes included (inf + -inf = NaN, as IEEE)."""
+    import scratchlm.functional.linear as L
+    from scratchlm import functional as F
+    from scratchlm.kernels import get_num_threads, set_num_threads, use_backend
+    fi = np.finfo(dtype)
+    x = RNG.standard_normal((37, 2, 9)).astype(dtype)
+    w = RNG.standard_normal((21, 9)).astype(dtype)
+    b = RNG.standard_normal(21).astype(dtype)
+    b[:3] = [fi.max, -np.inf, np.nan]
+    dy = (RNG.standard_normal((37, 2, 21)) * 10.0 ** RNG.uniform(-3, 3, (37, 2, 21))).astype(dtype)
+    dy[0, 0, :2] = [fi.max, fi.max]                        # a column sum past the max: inf
+    want_y = np.matmul(x, w.T) + b
+    with np.errstate(over="ignore"):
+        want_db = dy.reshape(-1, 21).sum(axis=0)
+    monkeypatch.setattr(L, "GRAIN", 16)                    # split even these small arrays
+    saved = get_num_threads()
+    try:
+        for route, threads in (("numpy", 1), ("numba", 1), ("numba", 2), ("numba", 3)):
+            set_num_threads(threads)
+            with use_backend(route), np.errstate(over="ignore", invalid="ignore"):
+                y, cache = F.linear_forward(x, w, b)
+                _, _, db = F.linear_backward(dy, cache)     # (its dx = dy W overflows: fi.max)
+            np.testing.assert_allclose(y, want_y, rtol=1e-5 if dtype == np.float32 else 1e-12)
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(want_y))
+            assert db.dtype == dtype and db.tobytes() == want_db.tobytes(), (route, threads)
+    finally:
+        set_num_threads(saved)

@@ -140,7 +140,7 @@ def gelu_backward(dy, cache: GeluCache):
     dydx = cache.dydx if cache.precision is None else _autocast.unpack16(cache.dydx,
                                                                           cache.precision)
     upstream(dy, dydx.shape, dydx.dtype)
-    return dy * dydx
+    return _elementwise(K.gelu_backward, np.empty(dydx.shape, dydx.dtype), dy, dydx)  # dy dydx
 
 
 class SiluCache(NamedTuple):

@@ -184,13 +184,24 @@ def _scores_fit(q, k, v, scale):
     :math:`|q\cdot k| \le d \max|q| \max|k|`, kept under a quarter of the dtype's max (the
     difference of two scores is at most twice a score; the other half is room for rounding).
     Costs one read of q, k and v (the dense path reads the ``Tq x Tk`` scores instead)."""
-    qmax = FK.max_abs(q.reshape(-1))        # inf when not finite (q, k, v: contiguous)
-    kmax = FK.max_abs(k.reshape(-1))
-    if not (math.isfinite(qmax) and math.isfinite(kmax) and all_finite(v.reshape(-1))):
+    qmax, kmax = _max_abs(q), _max_abs(k)      # inf when not finite (q, k, v: contiguous)
+    if not (math.isfinite(qmax) and math.isfinite(kmax)
+            and all(split_run(lambda lo, hi: all_finite(v.reshape(-1)[lo:hi]), v.size, _SCAN))):
         return False
     dots = q.shape[-1] * qmax * kmax                                # a Python float: no overflow
     room = float(np.finfo(q.dtype).max) / 4
     return dots <= room and abs(scale) * dots <= room
+
+
+#: entries per thread below which the overflow scan runs in the calling thread
+_SCAN = 1 << 16
+
+
+def _max_abs(a):
+    """max |a| over a contiguous array, inf when some entry is not finite: the parts' maxima
+    over the threads."""
+    flat = a.reshape(-1)
+    return max(split_run(lambda lo, hi: FK.max_abs(flat[lo:hi]), flat.size, _SCAN), default=0.0)
 
 
 def _tiled_forward(q, k, v, mask, scale, causal):

@@ -6,7 +6,9 @@ import numpy as np
 
 from .._checks import float_array, last_dim, upstream
 from .. import _autocast as _precision
+from ..kernels import bias as KB, split_run
 from ..kernels.gemm import matmul
+from .activation import GRAIN
 
 
 class LinearCache(NamedTuple):
@@ -44,7 +46,9 @@ def linear_forward(x, weight, bias=None):
                              f"{bias.shape}")
         if bias.dtype != weight.dtype:
             raise TypeError(f"bias has dtype {bias.dtype} but weight has dtype {weight.dtype}")
-        y += bias
+        y2 = y.reshape(-1, y.shape[-1])                                     # (N, out), a view
+        split_run(lambda lo, hi: KB.add_bias(y2[lo:hi], bias), y2.shape[0],
+                  max(1, GRAIN // max(1, y2.shape[1])))                     # y += b, by rows
     return y, LinearCache(x, weight, bias is not None)
 
 
@@ -91,8 +95,16 @@ def linear_backward(dy, cache: LinearCache, *, needs_input_grad=(True, True, Tru
     need_x, need_w, need_b = needs_input_grad
     dx = matmul(dy2, weight).reshape(x.shape) if need_x else None   # (N, out) @ (out, in) -> (..., in)
     dweight = matmul(dy2.T, x2) if need_w else None             # (out, N) @ (N, in) -> (out, in)
-    dbias = dy2.sum(axis=0) if cache.has_bias and need_b else None   # (out,)
+    dbias = _column_sums(dy2) if cache.has_bias and need_b else None   # (out,) = sum_n dy
     return dx, dweight, dbias
+
+
+def _column_sums(m):
+    """m: (N, out) -> (out,) its column sums, by blocks of columns over the threads."""
+    out = np.empty(m.shape[1], m.dtype)
+    split_run(lambda lo, hi: KB.column_sums(m[:, lo:hi], out[lo:hi]), m.shape[1],
+              max(1, GRAIN // max(1, m.shape[0])))
+    return out
 
 
 def _linear_backward16(dy, cache, needs_input_grad):

@@ -142,3 +142,21 @@ def gelu_forward_numba(x, approximate, y=None, dydx=None):
 
 
 gelu_forward = dispatch(gelu_forward_numba, gelu_forward_numpy)
+
+
+def gelu_backward_numpy(dy, dydx, out):
+    """dy, dydx, out: (n,) -> out = dy * dydx (the derivative the forward kept)."""
+    with np.errstate(over="ignore", invalid="ignore"):        # IEEE: inf * 0 = NaN, as Numba
+        np.multiply(dy, dydx, out=out)
+    return out
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def gelu_backward_numba(dy, dydx, out):
+    # dy, dydx, out: (n,): one multiply an element, on the caller's thread part
+    for i in range(out.shape[0]):
+        out[i] = dy[i] * dydx[i]
+    return out
+
+
+gelu_backward = dispatch(gelu_backward_numba, gelu_backward_numpy)
