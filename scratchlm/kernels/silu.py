@@ -69,15 +69,20 @@ def _sig_block(x, start, m, e, bits):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
+def _sigmoid_from(v, ev, one):
+    # (sigmoid(v), r) from ev = exp(-|v|), r = 1 / (1 + ev): r for v >= 0, ev r below
+    r = one / (one + ev)
+    return (r if v >= 0 else ev * r), r
+
+
+@njit(cache=True, error_model="numpy", nogil=True, inline="always")
 def _silu_block(x, start, m, e, bits):
     # e[:m] = silu(x[start:start+m]) = x sigmoid(x), in the twin's order
     _sig_block(x, start, m, e, bits)
     one = _const(x, 1.0)
     xs = x[start:start + m]
     for j in range(m):
-        v = xs[j]
-        r = one / (one + e[j])
-        e[j] = v * (r if v >= 0 else e[j] * r)
+        e[j] = xs[j] * _sigmoid_from(xs[j], e[j], one)[0]
 
 
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
@@ -88,8 +93,7 @@ def _silu_grad_block(x, start, m, e, bits, s, ds):
     xs = x[start:start + m]
     for j in range(m):
         v = xs[j]
-        r = one / (one + e[j])
-        sj = r if v >= 0 else e[j] * r
+        sj, r = _sigmoid_from(v, e[j], one)
         s[j] = v * sj
         ds[j] = sj + v * (e[j] * r * r)
 
