@@ -36,6 +36,29 @@ def test_add_relu_gradcheck_and_refusals():
         F.add_relu_forward(r, h.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_add_relu_matches_torch(torch, dtype):
+    """``r + relu(h)`` and its two gradients against torch's autograd, both kernel routes, the
+    dtype kept (h with exact zeros: torch's ReLU gives them no gradient, as ours)."""
+    import scratchlm
+    from scratchlm import functional as F
+    rng = np.random.default_rng(4)
+    r, h = (rng.standard_normal((3, 4, 5)).astype(dtype) for _ in range(2))
+    h[0, 0, :2] = 0.0
+    dy = rng.standard_normal((3, 4, 5)).astype(dtype)
+    tr, th = to_torch(torch, r, grad=True), to_torch(torch, h, grad=True)
+    ty = tr + torch.relu(th)
+    ty.backward(to_torch(torch, dy))
+    for backend in ("numba", "numpy"):
+        with scratchlm.use_backend(backend):
+            y, cache = F.add_relu_forward(r, h)
+            dr, dh = F.add_relu_backward(dy, cache)
+        assert y.dtype == dr.dtype == dh.dtype == dtype
+        assert_close(y, ty)
+        assert_close(dr, tr.grad)
+        assert_close(dh, th.grad)
+
+
 def test_convlm_is_causal():
     model = ConvLM(11, channels=8, kernel_size=5, dilations=(1, 2, 4, 8), dtype=F64, rng=0)
     r = np.random.default_rng(1)
