@@ -292,7 +292,8 @@ def test_max_pool_2x2_fast_path_equals_the_numpy_twin(dtype):
     ceil_mode's overhanging windows (which go to the general loop)."""
     r = np.random.default_rng(8)
     info = np.finfo(dtype)
-    pool = np.array([0.0, -0.0, 1.0, 1.0, -1.0, np.nan, np.inf, -np.inf, info.max, -info.max], dtype)
+    pool = np.array([0.0, -0.0, 1.0, 1.0, -1.0, np.nan, np.inf, -np.inf, info.max, -info.max],
+                    dtype)
     for H, W in [(2, 2), (6, 8), (9, 7), (28, 28)]:
         x = r.choice(pool, (5, H, W)).astype(dtype)
         for ceil in (False, True):

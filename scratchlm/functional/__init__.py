@@ -31,8 +31,9 @@ from .conv import (AvgPoolCache, ConvCache, MaxPoolCache, avg_pool1d_backward,
                    max_pool1d_forward, max_pool2d_backward, max_pool2d_forward, max_pool_indices)
 from .activation import (GeluCache, ReluCache, SigmoidCache, SiluCache, SwiGLUCache, TanhCache,
                          add_relu_backward, add_relu_forward, gelu_backward, gelu_forward,
-                         relu_backward, relu_forward, sigmoid_backward, sigmoid_forward, silu_backward, silu_forward,
-                         swiglu_backward, swiglu_forward, tanh_backward, tanh_forward)
+                         relu_backward, relu_forward, sigmoid_backward, sigmoid_forward,
+                         silu_backward, silu_forward, swiglu_backward, swiglu_forward,
+                         tanh_backward, tanh_forward)
 from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .embedding import EmbeddingCache, embedding_backward, embedding_forward
 from .latent import (FreeBitsKLCache, ReparameterizeCache, free_bits_kl_backward,
