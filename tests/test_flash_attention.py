@@ -159,6 +159,60 @@ def test_numba_and_numpy_twins_agree():
             assert_rel(x, y, 1e-12)
 
 
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_head_split_views_are_read_and_written_in_place(route, dtype):
+    """q, k, v as a model makes them -- head splits of one (B, T, 3 H d) projection, strided
+    views -- give the bits of their contiguous copies, forward and backward (dy a head split
+    too), without being copied: y, dq, dk, dv come back in the projection's memory order, so
+    merging the heads back is a view."""
+    rng = np.random.default_rng(21)
+    B, T, H, d = 2, 37, 3, 8
+    qkv = rng.standard_normal((B, T, 3 * H * d)).astype(dtype)
+    q, k, v = (a.reshape(B, T, H, d).transpose(0, 2, 1, 3) for a in np.split(qkv, 3, axis=-1))
+    dy = rng.standard_normal((B, T, H * d)).astype(dtype).reshape(B, T, H, d).transpose(0, 2, 1, 3)
+    assert not q.flags.c_contiguous and FK.heads_ok(q)
+    with use_backend(route):
+        y, c = F.attention_forward(q, k, v, is_causal=True, method="tiled")
+        grads = F.attention_backward(dy, c)[:3]
+        want_y, cw = F.attention_forward(*map(np.ascontiguousarray, (q, k, v)), is_causal=True,
+                                         method="tiled")
+        want = F.attention_backward(np.ascontiguousarray(dy), cw)[:3]
+    assert np.shares_memory(c.q, qkv) and np.shares_memory(c.v, qkv)        # not copied
+    for got, ref in zip((y, *grads), (want_y, *want)):
+        assert got.tobytes(order="C") == ref.tobytes(order="C")
+        merged = got.transpose(0, 2, 1, 3).reshape(B, T, H * d)
+        assert np.shares_memory(merged, got)                     # a view: the layout of qkv
+
+
+def test_twins_take_any_strides():
+    """Both twins on stacks with a leading axis that does not merge (a head split), against the
+    same stacks copied contiguous: the same numbers (1e-12) from either."""
+    rng = np.random.default_rng(22)
+    B, T, H, d = 2, 13, 2, 5
+    proj = rng.standard_normal((B, T, 4 * H * d))
+    q, k, v, g = (a.reshape(B, T, H, d).transpose(0, 2, 1, 3) for a in np.split(proj, 4, -1))
+    for a in (q, k, q[:, :, ::2], proj[0, 0, :5]):          # the overflow scan, too
+        assert FK.max_abs_numba(a) == FK.max_abs_numpy(a) == np.abs(a).max()
+    for bad in (np.nan, -np.inf):
+        p = proj.copy()
+        p[1, 3, 2] = bad                                        # in q's head 0, row 3
+        assert FK.max_abs_numba(p[..., :H * d].reshape(B, T, H, d).transpose(0, 2, 1, 3)) == np.inf
+    mask, rows = np.zeros((0, 1, 1), bool), np.zeros(1, np.int64)
+    for twin, back in ((FK.flash_attention_forward_numba, FK.flash_attention_backward_numba),
+                       (FK.flash_attention_forward_numpy, FK.flash_attention_backward_numpy)):
+        res = []
+        for args in ((q, k, v, g), tuple(map(np.ascontiguousarray, (q, k, v, g)))):
+            out = np.empty_like(args[0])
+            lse = np.empty((B * H, T))
+            twin(*args[:3], 0.3, True, 0, mask, rows, 4, 3, out, lse, 0, B * H)
+            grads = tuple(map(np.empty_like, args[:3]))
+            back(*args[:3], out, args[3], lse, 0.3, True, 0, mask, rows, 4, 3, *grads, 0, B * H)
+            res.append((out, lse, *grads))
+        for x, y in zip(*res):
+            assert_rel(x, y, 1e-12)
+
+
 def test_threads_split_the_heads():
     """Two threads give the single thread's result bit for bit (each head is one thread's)."""
     rng = np.random.default_rng(5)

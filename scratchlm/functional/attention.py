@@ -46,9 +46,9 @@ class AttentionCache(NamedTuple):
 class TiledAttentionCache(NamedTuple):
     """What the tiled path saves: the inputs, the output and one log-sum-exp per query row --
     ``O(T d)`` numbers, nothing of size ``Tq x Tk`` (``N`` = the leading axes' product)."""
-    q: np.ndarray                  # (..., Tq, d) queries, C-contiguous
-    k: np.ndarray                  # (..., Tk, d) keys, C-contiguous
-    v: np.ndarray                  # (..., Tk, dv) values, C-contiguous
+    q: np.ndarray                  # (..., Tq, d) queries (rows contiguous: FK.heads_ok)
+    k: np.ndarray                  # (..., Tk, d) keys (FK.heads_ok)
+    v: np.ndarray                  # (..., Tk, dv) values (FK.heads_ok)
     out: np.ndarray                # (..., Tq, dv) O, the forward's output
     lse: np.ndarray                # (..., Tq) float64 L_i = log sum_j exp(S_ij); -inf: sees nothing
     scale: float                   # s, the factor of Q K^T
@@ -150,7 +150,7 @@ def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *
             raise ValueError(f"method='tiled' {refused}, or use method='auto' or 'dense'")
         wanted = method == "tiled" or min(Tq, Tk) >= TILED_FROM[get_backend()]
         if not refused and wanted:
-            qc, kc, vc = (np.ascontiguousarray(t) for t in (q, k, v))  # copied once, for both
+            qc, kc, vc = map(_heads, (q, k, v))   # copied only when strided across a row
             if _scores_fit(qc, kc, vc, scale):
                 return _tiled_forward(qc, kc, vc, mask, scale, is_causal)
     return _dense_forward(q, k, v, mask, p if dropping else 0.0, is_causal, scale, rng)
@@ -184,24 +184,32 @@ def _scores_fit(q, k, v, scale):
     :math:`|q\cdot k| \le d \max|q| \max|k|`, kept under a quarter of the dtype's max (the
     difference of two scores is at most twice a score; the other half is room for rounding).
     Costs one read of q, k and v (the dense path reads the ``Tq x Tk`` scores instead)."""
-    qmax, kmax = _max_abs(q), _max_abs(k)      # inf when not finite (q, k, v: contiguous)
-    if not (math.isfinite(qmax) and math.isfinite(kmax)
-            and all(split_run(lambda lo, hi: all_finite(v.reshape(-1)[lo:hi]), v.size, _SCAN))):
+    qmax, kmax = _max_abs(q), _max_abs(k)      # inf when not finite (q, k, v: FK.heads_ok)
+    if not (math.isfinite(qmax) and math.isfinite(kmax) and math.isfinite(_max_abs(v))):
         return False
     dots = q.shape[-1] * qmax * kmax                                # a Python float: no overflow
     room = float(np.finfo(q.dtype).max) / 4
     return dots <= room and abs(scale) * dots <= room
 
 
-#: entries per thread below which the overflow scan runs in the calling thread
-_SCAN = 1 << 16
+#: entries per thread below which the overflow scan runs in the calling thread: it reads ~7
+#: G entries/s, so a part of 2M entries takes ~0.3 ms against a split's ~50 us hand-off
+_SCAN = 1 << 21
 
 
 def _max_abs(a):
-    """max |a| over a contiguous array, inf when some entry is not finite: the parts' maxima
-    over the threads."""
+    """max |a| over a stack of heads (:func:`FK.heads_ok`), inf when some entry is not finite: a
+    contiguous array's parts' maxima over the threads."""
+    if not a.flags.c_contiguous:
+        return FK.max_abs(a)
     flat = a.reshape(-1)
     return max(split_run(lambda lo, hi: FK.max_abs(flat[lo:hi]), flat.size, _SCAN), default=0.0)
+
+
+def _heads(a):
+    """``a`` as the tiled kernels take it (:func:`FK.heads_ok`): itself -- a head split of a
+    projection is read in place -- or a C-contiguous copy."""
+    return a if FK.heads_ok(a) else np.ascontiguousarray(a)
 
 
 def _tiled_forward(q, k, v, mask, scale, causal):
@@ -209,7 +217,7 @@ def _tiled_forward(q, k, v, mask, scale, causal):
     ``mask``: None or a checked bool array broadcasting to ``(..., Tq, Tk)``."""
     lead, (Tq, d), (Tk, dv) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     N = math.prod(lead)
-    q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))       # copies only for strided views
+    q, k, v = map(_heads, (q, k, v))                             # copies only for odd strides
     mask_c, mask_rows = None, None
     if mask is not None:                    # keep the mask's own leading axes, not the batch's
         m = mask.reshape((1,) * (len(lead) + 2 - mask.ndim) + mask.shape)
@@ -220,12 +228,13 @@ def _tiled_forward(q, k, v, mask, scale, causal):
     kernel_mask = mask_c if mask_c is not None else np.zeros((0, 1, 1), bool)
     kernel_rows = mask_rows if mask_rows is not None else np.zeros(1, np.int64)
     bq, bk = TILES[get_backend()]
-    q3, k3, v3 = q.reshape(N, Tq, d), k.reshape(N, Tk, d), v.reshape(N, Tk, dv)
-    out = np.empty((N, Tq, dv), q.dtype)                                       # (N, Tq, dv)
+    # y in q's memory order: for q a head split of a (B, T, H d) projection, y's memory is
+    # (B, T, H, dv), so merging its heads back, y.transpose(0, 2, 1, 3).reshape(B, T, H dv), is
+    # a view, not a copy
+    y = np.empty_like(q, shape=lead + (Tq, dv))                                 # (..., Tq, dv)
     lse = np.empty((N, Tq))                                                     # (N, Tq) float64
     split_run(lambda lo, hi: FK.flash_attention_forward(
-        q3, k3, v3, scale, causal, Tk - Tq, kernel_mask, kernel_rows, bq, bk, out, lse, lo, hi), N)
-    y = out.reshape(lead + (Tq, dv))                                            # (..., Tq, dv)
+        q, k, v, scale, causal, Tk - Tq, kernel_mask, kernel_rows, bq, bk, y, lse, lo, hi), N)
     cache = TiledAttentionCache(q, k, v, y, lse.reshape(lead + (Tq,)), scale, causal, mask_c,
                                 mask_rows, (bq, bk))
     return y, cache
@@ -366,18 +375,15 @@ def _tiled_backward(dy, cache: TiledAttentionCache):
     q, k, v, out = cache.q, cache.k, cache.v, cache.out
     lead, (Tq, d), (Tk, dvn) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     N = math.prod(lead)
-    dy = np.ascontiguousarray(upstream(dy, out.shape, q.dtype))
+    dy = _heads(upstream(dy, out.shape, q.dtype))                        # (..., Tq, dv)
     mask = cache.mask if cache.mask is not None else np.zeros((0, 1, 1), bool)
     rows = cache.mask_rows if cache.mask_rows is not None else np.zeros(1, np.int64)
     bq, bk = cache.tiles
-    dq = np.empty((N, Tq, d), q.dtype)                                          # (N, Tq, d)
-    dk = np.empty((N, Tk, d), q.dtype)                                          # (N, Tk, d)
-    dv = np.empty((N, Tk, dvn), q.dtype)                                        # (N, Tk, dv)
-    q3, k3, v3 = q.reshape(N, Tq, d), k.reshape(N, Tk, d), v.reshape(N, Tk, dvn)
+    dq, dk, dv = map(np.empty_like, (q, k, v))         # (..., T, d|dv) in q's, k's, v's order
     split_run(lambda lo, hi: FK.flash_attention_backward(
-        q3, k3, v3, out.reshape(N, Tq, dvn), dy.reshape(N, Tq, dvn), cache.lse.reshape(N, Tq),
-        cache.scale, cache.causal, Tk - Tq, mask, rows, bq, bk, dq, dk, dv, lo, hi), N)
-    return (dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None)  # (..., T, d|dv)
+        q, k, v, out, dy, cache.lse.reshape(N, Tq), cache.scale, cache.causal, Tk - Tq, mask,
+        rows, bq, bk, dq, dk, dv, lo, hi), N)
+    return dq, dk, dv, None                                                    # (..., T, d|dv)
 
 
 def attention_weights(cache: AttentionCache | TiledAttentionCache) -> np.ndarray:

@@ -100,11 +100,11 @@ def linear_backward(dy, cache: LinearCache, *, needs_input_grad=(True, True, Tru
 
 
 def _column_sums(m):
-    """m: (N, out) -> (out,) its column sums, by blocks of columns over the threads."""
-    out = np.empty(m.shape[1], m.dtype)
-    split_run(lambda lo, hi: KB.column_sums(m[:, lo:hi], out[lo:hi]), m.shape[1],
-              max(1, GRAIN // max(1, m.shape[0])))
-    return out
+    """m: (N, out) -> (out,) its column sums, in the calling thread: a pass that only streams
+    memory, which two threads here read no faster than one (split by columns it took 0.35 ms for
+    (2048, 768) against 0.22 in one thread, 2026-12-03)."""
+    m = np.ascontiguousarray(m)
+    return KB.column_sums(m, 0, m.shape[1], np.empty(m.shape[1], m.dtype))
 
 
 def _linear_backward16(dy, cache, needs_input_grad):

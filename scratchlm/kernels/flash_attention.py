@@ -75,7 +75,7 @@ import numpy as np
 from numba import njit
 
 from . import FAST, dispatch
-from .gemm import _gemm_in, workspace
+from .gemm import _batch_offsets, _gemm_in, workspace
 from .vmath import exp_nonpos_inplace
 
 
@@ -83,44 +83,60 @@ from .vmath import exp_nonpos_inplace
 # input scan for the overflow bound
 # ------------------------------------------------------------------------------------------------
 def max_abs_numpy(x):
-    """x: (n,) flat float array -> max |x| as a Python float, ``inf`` when any entry is NaN or
-    +-inf."""
+    """x: a float array -> max |x| as a Python float, ``inf`` when any entry is NaN or +-inf.
+    (The Numba twin takes a 1-D contiguous array or a stack of heads with :func:`heads_ok`.)"""
     m = float(np.abs(x).max()) if x.size else 0.0
     return m if math.isfinite(m) else math.inf
 
 
-@njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
-def _max_abs(x):
-    # x: (n,) -> (max |x|, sum of (x - x)): the sum is 0 unless some entry is NaN or +-inf.
-    # Sixteen running maxima and sums, one per lane, which LLVM turns into vector operations (one
-    # running max is a chain of dependent compares it does not vectorise without ``nnan``).
-    m = np.zeros(16, x.dtype)
-    bad = np.zeros(16, x.dtype)
-    n = x.shape[0]
-    c = 0
-    while c + 16 <= n:
-        for u in range(16):
-            v = x[c + u]
-            a = abs(v)
-            m[u] = a if a > m[u] else m[u]
-            bad[u] += v - v
-        c += 16
-    for i in range(c, n):
-        v = x[i]
-        a = abs(v)
-        m[0] = a if a > m[0] else m[0]
-        bad[0] += v - v
-    top, total = m[0], bad[0]
-    for u in range(1, 16):
-        top = m[u] if m[u] > top else top
-        total += bad[u]
-    return top, total
+#: per float width: the unsigned view, the mask that clears the sign bit, and the smallest bits
+#: of a non-finite magnitude (the exponent field all ones: +inf, then the NaNs)
+_MAGNITUDE = {4: (np.uint32, np.uint32(0x7FFFFFFF), 0x7F800000),
+              8: (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF), 0x7FF0000000000000)}
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _max_magnitude_bits(bits, mask):
+    # bits: (n,) the raw bits of float entries (uint32 or uint64) -> max of (bits & mask).
+    # Clearing the sign bit gives |x|'s bits, and non-negative IEEE floats order as their bits
+    # do, with +inf above every finite value and the NaNs above +inf. An integer maximum
+    # vectorises (a float one does not without ``nnan``: sixteen float lanes in an array ran
+    # one element at a time, 1.9 G entries/s against 7.4 here).
+    top = bits.dtype.type(0)
+    for i in range(bits.shape[0]):
+        top = max(top, bits.dtype.type(bits[i] & mask))
+    return top
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def _max_magnitude_rows(bits, base, rs, T, c, mask):
+    # as _max_magnitude_bits over a stack of heads: head n's row i is bits[base[n] + i rs:][:c]
+    top = bits.dtype.type(0)
+    for n in range(base.shape[0]):
+        for i in range(T):
+            row = bits[base[n] + i * rs:][:c]
+            for j in range(c):
+                top = max(top, bits.dtype.type(row[j] & mask))
+    return top
 
 
 def max_abs_numba(x):
-    """The Numba twin of :func:`max_abs_numpy` (same contract)."""
-    m, bad = _max_abs(x)
-    return float(m) if bad == 0 else math.inf
+    """The Numba twin of :func:`max_abs_numpy` (same contract): the largest magnitude read off
+    the entries' bits."""
+    utype, mask, non_finite = _MAGNITUDE[x.dtype.itemsize]
+    if x.flags.c_contiguous:
+        top = int(_max_magnitude_bits(x.reshape(-1).view(utype), mask))
+    elif x.size == 0:
+        top = 0
+    elif x.ndim < 2 or not heads_ok(x):
+        return max_abs_numba(np.ascontiguousarray(x))
+    else:
+        rows = _longest_rows(x)              # a head split of (B, T, H d): B T rows of H d
+        flat, base, rs = _as_heads(rows)
+        top = int(_max_magnitude_rows(flat.view(utype), base, rs, *rows.shape[-2:], mask))
+    if top >= non_finite:
+        return math.inf
+    return float(np.array(top, utype).view(x.dtype))
 
 
 max_abs = dispatch(max_abs_numba, max_abs_numpy)
@@ -150,6 +166,59 @@ def _row_max(row, end, lanes):
     return mx
 
 
+# ------------------------------------------------------------------------------------------------
+# stacks of heads, any strides
+# ------------------------------------------------------------------------------------------------
+def heads_ok(a):
+    """Whether the kernels take the stack ``a`` ``(..., T, c)`` as it is: its last axis
+    contiguous and no stride negative (a head split of a ``(B, T, H d)`` projection,
+    ``x.reshape(B, T, H, d).transpose(0, 2, 1, 3)``, is; the caller copies anything else)."""
+    return a.strides[-1] == a.itemsize and all(st >= 0 and st % a.itemsize == 0
+                                              for st in a.strides)
+
+
+def _as_heads(a):
+    """A stack ``a`` ``(..., T, c)`` with :func:`heads_ok` as ``(flat, base, rs)``:
+    ``a[n][i, j] == flat[base[n] + i * rs + j]``, ``n`` the C-order index over the leading axes,
+    ``flat`` a 1-D view from ``a``'s first entry (no copy)."""
+    item = a.itemsize
+    steps = tuple(st // item for st in a.strides)
+    span = sum((n - 1) * st for n, st in zip(a.shape, steps)) + 1 if a.size else 0
+    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,))
+    return flat, _batch_offsets(a.shape[:-2], steps[:-2]), steps[-2]
+
+
+def _longest_rows(a):
+    """A view of ``a``'s entries (in another order) whose rows are as long as the memory allows:
+    the axes sorted by stride, those that run into each other merged. A max over every entry
+    then runs over long rows (a head split's rows of d entries are short loops)."""
+    order = sorted(range(a.ndim), key=lambda ax: -a.strides[ax])
+    shape, steps = [a.shape[order[0]]], [a.strides[order[0]]]
+    for ax in order[1:]:
+        if steps[-1] == a.shape[ax] * a.strides[ax]:      # runs on from the previous axis
+            shape[-1] *= a.shape[ax]
+            steps[-1] = a.strides[ax]
+        else:
+            shape.append(a.shape[ax])
+            steps.append(a.strides[ax])
+    if len(shape) == 1:
+        shape, steps = [1] + shape, [0] + steps
+    return np.lib.stride_tricks.as_strided(a, shape=shape, strides=steps)
+
+
+def _stack(a, lo, hi):
+    """Heads ``lo:hi`` of the stack ``a`` ``(..., T, c)`` as one ``(hi - lo, T, c)`` array (a
+    copy when the leading axes do not merge)."""
+    return a.reshape((-1,) + a.shape[-2:])[lo:hi]
+
+
+def _put(a, lo, hi, values):
+    """``a``'s heads ``lo:hi`` = ``values`` ``(hi - lo, T, c)``, whatever ``a``'s strides."""
+    lead = a.shape[:-2]
+    for n in range(lo, hi):
+        a[np.unravel_index(n, lead) if lead else ()] = values[n - lo]
+
+
 def _allowed_numpy(i0, i1, j0, j1, causal, offset, mask, mask_rows, lo, hi):
     """(hi - lo or 1, i1 - i0, j1 - j0) bool: which keys ``j0:j1`` the queries ``i0:i1`` may see,
     or None when all of them."""
@@ -165,24 +234,27 @@ def _allowed_numpy(i0, i1, j0, j1, causal, offset, mask, mask_rows, lo, hi):
 
 def flash_attention_forward_numpy(q, k, v, scale, causal, offset, mask, mask_rows, bq, bk,
                                   out, lse, lo, hi):
-    """Tiled attention for heads ``lo:hi``: writes ``out[lo:hi]`` and ``lse[lo:hi]``.
+    """Tiled attention for heads ``lo:hi``: writes their ``out`` and ``lse[lo:hi]``.
 
-    q: (N, Tq, d), k: (N, Tk, d), v: (N, Tk, dv) contiguous, one float dtype; ``mask``
-    (Nm, 1 or Tq, Tk) bool (Nm = 0: none) with ``mask_rows`` (N,) int64; out: (N, Tq, dv)
-    in q's dtype; lse: (N, Tq) float64, ``-inf`` for a row with nothing allowed."""
-    Tq, Tk = q.shape[1], k.shape[1]
+    q: (..., Tq, d), k: (..., Tk, d), v: (..., Tk, dv), out: (..., Tq, dv): stacks of N heads
+    (the leading axes, C order), one float dtype, any strides (the Numba route needs
+    :func:`heads_ok`); ``mask`` (Nm, 1 or Tq, Tk) bool (Nm = 0: none) with ``mask_rows`` (N,)
+    int64; lse: (N, Tq) float64, ``-inf`` for a row with nothing allowed."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
     dt = q.dtype.type
     sc = dt(scale)
+    q, k, v = (_stack(a, lo, hi) for a in (q, k, v))                  # (n, T, d|dv) heads lo:hi
+    o = np.empty((hi - lo, Tq, v.shape[2]), q.dtype)                         # (n, Tq, dv)
     for i0 in range(0, Tq, bq):
         i1 = min(Tq, i0 + bq)
-        qi = q[lo:hi, i0:i1]                                                   # (n, bq, d)
+        qi = q[:, i0:i1]                                                       # (n, bq, d)
         m = np.full((hi - lo, i1 - i0), -np.inf)                               # (n, bq) float64
         ell = np.zeros((hi - lo, i1 - i0))
         acc = np.zeros((hi - lo, i1 - i0, v.shape[2]), q.dtype)                # (n, bq, dv)
         stop = min(Tk, i1 + offset) if causal else Tk       # keys from stop on: masked for all
         for j0 in range(0, max(stop, 0), bk):
             j1 = min(stop, j0 + bk)
-            s = (qi @ np.swapaxes(k[lo:hi, j0:j1], 1, 2)) * sc                 # (n, bq, bk)
+            s = (qi @ np.swapaxes(k[:, j0:j1], 1, 2)) * sc                     # (n, bq, bk)
             allowed = _allowed_numpy(i0, i1, j0, j1, causal, offset, mask, mask_rows, lo, hi)
             if allowed is not None:
                 s = np.where(allowed, s, dt(-np.inf))
@@ -191,35 +263,46 @@ def flash_attention_forward_numpy(q, k, v, scale, causal, offset, mask, mask_row
             p = np.exp(s - base[..., None].astype(q.dtype))         # m' = -inf: every p is 0
             alpha = np.exp(m - base)                                           # e^{m - m'}
             ell = alpha * ell + p.sum(axis=-1, dtype=np.float64)
-            acc = acc * alpha[..., None].astype(q.dtype) + p @ v[lo:hi, j0:j1]  # (n, bq, dv)
+            acc = acc * alpha[..., None].astype(q.dtype) + p @ v[:, j0:j1]     # (n, bq, dv)
             m = m_new
         some = ell > 0
         safe = np.where(some, ell, 1.0)
-        out[lo:hi, i0:i1] = np.where(some[..., None], acc / safe[..., None].astype(q.dtype), 0)
+        o[:, i0:i1] = np.where(some[..., None], acc / safe[..., None].astype(q.dtype), 0)
         with np.errstate(divide="ignore"):
             lse[lo:hi, i0:i1] = np.where(some, m + np.log(safe), -np.inf)
+    _put(out, lo, hi, o)
+
+
+def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_rows, bq, bk,
+                                  out, lse, lo, hi):
+    """The Numba twin of :func:`flash_attention_forward_numpy` (same arguments; q, k, v and out
+    with :func:`heads_ok`): each stack is handed to the kernel as its flat buffer, one offset
+    per head and a row stride, so a head split of a projection is read and written in place."""
+    (qf, qb, qrs), (kf, kb, krs), (vf, vb, vrs), (of, ob, ors) = map(_as_heads, (q, k, v, out))
+    _forward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, q.shape[-2], k.shape[-2], q.shape[-1],
+             v.shape[-1], scale, causal, offset, mask, mask_rows, bq, bk, of, ob, ors, lse, lo,
+             hi)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
-def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_rows, bq, bk,
-                                  out, lse, lo, hi):
-    # q: (N, Tq, d), k: (N, Tk, d), v: (N, Tk, dv) -> out[lo:hi]: (n, Tq, dv), lse[lo:hi]: (n, Tq)
-    Tq, Tk, dv = q.shape[1], k.shape[1], v.shape[2]
-    dt = q.dtype.type
+def _forward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, Tq, Tk, d, dv, scale, causal, offset, mask,
+             mask_rows, bq, bk, of, ob, ors, lse, lo, hi):
+    # head n's q[i, c] is qf[qb[n] + i * qrs + c] (Tq x d); k, v (Tk x d|dv) and out (Tq x dv)
+    # alike -> out and lse[lo:hi] (n, Tq) of heads lo:hi
+    dt = qf.dtype.type
     sc = dt(scale)
     ninf = dt(-np.inf)
     has_mask = mask.shape[0] > 0
     per_query = mask.shape[1] > 1
-    d = q.shape[2]
-    s_buf = np.empty(bq * bk, q.dtype)                  # the score tile, then P~ in place
-    acc = np.empty((bq, dv), q.dtype)                   # O~ of the query block
-    qf, kf, vf, accf = q.reshape(-1), k.reshape(-1), v.reshape(-1), acc.reshape(-1)
+    s_buf = np.empty(bq * bk, qf.dtype)                 # the score tile, then P~ in place
+    acc = np.empty((bq, dv), qf.dtype)                  # O~ of the query block
+    accf = acc.reshape(-1)
     idx = np.arange(max(bq, bk, d, dv))                 # tile offsets: idx[:rows] * row stride
-    bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bk, d, dv), q)
+    bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bk, d, dv), qf)
     m = np.empty(bq)                                    # running max (float64)
     ell = np.empty(bq)                                  # running sum (float64)
     bits = np.empty(bk, np.int32)
-    lanes = np.empty(16, q.dtype)
+    lanes = np.empty(16, qf.dtype)
     for n in range(lo, hi):
         mn = mask_rows[n] if has_mask else 0
         for i0 in range(0, Tq, bq):
@@ -233,8 +316,8 @@ def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_row
                 j1 = min(stop, j0 + bk)
                 nk = j1 - j0
                 s = s_buf[:nq * nk].reshape((nq, nk))
-                _gemm_in(qf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d],            # S/s = Q K^T
-                         kf[(n * Tk + j0) * d:], idx[:d], idx[:nk] * d,
+                _gemm_in(qf[qb[n] + i0 * qrs:], idx[:nq] * qrs, idx[:d],          # S/s = Q K^T
+                         kf[kb[n] + j0 * krs:], idx[:d], idx[:nk] * krs,
                          s_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
                 for r in range(nq):
                     i = i0 + r
@@ -270,16 +353,17 @@ def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_row
                         for c in range(dv):
                             acc[r, c] *= a
                 _gemm_in(s_buf, idx[:nq] * nk, idx[:nk],                           # O~ += P~ V
-                         vf[(n * Tk + j0) * dv:], idx[:nk] * dv, idx[:dv],
+                         vf[vb[n] + j0 * vrs:], idx[:nk] * vrs, idx[:dv],
                          accf, idx[:nq] * dv, idx[:dv], True, bp, ap, tile, tile_rows, ends)
             for r in range(nq):
+                o = of[ob[n] + (i0 + r) * ors:][:dv]                        # out[n, i0 + r, :]
                 if ell[r] == 0.0:                       # nothing allowed: 0, as the dense kernel
-                    out[n, i0 + r, :] = 0.0
+                    o[:] = 0.0
                     lse[n, i0 + r] = -np.inf
                 else:
                     inv = dt(1.0 / ell[r])
                     for c in range(dv):
-                        out[n, i0 + r, c] = acc[r, c] * inv
+                        o[c] = acc[r, c] * inv
                     lse[n, i0 + r] = m[r] + math.log(ell[r])
 
 
@@ -288,24 +372,28 @@ def flash_attention_forward_numba(q, k, v, scale, causal, offset, mask, mask_row
 # ------------------------------------------------------------------------------------------------
 def flash_attention_backward_numpy(q, k, v, out, dout, lse, scale, causal, offset, mask,
                                    mask_rows, bq, bk, dq, dk, dv, lo, hi):
-    """The backward of :func:`flash_attention_forward_numpy` for heads ``lo:hi``: writes
-    ``dq[lo:hi]`` (N, Tq, d), ``dk[lo:hi]`` (N, Tk, d), ``dv[lo:hi]`` (N, Tk, dv).
+    """The backward of :func:`flash_attention_forward_numpy` for heads ``lo:hi``: writes their
+    ``dq`` (..., Tq, d), ``dk`` (..., Tk, d), ``dv`` (..., Tk, dv).
 
-    out, dout: (N, Tq, dv); lse: (N, Tq) float64 from the forward; the rest as the forward."""
-    Tq, Tk = q.shape[1], k.shape[1]
+    out, dout: (..., Tq, dv); lse: (N, Tq) float64 from the forward; stacks of heads with any
+    strides, the rest as the forward."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
     dt = q.dtype.type
     sc = dt(scale)
-    D = np.einsum("nic,nic->ni", dout[lo:hi], out[lo:hi], dtype=np.float64)  # (n, Tq) <dO_i, O_i>
-    dq[lo:hi] = 0.0
+    grads = dq, dk, dv
+    q, k, v, out, dout = (_stack(a, lo, hi) for a in (q, k, v, out, dout))  # heads lo:hi
+    dq, dk, dv = (np.empty(a.shape, a.dtype) for a in (q, k, v))
+    D = np.einsum("nic,nic->ni", dout, out, dtype=np.float64)  # (n, Tq) <dO_i, O_i>
+    dq[:] = 0.0
     for j0 in range(0, Tk, bk):
         j1 = min(Tk, j0 + bk)
-        kj, vj = k[lo:hi, j0:j1], v[lo:hi, j0:j1]                              # (n, bk, d|dv)
+        kj, vj = k[:, j0:j1], v[:, j0:j1]                                      # (n, bk, d|dv)
         dk_j = np.zeros(kj.shape, q.dtype)
         dv_j = np.zeros(vj.shape, q.dtype)
         first = max(0, j0 - offset) if causal else 0        # earlier queries see none of j0:j1
         for i0 in range(first, Tq, bq):
             i1 = min(Tq, i0 + bq)
-            qi, doi = q[lo:hi, i0:i1], dout[lo:hi, i0:i1]                      # (n, bq, d|dv)
+            qi, doi = q[:, i0:i1], dout[:, i0:i1]                              # (n, bq, d|dv)
             s = (qi @ np.swapaxes(kj, 1, 2)) * sc             # (n, bq, bk) S, as the forward
             L = lse[lo:hi, i0:i1, None]                                        # (n, bq, 1)
             ok = np.isfinite(L)                               # L = -inf: nothing allowed, P = 0
@@ -322,41 +410,54 @@ def flash_attention_backward_numpy(q, k, v, out, dout, lse, scale, causal, offse
                 dp = doi @ np.swapaxes(vj, 1, 2)                               # (n, bq, bk)
                 # dS = s P (dP - D): from P = softmax(S)
                 ds = (p * dp - p * D[:, i0:i1, None].astype(q.dtype)) * sc            # (n, bq, bk)
-                dq[lo:hi, i0:i1] += ds @ kj                                    # (n, bq, d)
+                dq[:, i0:i1] += ds @ kj                                        # (n, bq, d)
                 dk_j += np.swapaxes(ds, 1, 2) @ qi                             # (n, bk, d)
-        dk[lo:hi, j0:j1] = dk_j
-        dv[lo:hi, j0:j1] = dv_j
+        dk[:, j0:j1] = dk_j
+        dv[:, j0:j1] = dv_j
+    for grad, values in zip(grads, (dq, dk, dv)):
+        _put(grad, lo, hi, values)
+
+
+def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offset, mask,
+                                   mask_rows, bq, bk, dq, dk, dv, lo, hi):
+    """The Numba twin of :func:`flash_attention_backward_numpy` (same arguments, every stack
+    with :func:`heads_ok`), on flat buffers as :func:`flash_attention_forward_numba`."""
+    stacks = map(_as_heads, (q, k, v, out, dout, dq, dk, dv))
+    (qf, qb, qrs), (kf, kb, krs), (vf, vb, vrs), (of, ob, ors), (gf, gb, grs), *grads = stacks
+    _backward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, of, ob, ors, gf, gb, grs, q.shape[-2],
+              k.shape[-2], q.shape[-1], v.shape[-1], lse, scale, causal, offset, mask, mask_rows,
+              bq, bk, *grads[0], *grads[1], *grads[2], lo, hi)
 
 
 @njit(cache=True, error_model="numpy", nogil=True, fastmath=FAST)
-def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offset, mask,
-                                   mask_rows, bq, bk, dq, dk, dv, lo, hi):
-    # q, dq: (N, Tq, d); k, dk: (N, Tk, d); v, dv: (N, Tk, dv); out, dout: (N, Tq, dv);
-    # lse: (N, Tq) float64 -> dq, dk, dv of heads lo:hi
-    Tq, Tk, d, dvn = q.shape[1], k.shape[1], q.shape[2], v.shape[2]
-    dt = q.dtype.type
+def _backward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, of, ob, ors, gf, gb, grs, Tq, Tk, d, dvn,
+              lse, scale, causal, offset, mask, mask_rows, bq, bk, dqf, dqb, dqrs, dkf, dkb,
+              dkrs, dvf, dvb, dvrs, lo, hi):
+    # head n's q[i, c] is qf[qb[n] + i * qrs + c]; k, v, out, dout (gf) and the gradients dq,
+    # dk, dv alike; lse: (N, Tq) float64 -> dq, dk, dv of heads lo:hi
+    dt = qf.dtype.type
     sc = dt(scale)
     sc64 = float(sc)
     has_mask = mask.shape[0] > 0
     per_query = mask.shape[1] > 1
     D = np.empty(Tq)                                    # <dO_i, O_i>, float64
-    p_buf = np.empty(bq * bk, q.dtype)                  # P of the tile
-    ds_buf = np.empty(bq * bk, q.dtype)                 # dP, then dS in place
-    dk_j = np.empty((bk, d), q.dtype)
-    dv_j = np.empty((bk, dvn), q.dtype)
-    qf, kf, vf, of, dqf = q.reshape(-1), k.reshape(-1), v.reshape(-1), dout.reshape(-1), dq.reshape(-1)
-    dkf, dvf = dk_j.reshape(-1), dv_j.reshape(-1)
+    p_buf = np.empty(bq * bk, qf.dtype)                 # P of the tile
+    ds_buf = np.empty(bq * bk, qf.dtype)                # dP, then dS in place
+    dk_j = np.empty((bk, d), qf.dtype)
+    dv_j = np.empty((bk, dvn), qf.dtype)
+    dk_jf, dv_jf = dk_j.reshape(-1), dv_j.reshape(-1)
     idx = np.arange(max(bq, bk, d, dvn))                # tile offsets: idx[:rows] * row stride
-    bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bq, bk, d, dvn), q)
+    bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bq, bk, d, dvn), qf)
     bits = np.empty(bk, np.int32)
     for n in range(lo, hi):
         mn = mask_rows[n] if has_mask else 0
         for i in range(Tq):
+            o, g = of[ob[n] + i * ors:][:dvn], gf[gb[n] + i * grs:][:dvn]
             acc = 0.0
             for c in range(dvn):
-                acc += dout[n, i, c] * out[n, i, c]
+                acc += g[c] * o[c]
             D[i] = acc
-        dq[n] = 0.0
+            dqf[dqb[n] + i * dqrs:][:d] = 0.0
         for j0 in range(0, Tk, bk):
             j1 = min(Tk, j0 + bk)
             nk = j1 - j0
@@ -367,8 +468,8 @@ def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offse
                 i1 = min(Tq, i0 + bq)
                 nq = i1 - i0
                 p = p_buf[:nq * nk].reshape((nq, nk))
-                _gemm_in(qf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d],  # (nq, nk): S / s, as
-                         kf[(n * Tk + j0) * d:], idx[:d], idx[:nk] * d,  # the forward's
+                _gemm_in(qf[qb[n] + i0 * qrs:], idx[:nq] * qrs, idx[:d],  # (nq, nk): S / s,
+                         kf[kb[n] + j0 * krs:], idx[:d], idx[:nk] * krs,  # as the forward's
                          p_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
                 for r in range(nq):
                     i = i0 + r
@@ -389,11 +490,11 @@ def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offse
                     for c in range(end, nk):
                         row[c] = 0.0
                 _gemm_in(p_buf, idx[:nk], idx[:nq] * nk,        # (nk, dv): dV += P^T dO, from
-                         of[(n * Tq + i0) * dvn:], idx[:nq] * dvn, idx[:dvn],       # O = P V
-                         dvf, idx[:nk] * dvn, idx[:dvn], True, bp, ap, tile, tile_rows, ends)
+                         gf[gb[n] + i0 * grs:], idx[:nq] * grs, idx[:dvn],          # O = P V
+                         dv_jf, idx[:nk] * dvn, idx[:dvn], True, bp, ap, tile, tile_rows, ends)
                 ds = ds_buf[:nq * nk].reshape((nq, nk))
-                _gemm_in(of[(n * Tq + i0) * dvn:], idx[:nq] * dvn, idx[:dvn],  # (nq, nk): dP =
-                         vf[(n * Tk + j0) * dvn:], idx[:dvn], idx[:nk] * dvn,   # dO V^T
+                _gemm_in(gf[gb[n] + i0 * grs:], idx[:nq] * grs, idx[:dvn],  # (nq, nk): dP =
+                         vf[vb[n] + j0 * vrs:], idx[:dvn], idx[:nk] * vrs,   # dO V^T
                          ds_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
                 for r in range(nq):                     # dS = s P (dP - D): from P = softmax(S)
                     Di = D[i0 + r]
@@ -401,14 +502,15 @@ def flash_attention_backward_numba(q, k, v, out, dout, lse, scale, causal, offse
                         pc = float(p[r, c])
                         ds[r, c] = dt(sc64 * (pc * float(ds[r, c]) - pc * Di))
                 _gemm_in(ds_buf, idx[:nq] * nk, idx[:nk],       # (nq, d): dQ += s dS K, from
-                         kf[(n * Tk + j0) * d:], idx[:nk] * d, idx[:d],      # S = s Q K^T
-                         dqf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d], True,
+                         kf[kb[n] + j0 * krs:], idx[:nk] * krs, idx[:d],     # S = s Q K^T
+                         dqf[dqb[n] + i0 * dqrs:], idx[:nq] * dqrs, idx[:d], True,
                          bp, ap, tile, tile_rows, ends)
                 _gemm_in(ds_buf, idx[:nk], idx[:nq] * nk,       # (nk, d): dK += s dS^T Q
-                         qf[(n * Tq + i0) * d:], idx[:nq] * d, idx[:d],
-                         dkf, idx[:nk] * d, idx[:d], True, bp, ap, tile, tile_rows, ends)
-            dk[n, j0:j1] = dk_j[:nk]
-            dv[n, j0:j1] = dv_j[:nk]
+                         qf[qb[n] + i0 * qrs:], idx[:nq] * qrs, idx[:d],
+                         dk_jf, idx[:nk] * d, idx[:d], True, bp, ap, tile, tile_rows, ends)
+            for r in range(nk):                         # dk[n, j0 + r], dv[n, j0 + r]
+                dkf[dkb[n] + (j0 + r) * dkrs:][:d] = dk_j[r]
+                dvf[dvb[n] + (j0 + r) * dvrs:][:dvn] = dv_j[r]
 
 
 flash_attention_forward = dispatch(flash_attention_forward_numba, flash_attention_forward_numpy)

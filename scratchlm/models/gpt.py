@@ -102,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         dy = self.c_proj.backward(self.resid_dropout.backward(dout))          # (B, T, C)
         B, T, _ = dy.shape
         nh, hs = self.n_head, self.head_size
-        dy = np.ascontiguousarray(dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3))
+        dy = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)                   # (B, nh, T, hs)
         dq, dk, dv, _ = F.attention_backward(dy, self._saved())               # 3 x (B, nh, T, hs)
         dqkv = np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
                                for g in (dq, dk, dv)], axis=-1)              # (B, T, 3C)

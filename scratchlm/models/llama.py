@@ -161,7 +161,7 @@ class LlamaAttention(nn.Module):
         c = self._saved()
         B, T, C = c.x_shape
         dy = self.o_proj.backward(dout)                                       # (B, T, H d)
-        dy = np.ascontiguousarray(dy.reshape(B, T, self.heads, -1).transpose(0, 2, 1, 3))
+        dy = dy.reshape(B, T, self.heads, -1).transpose(0, 2, 1, 3)          # (B, H, T, d)
         dq, dk, dv = F.grouped_query_attention_backward(dy, c.attn)          # (B, H|Hkv, T, d)
         dq = F.rope_backward(dq, c.rope_q)                # from q = rope(q0): the inverse rotation
         dk = F.rope_backward(dk, c.rope_k)
