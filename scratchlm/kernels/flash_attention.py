@@ -300,8 +300,9 @@ def _forward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, Tq, Tk, d, dv, scale, causal
     idx = np.arange(max(bq, bk, d, dv))                 # tile offsets: idx[:rows] * row stride
     bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bk, d, dv), qf)
     m = np.empty(bq)                                    # running max (float64)
+    m_new = np.empty(bq)                                # the max after this key block
     ell = np.empty(bq)                                  # running sum (float64)
-    bits = np.empty(bk, np.int32)
+    bits = np.empty(bq * bk, np.int32)
     lanes = np.empty(16, qf.dtype)
     for n in range(lo, hi):
         mn = mask_rows[n] if has_mask else 0
@@ -319,35 +320,37 @@ def _forward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, Tq, Tk, d, dv, scale, causal
                 _gemm_in(qf[qb[n] + i0 * qrs:], idx[:nq] * qrs, idx[:d],          # S/s = Q K^T
                          kf[kb[n] + j0 * krs:], idx[:d], idx[:nk] * krs,
                          s_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
+                # each row over the whole tile width (a causal row's keys past its own are
+                # -inf): loops of a fixed length vectorise without a scalar remainder, and one
+                # exp call over the tile replaces one per row
                 for r in range(nq):
                     i = i0 + r
                     row = s[r]
                     end = min(nk, i + offset + 1 - j0) if causal else nk   # allowed: c < end
-                    end = max(end, 0)
-                    for c in range(end):
-                        row[c] *= sc
+                    for c in range(nk):
+                        v = row[c] * sc
+                        row[c] = v if c < end else ninf
                     if has_mask:
                         mi = i if per_query else 0
-                        for c in range(end):
+                        for c in range(max(end, 0)):
                             if not mask[mn, mi, j0 + c]:
                                 row[c] = ninf
-                    mx = _row_max(row, end, lanes)
-                    if mx == ninf:                      # nothing allowed in this block: P~ = 0
-                        row[:] = 0.0
-                        continue
-                    m_new = max(m[r], mx)
-                    mnew = dt(m_new)                    # exact: the max of dt values (or m)
-                    for c in range(end):
+                    mx = _row_max(row, nk, lanes)
+                    m_new[r] = max(m[r], mx)    # -inf: nothing allowed so far, P~ = 0
+                    mnew = dt(m_new[r]) if mx != ninf else dt(0.0)  # exact: a max of dt values
+                    for c in range(nk):
                         row[c] = row[c] - mnew          # masked: -inf, exp(-inf) = 0
-                    exp_nonpos_inplace(row[:end], bits[:end])
-                    for c in range(end, nk):
-                        row[c] = 0.0
+                exp_nonpos_inplace(s_buf[:nq * nk], bits[:nq * nk])
+                for r in range(nq):
+                    if m_new[r] == -np.inf:
+                        continue
+                    row = s[r]
                     total = 0.0                                                      # float64
-                    for c in range(end):
+                    for c in range(nk):
                         total += row[c]
-                    alpha = math.exp(m[r] - m_new)      # e^{m - m'}: 0 while m = -inf
+                    alpha = math.exp(m[r] - m_new[r])   # e^{m - m'}: 0 while m = -inf
                     ell[r] = alpha * ell[r] + total
-                    m[r] = m_new
+                    m[r] = m_new[r]
                     if alpha != 1.0:
                         a = dt(alpha)
                         for c in range(dv):
@@ -448,7 +451,8 @@ def _backward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, of, ob, ors, gf, gb, grs, T
     dk_jf, dv_jf = dk_j.reshape(-1), dv_j.reshape(-1)
     idx = np.arange(max(bq, bk, d, dvn))                # tile offsets: idx[:rows] * row stride
     bp, ap, tile, tile_rows, ends = workspace(max(bq, bk), max(bq, bk, d, dvn), qf)
-    bits = np.empty(bk, np.int32)
+    bits = np.empty(bq * bk, np.int32)
+    ninf = dt(-np.inf)
     for n in range(lo, hi):
         mn = mask_rows[n] if has_mask else 0
         for i in range(Tq):
@@ -471,7 +475,7 @@ def _backward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, of, ob, ors, gf, gb, grs, T
                 _gemm_in(qf[qb[n] + i0 * qrs:], idx[:nq] * qrs, idx[:d],  # (nq, nk): S / s,
                          kf[kb[n] + j0 * krs:], idx[:d], idx[:nk] * krs,  # as the forward's
                          p_buf, idx[:nq] * nk, idx[:nk], False, bp, ap, tile, tile_rows, ends)
-                for r in range(nq):
+                for r in range(nq):                     # whole rows, as the forward's
                     i = i0 + r
                     row = p[r]
                     L = lse[n, i]
@@ -479,16 +483,15 @@ def _backward(qf, qb, qrs, kf, kb, krs, vf, vb, vrs, of, ob, ors, gf, gb, grs, T
                     end = max(end, 0)
                     if L == -np.inf:                    # nothing allowed in the row: P = 0
                         end = 0
-                    for c in range(end):                # P = e^{S - L}, S rounded as forward's
-                        row[c] = dt((row[c] * sc) - L)
+                    for c in range(nk):                 # P = e^{S - L}, S rounded as forward's
+                        x = dt((row[c] * sc) - L)
+                        row[c] = x if c < end else ninf
                     if has_mask:
                         mi = i if per_query else 0
                         for c in range(end):
                             if not mask[mn, mi, j0 + c]:
-                                row[c] = -np.inf
-                    exp_nonpos_inplace(row[:end], bits[:end])
-                    for c in range(end, nk):
-                        row[c] = 0.0
+                                row[c] = ninf
+                exp_nonpos_inplace(p_buf[:nq * nk], bits[:nq * nk])
                 _gemm_in(p_buf, idx[:nk], idx[:nq] * nk,        # (nk, dv): dV += P^T dO, from
                          gf[gb[n] + i0 * grs:], idx[:nq] * grs, idx[:dvn],          # O = P V
                          dv_jf, idx[:nk] * dvn, idx[:dvn], True, bp, ap, tile, tile_rows, ends)
