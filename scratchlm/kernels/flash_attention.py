@@ -46,7 +46,8 @@ nothing allowed at all ends with :math:`\ell = 0`: output 0, ``L = -inf``, and t
 it (zero gradients), as the dense kernel gives.
 
 **What the kernels assume** (the caller, ``functional/attention.py``, checks it first): every
-array contiguous, one float dtype, finite inputs and scores that cannot overflow
+stack of heads with its last axis contiguous and no negative stride (:func:`heads_ok`: a head
+split of a projection is read and written in place), one float dtype, finite inputs and scores that cannot overflow
 (:math:`|s|\,\max|q|\,\max|k|\,d` well under the dtype's max: the caller falls back to the dense
 path otherwise, which handles overflow exactly), ``1 <= bq, bk``. Scores, tiles and products are
 in the input dtype; ``m``, ``\ell``, ``L`` and ``D`` in float64 (one number per row, so the cost
@@ -59,8 +60,10 @@ where the dense path's is exactly 0: as large as the roundings in every other ro
 (relative to ``|dO| |V|``), which ``K`` and ``Q`` then scale alike on both paths.
 
 **Routes.** The Numba kernels run over ``n`` in ``[lo, hi)`` (the caller splits the heads over
-threads with :func:`scratchlm.kernels.split_run`; the kernels are ``nogil``); the tile products
-are our GEMM (``gemm._gemm_in``: its packing and micro-kernel, on the flat arrays with a row and
+threads with :func:`scratchlm.kernels.split_run`; the kernels are ``nogil``), each stack of heads
+given as its flat buffer, one offset per head and a row stride; a tile's rows run over its
+whole width (keys a causal row may not see are ``-inf``) and one ``exp`` call covers the tile;
+the tile products are our GEMM (``gemm._gemm_in``: its packing and micro-kernel, on the flat arrays with a row and
 a column offset per tile, scratch allocated once per call) into preallocated tiles, so no BLAS
 thread pool runs beside the ``split_run`` threads; the exponentials ``vmath``'s
 vectorised ``exp``, the rest plain loops compiled with the ``FAST`` flags (row sums reordered;
