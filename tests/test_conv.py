@@ -446,6 +446,11 @@ def test_kernel_routes_agree(dtype):
                 (K.conv2d_direct_backward_input, (dy, w, G, Hp, Wp, sH, sW, dH, dW)),
                 (K.conv2d_direct_backward_weight, (dy, xp, G, kH, kW, sH, sW, dH, dW))]:
             _assert_routes_agree(kernel, args, dtype)
+        for twin in (K.conv2d_direct_forward.numba, K.conv2d_direct_forward.numpy):
+            out = np.full((N + 1, O, Ho, Wo), 7.0, dtype)        # into a thread's samples of y
+            twin(xp, w, b, G, sH, sW, dH, dW, Ho, Wo, out[1:])
+            assert out[1:].tobytes() == twin(xp, w, b, G, sH, sW, dH, dW, Ho, Wo).tobytes()
+            assert (out[0] == 7.0).all()
     planes = r.standard_normal((3, 7, 8)).astype(dtype)
     # (kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo): plain, padded, dilated, ceil_mode overhangs
     for kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo in [
@@ -456,6 +461,16 @@ def test_kernel_routes_agree(dtype):
                              dtype)
         _, idx = K.max_pool2d_forward(planes, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo)
         _assert_routes_agree(K.max_pool2d_backward, (g, idx, 7, 8), dtype)
+        for fwd, bwd in ((K.max_pool2d_forward.numba, K.max_pool2d_backward.numba),
+                         (K.max_pool2d_forward.numpy, K.max_pool2d_backward.numpy)):
+            y, i = np.full((4, Ho, Wo), 7.0, dtype), np.full((4, Ho, Wo), -1, np.int64)
+            fwd(planes, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, y[1:], i[1:])  # a thread's planes
+            want = fwd(planes, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo)
+            assert y[1:].tobytes() == want[0].tobytes() and (i[1:] == want[1]).all()
+            assert (y[0] == 7.0).all() and (i[0] == -1).all()
+            dx = np.full((4, 7, 8), 7.0, dtype)
+            bwd(g, idx, 7, 8, dx[1:])
+            assert dx[1:].tobytes() == bwd(g, idx, 7, 8).tobytes() and (dx[0] == 7.0).all()
         div = r.uniform(1, 9, (Ho, Wo)).astype(dtype)
         _assert_routes_agree(K.avg_pool2d_forward, (planes, kH, kW, sH, sW, pH, pW, Ho, Wo, div), dtype)
         _assert_routes_agree(K.avg_pool2d_backward, (g, 7, 8, kH, kW, sH, sW, pH, pW, div), dtype)

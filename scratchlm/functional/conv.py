@@ -290,9 +290,10 @@ def _conv_forward(x, weight, bias, stride, padding, dilation, groups, method, nd
         xp4, w4 = (xp[:, :, None], weight[:, :, None]) if nd == 1 else (xp, weight)  # 1-D: H = 1
         s2, d2, o2 = ((1,) * (2 - nd) + stride, (1,) * (2 - nd) + dilation, (1,) * (2 - nd) + out)
         b = np.ascontiguousarray(b)
-        ys = split_run(lambda lo, hi: K.conv2d_direct_forward(xp4[lo:hi], w4, b, groups, *s2, *d2,
-                                                              *o2), N, _grain(weight, out))
-        y = (ys[0] if len(ys) == 1 else np.concatenate(ys)).reshape((N, O) + out)
+        y = np.empty((N, O) + o2, dtype=x.dtype)            # each thread writes its samples'
+        split_run(lambda lo, hi: K.conv2d_direct_forward(xp4[lo:hi], w4, b, groups, *s2, *d2,
+                                                         *o2, y[lo:hi]), N, _grain(weight, out))
+        y = y.reshape((N, O) + out)
     cache = ConvCache(method, nd, xp, weight, x.shape, unbatched, pads, stride, dilation, groups,
                       out, bias is not None)
     return (y[0] if unbatched else y), cache
@@ -516,11 +517,10 @@ def _max_pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, nd):
                                                      ceil_mode, nd)
     out2 = (1,) * (2 - nd) + out
     grain = max(1, GRAIN_MACS // max(1, int(np.prod(out)) * int(np.prod(k))))    # planes per thread
-    parts = split_run(lambda lo, hi: K.max_pool2d_forward(planes[lo:hi], *k, *s, *p, *d, *out2),
-                      planes.shape[0], grain)
-    y, idx = (parts[0] if len(parts) == 1 else
-              (np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])))
-    # y, idx: (P, Ho, Wo) x2
+    y = np.empty((planes.shape[0],) + out2, planes.dtype)                     # (P, Ho, Wo)
+    idx = np.empty(y.shape, np.int64)                                          # (P, Ho, Wo)
+    split_run(lambda lo, hi: K.max_pool2d_forward(planes[lo:hi], *k, *s, *p, *d, *out2, y[lo:hi],
+                                                  idx[lo:hi]), planes.shape[0], grain)
     cache = MaxPoolCache(idx, planes.shape[1:], x_shape, x_shape[:-nd] + out, planes.dtype)
     return y.reshape(x_shape[:-nd] + out), cache
 
@@ -536,9 +536,9 @@ def _max_pool_backward(dy, cache: MaxPoolCache):
     upstream(dy, cache.y_shape, cache.dtype)
     dy = np.ascontiguousarray(dy).reshape(idx.shape)
     grain = max(1, GRAIN_MACS // max(1, H * W))                                   # planes per thread
-    parts = split_run(lambda lo, hi: K.max_pool2d_backward(dy[lo:hi], idx[lo:hi], H, W),
-                      idx.shape[0], grain)
-    dx = parts[0] if len(parts) == 1 else np.concatenate(parts)                  # (P, H, W)
+    dx = np.empty((idx.shape[0], H, W), dy.dtype)                                 # (P, H, W)
+    split_run(lambda lo, hi: K.max_pool2d_backward(dy[lo:hi], idx[lo:hi], H, W, dx[lo:hi]),
+              idx.shape[0], grain)
     return dx.reshape(cache.x_shape)
 
 

@@ -59,8 +59,10 @@ def _windows2d(xp, kH, kW, sH, sW, dH, dW):
     return win[:, :, ::sH, ::sW, ::dH, ::dW]
 
 
-def conv2d_direct_forward_numpy(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
-    """xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo).
+def conv2d_direct_forward_numpy(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo, out=None):
+    """xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo),
+    written into ``out`` when given (a C-contiguous array of that shape: a thread's samples of
+    the whole batch's output).
 
     A sliding-window view contracted with the weights by einsum, group by group."""
     N, C = xp.shape[:2]
@@ -69,7 +71,11 @@ def conv2d_direct_forward_numpy(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
     win = win.reshape(N, groups, Cg, Ho, Wo, kH, kW)                      # split C into (G, Cg)
     wg = w.reshape(groups, O // groups, Cg, kH, kW)
     y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
-    return (y.reshape(N, O, Ho, Wo) + b[:, None, None]).astype(xp.dtype, copy=False)
+    y = (y.reshape(N, O, Ho, Wo) + b[:, None, None]).astype(xp.dtype, copy=False)
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 #: output channels accumulated together by the direct forward (each input run read once for all)
@@ -77,12 +83,12 @@ _OB = 4
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def conv2d_direct_forward_numba(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo):
-    # xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo)
+def conv2d_direct_forward_numba(xp, w, b, groups, sH, sW, dH, dW, Ho, Wo, out=None):
+    # xp: (N, C, Hp, Wp) zero-padded, w: (O, C/G, kH, kW), b: (O,) -> y: (N, O, Ho, Wo) (out)
     N, C, Hp, Wp = xp.shape
     O, Cg, kH, kW = w.shape
     Og = O // groups
-    y = np.empty((N, O, Ho, Wo), dtype=xp.dtype)
+    y = np.empty((N, O, Ho, Wo), dtype=xp.dtype) if out is None else out
     if sH == 1 and sW == 1:
         # Full-width planes: output (oh, ow) reads xp plane index (oh + i*dH)*Wp + ow + j*dW, so
         # with output rows Wp wide (the last Wp - Wo columns are junk, never copied out) each
@@ -290,8 +296,10 @@ def _padded_windows(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, fill):
     return win[:, :(Ho - 1) * sH + 1:sH, :(Wo - 1) * sW + 1:sW, ::dH, ::dW]
 
 
-def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
-    """x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64, the flat index h*W + w of each max.
+def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, y=None, idx=None):
+    """x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64, the flat index h*W + w of each max;
+    written into ``y`` and ``idx`` when given (a thread's planes of the whole output: both or
+    neither).
 
     Pads with -inf (never the max: the caller checks that every window holds an input entry),
     then ``argmax`` over each flattened window -- the first maximum in scan order."""
@@ -299,10 +307,13 @@ def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     win = _padded_windows(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, -np.inf)  # (P, Ho, Wo, kH, kW)
     flat = win.reshape(P, Ho, Wo, kH * kW)
     a = flat.argmax(axis=-1)                                                 # (P, Ho, Wo)
-    y = np.take_along_axis(flat, a[..., None], axis=-1)[..., 0]
+    y_ = np.take_along_axis(flat, a[..., None], axis=-1)[..., 0]
     h = np.arange(Ho)[:, None] * sH - pH + (a // kW) * dH                    # input row of the max
     w = np.arange(Wo)[None, :] * sW - pW + (a % kW) * dW
-    return y, (h * W + w).astype(np.int64)
+    if idx is None:
+        return y_, (h * W + w).astype(np.int64)
+    y[...], idx[...] = y_, h * W + w
+    return y, idx
 
 
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")
@@ -362,11 +373,13 @@ def _max_pool_2x2(x, y, idx):
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
+def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, y=None, idx=None):
     # x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64 flat h*W + w of the max
     P, H, W = x.shape
-    y = np.empty((P, Ho, Wo), dtype=x.dtype)
-    idx = np.empty((P, Ho, Wo), dtype=np.int64)
+    if y is None:
+        y = np.empty((P, Ho, Wo), dtype=x.dtype)
+    if idx is None:
+        idx = np.empty((P, Ho, Wo), dtype=np.int64)
     if (kH == kW == sH == sW == 2 and pH == pW == 0 and dH == dW == 1 and 2 * Ho <= H
             and 2 * Wo <= W):                  # every window inside (no ceil_mode overhang)
         _max_pool_2x2(x, y, idx)
@@ -389,19 +402,27 @@ def max_pool2d_forward_numba(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo):
     return y, idx
 
 
-def max_pool2d_backward_numpy(dy, idx, H, W):
-    """dy, idx: (P, Ho, Wo) -> dx: (P, H, W); ``dx.flat[idx] += dy`` per plane (overlaps add)."""
+def max_pool2d_backward_numpy(dy, idx, H, W, out=None):
+    """dy, idx: (P, Ho, Wo) -> dx: (P, H, W); ``dx.flat[idx] += dy`` per plane (overlaps add);
+    written into ``out`` (C-contiguous) when given."""
     P = dy.shape[0]
     dx = np.zeros((P, H * W), dtype=dy.dtype)
     np.add.at(dx, (np.arange(P)[:, None], idx.reshape(P, -1)), dy.reshape(P, -1))
-    return dx.reshape(P, H, W)
+    if out is None:
+        return dx.reshape(P, H, W)
+    out[...] = dx.reshape(P, H, W)
+    return out
 
 
 @njit(cache=True, error_model="numpy", nogil=True)
-def max_pool2d_backward_numba(dy, idx, H, W):
-    # dy, idx: (P, Ho, Wo) -> dx: (P, H, W)
+def max_pool2d_backward_numba(dy, idx, H, W, out=None):
+    # dy, idx: (P, Ho, Wo) -> dx: (P, H, W) (out, C-contiguous)
     P, Ho, Wo = dy.shape
-    dx = np.zeros((P, H * W), dtype=dy.dtype)
+    if out is None:
+        dx = np.zeros((P, H * W), dtype=dy.dtype)
+    else:
+        dx = out.reshape(P, H * W)
+        dx[:] = 0.0
     for p in range(P):
         for oh in range(Ho):
             for ow in range(Wo):
