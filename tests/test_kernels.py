@@ -556,3 +556,27 @@ def test_bias_kernels_equal_numpy_at_any_split(dtype, monkeypatch):
             assert db.dtype == dtype and db.tobytes() == want_db.tobytes(), (route, threads)
     finally:
         set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_norm_forwards_split_by_rows_give_the_same_bits(dtype, monkeypatch):
+    """LayerNorm's and RMSNorm's forwards split their rows over the threads: 1, 2 or 3 threads
+    give the single thread's bits, extreme rows (redone pre-scaled) included."""
+    from scratchlm.kernels import get_num_threads, layernorm as L, rmsnorm as R, set_num_threads
+    fi = np.finfo(dtype)
+    x = RNG.standard_normal((37, 9)).astype(dtype)
+    x[3] = fi.max / 2
+    x[5, ::2] = -fi.max / 3                            # sums past the max: the pre-scaled path
+    w, b = RNG.standard_normal(9).astype(dtype), RNG.standard_normal(9).astype(dtype)
+    monkeypatch.setattr(L, "ROWS_GRAIN", 16)          # split even these small arrays
+    saved, got = get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            set_num_threads(threads)
+            with np.errstate(over="ignore"):
+                got.append(L.layernorm_forward_numba(x, w, b, 1e-5)
+                           + R.rmsnorm_forward_numba(x, w, 1e-6))
+    finally:
+        set_num_threads(saved)
+    for other in got[1:]:
+        assert all(a.tobytes() == c.tobytes() for a, c in zip(got[0], other))

@@ -182,13 +182,28 @@ def _forward_float64(x64, weight, bias, eps):
     return y, mean, rstd
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")   # vectorised row sums
 def layernorm_forward_numba(x, weight, bias, eps):
-    # x: (R, C), weight: (C,), bias: (C,) -> y: (R, C), mean: (R,) float64, rstd: (R,) float64
+    """The Numba twin of :func:`layernorm_forward_numpy` (same contract): the rows split over
+    the threads (:func:`scratchlm.kernels.split_run`). Each row is normalised alone, so the
+    result is the same at any thread count."""
+    from . import split_run
     R, C = x.shape
     y = np.empty_like(x)
     mean = np.empty(R, dtype=np.float64)
     rstd = np.empty(R, dtype=np.float64)
+    split_run(lambda lo, hi: _forward_rows(x[lo:hi], weight, bias, eps, y[lo:hi], mean[lo:hi],
+                                           rstd[lo:hi]), R, max(1, ROWS_GRAIN // max(C, 1)))
+    return y, mean, rstd
+
+
+#: entries per thread below which a normalisation runs in the calling thread
+ROWS_GRAIN = 1 << 16
+
+
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")   # vectorised row sums
+def _forward_rows(x, weight, bias, eps, y, mean, rstd):
+    # x: (R, C), weight: (C,), bias: (C,) -> y: (R, C), mean: (R,) float64, rstd: (R,) float64
+    R, C = x.shape
     for r in range(R):
         s = 0.0
         for c in range(C):
@@ -206,7 +221,6 @@ def layernorm_forward_numba(x, weight, bias, eps):
                 y[r, c] = (x[r, c] - m) * rs * weight[c] + bias[c]
         mean[r] = m
         rstd[r] = rs
-    return y, mean, rstd
 
 
 # ------------------------------------------------------------------------------------------------

@@ -122,12 +122,24 @@ def _rstd_exponent(rs):
     return 0
 
 
-@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
 def rmsnorm_forward_numba(x, weight, eps):
-    # x: (R, C), weight: (C,) -> y: (R, C), rstd: (R,) float64
+    """The Numba twin of :func:`rmsnorm_forward_numpy` (same contract): the rows split over the
+    threads (:func:`scratchlm.kernels.split_run`); each row alone, so the same result at any
+    thread count."""
+    from . import split_run
+    from .layernorm import ROWS_GRAIN
     R, C = x.shape
     y = np.empty_like(x)
     rstd = np.empty(R, dtype=np.float64)
+    split_run(lambda lo, hi: _forward_rows(x[lo:hi], weight, eps, y[lo:hi], rstd[lo:hi]), R,
+              max(1, ROWS_GRAIN // max(C, 1)))
+    return y, rstd
+
+
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _forward_rows(x, weight, eps, y, rstd):
+    # x: (R, C), weight: (C,) -> y: (R, C), rstd: (R,) float64
+    R, C = x.shape
     for r in range(R):
         s = 0.0
         for c in range(C):
@@ -146,7 +158,6 @@ def rmsnorm_forward_numba(x, weight, eps):
             f, rse = math.ldexp(1.0, -e), math.ldexp(rs, e)
             for c in range(C):
                 y[r, c] = (np.float64(x[r, c]) * f) * rse * weight[c]
-    return y, rstd
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath=False)
