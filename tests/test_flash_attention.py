@@ -185,6 +185,32 @@ def test_head_split_views_are_read_and_written_in_place(route, dtype):
         assert np.shares_memory(merged, got)                     # a view: the layout of qkv
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_broadcast_heads_are_copied_not_aliased(route):
+    """A stack with a zero stride (k and v broadcast over the heads: multi-query written with
+    np.broadcast_to) is copied before the kernels see it, and the outputs are laid out apart:
+    the contiguous copies' results, and the overflow scan reads only the stack's own entries."""
+    rng = np.random.default_rng(23)
+    q = rng.standard_normal((2, 4, 33, 8))
+    k, v = (np.broadcast_to(rng.standard_normal((2, 1, 33, 8)), q.shape) for _ in range(2))
+    qb = np.broadcast_to(q[:, :1], q.shape)                      # q broadcast too
+    assert not FK.heads_ok(k)
+    dy = rng.standard_normal(q.shape)
+    for qq in (q, qb):
+        with use_backend(route):
+            y, c = F.attention_forward(qq, k, v, is_causal=True, method="tiled")
+            grads = F.attention_backward(dy, c)[:3]
+            want_y, cw = F.attention_forward(*map(np.ascontiguousarray, (qq, k, v)),
+                                             is_causal=True, method="tiled")
+            want = F.attention_backward(dy, cw)[:3]
+        for got, ref in zip((y, *grads), (want_y, *want)):
+            np.testing.assert_array_equal(got, ref)
+    big = np.zeros(2000, np.float32)
+    big[1024:1031] = 1e30                                        # just past the stack's entries
+    s = np.broadcast_to(big[:1024].reshape(1, 64, 16)[:, None], (1, 8, 64, 16))
+    assert FK.max_abs_numba(s) == FK.max_abs_numpy(s) == 0.0
+
+
 def test_twins_take_any_strides():
     """Both twins on stacks with a leading axis that does not merge (a head split), against the
     same stacks copied contiguous: the same numbers (1e-12) from either."""

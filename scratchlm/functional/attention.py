@@ -206,6 +206,13 @@ def _max_abs(a):
     return max(split_run(lambda lo, hi: FK.max_abs(flat[lo:hi]), flat.size, _SCAN), default=0.0)
 
 
+def _like(a, shape):
+    """An empty array of ``shape`` in ``a``'s memory order when the tiled kernels can write that
+    layout (:func:`FK.heads_ok`), else C-contiguous."""
+    out = np.empty_like(a, shape=shape)
+    return out if FK.heads_ok(out) else np.empty(shape, a.dtype)
+
+
 def _heads(a):
     """``a`` as the tiled kernels take it (:func:`FK.heads_ok`): itself -- a head split of a
     projection is read in place -- or a C-contiguous copy."""
@@ -231,7 +238,7 @@ def _tiled_forward(q, k, v, mask, scale, causal):
     # y in q's memory order: for q a head split of a (B, T, H d) projection, y's memory is
     # (B, T, H, dv), so merging its heads back, y.transpose(0, 2, 1, 3).reshape(B, T, H dv), is
     # a view, not a copy
-    y = np.empty_like(q, shape=lead + (Tq, dv))                                 # (..., Tq, dv)
+    y = _like(q, lead + (Tq, dv))                                               # (..., Tq, dv)
     lse = np.empty((N, Tq))                                                     # (N, Tq) float64
     split_run(lambda lo, hi: FK.flash_attention_forward(
         q, k, v, scale, causal, Tk - Tq, kernel_mask, kernel_rows, bq, bk, y, lse, lo, hi), N)
@@ -379,7 +386,7 @@ def _tiled_backward(dy, cache: TiledAttentionCache):
     mask = cache.mask if cache.mask is not None else np.zeros((0, 1, 1), bool)
     rows = cache.mask_rows if cache.mask_rows is not None else np.zeros(1, np.int64)
     bq, bk = cache.tiles
-    dq, dk, dv = map(np.empty_like, (q, k, v))         # (..., T, d|dv) in q's, k's, v's order
+    dq, dk, dv = (_like(a, a.shape) for a in (q, k, v))  # (..., T, d|dv) in their order
     split_run(lambda lo, hi: FK.flash_attention_backward(
         q, k, v, out, dy, cache.lse.reshape(N, Tq), cache.scale, cache.causal, Tk - Tq, mask,
         rows, bq, bk, dq, dk, dv, lo, hi), N)

@@ -298,8 +298,7 @@ def _padded_windows(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, fill):
 
 def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, y=None, idx=None):
     """x: (P, H, W) -> y: (P, Ho, Wo), idx: (P, Ho, Wo) int64, the flat index h*W + w of each max;
-    written into ``y`` and ``idx`` when given (a thread's planes of the whole output: both or
-    neither).
+    written into ``y`` and ``idx`` when given (a thread's planes of the whole output).
 
     Pads with -inf (never the max: the caller checks that every window holds an input entry),
     then ``argmax`` over each flattened window -- the first maximum in scan order."""
@@ -310,8 +309,8 @@ def max_pool2d_forward_numpy(x, kH, kW, sH, sW, pH, pW, dH, dW, Ho, Wo, y=None, 
     y_ = np.take_along_axis(flat, a[..., None], axis=-1)[..., 0]
     h = np.arange(Ho)[:, None] * sH - pH + (a // kW) * dH                    # input row of the max
     w = np.arange(Wo)[None, :] * sW - pW + (a % kW) * dW
-    if idx is None:
-        return y_, (h * W + w).astype(np.int64)
+    y = y_ if y is None else y
+    idx = np.empty(y_.shape, np.int64) if idx is None else idx
     y[...], idx[...] = y_, h * W + w
     return y, idx
 

@@ -176,8 +176,11 @@ def heads_ok(a):
     """Whether the kernels take the stack ``a`` ``(..., T, c)`` as it is: its last axis
     contiguous and no stride negative (a head split of a ``(B, T, H d)`` projection,
     ``x.reshape(B, T, H, d).transpose(0, 2, 1, 3)``, is; the caller copies anything else)."""
-    return a.strides[-1] == a.itemsize and all(st >= 0 and st % a.itemsize == 0
-                                              for st in a.strides)
+    # (a zero stride -- a broadcast axis -- is refused: the kernels index each head's rows and
+    # entries as distinct, and an output laid out like it would overlap itself)
+    return a.strides[-1] == a.itemsize and all(
+        (st > 0 or n == 1) and st >= 0 and st % a.itemsize == 0
+        for n, st in zip(a.shape, a.strides))
 
 
 def _as_heads(a):
@@ -188,7 +191,10 @@ def _as_heads(a):
     steps = tuple(st // item for st in a.strides)
     span = sum((n - 1) * st for n, st in zip(a.shape, steps)) + 1 if a.size else 0
     flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,))
-    return flat, _batch_offsets(a.shape[:-2], steps[:-2]), steps[-2]
+    lead = a.shape[:-2]
+    base = (_batch_offsets(lead, steps[:-2]) if math.prod(lead) <= 4096 else
+            _batch_offsets.__wrapped__(lead, steps[:-2]))                # (too big to keep)
+    return flat, base, steps[-2]
 
 
 def _longest_rows(a):
