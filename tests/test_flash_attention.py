@@ -24,6 +24,27 @@ def small_tiles(monkeypatch):
     partial ones at the ends."""
     monkeypatch.setitem(A.TILES, "numba", (4, 3))
     monkeypatch.setitem(A.TILES, "numpy", (4, 3))
+    monkeypatch.setattr(A, "SHORT_TILES", {})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_sequences_take_their_own_tiles(dtype, monkeypatch):
+    """Up to SHORT_T queries the Numba route's forward and backward take the short tiles (the
+    backward's kept in the cache); they give the 128 x 128 tiles' result to rounding."""
+    rng = np.random.default_rng(24)
+    q, k, v = _inputs(rng, dtype, (2, 2), 150, 150, d=8, dv=8)      # 150: partial tiles
+    dy = rng.standard_normal(q.shape).astype(dtype)
+    with use_backend("numba"):
+        y, c = F.attention_forward(q, k, v, is_causal=True, method="tiled")
+        grads = F.attention_backward(dy, c)[:3]
+        assert c.tiles == A.SHORT_TILES["numba"][1]
+        monkeypatch.setattr(A, "SHORT_TILES", {})
+        y2, c2 = F.attention_forward(q, k, v, is_causal=True, method="tiled")
+        assert c2.tiles == A.TILES["numba"]
+        grads2 = F.attention_backward(dy, c2)[:3]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip((y, *grads), (y2, *grads2)):
+        assert_rel(a, b, tol)
 
 
 def assert_rel(ours, ref, rel, what=""):

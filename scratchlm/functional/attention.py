@@ -30,6 +30,22 @@ TILED_FROM = {"numba": 128, "numpy": 640}
 #: (docs/benchmarks.md, "Attention: tiled or dense").
 TILES = {"numba": (128, 128), "numpy": (128, 128)}
 
+#: for short sequences (``Tq <= SHORT_T``) on the Numba route: the forward's and the backward's
+#: tiles (bq, bk). With one or two tiles a row, a causal diagonal tile computes half its
+#: entries for nothing; at T = 128 (W1's 128 heads of 32) forward 64 x 128 and backward 128 x 64
+#: took 8.5-9.2 ms a layer against 9.6-10.5 with 128 x 128; at T = 512 they tie, at T = 2048
+#: 128 x 128 wins (docs/benchmarks.md, "Attention: tiled or dense").
+SHORT_T = 256
+SHORT_TILES = {"numba": ((64, 128), (128, 64))}
+
+
+def _tile_sizes(route, Tq):
+    """(forward tiles, backward tiles) for ``Tq`` queries on ``route``."""
+    short = SHORT_TILES.get(route)
+    if short is not None and Tq <= SHORT_T:
+        return short
+    return TILES[route], TILES[route]
+
 
 class AttentionCache(NamedTuple):
     q: np.ndarray                  # (..., Tq, d) queries
@@ -55,7 +71,7 @@ class TiledAttentionCache(NamedTuple):
     causal: bool                   # is_causal
     mask: np.ndarray | None        # (Nm, 1 or Tq, Tk) bool attn_mask, its own leading axes; or None
     mask_rows: np.ndarray | None   # (N,) int64: mask[mask_rows[n]] is (batch, head) n's
-    tiles: tuple                   # (bq, bk): the query rows and keys of a tile
+    tiles: tuple                   # (bq, bk): the query rows and keys of the backward's tiles
 
 
 def attention_forward(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
@@ -234,7 +250,7 @@ def _tiled_forward(q, k, v, mask, scale, causal):
             np.arange(math.prod(mlead), dtype=np.int64).reshape(mlead), lead)).reshape(N)
     kernel_mask = mask_c if mask_c is not None else np.zeros((0, 1, 1), bool)
     kernel_rows = mask_rows if mask_rows is not None else np.zeros(1, np.int64)
-    bq, bk = TILES[get_backend()]
+    (bq, bk), backward_tiles = _tile_sizes(get_backend(), Tq)
     # y in q's memory order: for q a head split of a (B, T, H d) projection, y's memory is
     # (B, T, H, dv), so merging its heads back, y.transpose(0, 2, 1, 3).reshape(B, T, H dv), is
     # a view, not a copy
@@ -243,7 +259,7 @@ def _tiled_forward(q, k, v, mask, scale, causal):
     split_run(lambda lo, hi: FK.flash_attention_forward(
         q, k, v, scale, causal, Tk - Tq, kernel_mask, kernel_rows, bq, bk, y, lse, lo, hi), N)
     cache = TiledAttentionCache(q, k, v, y, lse.reshape(lead + (Tq,)), scale, causal, mask_c,
-                                mask_rows, (bq, bk))
+                                mask_rows, backward_tiles)
     return y, cache
 
 
