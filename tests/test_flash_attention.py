@@ -232,6 +232,32 @@ def test_broadcast_heads_are_copied_not_aliased(route):
     assert FK.max_abs_numba(s) == FK.max_abs_numpy(s) == 0.0
 
 
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("method", ["tiled", "dense"])
+def test_backward_writes_into_out(route, method):
+    """``attention_backward(..., out=(dq, dk, dv))`` writes the gradients into the given arrays
+    (GPT's head-split views of one buffer) and returns them: the values of a call without
+    ``out``. Overlapping or ill-shaped targets are refused."""
+    rng = np.random.default_rng(25)
+    B, T, H, d = 2, 19, 3, 4
+    q, k, v = (rng.standard_normal((B, H, T, d)) for _ in range(3))
+    dy = rng.standard_normal((B, H, T, d))
+    buf = np.full((B, T, 3 * H * d), np.nan)
+    heads = tuple(g.reshape(B, T, H, d).transpose(0, 2, 1, 3) for g in np.split(buf, 3, -1))
+    with use_backend(route):
+        _, c = F.attention_forward(q, k, v, is_causal=True, method=method)
+        want = F.attention_backward(dy, c)[:3]
+        got = F.attention_backward(dy, c, out=heads)[:3]
+        assert all(g is h for g, h in zip(got, heads))
+        for g, w in zip(heads, want):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-12)
+        assert not np.isnan(buf).any()                           # every entry written
+        for bad in ((heads[0], heads[0], heads[2]), (heads[0][..., :2], heads[1], heads[2]),
+                    (q, heads[1], heads[2]), heads[:2]):
+            with pytest.raises((ValueError, TypeError), match="out"):
+                F.attention_backward(dy, c, out=bad)
+
+
 def test_twins_take_any_strides():
     """Both twins on stacks with a leading axis that does not merge (a head split), against the
     same stacks copied contiguous: the same numbers (1e-12) from either."""

@@ -346,7 +346,52 @@ def _exact_probs(q, k, scale, mask, causal):
     return (e / np.where(z == 0, 1.0, z)).astype(q.dtype)
 
 
-def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights=None):
+def _grad_targets(out, cache):
+    """``attention_backward``'s ``out``: None, or three writeable arrays shaped and typed as the
+    forward's q, k and v, none overlapping another or the cache's arrays."""
+    if out is None:
+        return None
+    inner = cache.inner if isinstance(cache, Attention16Cache) else cache
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError(f"out must be a tuple (dq, dk, dv) of numpy arrays, got "
+                        f"{type(out).__name__}")
+    saved = [a for a in inner if isinstance(a, np.ndarray)]
+    for i, (name, o, like) in enumerate(zip(("dq", "dk", "dv"), out, (inner.q, inner.k, inner.v))):
+        dtype = np.float32 if isinstance(cache, Attention16Cache) else like.dtype
+        if not (isinstance(o, np.ndarray) and o.shape == like.shape and o.dtype == dtype
+                and o.flags.writeable):
+            raise ValueError(f"out's {name} must be a writeable {np.dtype(dtype)} array of "
+                             f"shape {like.shape}, got {getattr(o, 'dtype', type(o).__name__)} "
+                             f"{np.shape(o)}")
+        if any(_overlap(o, a) for a in saved + [x for j, x in enumerate(out) if j != i]):
+            raise ValueError(f"out's {name} must not overlap the other gradients or the "
+                             f"forward's saved arrays")
+    return tuple(out)
+
+
+def _overlap(a, b):
+    """Whether a and b may share an entry: exact for the usual strided views (the head splits of
+    one buffer interleave without overlapping), and True when that is too hard to decide."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10_000))
+    except np.exceptions.TooHardError:
+        return True
+
+
+def _deliver(grads, targets):
+    """The gradients, written into ``targets`` (when given) unless already there."""
+    if targets is None:
+        return grads
+    for g, t in zip(grads, targets):
+        if g is not t:
+            t[...] = g
+    return targets
+
+
+def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights=None, *,
+                       out=None):
     r"""From :math:`Y = \tilde P V`, :math:`\tilde P = P \odot D` (dropout), :math:`P =
     \mathrm{softmax}(S)`, :math:`S = s\,QK^\top (+M)`:
 
@@ -355,7 +400,11 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
                dQ = s\,dS\,K,\quad dK = s\,dS^\top Q
 
     ``dweights`` (``(..., Tq, Tk)``, optional) is an upstream gradient for ``cache.weights``.
-    Returns ``(dq, dk, dv, None)`` -- none for the mask.
+    Returns ``(dq, dk, dv, None)`` -- none for the mask. ``out=(dq, dk, dv)``: arrays to write
+    the gradients into (shaped as q, k, v; not overlapping each other or the forward's arrays),
+    which are then returned: GPT passes the head-split views of one ``(B, T, 3C)`` buffer, so
+    the tiled kernels write the fused projection's gradient in place and nothing is
+    concatenated.
 
     A :class:`TiledAttentionCache` (the forward's tiled path) takes the tiled backward, the same
     equations tile by tile with :math:`P` recomputed from q, k and the saved log-sum-exp
@@ -365,13 +414,16 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
         r = cache.precision
         inner = cache.inner._replace(**{f: _autocast.unpack16(getattr(cache.inner, f), r)
                                         for f in _PACKED if f in cache.inner._fields})
+        targets = _grad_targets(out, cache)
         dq, dk, dv, _ = attention_backward(_autocast.to16(dy, r), inner, dweights)
-        return _autocast.to16(dq, r), _autocast.to16(dk, r), _autocast.to16(dv, r), None
+        grads = _autocast.to16(dq, r), _autocast.to16(dk, r), _autocast.to16(dv, r)
+        return (*_deliver(grads, targets), None)
+    targets = _grad_targets(out, cache)
     if isinstance(cache, TiledAttentionCache):
         if dweights is not None:
             raise ValueError("dweights needs the attention weights, which the tiled path never "
                              "forms: run the forward with method='dense'")
-        return _tiled_backward(dy, cache)
+        return (*_deliver(_tiled_backward(dy, cache, targets)[:3], targets), None)
     q, k, v, probs, drop, w = cache.q, cache.k, cache.v, cache.probs, cache.drop, cache.weights
     upstream(dy, q.shape[:-1] + (v.shape[-1],), q.dtype)
     dv = matmul(np.swapaxes(w, -1, -2), dy)                  # (..., Tk, dv): from y = weights @ v
@@ -385,10 +437,10 @@ def attention_backward(dy, cache: AttentionCache | TiledAttentionCache, dweights
         cache.scale, cache.causal, Tk - Tq).reshape(probs.shape)              # (..., Tq, Tk)
     dq = matmul(ds, k)                                       # (..., Tq, d): from scores = q @ k^T
     dk = matmul(np.swapaxes(ds, -1, -2), q)                                   # (..., Tk, d)
-    return dq, dk, dv, None
+    return (*_deliver((dq, dk, dv), targets), None)
 
 
-def _tiled_backward(dy, cache: TiledAttentionCache):
+def _tiled_backward(dy, cache: TiledAttentionCache, targets=None):
     r"""The backward of :func:`_tiled_forward` (``kernels/flash_attention.py``), per tile:
 
     .. math::  D = \mathrm{rowsum}(dY \odot O),\quad P = e^{sQK^\top - L},\quad
@@ -402,7 +454,10 @@ def _tiled_backward(dy, cache: TiledAttentionCache):
     mask = cache.mask if cache.mask is not None else np.zeros((0, 1, 1), bool)
     rows = cache.mask_rows if cache.mask_rows is not None else np.zeros(1, np.int64)
     bq, bk = cache.tiles
-    dq, dk, dv = (_like(a, a.shape) for a in (q, k, v))  # (..., T, d|dv) in their order
+    if targets is not None and all(FK.heads_ok(t) for t in targets):
+        dq, dk, dv = targets                          # the caller's: written in place
+    else:                                             # (..., T, d|dv) in q's, k's, v's order
+        dq, dk, dv = (_like(a, a.shape) for a in (q, k, v))
     split_run(lambda lo, hi: FK.flash_attention_backward(
         q, k, v, out, dy, cache.lse.reshape(N, Tq), cache.scale, cache.causal, Tk - Tq, mask,
         rows, bq, bk, dq, dk, dv, lo, hi), N)

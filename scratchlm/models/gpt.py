@@ -103,9 +103,10 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = dy.shape
         nh, hs = self.n_head, self.head_size
         dy = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)                   # (B, nh, T, hs)
-        dq, dk, dv, _ = F.attention_backward(dy, self._saved())               # 3 x (B, nh, T, hs)
-        dqkv = np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)
-                               for g in (dq, dk, dv)], axis=-1)              # (B, T, 3C)
+        dqkv = np.empty((B, T, 3 * nh * hs), dy.dtype)                        # (B, T, 3C)
+        heads = tuple(g.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)          # 3 x (B, nh, T, hs)
+                      for g in np.split(dqkv, 3, axis=-1))                    # views of dqkv
+        F.attention_backward(dy, self._saved(), out=heads)        # dq, dk, dv written into dqkv
         return self.c_attn.backward(dqkv)
 
 
